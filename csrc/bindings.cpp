@@ -1,0 +1,183 @@
+// svfnet._core: the compiled field operations. CPU entry points take NumPy arrays shaped
+// (N, C, I, J, K); CUDA entry points take device pointers, the shape and a stream. The Python layer
+// (svfnet/_backend.py) checks, converts and allocates; see each op's header for the arguments.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <array>
+#include <string>
+
+#include "common/arrays.h"
+#include "ops/compose/compose.h"
+#include "ops/jacobian/jacobian.h"
+#include "ops/reduce/reduce.h"
+#include "ops/warp/warp.h"
+
+namespace py = pybind11;
+using namespace svfnet;
+
+namespace {
+
+using Shape = std::array<int64_t, 5>;
+using Address = std::uintptr_t;
+
+Batch batch_of_shape(const Shape& s) { return batch_from_dims(s[0], s[1], s[2], s[3], s[4]); }
+template <typename T>
+T* at(Address address) {
+  return reinterpret_cast<T*>(address);
+}
+
+py::dict build_info() {
+  py::dict info;
+  info["version"] = SVFNET_VERSION;
+  info["compiler"] = SVFNET_CXX_COMPILER;
+#ifdef _OPENMP
+  info["openmp"] = true;
+#else
+  info["openmp"] = false;
+#endif
+#ifdef SVFNET_WITH_CUDA
+  info["cuda"] = true;
+  info["cuda_version"] = SVFNET_CUDA_VERSION;
+  info["cuda_architectures"] = SVFNET_CUDA_ARCHITECTURES;
+#else
+  info["cuda"] = false;
+#endif
+  return info;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "svfnet's compiled field operations (see python/svfnet/fields.py for the public API)";
+  m.def("build_info", &build_info, "What this extension was compiled with.");
+
+  // ---- CPU: NumPy arrays (N, C, I, J, K), C-contiguous, never converted (outputs must not be copies)
+  m.def(
+      "warp_cpu",
+      [](const FloatArray& image, const FloatArray& disp, FloatArray& out, int order, float fill, int threads) {
+        const Batch s = batch_of(image, "image"), d = batch_of(disp, "disp");
+        require_channels(d, "disp", 3); require_same_grid(s, "image", d, "disp");
+        require_same_shape(s, "image", batch_of(out, "out"), "out");
+        py::gil_scoped_release release;
+        warp_cpu(image.data(), disp.data(), out.mutable_data(), s, order, fill, threads);
+      },
+      py::arg("image").noconvert(), py::arg("disp").noconvert(), py::arg("out").noconvert(), py::arg("order"),
+      py::arg("fill"), py::arg("threads"));
+  m.def(
+      "warp_labels_cpu",
+      [](const IntArray& labels, const FloatArray& disp, IntArray& out, bool onehot, int32_t fill_label, int threads) {
+        const Batch s = batch_of(labels, "labels"), d = batch_of(disp, "disp");
+        require_channels(s, "labels", 1); require_channels(d, "disp", 3); require_same_grid(s, "labels", d, "disp");
+        require_same_shape(s, "labels", batch_of(out, "out"), "out");
+        py::gil_scoped_release release;
+        warp_labels_cpu(labels.data(), disp.data(), out.mutable_data(), s, onehot, fill_label, threads);
+      },
+      py::arg("labels").noconvert(), py::arg("disp").noconvert(), py::arg("out").noconvert(), py::arg("onehot"),
+      py::arg("fill_label"), py::arg("threads"));
+  m.def(
+      "compose_cpu",
+      [](const FloatArray& u, const FloatArray& w, FloatArray& out, int threads) {
+        const Batch s = batch_of(u, "u");
+        require_channels(s, "u", 3); require_same_shape(s, "u", batch_of(w, "w"), "w");
+        require_same_shape(s, "u", batch_of(out, "out"), "out");
+        py::gil_scoped_release release;
+        compose_cpu(u.data(), w.data(), out.mutable_data(), s, threads);
+      },
+      py::arg("u").noconvert(), py::arg("w").noconvert(), py::arg("out").noconvert(), py::arg("threads"));
+  m.def(
+      "exp_cpu",
+      [](const FloatArray& v, FloatArray& out, FloatArray& scratch, int steps, int threads) {
+        const Batch s = batch_of(v, "v");
+        require_channels(s, "v", 3); require_same_shape(s, "v", batch_of(out, "out"), "out");
+        require_same_shape(s, "v", batch_of(scratch, "scratch"), "scratch");
+        if (steps < 0) throw std::invalid_argument("'steps' must be >= 0");
+        py::gil_scoped_release release;
+        exp_cpu(v.data(), out.mutable_data(), scratch.mutable_data(), s, steps, threads);
+      },
+      py::arg("v").noconvert(), py::arg("out").noconvert(), py::arg("scratch").noconvert(), py::arg("steps"),
+      py::arg("threads"));
+  m.def(
+      "jacobian_det_cpu",
+      [](const FloatArray& u, FloatArray& out, int threads) {
+        const Batch s = batch_of(u, "u"), o = batch_of(out, "out");
+        require_channels(s, "u", 3); require_channels(o, "out", 1); require_same_grid(s, "u", o, "out");
+        py::gil_scoped_release release;
+        jacobian_det_cpu(u.data(), out.mutable_data(), s, threads);
+      },
+      py::arg("u").noconvert(), py::arg("out").noconvert(), py::arg("threads"));
+  m.def(
+      "lie_bracket_cpu",
+      [](const FloatArray& v, const FloatArray& w, FloatArray& out, int threads) {
+        const Batch s = batch_of(v, "v");
+        require_channels(s, "v", 3); require_same_shape(s, "v", batch_of(w, "w"), "w");
+        require_same_shape(s, "v", batch_of(out, "out"), "out");
+        py::gil_scoped_release release;
+        lie_bracket_cpu(v.data(), w.data(), out.mutable_data(), s, threads);
+      },
+      py::arg("v").noconvert(), py::arg("w").noconvert(), py::arg("out").noconvert(), py::arg("threads"));
+  m.def(
+      "jacobian_solve_cpu",
+      [](const FloatArray& e, const FloatArray& r, FloatArray& out, int threads) {
+        const Batch s = batch_of(e, "e");
+        require_channels(s, "e", 3); require_same_shape(s, "e", batch_of(r, "r"), "r");
+        require_same_shape(s, "e", batch_of(out, "out"), "out");
+        py::gil_scoped_release release;
+        jacobian_solve_cpu(e.data(), r.data(), out.mutable_data(), s, threads);
+      },
+      py::arg("e").noconvert(), py::arg("r").noconvert(), py::arg("out").noconvert(), py::arg("threads"));
+  m.def(
+      "norm_stats_cpu",
+      [](const FloatArray& field, int threads) {
+        const Batch s = batch_of(field, "field");
+        require_channels(s, "field", 3);
+        py::gil_scoped_release release;
+        return norm_stats_cpu(field.data(), s, threads);
+      },
+      py::arg("field").noconvert(), py::arg("threads"), "(max, mean) of |field(x)| over all voxels.");
+  m.def(
+      "count_nonfinite_cpu",
+      [](const FloatArray& data, int threads) {
+        const float* ptr = data.data();
+        const int64_t count = data.size();
+        py::gil_scoped_release release;
+        return count_nonfinite_cpu(ptr, count, threads);
+      },
+      py::arg("data").noconvert(), py::arg("threads"));
+
+#ifdef SVFNET_WITH_CUDA
+  // ---- CUDA: device addresses (torch data_ptr(), CuPy .data.ptr), the shape (N, C, I, J, K) of the
+  // first argument, and the stream (torch.cuda.current_stream().cuda_stream, CuPy stream.ptr).
+  m.def("cuda_device_count", &cuda_device_count);
+  m.def("warp_cuda", [](Address image, Address disp, Address out, const Shape& shape, int order, float fill, Address stream) {
+    warp_cuda(at<const float>(image), at<const float>(disp), at<float>(out), batch_of_shape(shape), order, fill, stream);
+  });
+  m.def("warp_labels_cuda", [](Address labels, Address disp, Address out, const Shape& shape, bool onehot,
+                               int32_t fill_label, Address stream) {
+    warp_labels_cuda(at<const int32_t>(labels), at<const float>(disp), at<int32_t>(out), batch_of_shape(shape), onehot,
+                     fill_label, stream);
+  });
+  m.def("compose_cuda", [](Address u, Address w, Address out, const Shape& shape, Address stream) {
+    compose_cuda(at<const float>(u), at<const float>(w), at<float>(out), batch_of_shape(shape), stream);
+  });
+  m.def("exp_cuda", [](Address v, Address out, Address scratch, const Shape& shape, int steps, Address stream) {
+    if (steps < 0) throw std::invalid_argument("'steps' must be >= 0");
+    exp_cuda(at<const float>(v), at<float>(out), at<float>(scratch), batch_of_shape(shape), steps, stream);
+  });
+  m.def("jacobian_det_cuda", [](Address u, Address out, const Shape& shape, Address stream) {
+    jacobian_det_cuda(at<const float>(u), at<float>(out), batch_of_shape(shape), stream);
+  });
+  m.def("lie_bracket_cuda", [](Address v, Address w, Address out, const Shape& shape, Address stream) {
+    lie_bracket_cuda(at<const float>(v), at<const float>(w), at<float>(out), batch_of_shape(shape), stream);
+  });
+  m.def("jacobian_solve_cuda", [](Address e, Address r, Address out, const Shape& shape, Address stream) {
+    jacobian_solve_cuda(at<const float>(e), at<const float>(r), at<float>(out), batch_of_shape(shape), stream);
+  });
+  m.def("norm_stats_cuda", [](Address field, const Shape& shape, Address stream) {
+    return norm_stats_cuda(at<const float>(field), batch_of_shape(shape), stream);
+  });
+  m.def("count_nonfinite_cuda", [](Address data, int64_t count, Address stream) {
+    return count_nonfinite_cuda(at<const float>(data), count, stream);
+  });
+#endif
+}

@@ -1,0 +1,18 @@
+#include "ops/warp/warp.h"
+
+#include "common/cpu_loops.h"
+#include "ops/warp/warp_body.h"
+
+namespace svfnet {
+
+void warp_cpu(const float* image, const float* disp, float* out, const Batch& shape, int order, float fill,
+              int threads) {
+  for_each_voxel(shape.batch, shape.grid, threads, WarpBody{image, disp, out, shape.channels, shape.grid, order, fill});
+}
+
+void warp_labels_cpu(const int32_t* labels, const float* disp, int32_t* out, const Batch& shape, bool onehot,
+                     int32_t fill_label, int threads) {
+  for_each_voxel(shape.batch, shape.grid, threads, WarpLabelsBody{labels, disp, out, shape.grid, onehot, fill_label});
+}
+
+}  // namespace svfnet

@@ -1,0 +1,19 @@
+#include "common/cuda_loops.cuh"
+#include "ops/warp/warp.h"
+#include "ops/warp/warp_body.h"
+
+namespace svfnet {
+
+void warp_cuda(const float* image, const float* disp, float* out, const Batch& shape, int order, float fill,
+               std::uintptr_t stream) {
+  launch_voxels(shape.batch, shape.grid, stream, WarpBody{image, disp, out, shape.channels, shape.grid, order, fill},
+                "warp");
+}
+
+void warp_labels_cuda(const int32_t* labels, const float* disp, int32_t* out, const Batch& shape, bool onehot,
+                      int32_t fill_label, std::uintptr_t stream) {
+  launch_voxels(shape.batch, shape.grid, stream, WarpLabelsBody{labels, disp, out, shape.grid, onehot, fill_label},
+                "warp_labels");
+}
+
+}  // namespace svfnet

@@ -1,0 +1,33 @@
+"""svfnet: diffeomorphic registration of 3D cardiac images learned from shapes (SVF-Net).
+
+Nothing heavy happens at import: submodules (``svfnet.fields``, ...) load on first use.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__", "build_info", "cuda_available", "fields"]
+
+
+def build_info() -> dict[str, Any]:
+    """What the compiled extension was built with: version, compiler, OpenMP, CUDA and its architectures."""
+    from svfnet import _core
+
+    return dict(_core.build_info())
+
+
+def cuda_available() -> bool:
+    """True when the CUDA launchers are compiled in and at least one CUDA device is visible."""
+    from svfnet import _core
+
+    return bool(_core.build_info()["cuda"]) and _core.cuda_device_count() > 0
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("fields",):
+        return import_module(f"svfnet.{name}")
+    raise AttributeError(f"module 'svfnet' has no attribute {name!r}")

@@ -1,0 +1,52 @@
+"""Shared fixtures: random smooth fields, float64 references, and the devices to run on."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy.ndimage import gaussian_filter, map_coordinates
+
+import svfnet
+
+# Odd, unequal grids catch axis mix-ups; the last one has a flat axis (a single slice).
+GRIDS = [(5, 6, 7), (9, 4, 6), (6, 5, 1)]
+
+DEVICES = ["cpu"] + (["cuda"] if svfnet.cuda_available() else [])
+# (array kind, device) pairs every operation is checked on; the CUDA one only where a device is.
+KINDS = [("numpy", "cpu"), ("torch", "cpu")] + [("torch", "cuda")] * ("cuda" in DEVICES)
+requires_cuda = pytest.mark.skipif(not svfnet.cuda_available(), reason="needs a CUDA device and the CUDA launchers")
+
+
+def smooth_field(rng: np.random.Generator, grid, amplitude: float, sigma: float = 2.0, batch: int | None = None):
+    """A random smooth displacement (3, *grid) (or (batch, 3, *grid)) whose largest component is ``amplitude``."""
+    shape = (3, *grid) if batch is None else (batch, 3, *grid)
+    noise = rng.standard_normal(shape)
+    axes_sigma = [0] * (len(shape) - 3) + [sigma if n > 1 else 0 for n in grid]
+    field = gaussian_filter(noise, sigma=axes_sigma, mode="nearest")
+    return (amplitude * field / np.abs(field).max()).astype(np.float32)
+
+
+def grid_positions(grid, disp) -> np.ndarray:
+    """x + disp(x) in float64, (3, *grid)."""
+    return np.indices(grid, dtype=np.float64) + np.asarray(disp, dtype=np.float64)
+
+
+def sample_clamped(field, positions) -> np.ndarray:
+    """Trilinear samples of each component of ``field`` (C, *grid), border clamped (float64)."""
+    return np.stack(
+        [map_coordinates(np.asarray(c, np.float64), positions, order=1, mode="nearest") for c in field]
+    )
+
+
+def to_kind(x: np.ndarray, kind: str, device: str = "cpu"):
+    return x if kind == "numpy" else torch.from_numpy(np.ascontiguousarray(x)).to(device)
+
+
+def as_numpy(x) -> np.ndarray:
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(1234)
