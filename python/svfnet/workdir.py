@@ -1,0 +1,110 @@
+"""The work folder that every stage reads and writes: one place that knows its layout.
+
+```
+WORKDIR/
+  prepared/                 svfnet prepare (or svfnet synth + prepare)
+    subjects.json           {"subjects": [{"id", "regions", "source": {...}}...], "shape", "spacing_mm"}
+    images/<id>.nii.gz      float32 image on the common grid
+    labels/<id>.nii.gz      uint8 label map on the common grid (0 bg, 1 LV, 2 LV myo, 3 RV, 4 RV myo)
+    transforms/<id>.json    the transform from the prepared grid back to the original image
+  shapes/                   svfnet shapes
+  references/               svfnet references
+  models/                   svfnet train
+  evaluation/               svfnet evaluate
+```
+
+Prepared NIfTI files carry the common grid's affine, a diagonal ``diag(spacing_mm)``: voxel
+``(i, j, k)`` sits at ``(i, j, k) · spacing`` millimetres, the frame in which the shapes stage
+stores landmarks.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+# Regions of interest, as label values (DESIGN.md).
+REGIONS: dict[int, str] = {1: "LV blood pool", 2: "LV myocardium", 3: "RV blood pool", 4: "RV myocardium"}
+
+
+@dataclass(frozen=True)
+class WorkDir:
+    """Paths of one work folder (nothing is created until a stage writes)."""
+
+    root: Path
+
+    def __init__(self, root: str | Path) -> None:
+        object.__setattr__(self, "root", Path(root))
+
+    @property
+    def prepared(self) -> Path:
+        return self.root / "prepared"
+
+    @property
+    def subjects_json(self) -> Path:
+        return self.prepared / "subjects.json"
+
+    def image(self, subject_id: str) -> Path:
+        return self.prepared / "images" / f"{subject_id}.nii.gz"
+
+    def labels(self, subject_id: str) -> Path:
+        return self.prepared / "labels" / f"{subject_id}.nii.gz"
+
+    def transform(self, subject_id: str) -> Path:
+        return self.prepared / "transforms" / f"{subject_id}.json"
+
+    @property
+    def shapes(self) -> Path:
+        return self.root / "shapes"
+
+    @property
+    def references(self) -> Path:
+        return self.root / "references"
+
+    @property
+    def models(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def evaluation(self) -> Path:
+        return self.root / "evaluation"
+
+
+@dataclass(frozen=True)
+class PreparedSubject:
+    """One subject on the common grid."""
+
+    id: str
+    image: np.ndarray  # float32 (I, J, K)
+    labels: np.ndarray  # uint8 (I, J, K)
+    spacing_mm: tuple[float, float, float]
+    regions: frozenset[int]  # label values present (subset of REGIONS)
+
+
+def subject_ids(workdir: str | Path) -> list[str]:
+    """Ids of the prepared subjects, in the order of ``subjects.json``."""
+    path = WorkDir(workdir).subjects_json
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: run `svfnet prepare` (or `svfnet synth`) for this work folder first")
+    return [entry["id"] for entry in json.loads(path.read_text())["subjects"]]
+
+
+def read_prepared(workdir: str | Path, subject_id: str) -> PreparedSubject:
+    """Loads one prepared subject (image, labels, spacing) from the work folder."""
+    import nibabel as nib
+
+    folder = WorkDir(workdir)
+    image_nii = nib.load(folder.image(subject_id))
+    labels_nii = nib.load(folder.labels(subject_id))
+    image = np.asarray(image_nii.dataobj, dtype=np.float32)
+    labels = np.asarray(labels_nii.dataobj).astype(np.uint8)
+    spacing = tuple(float(s) for s in image_nii.header.get_zooms()[:3])
+    regions = frozenset(int(r) for r in np.unique(labels) if int(r) in REGIONS)
+    return PreparedSubject(subject_id, image, labels, spacing, regions)
+
+
+def read_all_prepared(workdir: str | Path) -> list[PreparedSubject]:
+    return [read_prepared(workdir, subject_id) for subject_id in subject_ids(workdir)]
