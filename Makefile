@@ -24,12 +24,18 @@ test: install
 bench: install
 	$(PY) -m pytest benchmarks --benchmark-only --benchmark-columns=median,iqr,rounds --benchmark-sort=name
 
-# Proves the extension builds, installs and imports with the CUDA launchers switched off.
+# Proves the extension builds, installs and imports with the CUDA launchers switched off, and
+# runs the field tests on it with the CPU loops built for the baseline ISA only (the path that
+# processors without AVX2 take). -S: no site hooks, so the editable install of the main build
+# cannot shadow this one.
 cpu-only-build: install
 	rm -rf build/cpu-only-wheel build/cpu-only-site
-	SVFNET_CUDA=OFF SKBUILD_BUILD_DIR=build/cpu-only $(PY) -m pip wheel --quiet --no-deps --no-build-isolation -w build/cpu-only-wheel .
+	SVFNET_CUDA=OFF SVFNET_CPU_CLONES=OFF SKBUILD_BUILD_DIR=build/cpu-only $(PY) -m pip wheel --quiet --no-deps --no-build-isolation -w build/cpu-only-wheel .
 	$(PY) -m pip install --quiet --no-deps --target build/cpu-only-site build/cpu-only-wheel/svfnet-*.whl
-	cd build && PYTHONPATH=cpu-only-site ../$(PY) -c "import svfnet, svfnet.fields as f, numpy as n; i = svfnet.build_info(); assert not i['cuda'] and not svfnet.cuda_available(), i; f.exp(n.zeros((3, 4, 4, 4), 'f4')); print('CPU-only build imports and runs:', i)"
+	PYTHONPATH=build/cpu-only-site:$$($(PY) -c "import numpy, os; print(os.path.dirname(os.path.dirname(numpy.__file__)))"):. \
+	  $(PY) -S -c "import svfnet; i = svfnet.build_info(); assert not i['cuda'] and i['cpu_loops'] == 'baseline' and 'cpu-only-site' in svfnet.__file__, (svfnet.__file__, i); print('CPU-only build:', i)"
+	PYTHONPATH=build/cpu-only-site:$$($(PY) -c "import numpy, os; print(os.path.dirname(os.path.dirname(numpy.__file__)))"):. \
+	  $(PY) -S -m pytest -q -p no:cacheprovider tests/test_fields.py
 
 clean:
 	rm -rf build $(VENV)

@@ -36,6 +36,11 @@ py::dict build_info() {
 #else
   info["openmp"] = false;
 #endif
+#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(SVFNET_NO_CPU_CLONES)
+  info["cpu_loops"] = __builtin_cpu_supports("avx2") ? "avx2" : "baseline";
+#else
+  info["cpu_loops"] = "baseline";
+#endif
 #ifdef SVFNET_WITH_CUDA
   info["cuda"] = true;
   info["cuda_version"] = SVFNET_CUDA_VERSION;
@@ -144,6 +149,7 @@ PYBIND11_MODULE(_core, m) {
         return count_nonfinite_cpu(ptr, count, threads);
       },
       py::arg("data").noconvert(), py::arg("threads"));
+
 
 #ifdef SVFNET_WITH_CUDA
   // ---- CUDA: device addresses (torch data_ptr(), CuPy .data.ptr), the shape (N, C, I, J, K) of the

@@ -25,7 +25,7 @@ Batch batch_of(const Array& a, const char* name) {
   if (a.ndim() != 5)
     throw std::invalid_argument(std::string("'") + name + "' must be 5-dimensional (N, C, I, J, K), got " +
                                 std::to_string(a.ndim()) + " dimensions");
-  return Batch{a.shape(0), a.shape(1), svfcore::Grid{a.shape(2), a.shape(3), a.shape(4)}};
+  return batch_from_dims(a.shape(0), a.shape(1), a.shape(2), a.shape(3), a.shape(4));
 }
 
 inline void require_same_grid(const Batch& a, const char* a_name, const Batch& b, const char* b_name) {

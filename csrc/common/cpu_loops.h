@@ -1,6 +1,6 @@
 // How CPU launchers walk the index space: OpenMP over rows (batch, i, j), k innermost so that
-// neighbouring iterations read neighbouring memory. `threads` <= 0 lets OpenMP choose; the Python
-// layer passes the thread count torch uses.
+// neighbouring iterations read neighbouring memory and the compiler can vectorise along k.
+// `threads` <= 0 lets OpenMP choose; the Python layer passes the thread count torch uses.
 #pragma once
 
 #include <cstdint>
@@ -9,6 +9,16 @@
 
 #ifdef _OPENMP
 #include <omp.h>
+#endif
+
+// On x86-64 Linux each row walk is compiled twice, for the baseline ISA and for AVX2 (whose
+// gathers the sampling loops use), and the loader picks the one the processor supports; the
+// build itself stays portable (no -march). CMake option SVFNET_CPU_CLONES=OFF builds the baseline
+// only (CI uses it to test that path too).
+#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(SVFNET_NO_CPU_CLONES)
+#define SVFNET_CPU_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define SVFNET_CPU_CLONES
 #endif
 
 namespace svfnet {
@@ -22,29 +32,22 @@ inline int omp_threads(int threads) {
 #endif
 }
 
-// Calls body(b, i, j, k) for every voxel of `batch` grids, in a parallel region of its own.
+// body(b, i, j, k) for every k of one row.
 template <class Body>
-void for_each_voxel(int64_t batch, const svfcore::Grid& g, int threads, Body body) {
-  const int64_t rows = batch * g.ni * g.nj;
-#pragma omp parallel for schedule(static) num_threads(omp_threads(threads))
-  for (int64_t row = 0; row < rows; ++row) {
-    const int64_t b = row / (g.ni * g.nj);
-    const int64_t i = (row / g.nj) % g.ni;
-    const int64_t j = row % g.nj;
-    for (int64_t k = 0; k < g.nk; ++k) body(b, i, j, k);
-  }
+SVFNET_CPU_CLONES void walk_row(const Body& body, int64_t b, int i, int j, int nk) {
+  const Body row_body = body;  // a local copy, so the compiler keeps its fields in registers
+#pragma omp simd
+  for (int k = 0; k < nk; ++k) row_body(b, i, j, k);
 }
 
-// The same walk for use inside an open parallel region (work shared, barrier at the end).
+// Calls body(b, i, j, k) for every voxel of `batch` grids, in a parallel region of its own.
 template <class Body>
-void for_each_voxel_shared(int64_t batch, const svfcore::Grid& g, Body body) {
-  const int64_t rows = batch * g.ni * g.nj;
-#pragma omp for schedule(static)
+void for_each_voxel(int64_t batch, const svfcore::Grid& g, int threads, const Body& body) {
+  const int64_t rows = batch * g.ni * g.nj;  // (b, i, j) rows
+#pragma omp parallel for schedule(static) num_threads(omp_threads(threads))
   for (int64_t row = 0; row < rows; ++row) {
-    const int64_t b = row / (g.ni * g.nj);
-    const int64_t i = (row / g.nj) % g.ni;
-    const int64_t j = row % g.nj;
-    for (int64_t k = 0; k < g.nk; ++k) body(b, i, j, k);
+    const int64_t b = row / (int64_t(g.ni) * g.nj);
+    walk_row(body, b, static_cast<int>((row / g.nj) % g.ni), static_cast<int>(row % g.nj), g.nk);
   }
 }
 

@@ -29,10 +29,10 @@ __global__ void voxel_kernel(int64_t batch, svfcore::Grid g, Body body) {
   const int64_t total = batch * voxels;
   for (int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; t < total; t += int64_t(blockDim.x) * gridDim.x) {
     const int64_t b = t / voxels;
-    const int64_t v = t % voxels;
-    const int64_t k = v % g.nk;
-    const int64_t j = (v / g.nk) % g.nj;
-    const int64_t i = v / (g.nk * g.nj);
+    const int v = static_cast<int>(t % voxels);
+    const int k = v % g.nk;
+    const int j = (v / g.nk) % g.nj;
+    const int i = v / (g.nk * g.nj);
     body(b, i, j, k);
   }
 }

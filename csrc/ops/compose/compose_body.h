@@ -15,7 +15,7 @@ struct ComposeBody {
   svfcore::Grid grid;
   float scale;
 
-  SVF_HOST_DEVICE void operator()(int64_t b, int64_t i, int64_t j, int64_t k) const {
+  SVF_HOST_DEVICE void operator()(int64_t b, int i, int j, int k) const {
     const int64_t offset = b * 3 * grid.size();
     svfcore::compose_at(u + offset, w + offset, out + offset, grid, scale, i, j, k);
   }

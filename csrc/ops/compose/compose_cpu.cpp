@@ -17,12 +17,9 @@ void exp_cpu(const float* v, float* out, float* scratch, const Batch& shape, int
     return;
   }
   const SquaringPlan plan{v, out, scratch, steps};
-  // One parallel region for all squarings: the threads start once, and the barrier at the end of
-  // each work-shared loop orders the passes.
-#pragma omp parallel num_threads(omp_threads(threads))
   for (int pass = 0; pass < steps; ++pass) {
     const float* source = plan.source(pass);
-    for_each_voxel_shared(shape.batch, shape.grid, ComposeBody{source, source, plan.target(pass), shape.grid, plan.scale(pass)});
+    for_each_voxel(shape.batch, shape.grid, threads, ComposeBody{source, source, plan.target(pass), shape.grid, plan.scale(pass)});
   }
 }
 

@@ -11,7 +11,7 @@ struct JacobianDetBody {
   float* out;
   svfcore::Grid grid;
 
-  SVF_HOST_DEVICE void operator()(int64_t b, int64_t i, int64_t j, int64_t k) const {
+  SVF_HOST_DEVICE void operator()(int64_t b, int i, int j, int k) const {
     const int64_t n = grid.size();
     out[b * n + grid.index(i, j, k)] = svfcore::jacobian_det_at(u + b * 3 * n, grid, i, j, k);
   }
@@ -23,7 +23,7 @@ struct LieBracketBody {
   float* out;
   svfcore::Grid grid;
 
-  SVF_HOST_DEVICE void operator()(int64_t b, int64_t i, int64_t j, int64_t k) const {
+  SVF_HOST_DEVICE void operator()(int64_t b, int i, int j, int k) const {
     const int64_t offset = b * 3 * grid.size();
     svfcore::lie_bracket_at(v + offset, w + offset, out + offset, grid, i, j, k);
   }
@@ -35,7 +35,7 @@ struct JacobianSolveBody {
   float* out;
   svfcore::Grid grid;
 
-  SVF_HOST_DEVICE void operator()(int64_t b, int64_t i, int64_t j, int64_t k) const {
+  SVF_HOST_DEVICE void operator()(int64_t b, int i, int j, int k) const {
     const int64_t offset = b * 3 * grid.size();
     svfcore::jacobian_solve_at(e + offset, r + offset, out + offset, grid, i, j, k);
   }

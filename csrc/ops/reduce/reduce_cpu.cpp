@@ -7,16 +7,26 @@
 namespace svfnet {
 
 std::pair<float, double> norm_stats_cpu(const float* field, const Batch& shape, int threads) {
-  const int64_t voxels = shape.grid.size(), total = shape.batch * voxels;
+  const int64_t voxels = shape.grid.size(), rows = shape.batch * shape.grid.ni * shape.grid.nj;
+  const int nk = shape.grid.nk;
   float max_norm = 0.f;
   double sum = 0.0;
+  // rows in parallel; within a row a float sum that vectorises, rows added up in double
 #pragma omp parallel for schedule(static) reduction(max : max_norm) reduction(+ : sum) num_threads(omp_threads(threads))
-  for (int64_t t = 0; t < total; ++t) {
-    const float norm = svfcore::norm_at(field + (t / voxels) * 3 * voxels, voxels, t % voxels);
-    max_norm = norm > max_norm ? norm : max_norm;
-    sum += norm;
+  for (int64_t row = 0; row < rows; ++row) {
+    const int64_t b = row / (int64_t(shape.grid.ni) * shape.grid.nj), first = (row % (int64_t(shape.grid.ni) * shape.grid.nj)) * nk;
+    const float* f = field + b * 3 * voxels;
+    float row_max = 0.f, row_sum = 0.f;
+#pragma omp simd reduction(max : row_max) reduction(+ : row_sum)
+    for (int k = 0; k < nk; ++k) {
+      const float norm = svfcore::norm_at(f, voxels, first + k);
+      row_max = norm > row_max ? norm : row_max;
+      row_sum += norm;
+    }
+    max_norm = row_max > max_norm ? row_max : max_norm;
+    sum += row_sum;
   }
-  return {max_norm, total > 0 ? sum / static_cast<double>(total) : 0.0};
+  return {max_norm, voxels * shape.batch > 0 ? sum / static_cast<double>(voxels * shape.batch) : 0.0};
 }
 
 int64_t count_nonfinite_cpu(const float* data, int64_t count, int threads) {

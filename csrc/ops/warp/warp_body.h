@@ -6,29 +6,45 @@
 
 namespace svfnet {
 
-struct WarpBody {
+// One image channel per walked volume: volume b is channel b % channels of pair b / channels, so
+// the innermost loop runs over voxels only (what the CPU compiler vectorises) and the stencil is
+// recomputed per channel, which is cheaper than the loads it feeds.
+struct WarpLinearBody {
   const float* image;
   const float* disp;
   float* out;
   int64_t channels;
   svfcore::Grid grid;
-  int order;
   float fill;
 
-  SVF_HOST_DEVICE void operator()(int64_t b, int64_t i, int64_t j, int64_t k) const {
-    const int64_t n = grid.size(), v = grid.index(i, j, k);
-    const float* d = disp + b * 3 * n;
-    const float x = static_cast<float>(i) + d[v], y = static_cast<float>(j) + d[n + v],
-                z = static_cast<float>(k) + d[2 * n + v];
-    const float* src = image + b * channels * n;
-    float* dst = out + b * channels * n;
-    if (order == 0) {
-      const int64_t nearest = svfcore::nearest_index(grid, x, y, z);
-      for (int64_t c = 0; c < channels; ++c) dst[c * n + v] = nearest < 0 ? fill : src[c * n + nearest];
-    } else {
-      const svfcore::FillStencil s = svfcore::fill_stencil(grid, x, y, z);
-      for (int64_t c = 0; c < channels; ++c) dst[c * n + v] = svfcore::interpolate_fill(src + c * n, grid, s, fill);
-    }
+  SVF_HOST_DEVICE void operator()(int64_t b, int i, int j, int k) const {
+    const int64_t n = grid.size();
+    const int v = grid.index(i, j, k);
+    const float* d = disp + (b / channels) * 3 * n;
+    const svfcore::FillStencil s = svfcore::fill_stencil(grid, static_cast<float>(i) + d[v],
+                                                         static_cast<float>(j) + d[n + v],
+                                                         static_cast<float>(k) + d[2 * n + v]);
+    out[b * n + v] = svfcore::interpolate_fill(image + b * n, grid, s, fill);
+  }
+};
+
+struct WarpNearestBody {
+  const float* image;
+  const float* disp;
+  float* out;
+  int64_t channels;
+  svfcore::Grid grid;
+  float fill;
+
+  SVF_HOST_DEVICE void operator()(int64_t b, int i, int j, int k) const {
+    const int64_t n = grid.size();
+    const int v = grid.index(i, j, k);
+    const float* d = disp + (b / channels) * 3 * n;
+    float inside;
+    const int nearest = svfcore::nearest_index(grid, static_cast<float>(i) + d[v], static_cast<float>(j) + d[n + v],
+                                               static_cast<float>(k) + d[2 * n + v], inside);
+    const float value = image[b * n + nearest];
+    out[b * n + v] = inside > 0.f ? value : fill;
   }
 };
 
@@ -40,8 +56,9 @@ struct WarpLabelsBody {
   bool onehot;
   int32_t fill_label;
 
-  SVF_HOST_DEVICE void operator()(int64_t b, int64_t i, int64_t j, int64_t k) const {
-    const int64_t n = grid.size(), v = grid.index(i, j, k);
+  SVF_HOST_DEVICE void operator()(int64_t b, int i, int j, int k) const {
+    const int64_t n = grid.size();
+    const int v = grid.index(i, j, k);
     const float* d = disp + b * 3 * n;
     const float x = static_cast<float>(i) + d[v], y = static_cast<float>(j) + d[n + v],
                 z = static_cast<float>(k) + d[2 * n + v];
@@ -49,8 +66,9 @@ struct WarpLabelsBody {
     if (onehot) {
       out[b * n + v] = svfcore::vote_label(src, grid, svfcore::fill_stencil(grid, x, y, z), fill_label);
     } else {
-      const int64_t nearest = svfcore::nearest_index(grid, x, y, z);
-      out[b * n + v] = nearest < 0 ? fill_label : src[nearest];
+      float inside;
+      const int nearest = svfcore::nearest_index(grid, x, y, z, inside);
+      out[b * n + v] = inside > 0.f ? src[nearest] : fill_label;
     }
   }
 };

@@ -7,7 +7,11 @@ namespace svfnet {
 
 void warp_cpu(const float* image, const float* disp, float* out, const Batch& shape, int order, float fill,
               int threads) {
-  for_each_voxel(shape.batch, shape.grid, threads, WarpBody{image, disp, out, shape.channels, shape.grid, order, fill});
+  const int64_t volumes = shape.batch * shape.channels;
+  if (order == 0)
+    for_each_voxel(volumes, shape.grid, threads, WarpNearestBody{image, disp, out, shape.channels, shape.grid, fill});
+  else
+    for_each_voxel(volumes, shape.grid, threads, WarpLinearBody{image, disp, out, shape.channels, shape.grid, fill});
 }
 
 void warp_labels_cpu(const int32_t* labels, const float* disp, int32_t* out, const Batch& shape, bool onehot,

@@ -6,8 +6,11 @@ namespace svfnet {
 
 void warp_cuda(const float* image, const float* disp, float* out, const Batch& shape, int order, float fill,
                std::uintptr_t stream) {
-  launch_voxels(shape.batch, shape.grid, stream, WarpBody{image, disp, out, shape.channels, shape.grid, order, fill},
-                "warp");
+  const int64_t volumes = shape.batch * shape.channels;
+  if (order == 0)
+    launch_voxels(volumes, shape.grid, stream, WarpNearestBody{image, disp, out, shape.channels, shape.grid, fill}, "warp");
+  else
+    launch_voxels(volumes, shape.grid, stream, WarpLinearBody{image, disp, out, shape.channels, shape.grid, fill}, "warp");
 }
 
 void warp_labels_cuda(const int32_t* labels, const float* disp, int32_t* out, const Batch& shape, bool onehot,

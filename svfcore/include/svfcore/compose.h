@@ -10,10 +10,10 @@ namespace svfcore {
 // Displacement of φ_u ∘ φ_w at voxel (i, j, k), both fields first scaled by `scale`:
 //   out(x) = s·w(x) + s·u(x + s·w(x)),  u read clamped at the border.
 // scale = 1 is plain composition; scale = 2^-steps turns the first squaring of exp into one pass.
-SVF_HOST_DEVICE void compose_at(const float* u, const float* w, float* out, const Grid& g, float scale,
-                                int64_t i, int64_t j, int64_t k) {
-  const int64_t n = g.size();
-  const int64_t v = g.index(i, j, k);
+SVF_HOST_DEVICE void compose_at(const float* u, const float* w, float* out, const Grid& g, float scale, int i,
+                                int j, int k) {
+  const int n = static_cast<int>(g.size());  // 32-bit, as every index within a volume
+  const int v = g.index(i, j, k);
   const float wi = scale * w[v], wj = scale * w[n + v], wk = scale * w[2 * n + v];
   const ClampedStencil s = clamped_stencil(g, static_cast<float>(i) + wi, static_cast<float>(j) + wj,
                                            static_cast<float>(k) + wk);

@@ -7,10 +7,10 @@ namespace svfcore {
 
 // ∂f/∂x_axis at (i, j, k) for one channel `f`, in voxels: central differences inside,
 // one-sided at the border (as numpy.gradient with edge_order=1), 0 along an axis of extent 1.
-SVF_HOST_DEVICE float partial(const float* f, const Grid& g, int64_t i, int64_t j, int64_t k, int axis) {
-  const int64_t n = axis == 0 ? g.ni : (axis == 1 ? g.nj : g.nk);
-  const int64_t pos = axis == 0 ? i : (axis == 1 ? j : k);
-  const int64_t stride = axis == 0 ? g.nj * g.nk : (axis == 1 ? g.nk : 1);
+SVF_HOST_DEVICE float partial(const float* f, const Grid& g, int i, int j, int k, int axis) {
+  const int n = axis == 0 ? g.ni : (axis == 1 ? g.nj : g.nk);
+  const int pos = axis == 0 ? i : (axis == 1 ? j : k);
+  const int stride = axis == 0 ? g.nj * g.nk : (axis == 1 ? g.nk : 1);
   if (n < 2) return 0.f;
   const float* p = f + g.index(i, j, k);
   if (pos == 0) return p[stride] - p[0];
@@ -19,7 +19,7 @@ SVF_HOST_DEVICE float partial(const float* f, const Grid& g, int64_t i, int64_t 
 }
 
 // grad[c][a] = ∂f_c/∂x_a at (i, j, k) for a planar 3-component field.
-SVF_HOST_DEVICE void field_gradient(const float* f, const Grid& g, int64_t i, int64_t j, int64_t k, float grad[3][3]) {
+SVF_HOST_DEVICE void field_gradient(const float* f, const Grid& g, int i, int j, int k, float grad[3][3]) {
   const int64_t n = g.size();
   for (int c = 0; c < 3; ++c)
     for (int a = 0; a < 3; ++a) grad[c][a] = partial(f + c * n, g, i, j, k, a);
@@ -27,8 +27,7 @@ SVF_HOST_DEVICE void field_gradient(const float* f, const Grid& g, int64_t i, in
 
 // m = I + ∇u at (i, j, k), in double: near folds the determinant is a small difference of
 // products of order one.
-SVF_HOST_DEVICE void identity_plus_gradient(const float* u, const Grid& g, int64_t i, int64_t j, int64_t k,
-                                            double m[3][3]) {
+SVF_HOST_DEVICE void identity_plus_gradient(const float* u, const Grid& g, int i, int j, int k, double m[3][3]) {
   float grad[3][3];
   field_gradient(u, g, i, j, k, grad);
   for (int r = 0; r < 3; ++r)
@@ -41,7 +40,7 @@ SVF_HOST_DEVICE double det3(const double m[3][3]) {
 }
 
 // det(I + ∇u) at (i, j, k).
-SVF_HOST_DEVICE float jacobian_det_at(const float* u, const Grid& g, int64_t i, int64_t j, int64_t k) {
+SVF_HOST_DEVICE float jacobian_det_at(const float* u, const Grid& g, int i, int j, int k) {
   double m[3][3];
   identity_plus_gradient(u, g, i, j, k, m);
   return static_cast<float>(det3(m));
@@ -50,8 +49,8 @@ SVF_HOST_DEVICE float jacobian_det_at(const float* u, const Grid& g, int64_t i, 
 // out = (I + ∇e)⁻¹ r at (i, j, k). With e = exp(v) and r = u − e, this is the d for which
 // exp(v) ∘ exp(d) ≈ id + u to first order (e(x + d) ≈ e(x) + ∇e d), computed without reading
 // any field outside the grid. Where I + ∇e is near singular (a fold) it falls back to d = r.
-SVF_HOST_DEVICE void jacobian_solve_at(const float* e, const float* r, float* out, const Grid& g, int64_t i,
-                                       int64_t j, int64_t k) {
+SVF_HOST_DEVICE void jacobian_solve_at(const float* e, const float* r, float* out, const Grid& g, int i, int j,
+                                       int k) {
   double m[3][3];
   identity_plus_gradient(e, g, i, j, k, m);
   const double det = det3(m);
@@ -72,8 +71,7 @@ SVF_HOST_DEVICE void jacobian_solve_at(const float* e, const float* r, float* ou
 
 // Lie bracket [v, w] = (∇v) w − (∇w) v at (i, j, k): the second-order term of
 // exp(v) ∘ exp(w) = exp(v + w + ½[v, w] + ...), used by the BCH-corrected logarithm.
-SVF_HOST_DEVICE void lie_bracket_at(const float* v, const float* w, float* out, const Grid& g, int64_t i, int64_t j,
-                                    int64_t k) {
+SVF_HOST_DEVICE void lie_bracket_at(const float* v, const float* w, float* out, const Grid& g, int i, int j, int k) {
   float gv[3][3], gw[3][3];
   field_gradient(v, g, i, j, k, gv);
   field_gradient(w, g, i, j, k, gw);

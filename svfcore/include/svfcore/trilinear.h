@@ -6,6 +6,9 @@
 //  - images read a fill value for every stencil corner outside the grid (SciPy mode
 //    "grid-constant", torch padding "zeros" when fill is 0), so values fade continuously
 //    into the fill across the last half voxel instead of jumping.
+//
+// The bodies are branch-free (selects, clamped indices, unconditional loads that stay in the
+// grid) so that the CPU compiler can vectorise them along k; on the GPU that costs nothing.
 #pragma once
 
 #include <cmath>
@@ -14,122 +17,119 @@
 
 namespace svfcore {
 
+SVF_HOST_DEVICE float lerp(float a, float b, float t) { return a + t * (b - a); }
+
+// ---------------------------------------------------------------- clamped sampling (fields)
+
 // Trilinear stencil of a clamped position: the lower corner and the strides to the upper
 // corners (0 along an axis of extent 1, where both corners are voxel 0).
 struct ClampedStencil {
-  int64_t base, di, dj, dk;
+  int base, di, dj, dk;
   float ti, tj, tk;
 };
 
-// Lower corner and weight along one axis. For n >= 2 the lower corner is at most n-2, so the
-// upper corner always exists and the weight reaches 1 exactly at the last voxel.
-SVF_HOST_DEVICE void clamped_axis(float x, int64_t n, int64_t& lower, float& t, bool& flat) {
-  if (n < 2) {
-    lower = 0;
-    t = 0.f;
-    flat = true;
-    return;
-  }
-  const float xc = clamp_to(x, 0.f, static_cast<float>(n - 1));
-  int64_t x0 = static_cast<int64_t>(xc);  // xc >= 0, so truncation is floor
-  if (x0 > n - 2) x0 = n - 2;
-  lower = x0;
-  t = xc - static_cast<float>(x0);
-  flat = false;
+// Lower corner and weight along one axis of extent n >= 1. For n >= 2 the lower corner is at
+// most n-2, so the upper corner always exists and the weight reaches 1 exactly at the last voxel.
+SVF_HOST_DEVICE void clamped_axis(float x, int n, int& lower, float& t) {
+  const float top = static_cast<float>(n > 1 ? n - 1 : 0);
+  const float xc = clamp_to(x, 0.f, top);
+  const int x0 = static_cast<int>(xc);  // xc >= 0, so truncation is floor
+  lower = x0 < n - 2 ? x0 : (n > 1 ? n - 2 : 0);
+  t = xc - static_cast<float>(lower);
 }
 
 SVF_HOST_DEVICE ClampedStencil clamped_stencil(const Grid& g, float x, float y, float z) {
   ClampedStencil s;
-  int64_t i0, j0, k0;
-  bool fi, fj, fk;
-  clamped_axis(x, g.ni, i0, s.ti, fi);
-  clamped_axis(y, g.nj, j0, s.tj, fj);
-  clamped_axis(z, g.nk, k0, s.tk, fk);
+  int i0, j0, k0;
+  clamped_axis(x, g.ni, i0, s.ti);
+  clamped_axis(y, g.nj, j0, s.tj);
+  clamped_axis(z, g.nk, k0, s.tk);
   s.base = g.index(i0, j0, k0);
-  s.di = fi ? 0 : g.nj * g.nk;
-  s.dj = fj ? 0 : g.nk;
-  s.dk = fk ? 0 : 1;
+  s.di = g.ni > 1 ? g.nj * g.nk : 0;
+  s.dj = g.nj > 1 ? g.nk : 0;
+  s.dk = g.nk > 1 ? 1 : 0;
   return s;
 }
 
-SVF_HOST_DEVICE float lerp(float a, float b, float t) { return a + t * (b - a); }
-
-// Value of one channel `f` (a whole grid) at the stencil's position.
+// Value of one channel `f` (a whole grid) at the stencil's position. Whole 32-bit indices into one
+// base pointer: the form the CPU compiler turns into gathers.
 SVF_HOST_DEVICE float interpolate(const float* f, const ClampedStencil& s) {
-  const float* p = f + s.base;
-  const float c00 = lerp(p[0], p[s.dk], s.tk);
-  const float c01 = lerp(p[s.dj], p[s.dj + s.dk], s.tk);
-  const float c10 = lerp(p[s.di], p[s.di + s.dk], s.tk);
-  const float c11 = lerp(p[s.di + s.dj], p[s.di + s.dj + s.dk], s.tk);
+  const int b = s.base, i = s.di, j = s.dj, k = s.dk;
+  const float c00 = lerp(f[b], f[b + k], s.tk);
+  const float c01 = lerp(f[b + j], f[b + j + k], s.tk);
+  const float c10 = lerp(f[b + i], f[b + i + k], s.tk);
+  const float c11 = lerp(f[b + i + j], f[b + i + j + k], s.tk);
   return lerp(lerp(c00, c01, s.tj), lerp(c10, c11, s.tj), s.ti);
 }
 
-// Trilinear stencil of a position whose corners may lie outside the grid.
-struct FillStencil {
-  int64_t i0, j0, k0;
-  float ti, tj, tk;
-  bool inside;  // all eight corners lie in the grid
+// ---------------------------------------------------------------- sampling with a fill (images)
+
+// One axis of a stencil whose corners may lie outside the grid: the two corners clamped into
+// the grid (safe to read) and their weights, zero for a corner outside the grid. Plain ints and
+// floats, no bools: that is what lets the CPU compiler keep a stencil in vector registers.
+struct FillAxis {
+  int lower, upper;
+  float lower_weight, upper_weight;
+  float t;  // the geometric weight of the upper corner, inside the grid or not
 };
 
-SVF_HOST_DEVICE float floor_limited(float x, int64_t n) {
+SVF_HOST_DEVICE float inside_mask(int x, int n) { return (x >= 0) & (x < n) ? 1.f : 0.f; }
+
+SVF_HOST_DEVICE FillAxis fill_axis(float x, int n) {
   // Positions further out than one voxel read only the fill; limiting them keeps the integer
   // conversion defined for any finite displacement.
-  return floorf(clamp_to(x, -2.f, static_cast<float>(n + 1)));
+  const float limited = clamp_to(x, -2.f, static_cast<float>(n + 1));
+  // floor by truncation and correction: floorf is a library call without SSE4.1, which would
+  // stop the CPU loop from vectorising
+  int x0 = static_cast<int>(limited);
+  x0 -= limited < static_cast<float>(x0) ? 1 : 0;
+  const float t = limited - static_cast<float>(x0);
+  FillAxis a;
+  a.lower = clamp_to(x0, 0, n - 1);
+  a.upper = clamp_to(x0 + 1, 0, n - 1);
+  a.lower_weight = (1.f - t) * inside_mask(x0, n);
+  a.upper_weight = t * inside_mask(x0 + 1, n);
+  a.t = t;
+  return a;
 }
+
+struct FillStencil {
+  FillAxis i, j, k;
+};
 
 SVF_HOST_DEVICE FillStencil fill_stencil(const Grid& g, float x, float y, float z) {
-  FillStencil s;
-  const float fx = floor_limited(x, g.ni), fy = floor_limited(y, g.nj), fz = floor_limited(z, g.nk);
-  s.i0 = static_cast<int64_t>(fx);
-  s.j0 = static_cast<int64_t>(fy);
-  s.k0 = static_cast<int64_t>(fz);
-  s.ti = clamp_to(x - fx, 0.f, 1.f);
-  s.tj = clamp_to(y - fy, 0.f, 1.f);
-  s.tk = clamp_to(z - fz, 0.f, 1.f);
-  s.inside = s.i0 >= 0 && s.j0 >= 0 && s.k0 >= 0 && s.i0 + 1 < g.ni && s.j0 + 1 < g.nj && s.k0 + 1 < g.nk;
-  return s;
+  return FillStencil{fill_axis(x, g.ni), fill_axis(y, g.nj), fill_axis(z, g.nk)};
 }
 
-SVF_HOST_DEVICE bool in_grid(const Grid& g, int64_t i, int64_t j, int64_t k) {
-  return i >= 0 && j >= 0 && k >= 0 && i < g.ni && j < g.nj && k < g.nk;
-}
-
-SVF_HOST_DEVICE float value_or_fill(const float* f, const Grid& g, int64_t i, int64_t j, int64_t k, float fill) {
-  return in_grid(g, i, j, k) ? f[g.index(i, j, k)] : fill;
-}
-
-// Value of one channel `f` at the stencil's position, corners outside the grid reading `fill`.
+// Value of one channel `f` at the stencil's position, corners outside the grid reading `fill`:
+//   value = Σ_corners w·f + fill · (1 − Σ_corners w),
+// with unconditional loads at clamped indices: no branch, and independent products rather than
+// a chain of dependent lerps.
 SVF_HOST_DEVICE float interpolate_fill(const float* f, const Grid& g, const FillStencil& s, float fill) {
-  float c[2][2][2];
-  if (s.inside) {
-    const int64_t di = g.nj * g.nk, dj = g.nk;
-    const float* p = f + g.index(s.i0, s.j0, s.k0);
-    c[0][0][0] = p[0];
-    c[0][0][1] = p[1];
-    c[0][1][0] = p[dj];
-    c[0][1][1] = p[dj + 1];
-    c[1][0][0] = p[di];
-    c[1][0][1] = p[di + 1];
-    c[1][1][0] = p[di + dj];
-    c[1][1][1] = p[di + dj + 1];
-  } else {
-    for (int a = 0; a < 2; ++a)
-      for (int b = 0; b < 2; ++b)
-        for (int e = 0; e < 2; ++e) c[a][b][e] = value_or_fill(f, g, s.i0 + a, s.j0 + b, s.k0 + e, fill);
-  }
-  const float c00 = lerp(c[0][0][0], c[0][0][1], s.tk);
-  const float c01 = lerp(c[0][1][0], c[0][1][1], s.tk);
-  const float c10 = lerp(c[1][0][0], c[1][0][1], s.tk);
-  const float c11 = lerp(c[1][1][0], c[1][1][1], s.tk);
-  return lerp(lerp(c00, c01, s.tj), lerp(c10, c11, s.tj), s.ti);
+  const float wi0 = s.i.lower_weight, wi1 = s.i.upper_weight;
+  const float wj0 = s.j.lower_weight, wj1 = s.j.upper_weight;
+  const float wk0 = s.k.lower_weight, wk1 = s.k.upper_weight;
+  // whole 32-bit indices into one base pointer: the form the CPU compiler turns into gathers
+  const int row00 = (s.i.lower * g.nj + s.j.lower) * g.nk, row01 = (s.i.lower * g.nj + s.j.upper) * g.nk;
+  const int row10 = (s.i.upper * g.nj + s.j.lower) * g.nk, row11 = (s.i.upper * g.nj + s.j.upper) * g.nk;
+  const int k0 = s.k.lower, k1 = s.k.upper;
+  const float r00 = wk0 * f[row00 + k0] + wk1 * f[row00 + k1], r01 = wk0 * f[row01 + k0] + wk1 * f[row01 + k1];
+  const float r10 = wk0 * f[row10 + k0] + wk1 * f[row10 + k1], r11 = wk0 * f[row11 + k0] + wk1 * f[row11 + k1];
+  const float sum = wi0 * (wj0 * r00 + wj1 * r01) + wi1 * (wj0 * r10 + wj1 * r11);
+  const float covered = (wi0 + wi1) * (wj0 + wj1) * (wk0 + wk1);
+  return sum + fill * (1.f - covered);
 }
 
-// Nearest voxel of a position (halves round up), or -1 when it lies outside the grid.
-SVF_HOST_DEVICE int64_t nearest_index(const Grid& g, float x, float y, float z) {
-  const int64_t i = static_cast<int64_t>(floor_limited(x + 0.5f, g.ni));
-  const int64_t j = static_cast<int64_t>(floor_limited(y + 0.5f, g.nj));
-  const int64_t k = static_cast<int64_t>(floor_limited(z + 0.5f, g.nk));
-  return in_grid(g, i, j, k) ? g.index(i, j, k) : -1;
+// Nearest voxel of a position (halves round up), clamped into the grid; `inside` is 1 when the
+// unclamped voxel lies in the grid, 0 otherwise.
+SVF_HOST_DEVICE int nearest_index(const Grid& g, float x, float y, float z, float& inside) {
+  const FillAxis a = fill_axis(x + 0.5f, g.ni), b = fill_axis(y + 0.5f, g.nj), c = fill_axis(z + 0.5f, g.nk);
+  // the lower corner of x + 0.5 is the nearest voxel; its weight is > 0 exactly when it is inside
+  // (or the position sits exactly half way, which then rounds up into the grid or out of it)
+  // the lower corner of x + 0.5 is the nearest voxel, and its weight 1 - t is never 0: it is
+  // positive exactly when that voxel lies in the grid
+  inside = (a.lower_weight > 0.f) & (b.lower_weight > 0.f) & (c.lower_weight > 0.f) ? 1.f : 0.f;
+  return g.index(a.lower, b.lower, c.lower);
 }
 
 // Label of the largest interpolated indicator at the stencil's position (one-hot trilinear
@@ -139,24 +139,29 @@ SVF_HOST_DEVICE int32_t vote_label(const int32_t* labels, const Grid& g, const F
   int32_t seen[8];
   float weight[8];
   int count = 0;
-  for (int a = 0; a < 2; ++a) {
-    const float wa = a ? s.ti : 1.f - s.ti;
-    for (int b = 0; b < 2; ++b) {
-      const float wb = wa * (b ? s.tj : 1.f - s.tj);
-      for (int e = 0; e < 2; ++e) {
-        const float w = wb * (e ? s.tk : 1.f - s.tk);
-        const int64_t i = s.i0 + a, j = s.j0 + b, k = s.k0 + e;
-        const int32_t label = in_grid(g, i, j, k) ? labels[g.index(i, j, k)] : fill_label;
-        int slot = 0;
-        while (slot < count && seen[slot] != label) ++slot;
-        if (slot == count) {
-          seen[count] = label;
-          weight[count] = 0.f;
-          ++count;
-        }
-        weight[slot] += w;
-      }
+  for (int corner = 0; corner < 8; ++corner) {
+    const FillAxis* axes[3] = {&s.i, &s.j, &s.k};
+    int index[3];
+    float w = 1.f;
+    bool inside = true;
+    for (int axis = 0; axis < 3; ++axis) {
+      const bool upper = (corner >> (2 - axis)) & 1;
+      const FillAxis& a = *axes[axis];
+      index[axis] = upper ? a.upper : a.lower;
+      w *= upper ? a.t : 1.f - a.t;
+      // a lower corner's masked weight is positive exactly when it lies in the grid; an upper
+      // corner with t = 0 has no weight, so it does not matter whether it does
+      inside = inside && (upper ? a.upper_weight > 0.f || a.t == 0.f : a.lower_weight > 0.f);
     }
+    const int32_t label = inside ? labels[g.index(index[0], index[1], index[2])] : fill_label;
+    int slot = 0;
+    while (slot < count && seen[slot] != label) ++slot;
+    if (slot == count) {
+      seen[count] = label;
+      weight[count] = 0.f;
+      ++count;
+    }
+    weight[slot] += w;
   }
   int32_t best = seen[0];
   float best_weight = weight[0];
