@@ -13,8 +13,16 @@ import svfnet
 GRIDS = [(5, 6, 7), (9, 4, 6), (6, 5, 1)]
 
 DEVICES = ["cpu"] + (["cuda"] if svfnet.cuda_available() else [])
-# (array kind, device) pairs every operation is checked on; the CUDA one only where a device is.
+# (array kind, device) pairs every operation is checked on; the CUDA ones only where a device is
+# (and CuPy only where it is installed).
 KINDS = [("numpy", "cpu"), ("torch", "cpu")] + [("torch", "cuda")] * ("cuda" in DEVICES)
+if "cuda" in DEVICES:
+    try:
+        import cupy  # noqa: F401
+
+        KINDS.append(("cupy", "cuda"))
+    except ImportError:
+        pass
 requires_cuda = pytest.mark.skipif(not svfnet.cuda_available(), reason="needs a CUDA device and the CUDA launchers")
 
 
@@ -40,11 +48,21 @@ def sample_clamped(field, positions) -> np.ndarray:
 
 
 def to_kind(x: np.ndarray, kind: str, device: str = "cpu"):
-    return x if kind == "numpy" else torch.from_numpy(np.ascontiguousarray(x)).to(device)
+    if kind == "numpy":
+        return x
+    if kind == "cupy":
+        import cupy
+
+        return cupy.asarray(x)
+    return torch.from_numpy(np.ascontiguousarray(x)).to(device)
 
 
 def as_numpy(x) -> np.ndarray:
-    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().numpy()
+    if type(x).__module__.startswith("cupy"):
+        return x.get()
+    return np.asarray(x)
 
 
 @pytest.fixture
