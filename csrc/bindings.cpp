@@ -9,6 +9,7 @@
 
 #include "common/arrays.h"
 #include "ops/compose/compose.h"
+#include "ops/ebs/ebs_binding.h"
 #include "ops/jacobian/jacobian.h"
 #include "ops/reduce/reduce.h"
 #include "ops/warp/warp.h"
@@ -56,6 +57,7 @@ py::dict build_info() {
 PYBIND11_MODULE(_core, m) {
   m.doc() = "svfnet's compiled field operations (see python/svfnet/fields.py for the public API)";
   m.def("build_info", &build_info, "What this extension was compiled with.");
+  bind_ebs(m);  // elastic body splines (svfnet/ebs.py)
 
   // ---- CPU: NumPy arrays (N, C, I, J, K), C-contiguous, never converted (outputs must not be copies)
   m.def(
