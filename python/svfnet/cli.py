@@ -14,6 +14,8 @@ from svfnet import __version__
 # Modules that define a subcommand (imported lazily: `svfnet --help` must not import torch).
 COMMAND_MODULES: list[str] = [
     "svfnet.commands.info",
+    "svfnet.commands.synth",
+    "svfnet.commands.prepare",
 ]
 
 

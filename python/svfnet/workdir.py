@@ -3,7 +3,8 @@
 ```
 WORKDIR/
   prepared/                 svfnet prepare (or svfnet synth + prepare)
-    subjects.json           {"subjects": [{"id", "regions", "source": {...}}...], "shape", "spacing_mm"}
+    subjects.json           {"subjects": [{"id", "regions", "missing_regions", "warnings", "source"}...],
+                            "shape", "spacing_mm", "grid", "dataset", "missing_regions"} (written last)
     images/<id>.nii.gz      float32 image on the common grid
     labels/<id>.nii.gz      uint8 label map on the common grid (0 bg, 1 LV, 2 LV myo, 3 RV, 4 RV myo)
     transforms/<id>.json    the transform from the prepared grid back to the original image
@@ -23,6 +24,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -108,3 +110,49 @@ def read_prepared(workdir: str | Path, subject_id: str) -> PreparedSubject:
 
 def read_all_prepared(workdir: str | Path) -> list[PreparedSubject]:
     return [read_prepared(workdir, subject_id) for subject_id in subject_ids(workdir)]
+
+
+def write_prepared_subject(
+    workdir: str | Path,
+    subject_id: str,
+    image: np.ndarray,
+    labels: np.ndarray,
+    spacing_mm: tuple[float, float, float],
+    transform: dict[str, Any],
+) -> None:
+    """Writes one prepared subject (image, labels, transform record), each file atomically.
+
+    Args:
+        workdir: the work folder.
+        subject_id: the subject's id (a file-name stem).
+        image: ``(I, J, K)`` float32 on the common grid.
+        labels: ``(I, J, K)`` uint8 on the common grid (svfnet's label values).
+        spacing_mm: the grid's voxel size; the NIfTI affine is ``diag(spacing_mm)``.
+        transform: JSON-ready record of the transform back to the original image.
+    """
+    from svfnet._io import write_json
+    from svfnet.data.nifti import write_nifti
+
+    image = np.asarray(image, dtype=np.float32)
+    labels = np.asarray(labels)
+    if image.ndim != 3 or image.shape != labels.shape:
+        raise ValueError(
+            f"write_prepared_subject(): 'image' {image.shape} and 'labels' {labels.shape} must be the same "
+            "(I, J, K) shape"
+        )
+    if not subject_id or "/" in subject_id or subject_id.startswith("."):
+        raise ValueError(f"write_prepared_subject(): 'subject_id' {subject_id!r} is not a usable file name")
+    folder = WorkDir(workdir)
+    affine = np.diag([*(float(s) for s in spacing_mm), 1.0])
+    write_nifti(folder.image(subject_id), image, affine)
+    write_nifti(folder.labels(subject_id), labels.astype(np.uint8), affine)
+    write_json(folder.transform(subject_id), transform)
+
+
+def write_subjects(workdir: str | Path, record: dict[str, Any]) -> None:
+    """Writes ``prepared/subjects.json`` atomically (``record["subjects"]`` lists ``{"id", ...}`` entries)."""
+    from svfnet._io import write_json
+
+    if not isinstance(record.get("subjects"), list) or any("id" not in entry for entry in record["subjects"]):
+        raise ValueError("write_subjects(): 'record' must hold a 'subjects' list of entries with an 'id'")
+    write_json(WorkDir(workdir).subjects_json, record)

@@ -1,0 +1,111 @@
+"""``svfnet prepare DATASET OUT``: align, crop and resample a dataset onto the common grid."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "prepare",
+        help="align a dataset from its labels and resample it onto the common grid (OUT/prepared/)",
+        description="Reads DATASET (layout plain, nnunet or acdc; detected when not given), aligns every "
+        "subject rigidly from its labels to a canonical orientation (LV centre, long axis base to apex, RV "
+        "direction), resamples image and labels onto one grid, normalises intensities to [0, 1], and writes "
+        "OUT/prepared/{images,labels,transforms}/<id> and OUT/prepared/subjects.json. See docs/data.md.",
+    )
+    parser.add_argument("dataset", metavar="DATASET", help="dataset folder")
+    parser.add_argument("out", metavar="OUT", help="work folder (prepared/ is written inside it)")
+    parser.add_argument(
+        "--layout",
+        choices=("plain", "nnunet", "acdc"),
+        default=None,
+        help="dataset layout (default: detected)",
+    )
+    parser.add_argument(
+        "--phase",
+        type=str.upper,
+        choices=("ED", "ES"),
+        default=None,
+        help="acdc: which frame (default ED); plain: keep names ending in _ED/_ES (default all)",
+    )
+    parser.add_argument(
+        "--labels",
+        default=None,
+        metavar="SRC:DST,...",
+        help="label mapping to svfnet's values (1 LV blood pool, 2 LV myocardium, 3 RV blood pool, "
+        "4 RV myocardium), e.g. 3:1,2:2, or a preset: acdc, svfnet. Default: the layout's "
+        "(plain: svfnet's own values; acdc: acdc; nnunet: by label name in dataset.json)",
+    )
+    parser.add_argument(
+        "--shape",
+        type=int,
+        nargs=3,
+        default=(64, 64, 16),
+        metavar=("I", "J", "K"),
+        help="common grid shape (default 64 64 16)",
+    )
+    parser.add_argument(
+        "--spacing",
+        type=float,
+        nargs=3,
+        default=None,
+        metavar=("SI", "SJ", "SK"),
+        help="common grid spacing in mm (default: fitted to hold every heart plus --margin)",
+    )
+    parser.add_argument(
+        "--margin",
+        type=float,
+        default=10.0,
+        metavar="MM",
+        help="margin around the hearts when the spacing is fitted (default 10 mm)",
+    )
+    parser.add_argument(
+        "--long-axis",
+        choices=("slices", "labels"),
+        default="slices",
+        help="long axis from the slice normal of the short-axis stack (default) or from the LV labels",
+    )
+    parser.add_argument("--force", action="store_true", help="replace an existing OUT/prepared/")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from svfnet.data.labels import parse_label_mapping
+    from svfnet.data.prepare import prepare_dataset
+    from svfnet.data.readers import read_dataset
+    from svfnet.workdir import REGIONS
+
+    mapping = parse_label_mapping(args.labels) if args.labels is not None else None
+    dataset = read_dataset(args.dataset, args.layout, phase=args.phase, label_mapping=mapping)
+    report = prepare_dataset(
+        dataset,
+        args.out,
+        shape=tuple(args.shape),
+        spacing_mm=tuple(args.spacing) if args.spacing else None,
+        margin_mm=args.margin,
+        long_axis=args.long_axis,
+        overwrite=args.force,
+        progress=not args.no_progress,
+    )
+    grid = report.grid
+    shape_text = "×".join(map(str, grid.shape))
+    spacing_text = " × ".join(f"{s:g}" for s in grid.spacing_mm)
+    prepared_folder = report.workdir / "prepared"
+    print(
+        f"prepared {len(report.entries)} subjects ({dataset.layout} layout) into {prepared_folder}: "
+        f"grid {shape_text} at {spacing_text} mm"
+    )
+    missing = report.with_missing_regions
+    if missing:
+        print(f"{len(missing)} subjects lack regions (kept; listed in subjects.json):")
+        for subject_id, regions in missing.items():
+            print(f"  {subject_id}: no {', '.join(REGIONS[r] for r in regions)}")
+    warnings = report.with_warnings
+    if warnings:
+        print(f"{len(warnings)} subjects have warnings:")
+        for subject_id, messages in warnings.items():
+            for message in messages:
+                print(f"  {subject_id}: {message}")
+    return 0
