@@ -1,0 +1,192 @@
+"""SVF-Net: a U-Net that predicts the stationary velocity field registering two images.
+
+Input: moving and fixed stacked, ``(N, 2, I, J, K)``; output: the SVF ``(N, 3, I, J, K)`` in voxels
+of the input grid (pull-back convention: ``warp(moving, exp(svf)) ≈ fixed``). The first two levels
+are in-plane (3×3×1 kernels, 2×2×1 pooling): short-axis slices are 6–10 mm apart against
+1.5–2.5 mm in plane, so after two levels the grid is near isotropic; levels three and four are
+3D (3×3×3 kernels; 2×2×2 pooling into level four). The expanding path mirrors it with skip
+connections, and a last in-plane convolution gives the three SVF components.
+
+A grid works when its in-plane sizes are divisible by 8 and its slice count by 2.
+
+References:
+    Rohé, Datar, Heimann, Sermesant, Pennec, "SVF-Net: Learning Deformable Image Registration
+    Using Shape Matching", MICCAI 2017.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["SVFNet", "SVFNetConfig", "check_grid", "load", "save_checkpoint"]
+
+
+@dataclass(frozen=True)
+class SVFNetConfig:
+    """Architecture of an SVF-Net (saved beside the weights in every checkpoint).
+
+    Attributes:
+        widths: channels of levels 1–4 (levels 1–2 in-plane, 3–4 3D).
+        convs_per_level: convolutions per level on each path.
+        norm: "instance", "batch", "group" (8 groups) or "none".
+        activation: "leaky_relu", "relu" or "elu".
+        grid: the grid the model is trained on, ``(I, J, K)`` (other valid grids work too).
+        spacing_mm: the voxel size of that grid (for registration of images in other geometries).
+    """
+
+    widths: tuple[int, int, int, int] = (16, 32, 64, 64)
+    convs_per_level: int = 2
+    norm: str = "instance"
+    activation: str = "leaky_relu"
+    grid: tuple[int, int, int] = (64, 64, 16)
+    spacing_mm: tuple[float, float, float] = (1.8, 1.8, 8.0)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
+        object.__setattr__(self, "grid", tuple(int(s) for s in self.grid))
+        object.__setattr__(self, "spacing_mm", tuple(float(s) for s in self.spacing_mm))
+        if len(self.widths) != 4 or min(self.widths) < 1:
+            raise ValueError(f"SVFNetConfig: 'widths' must be four positive channel counts, got {self.widths}")
+        if self.convs_per_level < 1:
+            raise ValueError(f"SVFNetConfig: 'convs_per_level' must be >= 1, got {self.convs_per_level}")
+        if self.norm not in ("instance", "batch", "group", "none"):
+            raise ValueError(f"SVFNetConfig: 'norm' must be instance, batch, group or none, got {self.norm!r}")
+        if self.activation not in ("leaky_relu", "relu", "elu"):
+            raise ValueError(f"SVFNetConfig: 'activation' must be leaky_relu, relu or elu, got {self.activation!r}")
+        check_grid(self.grid, "SVFNetConfig")
+
+    def to_dict(self) -> dict:
+        return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> SVFNetConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise ValueError(f"SVFNetConfig: unknown keys {sorted(unknown)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
+def check_grid(grid, where: str = "SVFNet") -> None:
+    """Raises ValueError unless ``grid`` (I, J, K) has in-plane sizes divisible by 8 and K by 2."""
+    grid = tuple(int(s) for s in grid)
+    if len(grid) != 3 or grid[0] % 8 or grid[1] % 8 or grid[2] % 2 or min(grid) < 2:
+        raise ValueError(
+            f"{where}: the grid must have in-plane sizes divisible by 8 and a slice count divisible by 2 "
+            f"(e.g. 64x64x16), got {'x'.join(map(str, grid))}"
+        )
+
+
+def _norm(kind: str, channels: int) -> nn.Module:
+    if kind == "instance":
+        return nn.InstanceNorm3d(channels, affine=True)
+    if kind == "batch":
+        return nn.BatchNorm3d(channels)
+    if kind == "group":
+        return nn.GroupNorm(math.gcd(8, channels), channels)
+    return nn.Identity()
+
+
+def _activation(kind: str) -> nn.Module:
+    return {"leaky_relu": nn.LeakyReLU(0.2), "relu": nn.ReLU(), "elu": nn.ELU()}[kind]
+
+
+def _block(in_channels: int, out_channels: int, in_plane: bool, config: SVFNetConfig) -> nn.Sequential:
+    kernel, padding = ((3, 3, 1), (1, 1, 0)) if in_plane else ((3, 3, 3), (1, 1, 1))
+    layers: list[nn.Module] = []
+    for index in range(config.convs_per_level):
+        layers += [
+            nn.Conv3d(in_channels if index == 0 else out_channels, out_channels, kernel, padding=padding),
+            _norm(config.norm, out_channels),
+            _activation(config.activation),
+        ]
+    return nn.Sequential(*layers)
+
+
+# Down-sampling from level l to l + 1: in plane twice, then in all three axes.
+_POOL = ((2, 2, 1), (2, 2, 1), (2, 2, 2))
+_IN_PLANE = (True, True, False, False)
+
+
+class SVFNet(nn.Module):
+    """The U-Net of :class:`SVFNetConfig`; ``forward(pair)`` maps ``(N, 2, I, J, K)`` to the SVF ``(N, 3, I, J, K)``."""
+
+    def __init__(self, config: SVFNetConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or SVFNetConfig()
+        w = self.config.widths
+        self.encoders = nn.ModuleList(
+            [_block(2 if level == 0 else w[level - 1], w[level], _IN_PLANE[level], self.config) for level in range(4)]
+        )
+        self.decoders = nn.ModuleList(
+            [_block(w[level + 1] + w[level], w[level], _IN_PLANE[level], self.config) for level in range(3)]
+        )
+        self.head = nn.Conv3d(w[0], 3, (3, 3, 1), padding=(1, 1, 0))
+        # start from the identity: a zero SVF before any training
+        nn.init.normal_(self.head.weight, std=1e-5)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, pair: torch.Tensor) -> torch.Tensor:
+        if pair.ndim != 5 or pair.shape[1] != 2:
+            raise ValueError(f"SVFNet: input must be (N, 2, I, J, K) (moving, fixed), got {tuple(pair.shape)}")
+        check_grid(pair.shape[2:])
+        skips = []
+        x = pair
+        for level, encoder in enumerate(self.encoders):
+            x = encoder(x)
+            if level < 3:
+                skips.append(x)
+                x = F.max_pool3d(x, _POOL[level])
+        for level in (2, 1, 0):
+            x = F.interpolate(x, scale_factor=_POOL[level], mode="nearest")
+            x = self.decoders[level](torch.cat([x, skips[level]], dim=1))
+        return self.head(x)
+
+
+def save_checkpoint(path: str | Path, model: SVFNet, **extra) -> None:
+    """Writes the model's configuration and weights (plus ``extra`` entries) atomically."""
+    from svfnet._io import atomic_path
+
+    module = model.module if hasattr(model, "module") else model
+    payload = {"format": "svfnet-checkpoint-1", "config": module.config.to_dict(), "model": module.state_dict(), **extra}
+    with atomic_path(path) as temporary:
+        torch.save(payload, temporary)
+
+
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Loads a checkpoint safely (``weights_only=True``) and checks its format; ValueError otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} not found")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # pickle, zip or unsupported-type errors all mean "not our checkpoint"
+        raise ValueError(f"{path} is not a readable svfnet checkpoint ({type(error).__name__}: {error})") from None
+    if not isinstance(payload, dict) or payload.get("format") != "svfnet-checkpoint-1":
+        raise ValueError(f"{path} is not an svfnet checkpoint (no 'format': 'svfnet-checkpoint-1' entry)")
+    for key in ("config", "model"):
+        if key not in payload:
+            raise ValueError(f"{path} is an incomplete svfnet checkpoint: '{key}' is missing")
+    return payload
+
+
+def load(path: str | Path, map_location: str | torch.device = "cpu") -> SVFNet:
+    """The SVF-Net stored in a checkpoint, in eval mode; clear ValueError for a wrong or corrupted file."""
+    payload = read_checkpoint(path, map_location)
+    try:
+        config = SVFNetConfig.from_dict(dict(payload["config"]))
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{path}: invalid model configuration: {error}") from None
+    model = SVFNet(config)
+    try:
+        model.load_state_dict(payload["model"])
+    except RuntimeError as error:
+        raise ValueError(f"{path}: weights do not match the configuration: {error}") from None
+    return model.to(map_location).eval()

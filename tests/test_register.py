@@ -1,0 +1,54 @@
+"""svfnet.register: one pass, one exponential, one warp, with checked inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from svfnet import fields
+from svfnet.model import SVFNet, SVFNetConfig, save_checkpoint
+from svfnet.register import register
+from tests.pipeline_fixtures import heart
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    net = SVFNet(SVFNetConfig(widths=(4, 8, 8, 8), grid=(16, 16, 4)))
+    with torch.no_grad():
+        net.head.weight.normal_(std=0.05)  # a non-trivial SVF
+    return net.eval()
+
+
+def test_register_composes_network_exp_and_warp(model):
+    image, labels = heart()
+    moving, fixed = image, np.roll(image, 1, axis=0)
+    result = register(moving, fixed, model, moving_labels=labels)
+    with torch.no_grad():
+        svf = model(torch.from_numpy(np.stack([moving, fixed])[None]))[0].numpy()
+    np.testing.assert_allclose(result.svf, svf, atol=1e-6)
+    np.testing.assert_allclose(result.displacement, fields.exp(svf), atol=1e-6)
+    np.testing.assert_allclose(result.warped, fields.warp(moving, fields.exp(svf)), atol=1e-6)
+    np.testing.assert_array_equal(result.warped_labels, fields.warp_labels(labels, fields.exp(svf), mode="onehot"))
+    assert result.warped_labels.dtype == labels.dtype and result.seconds > 0
+
+
+def test_register_loads_a_checkpoint(model, tmp_path):
+    image, _ = heart()
+    save_checkpoint(tmp_path / "m.pt", model)
+    np.testing.assert_allclose(register(image, image, tmp_path / "m.pt").svf, register(image, image, model).svf, atol=1e-6)
+
+
+def test_register_bad_inputs(model):
+    image, labels = heart()
+    with pytest.raises(ValueError, match="on one grid"):
+        register(image, image[:8], model)
+    with pytest.raises(ValueError, match="'fixed' has non-finite"):
+        register(image, np.full_like(image, np.nan), model)
+    with pytest.raises(ValueError, match="'moving_labels'"):
+        register(image, image, model, moving_labels=labels[:8])
+    with pytest.raises(ValueError, match="divisible by 8"):
+        register(np.zeros((12, 16, 4), np.float32), np.zeros((12, 16, 4), np.float32), model)
+    with pytest.raises(TypeError, match="'model'"):
+        register(image, image, object())
