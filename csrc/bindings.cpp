@@ -10,6 +10,7 @@
 #include "common/arrays.h"
 #include "ops/compose/compose.h"
 #include "ops/ebs/ebs_binding.h"
+#include "ops/gauss/gauss_binding.h"
 #include "ops/jacobian/jacobian.h"
 #include "ops/reduce/reduce.h"
 #include "ops/warp/warp.h"
@@ -152,6 +153,16 @@ PYBIND11_MODULE(_core, m) {
       },
       py::arg("data").noconvert(), py::arg("threads"));
 
+  // ---- Gaussian kernel sums (svfnet/kernels.py): float32 or float64 rows, one dtype per call
+  m.def("gauss_cpu", &gauss_cpu_entry<float>, py::arg("formula"), py::arg("x").noconvert(), py::arg("y").noconvert(),
+        py::arg("a").noconvert(), py::arg("b").noconvert(), py::arg("c").noconvert(), py::arg("e").noconvert(),
+        py::arg("w").noconvert(), py::arg("out_w").noconvert(), py::arg("out_r").noconvert(), py::arg("inv_sigma2"),
+        py::arg("threads"));
+  m.def("gauss_cpu", &gauss_cpu_entry<double>, py::arg("formula"), py::arg("x").noconvert(), py::arg("y").noconvert(),
+        py::arg("a").noconvert(), py::arg("b").noconvert(), py::arg("c").noconvert(), py::arg("e").noconvert(),
+        py::arg("w").noconvert(), py::arg("out_w").noconvert(), py::arg("out_r").noconvert(), py::arg("inv_sigma2"),
+        py::arg("threads"));
+  m.def("gauss_cpu_isa", &gauss_cpu_isa, "Instruction set the Gaussian kernel sums run with on this CPU.");
 
 #ifdef SVFNET_WITH_CUDA
   // ---- CUDA: device addresses (torch data_ptr(), CuPy .data.ptr), the shape (N, C, I, J, K) of the
@@ -187,5 +198,7 @@ PYBIND11_MODULE(_core, m) {
   m.def("count_nonfinite_cuda", [](Address data, int64_t count, Address stream) {
     return count_nonfinite_cuda(at<const float>(data), count, stream);
   });
+  m.def("gauss_cuda_float32", &gauss_cuda_entry<float>);
+  m.def("gauss_cuda_float64", &gauss_cuda_entry<double>);
 #endif
 }

@@ -16,6 +16,9 @@ COMMAND_MODULES: list[str] = [
     "svfnet.commands.info",
     "svfnet.commands.synth",
     "svfnet.commands.prepare",
+    "svfnet.commands.shapes",
+    "svfnet.commands.references",
+    "svfnet.commands.train",
 ]
 
 

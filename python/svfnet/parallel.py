@@ -1,0 +1,161 @@
+"""Running independent tasks: in this process, in local worker processes, or on a Dask cluster.
+
+Stages with many independent jobs (one registration per subject, one reference per pair) hand
+them to :func:`run_tasks`, which yields each outcome as it completes, so that the stage can write
+it at once (and a stage interrupted half-way resumes from what is on disk):
+
+- ``workers=1``: in this process, one after the other (debugging, tests, tiny jobs);
+- ``workers=N`` (default: one per core): N local processes (``spawn``), each computing with
+  ``threads_per_worker`` threads (default: cores / N), which on a busy machine beats one process
+  with many threads, whose kernels wait for every thread at each barrier;
+- ``scheduler="tcp://host:8786"``: the tasks of a Dask distributed cluster
+  (``pip install svfnet[dask]``); svfnet must be importable on its workers, and tasks carry their
+  inputs, so the workers need not see the work folder.
+
+``func`` must be a module-level function (it is pickled), and so must its arguments.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["TaskOutcome", "run_tasks"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TaskOutcome:
+    """The outcome of task ``index``: its ``value``, or the ``error`` it raised (then value is None)."""
+
+    index: int
+    value: Any = None
+    error: BaseException | None = None
+
+
+def _init_worker(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _call(func: Callable[[Any], Any], task: Any) -> Any:
+    return func(task)
+
+
+def run_tasks(
+    func: Callable[[Any], Any],
+    tasks: Sequence[Any],
+    *,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    threads_per_worker: int | None = None,
+    progress: bool = True,
+    description: str = "",
+) -> Iterator[TaskOutcome]:
+    """Runs ``func(task)`` for every task; yields a :class:`TaskOutcome` per task as it completes.
+
+    A task that raises does not stop the others: its outcome carries the error.
+
+    Args:
+        func: a module-level function of one argument.
+        tasks: its arguments (picklable).
+        workers: local processes (default: the number of cores, at most one per task); 1 runs
+            in this process. Ignored with ``scheduler``.
+        scheduler: address of a Dask distributed scheduler (``tcp://host:port``).
+        threads_per_worker: compute threads of each local process (default: cores / workers).
+        progress: show a tqdm progress bar (on stderr).
+        description: the progress bar's label.
+    """
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise ValueError(f"run_tasks(): 'workers' must be an integer >= 1, got {workers!r}")
+    if threads_per_worker is not None and (
+        isinstance(threads_per_worker, bool)
+        or not isinstance(threads_per_worker, int)
+        or threads_per_worker < 1
+    ):
+        raise ValueError(
+            f"run_tasks(): 'threads_per_worker' must be an integer >= 1, got {threads_per_worker!r}"
+        )
+    if not tasks:
+        return
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(tasks), desc=description or None, disable=not progress, unit="task", leave=True)
+    try:
+        if scheduler is not None:
+            outcomes = _on_dask(func, tasks, scheduler)
+        else:
+            cores = os.cpu_count() or 1
+            count = min(workers or cores, len(tasks))
+            if count == 1:
+                outcomes = _in_process(func, tasks)
+            else:
+                threads = threads_per_worker or max(1, cores // count)
+                outcomes = _in_processes(func, tasks, count, threads)
+        for outcome in outcomes:
+            bar.update(1)
+            yield outcome
+    finally:
+        bar.close()
+
+
+def _in_process(func, tasks) -> Iterator[TaskOutcome]:
+    for index, task in enumerate(tasks):
+        try:
+            value = func(task)
+        except Exception as error:  # reported to the caller with the task's index
+            yield TaskOutcome(index, error=error)
+        else:
+            yield TaskOutcome(index, value=value)
+
+
+def _in_processes(func, tasks, workers: int, threads: int) -> Iterator[TaskOutcome]:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    # spawn, not fork: the parent's OpenMP and torch thread pools do not survive a fork
+    context = multiprocessing.get_context("spawn")
+    logger.info("running %d tasks in %d processes of %d threads", len(tasks), workers, threads)
+    with ProcessPoolExecutor(
+        max_workers=workers, mp_context=context, initializer=_init_worker, initargs=(threads,)
+    ) as pool:
+        futures = {pool.submit(_call, func, task): index for index, task in enumerate(tasks)}
+        try:
+            for future in as_completed(futures):
+                error = future.exception()
+                if error is not None:
+                    yield TaskOutcome(futures[future], error=error)
+                else:
+                    yield TaskOutcome(futures[future], value=future.result())
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+
+
+def _on_dask(func, tasks, scheduler: str) -> Iterator[TaskOutcome]:
+    try:
+        from distributed import Client, as_completed
+    except ImportError:
+        raise ImportError(
+            "running on a Dask cluster needs dask.distributed: pip install 'svfnet[dask]'"
+        ) from None
+    logger.info("running %d tasks on the Dask cluster at %s", len(tasks), scheduler)
+    with Client(scheduler) as client:
+        futures = client.map(func, list(tasks), pure=False)
+        index_of = {future.key: index for index, future in enumerate(futures)}
+        try:
+            for future in as_completed(futures):
+                index = index_of[future.key]
+                if future.status == "error":
+                    yield TaskOutcome(index, error=future.exception())
+                else:
+                    yield TaskOutcome(index, value=future.result())
+        except BaseException:
+            client.cancel(futures)
+            raise
