@@ -1,0 +1,53 @@
+"""``svfnet references WORKDIR``: reference SVFs for all ordered pairs of training subjects."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "references",
+        help="elastic body spline + logarithm: a reference SVF for every ordered pair of subjects",
+        description="For every ordered pair (moving, fixed) of training and validation subjects, spread the "
+        "shapes stage's landmark displacements over the fixed grid with an elastic body spline and take the "
+        "logarithm. Resumes at the first fixed subject not yet written.",
+    )
+    parser.add_argument("workdir", help="work folder with prepared subjects and landmarks (svfnet shapes)")
+    parser.add_argument("--subjects", nargs="+", metavar="ID", help="subjects to pair (default: train + val of the split)")
+    parser.add_argument("--nu", type=float, default=0.25, help="Poisson's ratio of the spline (default 0.25)")
+    parser.add_argument("--smoothing", type=float, default=0.0, help="spline smoothing λ (default 0: interpolate)")
+    parser.add_argument("--log-tol", type=float, default=0.1, help="logarithm tolerance, voxels (default 0.1)")
+    parser.add_argument("--log-max-iter", type=int, default=20, help="logarithm iterations at most (default 20)")
+    parser.add_argument("--dtype", choices=("float16", "float32"), default="float16", help="storage (default float16)")
+    parser.add_argument("--workers", type=int, help="local processes (default: one per core)")
+    parser.add_argument("--scheduler", metavar="ADDRESS", help="Dask scheduler address, e.g. tcp://host:8786")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from svfnet.references import ReferenceParameters, run_references
+
+    parameters = ReferenceParameters(
+        nu=args.nu, smoothing=args.smoothing, log_tol=args.log_tol, log_max_iter=args.log_max_iter, dtype=args.dtype
+    )
+    summary = run_references(
+        args.workdir,
+        subjects=args.subjects,
+        parameters=parameters,
+        workers=args.workers,
+        scheduler=args.scheduler,
+        progress=not args.no_progress,
+    )
+    print(
+        f"references: {summary.pairs} pairs ({summary.fixed_done} fixed subjects computed, "
+        f"{summary.fixed_skipped} already done); {summary.converged} reached the tolerance, "
+        f"{summary.folded} folded"
+    )
+    if not math.isnan(summary.residual_mean):
+        print(f"  logarithm residual: mean {summary.residual_mean:.4f} voxel, worst max {summary.residual_max:.3f} voxel")
+    if summary.seconds_per_pair:
+        print(f"  {summary.seconds_per_pair:.3f} s per pair")
+    return 0

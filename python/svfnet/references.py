@@ -1,0 +1,313 @@
+"""Reference SVFs for every ordered pair of subjects (``svfnet references WORKDIR``).
+
+For the pair (moving i, fixed j): an elastic body spline fitted on the fixed subject's landmarks
+``φ_j(p_k)`` to the displacements ``φ_i(p_k) − φ_j(p_k)`` (millimetres, from the shapes stage) is
+evaluated on j's grid, giving ``u_ij`` in voxels (``x ↦ x + u_ij(x)`` maps fixed to moving,
+DESIGN.md's pull-back convention); then ``v_ij = log(id + u_ij)``. Pairs whose ``id + u`` folds
+(``det(I + ∇u) ≤ 0`` somewhere) are recorded as such: they have no logarithm, and training skips
+them.
+
+The EBS system depends only on the fixed subject's landmarks, so one task handles one fixed
+subject (or a chunk of its moving subjects, to bound memory): factorise once, fit all, evaluate
+all grids in one pass of the kernel, take each logarithm. Tasks run in local processes or on a
+Dask cluster (:func:`svfnet.parallel.run_tasks`); results are written per fixed subject,
+atomically, so an interrupted run resumes at the first fixed subject not yet written.
+
+Layout in ``WORKDIR/references/``::
+
+    config.json          the parameters (a re-run with other parameters refuses to mix them)
+    svf/<fixed>.npy      (M, 3, I, J, K) float16 (or float32): the SVFs for that fixed subject
+    pairs/<fixed>.json   moving ids in the order of the .npy, with per-pair residuals and folds
+
+float16 halves the store; its rounding error (recorded per pair as ``float16_error``, in voxels)
+is ~1e-3 voxel against a logarithm tolerance of 0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from svfnet import fields
+from svfnet._io import write_json
+from svfnet.ebs import factorize_ebs
+from svfnet.parallel import run_tasks
+from svfnet.split import subject_split
+from svfnet.workdir import WorkDir, read_prepared
+
+__all__ = ["ReferenceParameters", "ReferenceStore", "ReferencesSummary", "run_references"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ReferenceParameters:
+    """How references are computed.
+
+    Attributes:
+        nu: Poisson's ratio of the elastic body spline.
+        smoothing: EBS smoothing λ (0 interpolates the landmarks exactly).
+        log_tol: tolerance of the logarithm on ``max|exp(v) − u|``, in voxels.
+        log_max_iter: most iterations of the logarithm.
+        dtype: "float16" or "float32" storage.
+        moving_per_task: most moving subjects per task (bounds a task's memory).
+    """
+
+    nu: float = 0.25
+    smoothing: float = 0.0
+    log_tol: float = 0.1
+    log_max_iter: int = 20
+    dtype: str = "float16"
+    moving_per_task: int = 64
+
+    def __post_init__(self) -> None:
+        if self.dtype not in ("float16", "float32"):
+            raise ValueError(f"references: 'dtype' must be float16 or float32, got {self.dtype!r}")
+        if self.moving_per_task < 1:
+            raise ValueError(f"references: 'moving_per_task' must be >= 1, got {self.moving_per_task!r}")
+        if not self.log_tol > 0 or self.log_max_iter < 1:
+            raise ValueError("references: 'log_tol' must be > 0 and 'log_max_iter' >= 1")
+
+
+def _references_task(task: dict[str, Any]) -> dict[str, Any]:
+    """One fixed subject and some of its moving subjects: EBS fits, grids, logarithms."""
+    parameters = ReferenceParameters(**task["parameters"])
+    fixed_mm = task["fixed_landmarks_mm"]
+    started = time.perf_counter()
+    factor = factorize_ebs(fixed_mm, nu=parameters.nu, smoothing=parameters.smoothing)
+    displacements_mm = np.stack([moving_mm - fixed_mm for moving_mm in task["moving_landmarks_mm"]])
+    grids = factor.solve(displacements_mm).on_grid(task["shape"], task["spacing_mm"])
+    ebs_seconds = (time.perf_counter() - started) / len(grids)
+    svfs = np.empty(grids.shape, dtype=parameters.dtype)
+    records = []
+    for n, u in enumerate(grids):
+        started = time.perf_counter()
+        folds = int((fields.jacobian_det(u) <= 0).sum())
+        if folds:
+            svfs[n] = 0
+            records.append({"folds": folds, "converged": False, "residual_max": None, "residual_mean": None,
+                            "iterations": 0, "float16_error": None, "ebs_seconds": ebs_seconds, "log_seconds": 0.0})
+            continue
+        v, info = _log_quiet(u, parameters)
+        svfs[n] = v
+        records.append({
+            "folds": 0,
+            "converged": info.converged,
+            "residual_max": info.residual_max,
+            "residual_mean": info.residual_mean,
+            "iterations": info.iterations,
+            "float16_error": float(np.abs(svfs[n].astype(np.float32) - v).max()),
+            "ebs_seconds": ebs_seconds,
+            "log_seconds": time.perf_counter() - started,
+        })
+    return {"svfs": svfs, "records": records}
+
+
+def _log_quiet(u: np.ndarray, parameters: ReferenceParameters):
+    """The logarithm with its convergence reported in the record rather than as a warning."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", fields.LogConvergenceWarning)
+        return fields.log(u, tol=parameters.log_tol, max_iter=parameters.log_max_iter, return_info=True)
+
+
+@dataclass(frozen=True)
+class ReferencesSummary:
+    """What a run of the stage did and found."""
+
+    fixed_done: int
+    fixed_skipped: int
+    pairs: int
+    converged: int
+    folded: int
+    residual_max: float  # worst max residual over converged-or-not, unfolded pairs (voxels)
+    residual_mean: float  # mean of the per-pair mean residuals (voxels)
+    seconds_per_pair: float  # wall time of this run / pairs computed in it
+
+
+def _landmarks(workdir: Path, subject: str) -> np.ndarray:
+    from svfnet.shapes.stage import read_landmarks
+
+    return np.asarray(read_landmarks(workdir, subject)["landmarks_mm"], dtype=np.float64)
+
+
+def run_references(
+    workdir: str | Path,
+    *,
+    subjects: list[str] | None = None,
+    parameters: ReferenceParameters | None = None,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    progress: bool = True,
+) -> ReferencesSummary:
+    """Computes the reference SVFs of all ordered pairs of ``subjects`` (see the module docstring).
+
+    Args:
+        workdir: a work folder with prepared subjects and the shapes stage's landmarks.
+        subjects: the subjects whose ordered pairs to compute (default: the training and
+            validation subjects of the work folder's split).
+        parameters: EBS and logarithm parameters (defaults: :class:`ReferenceParameters`).
+        workers: local processes (default: one per core); 1 computes in this process.
+        scheduler: a Dask scheduler address (``tcp://host:8786``) to run the tasks on.
+        progress: show a progress bar.
+    """
+    workdir = Path(workdir)
+    parameters = parameters or ReferenceParameters()
+    folder = WorkDir(workdir).references
+    if subjects is None:
+        split = subject_split(workdir)
+        subjects = sorted(split.train + split.val)
+    subjects = list(dict.fromkeys(subjects))
+    if len(subjects) < 2:
+        raise ValueError(f"run_references(): need at least 2 subjects for pairs, got {subjects}")
+    config_path = folder / "config.json"
+    if config_path.is_file():
+        previous = json.loads(config_path.read_text())
+        wanted = {key: value for key, value in asdict(parameters).items() if key != "moving_per_task"}
+        if {key: previous.get(key) for key in wanted} != wanted:
+            raise ValueError(
+                f"{config_path} was written with other parameters {previous}: remove {folder} to recompute"
+            )
+    write_json(config_path, asdict(parameters))
+
+    first = read_prepared(workdir, subjects[0])
+    shape, spacing = first.image.shape, first.spacing_mm
+    landmarks = {subject: _landmarks(workdir, subject) for subject in subjects}  # clear error if one is missing
+    counts = {len(points) for points in landmarks.values()}
+    if len(counts) != 1:
+        raise ValueError(f"subjects have different landmark counts {sorted(counts)}: re-run `svfnet shapes`")
+
+    todo = [fixed for fixed in subjects if not (folder / "pairs" / f"{fixed}.json").is_file()]
+    tasks, owners = [], []
+    for fixed in todo:
+        movings = [moving for moving in subjects if moving != fixed]
+        for start in range(0, len(movings), parameters.moving_per_task):
+            chunk = movings[start : start + parameters.moving_per_task]
+            tasks.append({
+                "parameters": asdict(parameters),
+                "fixed_landmarks_mm": landmarks[fixed],
+                "moving_landmarks_mm": [landmarks[m] for m in chunk],
+                "shape": shape,
+                "spacing_mm": spacing,
+            })
+            owners.append((fixed, start, chunk))
+
+    started = time.perf_counter()
+    pending: dict[str, dict[str, Any]] = {}
+    computed = 0
+    try:
+        for outcome in run_tasks(_references_task, tasks, workers=workers, scheduler=scheduler, progress=progress,
+                                 description="references"):
+            fixed, start, chunk = owners[outcome.index]
+            if outcome.error is not None:
+                raise RuntimeError(f"references for fixed subject {fixed} failed: {outcome.error}") from outcome.error
+            movings = [moving for moving in subjects if moving != fixed]
+            entry = pending.get(fixed)
+            if entry is None:
+                # the fixed subject's store fills chunk by chunk, memory-mapped under a temporary
+                # name, and takes its real name only when complete
+                final = folder / "svf" / f"{fixed}.npy"
+                final.parent.mkdir(parents=True, exist_ok=True)
+                partial = final.with_name(f".{fixed}.partial.npy")
+                store = np.lib.format.open_memmap(partial, mode="w+", dtype=parameters.dtype,
+                                                  shape=(len(movings), 3, *shape))
+                entry = pending[fixed] = {"final": final, "partial": partial, "store": store,
+                                          "records": [None] * len(movings),
+                                          "remaining": sum(1 for owner in owners if owner[0] == fixed)}
+            entry["store"][start : start + len(chunk)] = outcome.value["svfs"]
+            entry["records"][start : start + len(chunk)] = outcome.value["records"]
+            entry["remaining"] -= 1
+            computed += len(chunk)
+            if entry["remaining"] == 0:
+                entry["store"].flush()
+                del entry["store"]
+                os.replace(entry["partial"], entry["final"])
+                # the record is written last: it marks the fixed subject as done
+                write_json(folder / "pairs" / f"{fixed}.json", {
+                    "fixed": fixed,
+                    "moving": movings,
+                    "pairs": [{"moving": m, **record} for m, record in zip(movings, entry["records"], strict=True)],
+                })
+                del pending[fixed]
+    finally:
+        for entry in pending.values():  # interrupted: drop the half-filled stores
+            entry.pop("store", None)
+            entry["partial"].unlink(missing_ok=True)
+    elapsed = time.perf_counter() - started
+    return _summary(folder, subjects, len(todo), len(subjects) - len(todo), elapsed, computed)
+
+
+def _summary(folder: Path, subjects, done: int, skipped: int, elapsed: float, computed: int) -> ReferencesSummary:
+    records = []
+    for fixed in subjects:
+        path = folder / "pairs" / f"{fixed}.json"
+        if path.is_file():
+            records += json.loads(path.read_text())["pairs"]
+    unfolded = [r for r in records if not r["folds"]]
+    return ReferencesSummary(
+        fixed_done=done,
+        fixed_skipped=skipped,
+        pairs=len(records),
+        converged=sum(1 for r in records if r["converged"]),
+        folded=len(records) - len(unfolded),
+        residual_max=max((r["residual_max"] for r in unfolded), default=float("nan")),
+        residual_mean=float(np.mean([r["residual_mean"] for r in unfolded])) if unfolded else float("nan"),
+        seconds_per_pair=elapsed / computed if computed else 0.0,
+    )
+
+
+class ReferenceStore:
+    """Reads the reference SVFs written by :func:`run_references` (memory-mapped, fast)."""
+
+    def __init__(self, workdir: str | Path) -> None:
+        self.folder = WorkDir(workdir).references
+        if not (self.folder / "pairs").is_dir():
+            raise FileNotFoundError(f"no references in {self.folder}: run `svfnet references` first")
+
+    @lru_cache(maxsize=None)  # noqa: B019 - one store per work folder, kept for the process
+    def _record(self, fixed: str) -> dict[str, Any]:
+        return json.loads((self.folder / "pairs" / f"{fixed}.json").read_text())
+
+    @lru_cache(maxsize=None)  # noqa: B019
+    def _svfs(self, fixed: str) -> np.ndarray:
+        return np.load(self.folder / "svf" / f"{fixed}.npy", mmap_mode="r")
+
+    def fixed_subjects(self) -> list[str]:
+        return sorted(path.stem for path in (self.folder / "pairs").glob("*.json"))
+
+    def records(self) -> list[dict[str, Any]]:
+        """Every pair's record: moving, fixed, residuals, folds, iterations, timings."""
+        return [{"fixed": fixed, **pair} for fixed in self.fixed_subjects() for pair in self._record(fixed)["pairs"]]
+
+    def pairs(self, *, max_residual_vox: float | None = 1.0, max_mean_residual_vox: float = 0.05) -> list[tuple[str, str]]:
+        """(moving, fixed) pairs whose reference is usable for training.
+
+        A pair is left out when ``id + u`` folded (it has no logarithm), or when the logarithm's
+        residual ``|exp(v) − u|`` exceeds ``max_residual_vox`` anywhere (None: no limit) or
+        ``max_mean_residual_vox`` on average. The largest residuals sit at the grid's corners,
+        where the spline extrapolates and exp reads fields clamped, far from the heart.
+        """
+        return [
+            (r["moving"], r["fixed"])
+            for r in self.records()
+            if not r["folds"]
+            and (max_residual_vox is None or r["residual_max"] <= max_residual_vox)
+            and r["residual_mean"] <= max_mean_residual_vox
+        ]
+
+    def svf(self, moving: str, fixed: str) -> np.ndarray:
+        """The reference SVF of (moving, fixed), float32 ``(3, I, J, K)`` in voxels of the fixed grid."""
+        try:
+            index = self._record(fixed)["moving"].index(moving)
+        except (FileNotFoundError, ValueError):
+            raise KeyError(f"no reference for moving {moving!r}, fixed {fixed!r}") from None
+        return np.asarray(self._svfs(fixed)[index], dtype=np.float32)

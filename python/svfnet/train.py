@@ -1,0 +1,512 @@
+"""Training SVF-Net on pairs of prepared subjects (``svfnet train WORKDIR``).
+
+Each step draws a batch of (moving, fixed) pairs of training subjects with their target SVF,
+shifts each pair and its target by the same small in-plane translation (which keeps the target
+exact: if ``fixed(x) ≈ moving(x + v(x))`` then the shifted images obey it with ``v`` shifted
+alike), predicts the SVF and takes an Adam step on the squared difference to the target.
+
+Targets come from one of two sources with the same code path:
+  - ``"references"``: the reference SVFs of the shapes pipeline (``svfnet references``);
+  - ``"random"``: smooth random SVFs ``v``, the pair being (subject, subject warped by exp(v)) —
+    for development, and to pre-train before references exist.
+
+Everything needed to continue is checkpointed atomically every ``checkpoint_every`` steps
+(model, optimiser, step, every rank's sampling RNG), so ``resume=True`` after a kill reaches the
+same weights as an uninterrupted run. Under ``torchrun`` the same call trains data-parallel
+(DistributedDataParallel; gloo on CPU, nccl on GPU); rank 0 validates and writes.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from scipy.ndimage import binary_dilation, gaussian_filter
+
+from svfnet import fields
+from svfnet._io import atomic_path, write_json
+from svfnet.model import SVFNet, SVFNetConfig, check_grid, read_checkpoint, save_checkpoint
+from svfnet.split import subject_split
+from svfnet.workdir import REGIONS, WorkDir, read_prepared
+
+__all__ = ["Cohort", "RandomTargets", "ReferenceTargets", "TrainConfig", "TrainResult", "dice_per_region", "train"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training parameters (all saved with the run).
+
+    Attributes:
+        steps: optimiser steps.
+        batch_size: pairs per step (per process under torchrun).
+        learning_rate: Adam's learning rate.
+        targets: "references" or "random" (see the module docstring).
+        random_amplitude_vox: root-mean-square in-plane component of a random target SVF, in voxels.
+        random_smoothness_vox: Gaussian width of random target SVFs, in voxels (in plane; the
+            slice axis uses it divided by the slice/in-plane spacing ratio).
+        shift_vox: largest in-plane translation of the augmentation, in voxels (0: none).
+        loss_mask: "none" (whole grid) or "heart" (voxels within 3 voxels of the fixed labels).
+        validate_every: steps between validations (loss and Dice on the validation pairs).
+        validation_pairs: at most this many validation pairs.
+        checkpoint_every: steps between checkpoints.
+        seed: seeds the model's initialisation, the sampling and the augmentation.
+        model: the architecture.
+    """
+
+    steps: int = 2000
+    batch_size: int = 4
+    learning_rate: float = 1e-3
+    targets: str = "references"
+    random_amplitude_vox: float = 1.5
+    random_smoothness_vox: float = 6.0
+    shift_vox: int = 3
+    loss_mask: str = "none"
+    validate_every: int = 100
+    validation_pairs: int = 16
+    checkpoint_every: int = 50
+    seed: int = 0
+    model: SVFNetConfig = field(default_factory=SVFNetConfig)
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "validate_every", "validation_pairs", "checkpoint_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"TrainConfig: '{name}' must be a positive integer, got {value!r}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"TrainConfig: 'learning_rate' must be > 0, got {self.learning_rate!r}")
+        if self.targets not in ("references", "random"):
+            raise ValueError(f"TrainConfig: 'targets' must be 'references' or 'random', got {self.targets!r}")
+        if self.loss_mask not in ("none", "heart"):
+            raise ValueError(f"TrainConfig: 'loss_mask' must be 'none' or 'heart', got {self.loss_mask!r}")
+        if self.shift_vox < 0:
+            raise ValueError(f"TrainConfig: 'shift_vox' must be >= 0, got {self.shift_vox!r}")
+
+    def to_dict(self) -> dict:
+        data = dataclasses.asdict(self)
+        data["model"] = self.model.to_dict()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        data = dict(data)
+        data["model"] = SVFNetConfig.from_dict(data.get("model", {}))
+        return cls(**data)
+
+
+# -------------------------------------------------------------------------------- data
+@dataclass(frozen=True)
+class Cohort:
+    """Prepared subjects held in memory (a 64×64×16 subject is 320 KB)."""
+
+    ids: tuple[str, ...]
+    images: np.ndarray  # (S, I, J, K) float32
+    labels: np.ndarray  # (S, I, J, K) uint8
+    spacing_mm: tuple[float, float, float]
+
+    @classmethod
+    def load(cls, workdir: str | Path, subject_ids) -> Cohort:
+        subjects = [read_prepared(workdir, subject_id) for subject_id in subject_ids]
+        if not subjects:
+            raise ValueError("Cohort.load(): no subjects")
+        grids = {s.image.shape for s in subjects}
+        if len(grids) != 1:
+            raise ValueError(f"prepared subjects are on different grids {sorted(grids)}: re-run `svfnet prepare`")
+        return cls(
+            tuple(s.id for s in subjects),
+            np.stack([s.image for s in subjects]),
+            np.stack([s.labels for s in subjects]),
+            subjects[0].spacing_mm,
+        )
+
+    @property
+    def grid(self) -> tuple[int, int, int]:
+        return tuple(self.images.shape[1:])
+
+
+@dataclass
+class Batch:
+    """Moving and fixed images ``(B, I, J, K)``, target SVFs ``(B, 3, I, J, K)``, labels."""
+
+    moving: np.ndarray
+    fixed: np.ndarray
+    target: np.ndarray
+    moving_labels: np.ndarray
+    fixed_labels: np.ndarray
+
+
+class ReferenceTargets:
+    """Pairs of subjects with reference SVFs from the references stage."""
+
+    def __init__(self, workdir: str | Path, cohort: Cohort, *, involving: tuple[str, ...] | None = None) -> None:
+        """Pairs of ``cohort`` subjects with a usable reference; with ``involving``, only the pairs
+        with at least one of those subjects (validation pairs when few subjects are held out)."""
+        from svfnet.references import ReferenceStore
+
+        self.cohort = cohort
+        self.store = ReferenceStore(workdir)
+        index = {subject_id: n for n, subject_id in enumerate(cohort.ids)}
+        self.pairs = [
+            (index[m], index[f])
+            for m, f in self.store.pairs()
+            if m in index and f in index and (involving is None or m in involving or f in involving)
+        ]
+        if not self.pairs:
+            raise ValueError(
+                f"no reference SVFs between the subjects {list(cohort.ids)[:4]}...: run `svfnet references` first "
+                "(or train with targets='random')"
+            )
+
+    def batch(self, pair_indices) -> Batch:
+        moving, fixed = zip(*(self.pairs[p] for p in pair_indices), strict=True)
+        target = np.stack(
+            [self.store.svf(self.cohort.ids[m], self.cohort.ids[f]) for m, f in zip(moving, fixed, strict=True)]
+        )
+        c = self.cohort
+        return Batch(c.images[list(moving)], c.images[list(fixed)], target, c.labels[list(moving)], c.labels[list(fixed)])
+
+    def sample(self, rng: np.random.Generator, size: int) -> Batch:
+        return self.batch(rng.integers(0, len(self.pairs), size=size))
+
+    def validation(self, count: int) -> Batch:
+        chosen = np.random.default_rng(12345).permutation(len(self.pairs))[:count]
+        return self.batch(sorted(chosen))
+
+
+def random_svf(rng: np.random.Generator, grid, spacing_mm, amplitude_vox: float, smoothness_vox: float) -> np.ndarray:
+    """A smooth random SVF ``(3, I, J, K)``: in-plane components of root-mean-square ``amplitude_vox``.
+
+    Normalised by the RMS, not the maximum: a few peaks (often at the border) would otherwise
+    leave the heart, in the middle, almost still.
+    """
+    ratio = spacing_mm[2] / spacing_mm[0]
+    sigma = (0, smoothness_vox, smoothness_vox, max(smoothness_vox / ratio, 0.5))
+    field_ = gaussian_filter(rng.standard_normal((3, *grid)), sigma=sigma, mode="wrap")
+    field_ *= amplitude_vox / np.sqrt(np.mean(field_[:2] ** 2))
+    field_[2] /= ratio  # in voxels, the slice axis moves less for the same millimetres
+    return field_.astype(np.float32)
+
+
+class RandomTargets:
+    """Pairs (subject, subject warped by exp(v)) with target v, v a smooth random SVF."""
+
+    def __init__(self, cohort: Cohort, amplitude_vox: float, smoothness_vox: float) -> None:
+        self.cohort, self.amplitude_vox, self.smoothness_vox = cohort, amplitude_vox, smoothness_vox
+
+    def _pairs(self, rng: np.random.Generator, subjects) -> Batch:
+        c = self.cohort
+        target = np.stack(
+            [random_svf(rng, c.grid, c.spacing_mm, self.amplitude_vox, self.smoothness_vox) for _ in subjects]
+        )
+        disp = fields.exp(target)
+        moving, labels = c.images[subjects], c.labels[subjects]
+        fixed = fields.warp(moving[:, None], disp)[:, 0]
+        fixed_labels = fields.warp_labels(labels, disp, mode="onehot")
+        return Batch(moving, fixed, target, labels, fixed_labels)
+
+    def sample(self, rng: np.random.Generator, size: int) -> Batch:
+        return self._pairs(rng, rng.integers(0, len(self.cohort.ids), size=size))
+
+    def validation(self, count: int) -> Batch:
+        rng = np.random.default_rng(12345)
+        return self._pairs(rng, np.arange(count) % len(self.cohort.ids))
+
+
+def shift_in_plane(batch: Batch, shifts: np.ndarray) -> Batch:
+    """Translates each pair and its target by an integer in-plane shift ``(di, dj)``.
+
+    Content moves by +shift; what enters at the border is 0 for images and labels and the
+    nearest target vector for the SVF (the target of a region no image shows barely matters).
+    """
+
+    def shift(volume: np.ndarray, di: int, dj: int, edge: bool) -> np.ndarray:
+        pad = [(0, 0)] * (volume.ndim - 3) + [(max(di, 0), max(-di, 0)), (max(dj, 0), max(-dj, 0)), (0, 0)]
+        padded = np.pad(volume, pad, mode="edge" if edge else "constant")
+        ni, nj = volume.shape[-3], volume.shape[-2]
+        start_i, start_j = max(-di, 0), max(-dj, 0)
+        return padded[..., start_i : start_i + ni, start_j : start_j + nj, :]
+
+    out = dataclasses.replace(batch)
+    out.moving, out.fixed, out.target = batch.moving.copy(), batch.fixed.copy(), batch.target.copy()
+    out.moving_labels, out.fixed_labels = batch.moving_labels.copy(), batch.fixed_labels.copy()
+    for n, (di, dj) in enumerate(shifts):
+        out.moving[n] = shift(batch.moving[n], di, dj, False)
+        out.fixed[n] = shift(batch.fixed[n], di, dj, False)
+        out.target[n] = shift(batch.target[n], di, dj, True)
+        out.moving_labels[n] = shift(batch.moving_labels[n], di, dj, False)
+        out.fixed_labels[n] = shift(batch.fixed_labels[n], di, dj, False)
+    return out
+
+
+def dice_per_region(warped: np.ndarray, target: np.ndarray) -> dict[int, float]:
+    """Dice of each region present in either label map (``REGIONS``)."""
+    scores = {}
+    for region in REGIONS:
+        a, b = warped == region, target == region
+        total = int(a.sum() + b.sum())
+        if total:
+            scores[region] = 2.0 * float(np.logical_and(a, b).sum()) / total
+    return scores
+
+
+# -------------------------------------------------------------------------------- loop
+@dataclass(frozen=True)
+class TrainResult:
+    checkpoint: Path
+    model: SVFNet  # this process's replica, in eval mode
+    step: int
+
+
+
+@dataclass(frozen=True)
+class _Dist:
+    rank: int
+    world: int
+    device: torch.device
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _distributed() -> _Dist:
+    """Joins the torchrun process group when launched by torchrun; a single process otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+    else:
+        device = torch.device("cpu")
+    return _Dist(rank, dist.get_world_size() if dist.is_initialized() else 1, device)
+
+
+def run_folder(workdir: str | Path, run: str) -> Path:
+    return WorkDir(workdir).models / run
+
+
+def _inputs(batch: Batch, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    pair = torch.from_numpy(np.stack([batch.moving, batch.fixed], axis=1)).to(device)
+    return pair, torch.from_numpy(batch.target).to(device)
+
+
+def _loss_weights(batch: Batch, mask: str, device: torch.device) -> torch.Tensor | None:
+    if mask == "none":
+        return None
+    heart = binary_dilation(batch.fixed_labels > 0, structure=np.ones((1, 7, 7, 3), bool))
+    return torch.from_numpy(heart[:, None].astype(np.float32)).to(device)
+
+
+def masked_mse(prediction: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """Mean squared difference (voxel²): the paper's sum of squared differences up to a constant factor."""
+    squared = (prediction - target).pow(2)
+    if weights is None:
+        return squared.mean()
+    return (squared * weights).sum() / (weights.sum() * squared.shape[1]).clamp_min(1.0)
+
+
+def validate(model: SVFNet, batch: Batch, device: torch.device) -> dict[str, float]:
+    """Validation loss and mean Dice (moving labels warped by exp of the prediction) vs identity."""
+    model.eval()
+    with torch.no_grad():
+        pair, target = _inputs(batch, device)
+        prediction = model(pair)
+        loss = float(masked_mse(prediction, target, None))
+        disp = fields.exp(prediction.float().cpu())
+    model.train()
+    warped = fields.warp_labels(batch.moving_labels, disp.numpy(), mode="onehot")
+    dice = [np.mean(list(dice_per_region(w, f).values())) for w, f in zip(warped, batch.fixed_labels, strict=True)]
+    identity = [
+        np.mean(list(dice_per_region(m, f).values())) for m, f in zip(batch.moving_labels, batch.fixed_labels, strict=True)
+    ]
+    return {"val_loss": loss, "val_dice": float(np.mean(dice)), "identity_dice": float(np.mean(identity))}
+
+
+def train(
+    workdir: str | Path,
+    config: TrainConfig | None = None,
+    *,
+    run: str = "svfnet",
+    resume: bool = False,
+    progress: bool = True,
+    tensorboard: bool = False,
+    on_step: Callable[[int], None] | None = None,
+) -> TrainResult:
+    """Trains SVF-Net on the work folder's training subjects.
+
+    Args:
+        workdir: a prepared work folder (``svfnet prepare``; ``svfnet references`` for reference targets).
+        config: training parameters (defaults: :class:`TrainConfig`). With ``resume`` the saved
+            configuration is used and this one must match it or be None.
+        run: name of the run folder under ``WORKDIR/models/``.
+        resume: continue the run from its last checkpoint (to the same result as uninterrupted).
+        progress: show a progress bar.
+        tensorboard: also log to TensorBoard (needs the ``tensorboard`` package).
+        on_step: called with the step number after each step (tests use it to simulate a kill).
+
+    Returns:
+        The checkpoint's path and this process's trained model.
+
+    Outputs in ``WORKDIR/models/<run>/``: ``checkpoint.pt`` (latest), ``config.json``, ``log.csv``.
+    """
+    folder = run_folder(workdir, run)
+    checkpoint_path, config_path, log_path = folder / "checkpoint.pt", folder / "config.json", folder / "log.csv"
+    saved = read_checkpoint(checkpoint_path) if checkpoint_path.is_file() else None
+    if saved is not None and not resume:
+        raise FileExistsError(f"{checkpoint_path} exists: pass resume=True (--resume) to continue it, or choose another run")
+    if saved is not None:
+        saved_config = TrainConfig.from_dict(json.loads(json.dumps(saved["train_config"])))
+        if config is not None and config != saved_config:
+            raise ValueError(f"train(): 'config' differs from the configuration of the run being resumed ({checkpoint_path})")
+        config = saved_config
+    config = config or TrainConfig()
+    check_grid(config.model.grid, "train()")
+
+    where = _distributed()
+    split = subject_split(workdir)
+    train_cohort = Cohort.load(workdir, split.train)
+    if train_cohort.grid != config.model.grid:
+        config = dataclasses.replace(
+            config, model=dataclasses.replace(config.model, grid=train_cohort.grid, spacing_mm=train_cohort.spacing_mm)
+        )
+    check_grid(train_cohort.grid, "train()")
+    if config.targets == "references":
+        source = ReferenceTargets(workdir, train_cohort)
+        # validation pairs: every pair with a validation subject on either side
+        validation_source = (
+            ReferenceTargets(workdir, Cohort.load(workdir, split.train + split.val), involving=split.val)
+            if split.val
+            else source
+        )
+    else:
+        source = RandomTargets(train_cohort, config.random_amplitude_vox, config.random_smoothness_vox)
+        validation_source = RandomTargets(
+            Cohort.load(workdir, split.val) if split.val else train_cohort,
+            config.random_amplitude_vox,
+            config.random_smoothness_vox,
+        )
+    validation_batch = validation_source.validation(config.validation_pairs) if where.main else None
+
+    torch.manual_seed(config.seed)
+    model = SVFNet(config.model).to(where.device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+    rng = np.random.default_rng([config.seed, where.rank])
+    step = 0
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        step = int(saved["step"])
+        states = saved["sampling_states"]
+        if len(states) != where.world:
+            raise ValueError(f"{checkpoint_path} was written by {len(states)} processes, resumed with {where.world}")
+        rng.bit_generator.state = json.loads(states[where.rank])
+        torch.set_rng_state(saved["torch_rng"])
+    trained = torch.nn.parallel.DistributedDataParallel(model) if where.world > 1 else model
+
+    writer = _Log(log_path, step, tensorboard) if where.main else None
+    if where.main:
+        write_json(config_path, config.to_dict())
+    bar = None
+    if progress and where.main:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=config.steps, initial=step, desc="train", unit="step")
+    started = time.perf_counter()
+    try:
+        while step < config.steps:
+            batch = source.sample(rng, config.batch_size)
+            if config.shift_vox:
+                batch = shift_in_plane(batch, rng.integers(-config.shift_vox, config.shift_vox + 1, size=(config.batch_size, 2)))
+            pair, target = _inputs(batch, where.device)
+            loss = masked_mse(trained(pair), target, _loss_weights(batch, config.loss_mask, where.device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            row = {"step": step, "loss": float(loss.detach()), "seconds": time.perf_counter() - started}
+            if where.main and (step % config.validate_every == 0 or step == config.steps):
+                row.update(validate(model, validation_batch, where.device))
+            if step % config.checkpoint_every == 0 or step == config.steps:
+                _checkpoint(checkpoint_path, model, optimizer, step, rng, config, where)
+            if writer is not None:
+                writer.write(row)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{row['loss']:.4f}", **({"val_dice": f"{row['val_dice']:.3f}"} if "val_dice" in row else {}))
+            if on_step is not None:
+                on_step(step)
+    finally:
+        if bar is not None:
+            bar.close()
+        if writer is not None:
+            writer.close()
+    return TrainResult(checkpoint_path, model.eval(), step)
+
+
+def _checkpoint(path: Path, model: SVFNet, optimizer, step: int, rng, config: TrainConfig, where: _Dist) -> None:
+    state = json.dumps(rng.bit_generator.state)  # a string: loads under weights_only, any size of int
+    states = [state]
+    if where.world > 1:
+        states = [None] * where.world
+        dist.all_gather_object(states, state)
+    if where.main:
+        save_checkpoint(
+            path,
+            model,
+            optimizer=optimizer.state_dict(),
+            step=step,
+            sampling_states=states,
+            torch_rng=torch.get_rng_state(),
+            train_config=config.to_dict(),
+        )
+
+
+class _Log:
+    """log.csv (rows up to the resumed step kept, later ones dropped) and optional TensorBoard."""
+
+    COLUMNS = ("step", "loss", "val_loss", "val_dice", "identity_dice", "seconds")
+
+    def __init__(self, path: Path, resumed_step: int, tensorboard: bool) -> None:
+        kept = []
+        if path.is_file() and resumed_step:
+            with path.open(newline="") as handle:
+                kept = [row for row in csv.DictReader(handle) if int(row["step"]) <= resumed_step]
+        with atomic_path(path) as temporary, temporary.open("w", newline="") as handle:
+            csv_writer = csv.DictWriter(handle, self.COLUMNS)
+            csv_writer.writeheader()
+            csv_writer.writerows(kept)
+        self.handle = path.open("a", newline="")
+        self.csv = csv.DictWriter(self.handle, self.COLUMNS)
+        self.board = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.board = SummaryWriter(str(path.parent / "tensorboard"))
+
+    def write(self, row: dict) -> None:
+        self.csv.writerow({key: row.get(key, "") for key in self.COLUMNS})
+        self.handle.flush()
+        if self.board is not None:
+            for key, value in row.items():
+                if key != "step":
+                    self.board.add_scalar(key, value, row["step"])
+
+    def close(self) -> None:
+        self.handle.close()
+        if self.board is not None:
+            self.board.close()

@@ -1,0 +1,83 @@
+"""The references stage: EBS + logarithm per pair, stored compactly, resumable."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from scipy.ndimage import gaussian_filter
+
+from svfnet import fields
+from svfnet.ebs import fit_ebs
+from svfnet.references import ReferenceParameters, ReferenceStore, run_references
+from svfnet.shapes.stage import _write_landmarks
+from svfnet.workdir import WorkDir
+from tests.pipeline_fixtures import GRID, SPACING_MM, deformed_cohort, write_split
+
+
+def write_landmarks(workdir, subjects, rng):
+    """Landmarks spread over the heart region, moved smoothly per subject (mm)."""
+    base = rng.uniform([12, 12, 5], [48, 48, 25], size=(60, 3))
+    points = {}
+    for n, subject in enumerate(subjects):
+        shift = 2.0 * np.sin(base[:, [1, 0, 2]] / 15.0 + n) * np.array([1.0, 1.0, 0.2]) if n else 0.0
+        points[subject] = base + shift
+        _write_landmarks(WorkDir(workdir).shapes / "landmarks" / f"{subject}.npz", points[subject], {"test": True}, {})
+    return points
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    deformed_cohort(tmp_path, count=4)
+    write_split(tmp_path, train=["s0", "s1", "s2"], val=["s3"])
+    return tmp_path
+
+
+def test_references_for_all_ordered_pairs_match_the_splines(workdir):
+    points = write_landmarks(workdir, ["s0", "s1", "s2", "s3"], np.random.default_rng(0))
+    summary = run_references(workdir, workers=1, progress=False)
+    assert summary.pairs == 12 and summary.fixed_done == 4 and summary.folded == 0
+    store = ReferenceStore(workdir)
+    assert sorted(store.pairs()) == sorted((m, f) for m in points for f in points if m != f)
+    for moving, fixed in [("s1", "s0"), ("s0", "s3")]:
+        u = fit_ebs(points[fixed], points[moving] - points[fixed]).on_grid(GRID, SPACING_MM)
+        v = store.svf(moving, fixed)
+        assert v.dtype == np.float32 and v.shape == (3, *GRID)
+        record = next(r for r in store.records() if (r["moving"], r["fixed"]) == (moving, fixed))
+        residual = np.linalg.norm(fields.exp(v) - u, axis=0)
+        # the stored residual is the measured one, up to float16 storage
+        assert abs(residual.max() - record["residual_max"]) <= 2 * record["float16_error"] + 1e-6
+        assert record["float16_error"] < 0.01 and record["residual_mean"] < 0.05
+
+
+def test_references_resume_and_refuse_mixed_parameters(workdir):
+    write_landmarks(workdir, ["s0", "s1", "s2", "s3"], np.random.default_rng(1))
+    first = run_references(workdir, subjects=["s0", "s1", "s2"], workers=1, progress=False)
+    assert first.fixed_done == 3
+    svf_file = WorkDir(workdir).references / "svf" / "s0.npy"
+    stamp = svf_file.stat().st_mtime_ns
+    again = run_references(workdir, subjects=["s0", "s1", "s2"], workers=1, progress=False)
+    assert again.fixed_done == 0 and again.fixed_skipped == 3 and svf_file.stat().st_mtime_ns == stamp
+    with pytest.raises(ValueError, match="other parameters"):
+        run_references(workdir, subjects=["s0", "s1"], parameters=ReferenceParameters(nu=0.3), workers=1, progress=False)
+
+
+def test_references_report_folds(workdir):
+    rng = np.random.default_rng(2)
+    base = rng.uniform([12, 12, 5], [48, 48, 25], size=(60, 3))
+    crossed = base.copy()
+    crossed[:, 0] = 60 - crossed[:, 0]  # a mirror: id + u must fold
+    for subject, pts in (("s0", base), ("s1", crossed)):
+        _write_landmarks(WorkDir(workdir).shapes / "landmarks" / f"{subject}.npz", pts, {}, {})
+    summary = run_references(workdir, subjects=["s0", "s1"], workers=1, progress=False)
+    assert summary.folded == 2
+    store = ReferenceStore(workdir)
+    assert store.pairs() == []
+    record = json.loads((WorkDir(workdir).references / "pairs" / "s0.json").read_text())["pairs"][0]
+    assert record["folds"] > 0 and record["converged"] is False
+
+
+def test_references_need_landmarks(workdir):
+    with pytest.raises(FileNotFoundError, match="svfnet shapes"):
+        run_references(workdir, workers=1, progress=False)
