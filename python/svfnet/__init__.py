@@ -10,7 +10,13 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "build_info", "cuda_available", "fields"]
+# submodules reachable as attributes (svfnet.fields, ...), imported on first use
+_SUBMODULES = (
+    "baselines", "data", "ebs", "evaluate", "fields", "kernels", "metrics", "model", "parallel", "pipeline",
+    "references", "register", "shapes", "split", "train", "workdir",
+)
+
+__all__ = ["__version__", "build_info", "cuda_available", *_SUBMODULES]
 
 
 def build_info() -> dict[str, Any]:
@@ -28,6 +34,6 @@ def cuda_available() -> bool:
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("fields",):
+    if name in _SUBMODULES:
         return import_module(f"svfnet.{name}")
     raise AttributeError(f"module 'svfnet' has no attribute {name!r}")

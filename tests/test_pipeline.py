@@ -1,0 +1,69 @@
+"""svfnet run: configuration files, and stages skipped, resumed or recomputed by fingerprint."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from svfnet.cli import main
+from svfnet.pipeline import DEFAULTS, load_config, render_config, run_pipeline
+
+
+def test_config_round_trips_through_toml(tmp_path):
+    path = tmp_path / "run.toml"
+    config = load_config(overrides={"data": {"subjects": 7, "shape": [32, 32, 8]}, "train": {"learning_rate": 5e-4}})
+    path.write_text(render_config(config))
+    assert load_config(path) == config
+    assert set(load_config()) == set(DEFAULTS)
+
+
+def test_config_errors_name_the_key(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text("[train]\nstepz = 3\n")
+    with pytest.raises(ValueError, match="unknown key 'stepz' in \\[train\\]"):
+        load_config(path)
+    path.write_text("[training]\nsteps = 3\n")
+    with pytest.raises(ValueError, match="unknown section \\[training\\]"):
+        load_config(path)
+    path.write_text("[train]\nsteps = 'many'\n")
+    with pytest.raises(ValueError, match="steps must be a int"):
+        load_config(path)
+    path.write_text("[train\n")
+    with pytest.raises(ValueError, match="not valid TOML"):
+        load_config(path)
+
+
+def test_config_defaults_command_prints_every_key(capsys):
+    assert main(["config", "--defaults"]) == 0
+    text = capsys.readouterr().out
+    for section, keys in DEFAULTS.items():
+        assert f"[{section}]" in text
+        for key in keys:
+            assert f"\n{key} = " in text
+
+
+def test_stages_skip_when_up_to_date_and_rerun_downstream_on_change(tmp_path):
+    config = load_config(overrides={"data": {"subjects": 4, "seed": 3}})
+    stages = ("data", "prepare", "split")
+    first = run_pipeline(tmp_path, config, stages=stages, progress=False)
+    assert [o.status for o in first] == ["ran", "ran", "ran"]
+    assert first[2].result == {"train": 2, "val": 1, "test": 1}
+    again = run_pipeline(tmp_path, config, stages=stages, progress=False)
+    assert [o.status for o in again] == ["skipped", "skipped", "skipped"]
+    # a new split seed recomputes the split only
+    changed = load_config(overrides={"data": {"subjects": 4, "seed": 3}, "split": {"seed": 1}})
+    third = run_pipeline(tmp_path, changed, stages=stages, progress=False)
+    assert [o.status for o in third] == ["skipped", "skipped", "ran"]
+    # an interrupted stage (started, not finished) resumes with the same fingerprint
+    marker = tmp_path / "stages" / "split.json"
+    state = json.loads(marker.read_text())
+    marker.write_text(json.dumps({"fingerprint": state["fingerprint"], "finished": False}))
+    fourth = run_pipeline(tmp_path, changed, stages=stages, progress=False)
+    assert [o.status for o in fourth] == ["skipped", "skipped", "resumed"]
+    assert (tmp_path / "config.toml").is_file() and load_config(tmp_path / "config.toml") == changed
+
+
+def test_unknown_stage_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="unknown stages"):
+        run_pipeline(tmp_path, load_config(), stages=("evaluate", "deploy"), progress=False)
