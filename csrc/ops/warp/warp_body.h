@@ -19,12 +19,9 @@ struct WarpLinearBody {
 
   SVF_HOST_DEVICE void operator()(int64_t b, int i, int j, int k) const {
     const int64_t n = grid.size();
-    const int v = grid.index(i, j, k);
-    const float* d = disp + (b / channels) * 3 * n;
-    const svfcore::FillStencil s = svfcore::fill_stencil(grid, static_cast<float>(i) + d[v],
-                                                         static_cast<float>(j) + d[n + v],
-                                                         static_cast<float>(k) + d[2 * n + v]);
-    out[b * n + v] = svfcore::interpolate_fill(image + b * n, grid, s, fill);
+    const svfcore::Position p = svfcore::displaced(disp + (b / channels) * 3 * n, grid, i, j, k);
+    const svfcore::FillStencil s = svfcore::fill_stencil(grid, p.x, p.y, p.z);
+    out[b * n + grid.index(i, j, k)] = svfcore::interpolate_fill(image + b * n, grid, s, fill);
   }
 };
 
@@ -38,13 +35,11 @@ struct WarpNearestBody {
 
   SVF_HOST_DEVICE void operator()(int64_t b, int i, int j, int k) const {
     const int64_t n = grid.size();
-    const int v = grid.index(i, j, k);
-    const float* d = disp + (b / channels) * 3 * n;
+    const svfcore::Position p = svfcore::displaced(disp + (b / channels) * 3 * n, grid, i, j, k);
     float inside;
-    const int nearest = svfcore::nearest_index(grid, static_cast<float>(i) + d[v], static_cast<float>(j) + d[n + v],
-                                               static_cast<float>(k) + d[2 * n + v], inside);
+    const int nearest = svfcore::nearest_index(grid, p.x, p.y, p.z, inside);
     const float value = image[b * n + nearest];
-    out[b * n + v] = inside > 0.f ? value : fill;
+    out[b * n + grid.index(i, j, k)] = inside > 0.f ? value : fill;
   }
 };
 
@@ -59,15 +54,13 @@ struct WarpLabelsBody {
   SVF_HOST_DEVICE void operator()(int64_t b, int i, int j, int k) const {
     const int64_t n = grid.size();
     const int v = grid.index(i, j, k);
-    const float* d = disp + b * 3 * n;
-    const float x = static_cast<float>(i) + d[v], y = static_cast<float>(j) + d[n + v],
-                z = static_cast<float>(k) + d[2 * n + v];
+    const svfcore::Position p = svfcore::displaced(disp + b * 3 * n, grid, i, j, k);
     const int32_t* src = labels + b * n;
     if (onehot) {
-      out[b * n + v] = svfcore::vote_label(src, grid, svfcore::fill_stencil(grid, x, y, z), fill_label);
+      out[b * n + v] = svfcore::vote_label(src, grid, svfcore::fill_stencil(grid, p.x, p.y, p.z), fill_label);
     } else {
       float inside;
-      const int nearest = svfcore::nearest_index(grid, x, y, z, inside);
+      const int nearest = svfcore::nearest_index(grid, p.x, p.y, p.z, inside);
       out[b * n + v] = inside > 0.f ? src[nearest] : fill_label;
     }
   }

@@ -19,6 +19,16 @@ namespace svfcore {
 
 SVF_HOST_DEVICE float lerp(float a, float b, float t) { return a + t * (b - a); }
 
+// Where voxel (i, j, k) lands under a planar 3-component displacement u: (i, j, k) + u(i, j, k).
+struct Position {
+  float x, y, z;
+};
+
+SVF_HOST_DEVICE Position displaced(const float* u, const Grid& g, int i, int j, int k) {
+  const int n = static_cast<int>(g.size()), v = g.index(i, j, k);
+  return Position{static_cast<float>(i) + u[v], static_cast<float>(j) + u[n + v], static_cast<float>(k) + u[2 * n + v]};
+}
+
 // ---------------------------------------------------------------- clamped sampling (fields)
 
 // Trilinear stencil of a clamped position: the lower corner and the strides to the upper
