@@ -13,7 +13,7 @@ import torch
 from benchmarks.peers import SpatialTransformer, VecInt
 from svfnet import fields
 from svfnet.model import SVFNet, SVFNetConfig
-from svfnet.register import register
+from svfnet.registration import register
 
 GRID = (64, 64, 16)
 

@@ -1,4 +1,4 @@
-"""svfnet.register: one pass, one exponential, one warp, with checked inputs."""
+"""svfnet.register (svfnet.registration): one pass, one exponential, one warp, with checked inputs."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 
 from svfnet import fields
 from svfnet.model import SVFNet, SVFNetConfig, save_checkpoint
-from svfnet.register import register
+from svfnet.registration import register
 from tests.pipeline_fixtures import heart
 
 

@@ -386,7 +386,7 @@ def test_existing_outputs_are_kept_without_force(data, runs, capsys):
 
 
 def test_python_api_matches_the_prepared_registration(data):
-    from svfnet.register import register
+    from svfnet.registration import register
     from svfnet.register_nifti import register_nifti
 
     result = register_nifti(

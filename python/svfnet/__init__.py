@@ -13,10 +13,21 @@ __version__ = "0.1.0"
 # submodules reachable as attributes (svfnet.fields, ...), imported on first use
 _SUBMODULES = (
     "baselines", "data", "ebs", "evaluate", "fields", "kernels", "metrics", "model", "parallel", "pipeline",
-    "references", "register", "shapes", "split", "train", "workdir",
+    "references", "register_nifti", "registration", "shapes", "split", "train", "workdir",
 )
 
-__all__ = ["__version__", "build_info", "cuda_available", *_SUBMODULES]
+__all__ = ["__version__", "build_info", "cuda_available", "register", *_SUBMODULES]
+
+
+def register(moving: Any, fixed: Any, model: Any, *, moving_labels: Any = None) -> Any:
+    """Registers ``moving`` to ``fixed`` with a trained SVF-Net (see :func:`svfnet.registration.register`).
+
+    Arrays on the model's grid; the result has ``.svf``, ``.displacement``, ``.warped`` and
+    ``.warped_labels``. For NIfTI images in their own geometry: :mod:`svfnet.register_nifti`.
+    """
+    from svfnet.registration import register as register_arrays
+
+    return register_arrays(moving, fixed, model, moving_labels=moving_labels)
 
 
 def build_info() -> dict[str, Any]:

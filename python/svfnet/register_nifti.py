@@ -1,7 +1,7 @@
 """Registering NIfTI images in their original geometry (the ``svfnet register`` command).
 
 A pair of images as they come from the scanner is put on the model's grid with the preparation
-training data went through (:mod:`svfnet.data.prepare`), registered by :func:`svfnet.register.register`
+training data went through (:mod:`svfnet.data.prepare`), registered by :func:`svfnet.register`
 (network, exponential, warp), and the results are written both on that grid and on the fixed
 image's original grid, including the displacement in the ITK convention. See docs/register.md.
 
@@ -59,7 +59,7 @@ from svfnet.data.prepare import (
 from svfnet.data.readers import Subject, SubjectFiles, load_subject
 from svfnet.data.transform import PreparedTransform, original_positions, resample_labels
 from svfnet.model import SVFNet, load
-from svfnet.register import Registration, register
+from svfnet.registration import Registration, register
 
 __all__ = [
     "BatchResult",
@@ -779,7 +779,7 @@ class NiftiRegistration:
     """What :func:`register_nifti` did.
 
     Attributes:
-        registration: the result on the fixed prepared grid (:class:`svfnet.register.Registration`).
+        registration: the result on the fixed prepared grid (:class:`svfnet.registration.Registration`).
         prepared: the prepared pair (both images on the grid, transforms, path taken).
         positions: ``(3, I0, J0, K0)`` moving original voxel of every fixed original voxel.
         displacement_original_mm: ``(3, I0, J0, K0)`` world RAS+ mm (fixed world → moving world).

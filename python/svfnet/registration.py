@@ -1,6 +1,6 @@
 """Registering a new pair with a trained SVF-Net: one forward pass, one exponential, one warp.
 
-``register(moving, fixed, model)`` takes two images already on the model's grid (prepared, as by
+``register(moving, fixed, model)`` (also ``svfnet.register``) takes two images already on the model's grid (prepared, as by
 ``svfnet prepare``) and returns the SVF, its displacement and the warped moving image (and labels).
 Images in their own geometry go through :mod:`svfnet.register_nifti` (the ``svfnet register``
 command), which prepares them exactly as training data was prepared and maps results back.
