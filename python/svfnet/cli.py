@@ -20,6 +20,7 @@ COMMAND_MODULES: list[str] = [
     "svfnet.commands.references",
     "svfnet.commands.train",
     "svfnet.commands.run",
+    "svfnet.commands.demons",
     "svfnet.commands.register",
 ]
 

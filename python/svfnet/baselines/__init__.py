@@ -1,0 +1,9 @@
+"""Optimisation-based registration methods that SVF-Net is compared with.
+
+- :mod:`svfnet.baselines.lcc_demons`: LCC Log-Demons (Lorenzi et al. 2013), ``register(moving,
+  fixed, spacing=...)`` → stationary velocity field ``(3, I, J, K)`` in voxels, like SVF-Net's.
+
+Submodules load on first use (nothing is imported here).
+"""
+
+from __future__ import annotations

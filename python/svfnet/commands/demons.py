@@ -1,0 +1,239 @@
+"""``svfnet demons --moving M --fixed F --out OUT``: register two NIfTI images with LCC Log-Demons.
+
+Writes into the folder ``OUT`` (each file atomically, in the layout of ``svfnet register``'s
+prepared-grid outputs, docs/register.md):
+
+- ``svf.nii.gz``: the stationary velocity field ``v`` on the fixed grid, 4D ``(I, J, K, 3)``
+  float32 with the fixed image's affine, ``intent_name`` ``svf vox ijk``. **Components are
+  ``(v_i, v_j, v_k)`` in voxels of the fixed grid, along its array axes** — svfnet's convention,
+  deliberately not a 5D ITK vector image (ITK stores millimetres along physical axes).
+  :func:`read_field` reads it back as ``(3, I, J, K)``.
+- ``displacement.nii.gz``: ``u = exp(v)`` likewise (``disp vox ijk``):
+  ``warped(x) = moving(x + u(x))``.
+- ``warped.nii.gz``: the moving image resampled on the fixed grid through ``u``.
+- ``warped_labels.nii.gz``: the moving labels too (one-hot interpolation), with ``--moving-labels``.
+- ``demons.json``: the parameters, the levels (shape, spacing, iterations, mean LCC before and
+  after) and the wall time.
+
+Both images must be on one grid (same shape and affine), as ``svfnet prepare`` leaves them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+SVF_FILE = "svf.nii.gz"
+WARPED_FILE = "warped.nii.gz"
+WARPED_LABELS_FILE = "warped_labels.nii.gz"
+RECORD_FILE = "demons.json"
+SVF_INTENT_NAME = "svf vox ijk"  # as svfnet register writes them
+DISPLACEMENT_INTENT_NAME = "disp vox ijk"
+DISPLACEMENT_FILE = "displacement.nii.gz"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    # parameters default to None, meaning LCCDemonsParams' tuned defaults (listed in docs/evaluation.md):
+    # importing the method here would load SciPy for every `svfnet --help`
+    parser = subparsers.add_parser(
+        "demons",
+        help="register two images with LCC Log-Demons (the optimisation baseline)",
+        description="Registers MOVING to FIXED with symmetric log-domain demons and the local correlation "
+        "criterion (Lorenzi et al. 2013). Writes OUT/svf.nii.gz (the SVF on the fixed grid, components "
+        "(v_i, v_j, v_k) in voxels), OUT/warped.nii.gz, OUT/demons.json, and OUT/warped_labels.nii.gz with "
+        "--moving-labels. Lengths are in mm; parameters left out take the tuned defaults of "
+        "svfnet.baselines.lcc_demons.LCCDemonsParams (docs/evaluation.md).",
+    )
+    parser.add_argument("--moving", required=True, type=Path, metavar="M.nii.gz", help="moving image")
+    parser.add_argument("--fixed", required=True, type=Path, metavar="F.nii.gz", help="fixed image")
+    parser.add_argument("--out", required=True, type=Path, metavar="OUT", help="output folder")
+    parser.add_argument("--moving-labels", type=Path, metavar="L.nii.gz", help="also warp this label map")
+    parser.add_argument("--levels", type=int, help="resolution levels (default 3)")
+    parser.add_argument(
+        "--iterations",
+        type=int,
+        nargs="+",
+        metavar="N",
+        help="iterations per level, coarsest first, or one count for every level",
+    )
+    parser.add_argument(
+        "--sigma-lcc", type=float, metavar="MM", help="Gaussian window of the local correlation"
+    )
+    parser.add_argument("--sigma-fluid", type=float, metavar="MM", help="Gaussian smoothing of each update")
+    parser.add_argument(
+        "--sigma-elastic", type=float, metavar="MM", help="Gaussian smoothing of the velocity"
+    )
+    parser.add_argument(
+        "--sigma-i",
+        type=float,
+        metavar="PER_MM2",
+        help="step-length weight σ_I in 1/mm² (the largest step is |Λ|/(2√σ_I) mm)",
+    )
+    parser.add_argument("--no-symmetric", action="store_true", help="forward forces only")
+    parser.add_argument("--force", action="store_true", help="replace results already in OUT")
+    parser.set_defaults(func=run)
+
+
+def params_from_args(args: argparse.Namespace):
+    """The :class:`LCCDemonsParams` of the command line: the defaults with the options given replaced."""
+    from svfnet.baselines.lcc_demons import LCCDemonsParams
+
+    given = {
+        "levels": args.levels,
+        "sigma_lcc_mm": args.sigma_lcc,
+        "sigma_fluid_mm": args.sigma_fluid,
+        "sigma_elastic_mm": args.sigma_elastic,
+        "sigma_i": args.sigma_i,
+        "iterations": None
+        if args.iterations is None
+        else (args.iterations[0] if len(args.iterations) == 1 else tuple(args.iterations)),
+    }
+    params = dataclasses.replace(
+        LCCDemonsParams(),
+        **{k: v for k, v in given.items() if v is not None},
+        symmetric=not args.no_symmetric,
+    )
+    if args.levels is not None and args.iterations is None:
+        # the default iterations are per level: spread the finest counts over the levels asked for
+        default = LCCDemonsParams().iterations_per_level()
+        params = dataclasses.replace(
+            params, iterations=tuple((default[:1] * args.levels + default)[-args.levels :])
+        )
+    return params.checked()
+
+
+def run(args: argparse.Namespace) -> int:
+    import time
+
+    from svfnet import fields
+    from svfnet._io import write_json
+    from svfnet.baselines import lcc_demons
+    from svfnet.data.nifti import read_nifti, write_nifti
+
+    params = params_from_args(args)  # bad parameters fail before any file is read
+    moving, moving_affine = read_nifti(args.moving, kind="image")
+    fixed, fixed_affine = read_nifti(args.fixed, kind="image")
+    check_same_grid(args.moving, moving.shape, moving_affine, args.fixed, fixed.shape, fixed_affine)
+    labels = None
+    if args.moving_labels is not None:
+        labels, labels_affine = read_nifti(args.moving_labels, kind="labels")
+        check_same_grid(
+            args.moving_labels, labels.shape, labels_affine, args.moving, moving.shape, moving_affine
+        )
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} exists and is not a folder")
+    if (out / SVF_FILE).exists() and not args.force:
+        raise FileExistsError(f"{out / SVF_FILE} exists: choose another --out, or --force to replace it")
+
+    spacing = spacing_of(fixed_affine)
+    started = time.perf_counter()
+    svf, info = lcc_demons.register(moving, fixed, spacing=spacing, params=params, return_info=True)
+    disp = fields.exp(svf)
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_field(out / SVF_FILE, svf, fixed_affine)
+    write_field(out / DISPLACEMENT_FILE, disp, fixed_affine, name=DISPLACEMENT_INTENT_NAME)
+    write_nifti(out / WARPED_FILE, np.asarray(fields.warp(moving, disp), dtype=np.float32), fixed_affine)
+    if labels is not None:
+        warped_labels = np.asarray(fields.warp_labels(labels.astype(np.int32), disp, mode="onehot"))
+        write_nifti(out / WARPED_LABELS_FILE, warped_labels.astype(_label_dtype(labels)), fixed_affine)
+    write_json(
+        out / RECORD_FILE,
+        {
+            "method": "LCC Log-Demons (svfnet.baselines.lcc_demons)",
+            "moving": str(args.moving),
+            "fixed": str(args.fixed),
+            "spacing_mm": list(spacing),
+            "params": {
+                k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(params).items()
+            },
+            "levels": [dataclasses.asdict(level) for level in info.levels],
+            "seconds": time.perf_counter() - started,
+            "svf": {
+                "file": SVF_FILE,
+                "units": "voxels of the fixed grid",
+                "components": "(v_i, v_j, v_k)",
+                "transformation": "warped(x) = moving(x + exp(v)(x))",
+            },
+        },
+    )
+    final = info.levels[-1]
+    print(
+        f"registered in {info.seconds:.2f} s ({info.iterations} iterations over {len(info.levels)} levels); "
+        f"mean LCC on the finest level {final.lcc_start:.3f} -> {final.lcc_end:.3f}; wrote {out}"
+    )
+    return 0
+
+
+def spacing_of(affine: np.ndarray) -> tuple[float, float, float]:
+    """Voxel size in mm along the array axes: the norms of the affine's columns."""
+    return tuple(float(s) for s in np.linalg.norm(np.asarray(affine)[:3, :3], axis=0))  # type: ignore[return-value]
+
+
+def check_same_grid(
+    path_a: Path,
+    shape_a: tuple[int, ...],
+    affine_a: np.ndarray,
+    path_b: Path,
+    shape_b: tuple[int, ...],
+    affine_b: np.ndarray,
+) -> None:
+    """ValueError naming both files unless they have the same shape and affine (to 1e-3 mm)."""
+    if tuple(shape_a) != tuple(shape_b):
+        raise ValueError(
+            f"{path_a} has shape {tuple(shape_a)} but {path_b} has {tuple(shape_b)}: the images must be "
+            "on one grid (resample them first, e.g. with `svfnet prepare`)"
+        )
+    if not np.allclose(affine_a, affine_b, rtol=0.0, atol=1e-3):
+        raise ValueError(
+            f"{path_a} and {path_b} have different affines (voxel-to-world maps): the images must be "
+            f"on one grid (resample them first, e.g. with `svfnet prepare`)\n{affine_a}\nvs\n{affine_b}"
+        )
+
+
+def _label_dtype(labels: np.ndarray) -> type:
+    return np.uint8 if labels.size == 0 or int(labels.max()) < 256 else np.int32
+
+
+def write_field(
+    path: str | Path, field: np.ndarray, affine: np.ndarray, *, name: str = SVF_INTENT_NAME
+) -> None:
+    """Writes a ``(3, I, J, K)`` field in voxels as a 4D NIfTI ``(I, J, K, 3)``, atomically.
+
+    The layout of ``svfnet register``'s ``_svf`` and ``_displacement`` files (docs/register.md):
+    components along the array axes in voxels, ``intent_name`` ``name``, deliberately not a 5D
+    vector image, so that no ITK tool mistakes it for a displacement in millimetres.
+    """
+    import nibabel as nib
+
+    from svfnet._io import atomic_path
+
+    field = np.asarray(field, dtype=np.float32)
+    if field.ndim != 4 or field.shape[0] != 3:
+        raise ValueError(f"write_field(): 'field' must be (3, I, J, K), got shape {field.shape}")
+    affine = np.asarray(affine, dtype=np.float64)
+    image = nib.Nifti1Image(np.ascontiguousarray(np.moveaxis(field, 0, -1)), affine)
+    image.set_qform(affine, code=1)
+    image.set_sform(affine, code=1)
+    image.header.set_xyzt_units("mm")
+    image.header["intent_name"] = name.encode()[:16]
+    with atomic_path(path) as temporary:
+        nib.save(image, str(temporary))
+
+
+def read_field(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Reads a field written by :func:`write_field`: ``((3, I, J, K) float32 in voxels, (4, 4) affine)``."""
+    import nibabel as nib
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    image = nib.load(str(path))
+    data = np.asarray(image.dataobj, dtype=np.float32)
+    if data.ndim != 4 or data.shape[3] != 3:
+        raise ValueError(f"{path}: expected an (I, J, K, 3) vector field, got shape {data.shape}")
+    return np.ascontiguousarray(np.moveaxis(data, -1, 0)), np.asarray(image.affine, dtype=np.float64)
