@@ -19,6 +19,7 @@ COMMAND_MODULES: list[str] = [
     "svfnet.commands.shapes",
     "svfnet.commands.references",
     "svfnet.commands.train",
+    "svfnet.commands.evaluate",
     "svfnet.commands.run",
     "svfnet.commands.demons",
     "svfnet.commands.register",

@@ -1,0 +1,1318 @@
+"""The experiment of the paper: SVF-Net against LCC Log-Demons and the identity, on every test pair.
+
+``run_evaluation(workdir, checkpoint)`` registers every ordered pair ``(moving, fixed)`` of the work
+folder's test subjects (``split.json``; the validation subjects when there are none, which the
+report then says) with each method, scores every pair and region with
+:func:`svfnet.metrics.evaluate_pair`, and writes into ``WORKDIR/evaluation/``:
+
+- ``records/<method>/<moving>__<fixed>.json``: one file per pair and method, written atomically as
+  soon as the pair is done: an interrupted run resumes at the first missing one, and a finished
+  one is skipped on a re-run unless the method's settings changed (another checkpoint, other
+  demons parameters). Records of failed pairs are retried.
+- ``pairs.csv``: one row per pair × method × region (the four regions and the whole grid): every
+  metric, the region's status, the method's wall time and its threads.
+- ``summary.csv``: per method, region and metric: count, mean, standard deviation, median,
+  quartiles, extremes (and ``seconds`` per registration).
+- ``statistics.csv``: SVF-Net against each other method, per region and metric: the fraction of
+  pairs where SVF-Net is better, equal, worse (in the metric's direction: higher Dice and LCC are
+  better, lower distances, log-Jacobian spread and folding are better), and Welch's t-test.
+- ``outliers.csv``: pairs where a method failed badly (raised, lost a region, fell below the
+  identity's Dice, folded), and pairs whose inputs lack a region.
+- ``report.html`` and ``figures/*.png`` (:mod:`svfnet.evaluation_report`); ``evaluation.json``,
+  what :func:`run_evaluation` returns.
+
+SVF-Net and the identity run in this process (one forward pass each: fast); LCC Log-Demons and the
+optional SimpleITK peer run as tasks of :func:`svfnet.parallel.run_tasks` (local processes or a Dask
+cluster), after SVF-Net so that the timings do not compete for the cores.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import time
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from svfnet._io import atomic_path, write_json
+from svfnet.metrics import METRIC_KEYS
+from svfnet.workdir import REGIONS, WorkDir
+
+__all__ = [
+    "METHODS",
+    "METHOD_NAMES",
+    "METRICS",
+    "Metric",
+    "run_evaluation",
+]
+
+logger = logging.getLogger(__name__)
+
+# Method keys, in the order tables and figures show them, and their display names.
+METHODS = ("svfnet", "lcc_demons", "sitk_demons", "identity")
+METHOD_NAMES = {
+    "svfnet": "SVF-Net",
+    "lcc_demons": "LCC Log-Demons",
+    "sitk_demons": "SimpleITK demons",
+    "identity": "identity",
+}
+# Methods run as parallel tasks (optimisation: seconds per pair), the others in this process.
+TASK_METHODS = ("lcc_demons", "sitk_demons")
+# Bumped when what a record holds changes: older records are then recomputed.
+RECORD_VERSION = 1
+# Region 0 of evaluate_pair: the whole grid (LCC, log-Jacobian spread and folding only).
+WHOLE_GRID = 0
+# An outlier: a region's Dice below the identity's by more than this ...
+DICE_MARGIN = 0.05
+# ... or more than this fraction of the grid folded (det J <= 0).
+FOLDING_LIMIT = 0.01
+# Two values closer than this count as a tie in the better/worse fractions.
+TIE_TOLERANCE = 1e-12
+# SimpleITK's diffeomorphic demons (sum of squared differences): iterations, update smoothing (voxels).
+SITK_DEFAULTS = {"iterations": 50, "smoothing_sigma_vox": 1.5}
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One column of ``pairs.csv`` as the tables, figures and sentences show it.
+
+    Attributes:
+        key: the column (a key of :func:`svfnet.metrics.evaluate_pair`'s rows).
+        label: short name for axes and tables.
+        higher_is_better: the direction in which a method is "better".
+        meaning: what it measures, in plain words.
+    """
+
+    key: str
+    label: str
+    higher_is_better: bool
+    meaning: str
+
+
+METRICS: tuple[Metric, ...] = (
+    Metric("dice", "Dice", True, "overlap of the registered and target regions, 1 when identical"),
+    Metric(
+        "hausdorff95_mm",
+        "Hausdorff 95% (mm)",
+        False,
+        "distance between the registered and target outlines (95th percentile), in mm",
+    ),
+    Metric(
+        "hausdorff_mm",
+        "Hausdorff (mm)",
+        False,
+        "largest distance between the registered and target outlines, in mm",
+    ),
+    Metric(
+        "lcc",
+        "local correlation",
+        True,
+        "similarity of the registered and target images, locally, 1 when they match",
+    ),
+    Metric(
+        "log_jacobian_var",
+        "log-Jacobian variance",
+        False,
+        "how unevenly the tissue is stretched and compressed; 0 for a uniform change",
+    ),
+    Metric(
+        "log_jacobian_normvar",
+        "log-Jacobian normalised variance",
+        False,
+        "the same spread relative to the overall volume change",
+    ),
+    Metric(
+        "folding_fraction",
+        "folding fraction",
+        False,
+        "share of the tissue where the transformation folds (physically impossible), 0 when none",
+    ),
+)
+assert {m.key for m in METRICS} == set(METRIC_KEYS), "METRICS must cover svfnet.metrics.METRIC_KEYS"
+
+# Column order of the CSV files.
+PAIR_COLUMNS = (
+    "moving",
+    "fixed",
+    "method",
+    "region",
+    "name",
+    "status",
+    "voxels_fixed",
+    "voxels_warped",
+    *METRIC_KEYS,
+    "seconds",
+    "threads",
+    "error",
+)
+SUMMARY_COLUMNS = (
+    "method",
+    "region",
+    "name",
+    "metric",
+    "n",
+    "mean",
+    "std",
+    "median",
+    "q1",
+    "q3",
+    "min",
+    "max",
+)
+STATISTICS_COLUMNS = (
+    "baseline",
+    "region",
+    "name",
+    "metric",
+    "direction",
+    "pairs",
+    "svfnet_better",
+    "tied",
+    "svfnet_worse",
+    "svfnet_mean",
+    "baseline_mean",
+    "svfnet_median",
+    "baseline_median",
+    "welch_t",
+    "p_value",
+    "n_svfnet",
+    "n_baseline",
+)
+OUTLIER_COLUMNS = ("moving", "fixed", "method", "region", "name", "kind", "value", "detail")
+# Kinds of outliers.csv, in the order it lists them.
+OUTLIER_KINDS = ("failed", "lost", "below identity", "folding", "input")
+
+
+# ------------------------------------------------------------------------------------------ inputs
+@dataclass(frozen=True)
+class PairTask:
+    """One registration to run: a method and the pair's arrays (tasks carry their inputs, so that
+    Dask workers need not see the work folder).
+
+    Attributes:
+        method: a key of :data:`METHODS` run as a task (``"lcc_demons"`` or ``"sitk_demons"``).
+        moving_id, fixed_id: subject ids.
+        moving_image, fixed_image: ``(I, J, K)`` float32.
+        moving_labels, fixed_labels: ``(I, J, K)`` uint8.
+        spacing_mm: voxel size along ``(i, j, k)``.
+        params: the method's parameters (keyword arguments).
+        scores: compute the metrics (``True``) or return the displacement (``False``, the gallery).
+    """
+
+    method: str
+    moving_id: str
+    fixed_id: str
+    moving_image: np.ndarray
+    fixed_image: np.ndarray
+    moving_labels: np.ndarray
+    fixed_labels: np.ndarray
+    spacing_mm: tuple[float, float, float]
+    params: dict[str, Any]
+    scores: bool = True
+
+
+def _pair_name(moving_id: str, fixed_id: str) -> str:
+    return f"{moving_id}__{fixed_id}"
+
+
+def _evaluation_subjects(workdir: Path) -> tuple[list[str], str]:
+    """The subjects to evaluate on and which part of the split they are ("test" or "val")."""
+    from svfnet.split import subject_split
+
+    split = subject_split(workdir)
+    if split.test:
+        return sorted(split.test), "test"
+    if split.val:
+        logger.warning(
+            "%s has no test subjects: evaluating on the %d validation subjects instead",
+            workdir / "split.json",
+            len(split.val),
+        )
+        return sorted(split.val), "val"
+    raise ValueError(
+        f"{workdir / 'split.json'} has neither test nor validation subjects: nothing to evaluate "
+        "(remove it to re-split with test subjects)"
+    )
+
+
+def _ordered_pairs(subjects: Sequence[str], max_pairs: int | None) -> list[tuple[str, str]]:
+    """All ordered pairs of distinct subjects; at most ``max_pairs`` of them, evenly spread."""
+    pairs = [(moving, fixed) for moving in subjects for fixed in subjects if moving != fixed]
+    if max_pairs is not None and max_pairs < len(pairs):
+        # evenly spread over the list, so that every moving subject still appears
+        chosen = np.unique(np.round(np.linspace(0, len(pairs) - 1, max_pairs)).astype(int))
+        pairs = [pairs[i] for i in chosen]
+    return pairs
+
+
+def _grid_problem(moving: Any, fixed: Any) -> str | None:
+    """Why two prepared subjects cannot be compared voxel to voxel, or None."""
+    if moving.image.shape != fixed.image.shape:
+        return (
+            f"different grids: {moving.id} is {'x'.join(map(str, moving.image.shape))}, "
+            f"{fixed.id} is {'x'.join(map(str, fixed.image.shape))}"
+        )
+    if not np.allclose(moving.spacing_mm, fixed.spacing_mm, rtol=0.0, atol=1e-3):
+        return (
+            f"different voxel sizes: {moving.id} {tuple(moving.spacing_mm)} mm, "
+            f"{fixed.id} {tuple(fixed.spacing_mm)} mm"
+        )
+    return None
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def _settings_key(method: str, settings: Mapping[str, Any]) -> str:
+    """A short fingerprint of what a method's results depend on (records with another are redone)."""
+    payload = json.dumps(
+        {"version": RECORD_VERSION, "method": method, **settings}, sort_keys=True, default=str
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def _demons_settings(demons_params: Mapping[str, Any] | None) -> dict[str, Any]:
+    from svfnet.baselines.lcc_demons import LCCDemonsParams
+
+    overrides = dict(demons_params or {})
+    if isinstance(overrides.get("iterations"), list):
+        overrides["iterations"] = tuple(overrides["iterations"])
+    try:
+        params = dataclasses.replace(LCCDemonsParams(), **overrides).checked()
+    except TypeError as error:
+        raise ValueError(
+            f"run_evaluation(): bad 'demons_params' {dict(demons_params or {})!r}: {error}"
+        ) from None
+    return {
+        name: list(value) if isinstance(value, tuple) else value
+        for name, value in dataclasses.asdict(params).items()
+    }
+
+
+# ------------------------------------------------------------------------------------------ methods
+def _sitk_demons(
+    moving: np.ndarray,
+    fixed: np.ndarray,
+    spacing_mm: Sequence[float],
+    *,
+    iterations: int = 50,
+    smoothing_sigma_vox: float = 1.5,
+) -> np.ndarray:
+    """SimpleITK's diffeomorphic demons (SSD criterion, one level); displacement ``(3, I, J, K)`` in voxels.
+
+    Arrays are handed to ITK transposed, so that ITK's x, y, z are our i, j, k; ITK's displacement
+    (in mm, pull-back like ours: ``fixed(x) ≈ moving(x + d(x))``) is divided by the spacing.
+    """
+    import SimpleITK as sitk
+    import torch
+
+    from svfnet.metrics import standardised
+
+    def to_itk(volume: np.ndarray) -> Any:
+        image = sitk.GetImageFromArray(
+            np.ascontiguousarray(np.transpose(volume, (2, 1, 0)), dtype=np.float32)
+        )
+        image.SetSpacing(tuple(float(s) for s in spacing_mm))
+        return image
+
+    demons = sitk.DiffeomorphicDemonsRegistrationFilter()
+    demons.SetNumberOfIterations(int(iterations))
+    demons.SetStandardDeviations(float(smoothing_sigma_vox))
+    demons.SetNumberOfThreads(torch.get_num_threads())  # the worker's share of the cores
+    field = demons.Execute(to_itk(standardised(fixed)), to_itk(standardised(moving)))
+    disp_mm = np.transpose(sitk.GetArrayFromImage(field), (3, 2, 1, 0))  # (K, J, I, 3) -> (3, I, J, K)
+    spacing = np.asarray(spacing_mm, dtype=np.float64).reshape(3, 1, 1, 1)
+    return np.ascontiguousarray(disp_mm / spacing, dtype=np.float32)
+
+
+def _task_displacement(task: PairTask) -> tuple[np.ndarray, float]:
+    """Runs an optimisation method on a pair: ``(displacement (3, I, J, K) in voxels, seconds)``.
+
+    The time covers the registration and, for LCC Log-Demons, the exponential of its SVF.
+    """
+    from svfnet import fields
+
+    started = time.perf_counter()
+    if task.method == "lcc_demons":
+        from svfnet.baselines import lcc_demons
+
+        params = dict(task.params)
+        if isinstance(params.get("iterations"), list):
+            params["iterations"] = tuple(params["iterations"])
+        svf = lcc_demons.register(task.moving_image, task.fixed_image, spacing=task.spacing_mm, **params)
+        disp = np.asarray(fields.exp(svf))
+    elif task.method == "sitk_demons":
+        disp = _sitk_demons(task.moving_image, task.fixed_image, task.spacing_mm, **task.params)
+    else:
+        raise ValueError(f"_task_displacement(): {task.method!r} is not run as a task")
+    return disp, time.perf_counter() - started
+
+
+def evaluate_task(task: PairTask) -> dict[str, Any]:
+    """A worker's job: register the pair with ``task.method`` and score it (or return the field).
+
+    Returns:
+        ``{"seconds", "threads", "rows"}`` (rows of :func:`svfnet.metrics.evaluate_pair`), or with
+        ``task.scores`` false ``{"seconds", "threads", "disp"}``.
+    """
+    import torch
+
+    from svfnet.metrics import evaluate_pair
+
+    disp, seconds = _task_displacement(task)
+    result: dict[str, Any] = {"seconds": seconds, "threads": torch.get_num_threads()}
+    if not task.scores:
+        result["disp"] = disp
+        return result
+    result["rows"] = evaluate_pair(
+        task.moving_image,
+        task.fixed_image,
+        task.moving_labels,
+        task.fixed_labels,
+        spacing=task.spacing_mm,
+        disp=disp,
+    )
+    return result
+
+
+def _svfnet_displacement(model: Any, moving: Any, fixed: Any) -> tuple[np.ndarray, float]:
+    """SVF-Net on a pair: ``(displacement, seconds of network + exponential + warp)``."""
+    from svfnet.registration import register
+
+    registration = register(moving.image, fixed.image, model)
+    return np.asarray(registration.displacement, dtype=np.float32), float(registration.seconds)
+
+
+# ------------------------------------------------------------------------------------------ records
+class _Records:
+    """The per pair × method result files under ``evaluation/records`` (written atomically)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder / "records"
+
+    def path(self, method: str, moving_id: str, fixed_id: str) -> Path:
+        return self.folder / method / f"{_pair_name(moving_id, fixed_id)}.json"
+
+    def read(self, method: str, moving_id: str, fixed_id: str) -> dict[str, Any] | None:
+        path = self.path(method, moving_id, fixed_id)
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):  # unreadable: redo the pair
+            logger.warning("ignoring the unreadable record %s", path)
+            return None
+
+    def done(self, method: str, moving_id: str, fixed_id: str, key: str) -> bool:
+        record = self.read(method, moving_id, fixed_id)
+        return record is not None and record.get("key") == key and not record.get("error")
+
+    def write(
+        self,
+        method: str,
+        moving_id: str,
+        fixed_id: str,
+        key: str,
+        *,
+        rows: list[dict] | None = None,
+        seconds: float | None = None,
+        threads: int | None = None,
+        error: str | None = None,
+    ) -> None:
+        write_json(
+            self.path(method, moving_id, fixed_id),
+            {
+                "moving": moving_id,
+                "fixed": fixed_id,
+                "method": method,
+                "key": key,
+                "seconds": seconds,
+                "threads": threads,
+                "error": error,
+                "rows": rows or [],
+            },
+        )
+
+
+def _error_text(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}".strip()
+
+
+# ------------------------------------------------------------------------------------------ tables
+def as_float(value: Any) -> float:
+    """``value`` as a float; NaN for empty or non-numeric cells."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _pair_rows(
+    records: _Records, pairs: Sequence[tuple[str, str]], methods: Sequence[str], regions: Mapping[int, str]
+) -> list[dict[str, Any]]:
+    """The rows of ``pairs.csv`` from the records (a failed pair: one "failed" row per region)."""
+    rows = []
+    for moving_id, fixed_id in pairs:
+        for method in methods:
+            record = records.read(method, moving_id, fixed_id) or {
+                "error": "not computed",
+                "rows": [],
+                "seconds": None,
+                "threads": None,
+            }
+            common = {
+                "moving": moving_id,
+                "fixed": fixed_id,
+                "method": method,
+                "seconds": as_float(record.get("seconds")),
+                "threads": record.get("threads") or "",
+                "error": record.get("error") or "",
+            }
+            if record.get("error"):
+                for value, name in [*regions.items(), (WHOLE_GRID, "whole grid")]:
+                    rows.append(
+                        {
+                            **common,
+                            "region": value,
+                            "name": name,
+                            "status": "failed",
+                            "voxels_fixed": "",
+                            "voxels_warped": "",
+                            **{key: math.nan for key in METRIC_KEYS},
+                        }
+                    )
+                continue
+            for row in record["rows"]:
+                rows.append(
+                    {
+                        **common,
+                        **{key: row.get(key, "") for key in PAIR_COLUMNS if key in row},
+                        **{key: as_float(row.get(key)) for key in METRIC_KEYS},
+                    }
+                )
+    return rows
+
+
+def _format(value: Any) -> Any:
+    if isinstance(value, float | np.floating):
+        return "nan" if not math.isfinite(value) else repr(float(value))
+    return value
+
+
+def _write_csv(path: Path, columns: Sequence[str], rows: Iterable[Mapping[str, Any]]) -> None:
+    with atomic_path(path) as temporary, open(temporary, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(columns), extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({key: _format(row.get(key, "")) for key in columns})
+
+
+def _describe(values: Sequence[float]) -> dict[str, float]:
+    data = np.asarray(values, dtype=np.float64)
+    q1, median, q3 = np.percentile(data, [25, 50, 75])
+    return {
+        "n": int(data.size),
+        "mean": float(data.mean()),
+        "std": float(data.std(ddof=1)) if data.size > 1 else 0.0,
+        "median": float(median),
+        "q1": float(q1),
+        "q3": float(q3),
+        "min": float(data.min()),
+        "max": float(data.max()),
+    }
+
+
+def _region_names(rows: Sequence[Mapping[str, Any]]) -> dict[int, str]:
+    """Region value → name, in first-seen order (the four regions, then the whole grid)."""
+    names: dict[int, str] = {}
+    for row in rows:
+        names.setdefault(int(row["region"]), str(row["name"]))
+    return names
+
+
+def group_rows(rows: Iterable[Mapping[str, Any]]) -> dict[tuple[str, int], list[Mapping[str, Any]]]:
+    """Rows by ``(method, region)`` (tables of 1,369 pairs × methods × regions are read many times)."""
+    groups: dict[tuple[str, int], list[Mapping[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row["method"], int(row["region"])), []).append(row)
+    return groups
+
+
+def finite_values(
+    groups: Mapping[tuple[str, int], Sequence[Mapping[str, Any]]], method: str, region: int, key: str
+) -> dict[tuple[str, str], float]:
+    """(moving, fixed) → the metric ``key`` of ``method`` in ``region``, where it is defined.
+
+    Rows of regions lost by the registration count (Dice 0); rows of failed pairs and of regions
+    missing from an input do not.
+    """
+    values = {}
+    for row in groups.get((method, region), ()):
+        if row["status"] in ("ok", "lost"):
+            value = as_float(row[key])
+            if math.isfinite(value):
+                values[(row["moving"], row["fixed"])] = value
+    return values
+
+
+def _timings(rows: Iterable[Mapping[str, Any]], method: str) -> list[float]:
+    """Seconds per registration of ``method`` (one per pair that did not fail)."""
+    seen: dict[tuple[str, str], float] = {}
+    for row in rows:
+        if row["method"] == method and not row["error"] and math.isfinite(as_float(row["seconds"])):
+            seen[(row["moving"], row["fixed"])] = as_float(row["seconds"])
+    return list(seen.values())
+
+
+def summary_rows(rows: Sequence[Mapping[str, Any]], methods: Sequence[str]) -> list[dict[str, Any]]:
+    """``summary.csv``: descriptive statistics per method, region and metric, then the timings."""
+    out = []
+    regions = _region_names(rows)
+    groups = group_rows(rows)
+    for method in methods:
+        for region, name in regions.items():
+            for metric in METRICS:
+                values = list(finite_values(groups, method, region, metric.key).values())
+                if values:
+                    out.append(
+                        {
+                            "method": method,
+                            "region": region,
+                            "name": name,
+                            "metric": metric.key,
+                            **_describe(values),
+                        }
+                    )
+        seconds = _timings(rows, method)
+        if seconds:
+            out.append(
+                {
+                    "method": method,
+                    "region": "",
+                    "name": "per registration",
+                    "metric": "seconds",
+                    **_describe(seconds),
+                }
+            )
+    return out
+
+
+def _welch(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
+    """Welch's t statistic and two-sided p-value; NaN when either sample is too small or both are constant."""
+    from scipy.stats import ttest_ind
+
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.size < 2 or b.size < 2 or (np.ptp(a) == 0 and np.ptp(b) == 0):
+        return math.nan, math.nan
+    with warnings.catch_warnings():
+        # near-constant samples make SciPy warn about precision; the NaN or value it returns is kept
+        warnings.simplefilter("ignore", RuntimeWarning)
+        result = ttest_ind(a, b, equal_var=False)
+    return float(result.statistic), float(result.pvalue)
+
+
+def statistics_rows(rows: Sequence[Mapping[str, Any]], methods: Sequence[str]) -> list[dict[str, Any]]:
+    """``statistics.csv``: SVF-Net against every other method, per region and metric.
+
+    ``svfnet_better`` / ``tied`` / ``svfnet_worse`` are fractions of the pairs where both methods
+    have the metric, in the metric's direction; the t-test compares the two samples (Welch: unequal
+    variances).
+    """
+    if "svfnet" not in methods:
+        return []
+    out = []
+    regions = _region_names(rows)
+    groups = group_rows(rows)
+    for baseline in (m for m in methods if m != "svfnet"):
+        for region, name in regions.items():
+            for metric in METRICS:
+                ours = finite_values(groups, "svfnet", region, metric.key)
+                theirs = finite_values(groups, baseline, region, metric.key)
+                if not ours or not theirs:
+                    continue
+                common = sorted(set(ours) & set(theirs))
+                sign = 1.0 if metric.higher_is_better else -1.0
+                gains = np.array([sign * (ours[p] - theirs[p]) for p in common])
+                count = len(common)
+                t_value, p_value = _welch(list(ours.values()), list(theirs.values()))
+                out.append(
+                    {
+                        "baseline": baseline,
+                        "region": region,
+                        "name": name,
+                        "metric": metric.key,
+                        "direction": "higher is better" if metric.higher_is_better else "lower is better",
+                        "pairs": count,
+                        "svfnet_better": float(np.mean(gains > TIE_TOLERANCE)) if count else math.nan,
+                        "tied": float(np.mean(np.abs(gains) <= TIE_TOLERANCE)) if count else math.nan,
+                        "svfnet_worse": float(np.mean(gains < -TIE_TOLERANCE)) if count else math.nan,
+                        "svfnet_mean": float(np.mean(list(ours.values()))),
+                        "baseline_mean": float(np.mean(list(theirs.values()))),
+                        "svfnet_median": float(np.median(list(ours.values()))),
+                        "baseline_median": float(np.median(list(theirs.values()))),
+                        "welch_t": t_value,
+                        "p_value": p_value,
+                        "n_svfnet": len(ours),
+                        "n_baseline": len(theirs),
+                    }
+                )
+    return out
+
+
+def outlier_rows(
+    rows: Sequence[Mapping[str, Any]],
+    methods: Sequence[str],
+    *,
+    dice_margin: float = DICE_MARGIN,
+    folding_limit: float = FOLDING_LIMIT,
+) -> list[dict[str, Any]]:
+    """``outliers.csv``: where a method failed badly, and pairs whose inputs lack a region.
+
+    Kinds: ``failed`` (the method raised; ``detail`` holds the error), ``lost`` (a region present
+    in both inputs vanished after warping), ``below identity`` (Dice below the identity's by more
+    than ``dice_margin``), ``folding`` (more than ``folding_limit`` of the grid folded), and
+    ``input`` (a region missing from an input label map: listed once per pair, method ``all``; a
+    region missing from every subject, as the RV myocardium of a data set without it, is not
+    listed pair by pair: see :func:`absent_regions`). Sorted by kind in that order, then by pair.
+    """
+    out: list[dict[str, Any]] = []
+    absent = set(absent_regions(rows))
+    identity_dice = {
+        (r["moving"], r["fixed"], int(r["region"])): as_float(r["dice"])
+        for r in rows
+        if r["method"] == "identity" and r["status"] in ("ok", "lost")
+    }
+    failed_seen: set[tuple[str, str, str]] = set()
+    input_seen: set[tuple[str, str, int]] = set()
+    for row in rows:
+        pair_method = (row["moving"], row["fixed"], row["method"])
+        base = {
+            "moving": row["moving"],
+            "fixed": row["fixed"],
+            "method": row["method"],
+            "region": row["region"],
+            "name": row["name"],
+        }
+        status = row["status"]
+        if status == "failed":
+            if pair_method not in failed_seen:
+                failed_seen.add(pair_method)
+                out.append(
+                    {**base, "region": "", "name": "", "kind": "failed", "value": "", "detail": row["error"]}
+                )
+            continue
+        if status.startswith("missing"):
+            key = (row["moving"], row["fixed"], int(row["region"]))
+            if key not in input_seen and row["name"] not in absent:
+                input_seen.add(key)
+                out.append({**base, "method": "all", "kind": "input", "value": "", "detail": status})
+            continue
+        if status == "lost" and row["method"] != "identity":
+            out.append(
+                {
+                    **base,
+                    "kind": "lost",
+                    "value": 0.0,
+                    "detail": f"{row['name']} present in both images but absent after registration",
+                }
+            )
+            continue
+        dice = as_float(row["dice"])
+        reference = identity_dice.get((row["moving"], row["fixed"], int(row["region"])), math.nan)
+        if (
+            row["method"] != "identity"
+            and math.isfinite(dice)
+            and math.isfinite(reference)
+            and dice < reference - dice_margin
+        ):
+            out.append(
+                {
+                    **base,
+                    "kind": "below identity",
+                    "value": dice,
+                    "detail": f"Dice {dice:.3f} against {reference:.3f} without registration",
+                }
+            )
+        folding = as_float(row["folding_fraction"])
+        if int(row["region"]) == WHOLE_GRID and math.isfinite(folding) and folding > folding_limit:
+            out.append(
+                {
+                    **base,
+                    "kind": "folding",
+                    "value": folding,
+                    "detail": f"{100 * folding:.2f}% of the grid folds (limit {100 * folding_limit:g}%)",
+                }
+            )
+    order = {kind: rank for rank, kind in enumerate(OUTLIER_KINDS)}
+    return sorted(
+        out, key=lambda r: (order[r["kind"]], r["moving"], r["fixed"], r["method"], str(r["region"]))
+    )
+
+
+def absent_regions(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Names of the regions missing from the label maps of every pair (not evaluated at all)."""
+    statuses: dict[str, set[str]] = {}
+    for row in rows:
+        if int(row["region"]) != WHOLE_GRID and row["status"] != "failed":
+            statuses.setdefault(str(row["name"]), set()).add(str(row["status"]))
+    return [name for name, seen in statuses.items() if seen == {"missing in both"}]
+
+
+def pair_scores(rows: Sequence[Mapping[str, Any]], method: str) -> dict[tuple[str, str], float]:
+    """(moving, fixed) → mean Dice over the regions where it is defined, for one method."""
+    per_pair: dict[tuple[str, str], list[float]] = {}
+    for row in rows:
+        if row["method"] == method and int(row["region"]) != WHOLE_GRID and row["status"] in ("ok", "lost"):
+            dice = as_float(row["dice"])
+            if math.isfinite(dice):
+                per_pair.setdefault((row["moving"], row["fixed"]), []).append(dice)
+    return {pair: float(np.mean(values)) for pair, values in per_pair.items()}
+
+
+def headline_lines(
+    summary: Sequence[Mapping[str, Any]], methods: Sequence[str], pair_count: int, subject_set: str
+) -> list[str]:
+    """A few printable lines: mean Dice per region for each method, then median time per registration."""
+    pairs = "ordered pair" if pair_count == 1 else "ordered pairs"
+    lines = [f"{pair_count} {pairs} of the {subject_set} subjects; mean Dice per region:"]
+    by_key = {(row["method"], row["name"], row["metric"]): row for row in summary}
+    region_names = [
+        name for name in (*REGIONS.values(),) if any((m, name, "dice") in by_key for m in methods)
+    ]
+    for name in region_names:
+        parts = [
+            f"{METHOD_NAMES[m]} {by_key[(m, name, 'dice')]['mean']:.3f}"
+            for m in methods
+            if (m, name, "dice") in by_key
+        ]
+        lines.append(f"  {name}: " + ", ".join(parts))
+    times = [
+        f"{METHOD_NAMES[m]} {seconds_text(by_key[(m, 'per registration', 'seconds')]['median'])}"
+        for m in methods
+        if (m, "per registration", "seconds") in by_key
+    ]
+    if times:
+        lines.append("median time per registration: " + ", ".join(times))
+    return lines
+
+
+def seconds_text(seconds: float) -> str:
+    """A duration for people: "0 s", "850 µs", "120 ms", "3.21 s"."""
+    if seconds < 1e-3:
+        return "0 s" if seconds == 0 else f"{seconds * 1e6:.0f} µs"
+    if seconds < 1.0:
+        return f"{seconds * 1e3:.0f} ms"
+    return f"{seconds:.2f} s"
+
+
+# ------------------------------------------------------------------------------------------ the run
+def run_evaluation(
+    workdir: str | Path,
+    checkpoint: str | Path | None,
+    *,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    progress: bool = True,
+    methods: Sequence[str] = ("svfnet", "lcc_demons", "identity"),
+    include_sitk: bool = False,
+    max_pairs: int | None = None,
+    demons_params: Mapping[str, Any] | None = None,
+    sitk_params: Mapping[str, Any] | None = None,
+    report: bool = True,
+) -> dict[str, Any]:
+    """Runs the experiment on the work folder's test pairs and writes its tables and report.
+
+    Args:
+        workdir: the work folder (prepared subjects and ``split.json``, created if missing).
+        checkpoint: SVF-Net checkpoint (``svfnet train``'s ``checkpoint.pt``); may be None only
+            when ``"svfnet"`` is not among ``methods``.
+        workers: local processes for the optimisation methods (default: one per core).
+        scheduler: address of a Dask scheduler to run them on instead.
+        progress: show progress bars.
+        methods: among ``"svfnet"``, ``"lcc_demons"``, ``"identity"``, ``"sitk_demons"``.
+        include_sitk: add SimpleITK's diffeomorphic demons (``pip install SimpleITK``) as a peer.
+        max_pairs: evaluate at most this many pairs, evenly spread over all ordered pairs.
+        demons_params: fields of :class:`svfnet.baselines.lcc_demons.LCCDemonsParams` replacing
+            the defaults (e.g. ``{"levels": 1, "iterations": 5}``).
+        sitk_params: ``iterations`` and ``smoothing_sigma_vox`` of SimpleITK's demons.
+        report: write ``report.html`` and its figures.
+
+    Returns:
+        A JSON-ready dict: ``report`` (path of the HTML page, or ``""`` without report),
+        ``headline`` (printable lines: mean Dice per region and method, median time per
+        registration), ``folder``, ``subjects``, ``subject_set`` (``"test"``, or ``"val"`` when the
+        split has no test subjects), ``pairs``, ``methods``, ``computed`` (pairs run now per
+        method; the rest were on disk), ``failed`` (pair × method failures), ``outliers`` and
+        ``files``.
+
+    Raises:
+        ValueError: unknown methods, bad parameters, fewer than two subjects to pair, a
+            checkpoint that is not an SVF-Net one.
+        FileNotFoundError: no prepared subjects, or no checkpoint.
+    """
+    func = "run_evaluation"
+    workdir = Path(workdir)
+    methods = list(dict.fromkeys(methods))
+    if include_sitk and "sitk_demons" not in methods:
+        methods.append("sitk_demons")
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise ValueError(f"{func}(): unknown or no methods {unknown or methods}; known: {', '.join(METHODS)}")
+    methods = [m for m in METHODS if m in methods]  # the display order
+    if max_pairs is not None and (
+        isinstance(max_pairs, bool) or not isinstance(max_pairs, int) or max_pairs < 1
+    ):
+        raise ValueError(f"{func}(): 'max_pairs' must be a positive integer, got {max_pairs!r}")
+
+    keys: dict[str, str] = {}
+    params: dict[str, dict[str, Any]] = {}
+    model = None
+    if "svfnet" in methods:
+        if checkpoint is None:
+            raise ValueError(f"{func}(): 'checkpoint' is needed to evaluate SVF-Net")
+        import torch
+
+        from svfnet.model import load
+
+        checkpoint = Path(checkpoint)
+        model = load(checkpoint, "cuda" if torch.cuda.is_available() else "cpu")
+        keys["svfnet"] = _settings_key("svfnet", {"checkpoint_sha256": _file_digest(checkpoint)})
+    if "lcc_demons" in methods:
+        params["lcc_demons"] = _demons_settings(demons_params)
+        keys["lcc_demons"] = _settings_key("lcc_demons", params["lcc_demons"])
+    if "sitk_demons" in methods:
+        try:
+            import SimpleITK  # noqa: F401
+        except ImportError:
+            raise ValueError(f"{func}(): SimpleITK's demons need SimpleITK: pip install SimpleITK") from None
+        unknown_sitk = set(sitk_params or {}) - set(SITK_DEFAULTS)
+        if unknown_sitk:
+            raise ValueError(
+                f"{func}(): unknown 'sitk_params' {sorted(unknown_sitk)}; known: {sorted(SITK_DEFAULTS)}"
+            )
+        params["sitk_demons"] = {**SITK_DEFAULTS, **dict(sitk_params or {})}
+        keys["sitk_demons"] = _settings_key("sitk_demons", params["sitk_demons"])
+    if "identity" in methods:
+        keys["identity"] = _settings_key("identity", {})
+
+    subject_ids, subject_set = _evaluation_subjects(workdir)
+    if len(subject_ids) < 2:
+        raise ValueError(
+            f"{func}(): the {subject_set} set has {len(subject_ids)} subject(s): at least 2 are needed "
+            "for a pair"
+        )
+    pairs = _ordered_pairs(subject_ids, max_pairs)
+    folder = WorkDir(workdir).evaluation
+    folder.mkdir(parents=True, exist_ok=True)
+    records = _Records(folder)
+    subjects, unreadable = _read_subjects(workdir, subject_ids)
+
+    computed = {method: 0 for method in methods}
+    pending = {method: [p for p in pairs if not records.done(method, *p, keys[method])] for method in methods}
+    for method in methods:
+        logger.info("%s: %d of %d pairs to compute", METHOD_NAMES[method], len(pending[method]), len(pairs))
+
+    def problem_of(moving_id: str, fixed_id: str) -> str | None:
+        for subject_id in (moving_id, fixed_id):
+            if subject_id in unreadable:
+                return f"cannot read subject {subject_id}: {unreadable[subject_id]}"
+        return _grid_problem(subjects[moving_id], subjects[fixed_id])
+
+    # in this process first (fast), then the optimisation methods in parallel: no competing timings
+    for method in (m for m in methods if m not in TASK_METHODS):
+        computed[method] = _run_in_process(
+            method, pending[method], subjects, problem_of, records, keys[method], model, progress
+        )
+    task_pairs = [(method, pair) for method in methods if method in TASK_METHODS for pair in pending[method]]
+    computed_tasks = _run_as_tasks(
+        task_pairs,
+        subjects,
+        problem_of,
+        records,
+        keys,
+        params,
+        workers=workers,
+        scheduler=scheduler,
+        progress=progress,
+    )
+    for method, count in computed_tasks.items():
+        computed[method] = count
+
+    regions = dict(REGIONS)
+    rows = _pair_rows(records, pairs, methods, regions)
+    summary = summary_rows(rows, methods)
+    statistics = statistics_rows(rows, methods)
+    outliers = outlier_rows(rows, methods)
+    files = {
+        "pairs": folder / "pairs.csv",
+        "summary": folder / "summary.csv",
+        "statistics": folder / "statistics.csv",
+        "outliers": folder / "outliers.csv",
+    }
+    _write_csv(files["pairs"], PAIR_COLUMNS, rows)
+    _write_csv(files["summary"], SUMMARY_COLUMNS, summary)
+    _write_csv(files["statistics"], STATISTICS_COLUMNS, statistics)
+    _write_csv(files["outliers"], OUTLIER_COLUMNS, outliers)
+
+    failed = len({(r["moving"], r["fixed"], r["method"]) for r in rows if r["status"] == "failed"})
+    headline = headline_lines(summary, methods, len(pairs), subject_set)
+    report_path = ""
+    if report:
+        from svfnet.evaluation_report import ReportInputs, write_report
+
+        gallery = _gallery(
+            rows,
+            methods,
+            subjects,
+            problem_of,
+            folder,
+            keys,
+            params,
+            model,
+            workers=workers,
+            scheduler=scheduler,
+            progress=progress,
+        )
+        report_path = str(
+            write_report(
+                folder,
+                ReportInputs(
+                    workdir=str(workdir),
+                    checkpoint=str(checkpoint) if "svfnet" in methods else "",
+                    subject_set=subject_set,
+                    subjects=tuple(subject_ids),
+                    pair_count=len(pairs),
+                    methods=tuple(methods),
+                    rows=rows,
+                    summary=summary,
+                    statistics=statistics,
+                    outliers=outliers,
+                    gallery=gallery,
+                    headline=tuple(headline),
+                    method_params=params,
+                    failed=failed,
+                ),
+            )
+        )
+    result = {
+        "report": report_path,
+        "headline": headline,
+        "folder": str(folder),
+        "subjects": list(subject_ids),
+        "subject_set": subject_set,
+        "pairs": len(pairs),
+        "methods": list(methods),
+        "computed": computed,
+        "failed": failed,
+        "outliers": len(outliers),
+        "files": {name: str(path) for name, path in files.items()},
+    }
+    write_json(folder / "evaluation.json", result)
+    return result
+
+
+def _read_subjects(workdir: Path, subject_ids: Sequence[str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """The prepared subjects that load, and the error of each that does not."""
+    from svfnet.workdir import read_prepared
+
+    subjects, unreadable = {}, {}
+    for subject_id in subject_ids:
+        try:
+            subjects[subject_id] = read_prepared(workdir, subject_id)
+        except Exception as error:  # a broken file fails its pairs, not the run
+            unreadable[subject_id] = _error_text(error)
+            logger.warning("cannot read subject %s: %s", subject_id, unreadable[subject_id])
+    return subjects, unreadable
+
+
+def _run_in_process(
+    method: str,
+    pairs: Sequence[tuple[str, str]],
+    subjects: Mapping[str, Any],
+    problem_of: Callable[[str, str], str | None],
+    records: _Records,
+    key: str,
+    model: Any,
+    progress: bool,
+) -> int:
+    """SVF-Net or the identity on each pair, in this process; each pair's record written at once."""
+    from tqdm.auto import tqdm
+
+    from svfnet.metrics import evaluate_pair
+
+    threads = _torch_threads()
+    if method == "svfnet":
+        # one untimed pass first: the first call pays for thread pools and allocations
+        valid = [pair for pair in pairs if problem_of(*pair) is None]
+        if valid:
+            try:
+                _svfnet_displacement(model, subjects[valid[0][0]], subjects[valid[0][1]])
+            except Exception:  # the pair's own call below reports the error
+                pass
+    for moving_id, fixed_id in tqdm(
+        pairs, desc=METHOD_NAMES[method], disable=not progress or not pairs, unit="pair"
+    ):
+        problem = problem_of(moving_id, fixed_id)
+        if problem is not None:
+            records.write(method, moving_id, fixed_id, key, error=problem)
+            continue
+        moving, fixed = subjects[moving_id], subjects[fixed_id]
+        try:
+            if method == "identity":
+                disp, seconds = np.zeros((3, *fixed.image.shape), dtype=np.float32), 0.0
+            else:
+                disp, seconds = _svfnet_displacement(model, moving, fixed)
+            rows = evaluate_pair(
+                moving.image, fixed.image, moving.labels, fixed.labels, spacing=fixed.spacing_mm, disp=disp
+            )
+        except Exception as error:  # a bad pair is reported in the tables, not fatal to the run
+            logger.warning(
+                "%s failed on %s -> %s: %s", METHOD_NAMES[method], moving_id, fixed_id, _error_text(error)
+            )
+            records.write(method, moving_id, fixed_id, key, error=_error_text(error))
+            continue
+        # the identity computes nothing: no thread count to show
+        records.write(
+            method,
+            moving_id,
+            fixed_id,
+            key,
+            rows=rows,
+            seconds=seconds,
+            threads=None if method == "identity" else threads,
+        )
+    return len(pairs)
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def _make_task(
+    method: str, moving: Any, fixed: Any, params: Mapping[str, Any], *, scores: bool = True
+) -> PairTask:
+    return PairTask(
+        method,
+        moving.id,
+        fixed.id,
+        moving.image,
+        fixed.image,
+        moving.labels,
+        fixed.labels,
+        tuple(fixed.spacing_mm),
+        dict(params),
+        scores,
+    )
+
+
+def _run_as_tasks(
+    task_pairs: Sequence[tuple[str, tuple[str, str]]],
+    subjects: Mapping[str, Any],
+    problem_of: Callable[[str, str], str | None],
+    records: _Records,
+    keys: Mapping[str, str],
+    params: Mapping[str, Mapping[str, Any]],
+    *,
+    workers: int | None,
+    scheduler: str | None,
+    progress: bool,
+) -> dict[str, int]:
+    """The optimisation methods' pairs as parallel tasks; each record written as its task completes."""
+    from svfnet.parallel import run_tasks
+
+    computed: dict[str, int] = {}
+    tasks, owners = [], []
+    for method, (moving_id, fixed_id) in task_pairs:
+        computed[method] = computed.get(method, 0) + 1
+        problem = problem_of(moving_id, fixed_id)
+        if problem is not None:
+            records.write(method, moving_id, fixed_id, keys[method], error=problem)
+            continue
+        tasks.append(_make_task(method, subjects[moving_id], subjects[fixed_id], params[method]))
+        owners.append((method, moving_id, fixed_id))
+    description = " + ".join(dict.fromkeys(METHOD_NAMES[m] for m, _, _ in owners))
+    for outcome in run_tasks(
+        evaluate_task, tasks, workers=workers, scheduler=scheduler, progress=progress, description=description
+    ):
+        method, moving_id, fixed_id = owners[outcome.index]
+        if outcome.error is not None:
+            logger.warning(
+                "%s failed on %s -> %s: %s",
+                METHOD_NAMES[method],
+                moving_id,
+                fixed_id,
+                _error_text(outcome.error),
+            )
+            records.write(method, moving_id, fixed_id, keys[method], error=_error_text(outcome.error))
+        else:
+            value = outcome.value
+            records.write(
+                method,
+                moving_id,
+                fixed_id,
+                keys[method],
+                rows=value["rows"],
+                seconds=value["seconds"],
+                threads=value["threads"],
+            )
+    return computed
+
+
+# ------------------------------------------------------------------------------------------ gallery
+def gallery_cases(
+    rows: Sequence[Mapping[str, Any]], methods: Sequence[str]
+) -> list[tuple[tuple[str, str], list[str]]]:
+    """The example pairs of the report and why each is shown, e.g. ``"best for SVF-Net"``.
+
+    The best and worst pair (mean Dice over the regions) of each registration method (not the
+    identity), and SVF-Net's median pair; a pair chosen several times is shown once.
+    """
+    cases: dict[tuple[str, str], list[str]] = {}
+    for method in methods:
+        if method == "identity":
+            continue
+        scores = pair_scores(rows, method)
+        if not scores:
+            continue
+        ordered = sorted(scores, key=lambda pair: (scores[pair], pair))
+        cases.setdefault(ordered[-1], []).append(
+            f"best for {METHOD_NAMES[method]} (mean Dice {scores[ordered[-1]]:.3f})"
+        )
+        cases.setdefault(ordered[0], []).append(
+            f"worst for {METHOD_NAMES[method]} (mean Dice {scores[ordered[0]]:.3f})"
+        )
+        if method == "svfnet" and len(ordered) > 2:
+            middle = ordered[len(ordered) // 2]
+            cases.setdefault(middle, []).append(
+                f"typical for SVF-Net (median mean Dice {scores[middle]:.3f})"
+            )
+    return list(cases.items())
+
+
+def _gallery(
+    rows: Sequence[Mapping[str, Any]],
+    methods: Sequence[str],
+    subjects: Mapping[str, Any],
+    problem_of: Callable[[str, str], str | None],
+    folder: Path,
+    keys: Mapping[str, str],
+    params: Mapping[str, Mapping[str, Any]],
+    model: Any,
+    *,
+    workers: int | None,
+    scheduler: str | None,
+    progress: bool,
+) -> list[dict[str, Any]]:
+    """The gallery pairs' images: moving, fixed and each method's warped image and labels.
+
+    The fields are not kept per pair (1,369 pairs × methods would be gigabytes): the few pairs shown
+    are registered again (the methods are deterministic) and cached in ``gallery/<pair>.npz``.
+    """
+    from svfnet.metrics import warp_pair
+    from svfnet.parallel import run_tasks
+
+    cases = [(pair, why) for pair, why in gallery_cases(rows, methods) if problem_of(*pair) is None]
+    cache = folder / "gallery"
+    gallery: list[dict[str, Any]] = []
+    missing_tasks, missing_owner = [], []
+    warped_of: dict[tuple[tuple[str, str], str], tuple[np.ndarray, np.ndarray]] = {}
+    for pair, _ in cases:
+        moving, fixed = subjects[pair[0]], subjects[pair[1]]
+        cache_key = _settings_key("gallery", {m: keys[m] for m in methods})
+        cached = _read_gallery_cache(cache / f"{_pair_name(*pair)}.npz", cache_key, methods)
+        if cached is not None:
+            warped_of.update({(pair, m): value for m, value in cached.items()})
+            continue
+        for method in methods:
+            try:
+                if method == "identity":
+                    disp = np.zeros((3, *fixed.image.shape), dtype=np.float32)
+                elif method == "svfnet":
+                    disp, _ = _svfnet_displacement(model, moving, fixed)
+                else:
+                    missing_tasks.append(_make_task(method, moving, fixed, params[method], scores=False))
+                    missing_owner.append((pair, method))
+                    continue
+                warped_of[(pair, method)] = warp_pair(moving.image, moving.labels, disp)
+            except Exception as error:  # the example is then drawn without this method
+                logger.warning(
+                    "gallery: %s failed on %s -> %s: %s", METHOD_NAMES[method], *pair, _error_text(error)
+                )
+    for outcome in run_tasks(
+        evaluate_task,
+        missing_tasks,
+        workers=workers,
+        scheduler=scheduler,
+        progress=progress,
+        description="gallery",
+    ):
+        pair, method = missing_owner[outcome.index]
+        if outcome.error is None:
+            moving = subjects[pair[0]]
+            warped_of[(pair, method)] = warp_pair(moving.image, moving.labels, outcome.value["disp"])
+        else:
+            logger.warning(
+                "gallery: %s failed on %s -> %s: %s", METHOD_NAMES[method], *pair, _error_text(outcome.error)
+            )
+    for pair, why in cases:
+        moving, fixed = subjects[pair[0]], subjects[pair[1]]
+        warped = {m: warped_of[(pair, m)] for m in methods if (pair, m) in warped_of}
+        if len(warped) == len(methods):
+            _write_gallery_cache(
+                cache / f"{_pair_name(*pair)}.npz",
+                _settings_key("gallery", {m: keys[m] for m in methods}),
+                warped,
+            )
+        gallery.append(
+            {
+                "moving": pair[0],
+                "fixed": pair[1],
+                "why": why,
+                "spacing_mm": tuple(fixed.spacing_mm),
+                "moving_image": moving.image,
+                "moving_labels": moving.labels,
+                "fixed_image": fixed.image,
+                "fixed_labels": fixed.labels,
+                "warped": warped,
+            }
+        )
+    return gallery
+
+
+def _read_gallery_cache(
+    path: Path, key: str, methods: Sequence[str]
+) -> dict[str, tuple[np.ndarray, np.ndarray]] | None:
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path) as data:
+            if str(data["key"]) != key:
+                return None
+            return {m: (data[f"{m}_image"], data[f"{m}_labels"]) for m in methods}
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def _write_gallery_cache(path: Path, key: str, warped: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> None:
+    arrays = {"key": np.array(key)}
+    for method, (image, labels) in warped.items():
+        arrays[f"{method}_image"] = np.asarray(image, dtype=np.float32)
+        arrays[f"{method}_labels"] = np.asarray(labels, dtype=np.uint8)
+    with atomic_path(path) as temporary:
+        np.savez_compressed(temporary, **arrays)
