@@ -1,4 +1,4 @@
-# Fresh machine to results: `make test` (tests) — see README.md. Each target creates the
+# Fresh machine to results: `make demo` (the whole method on the built-in data) and `make test` — see README.md. Each target creates the
 # virtual environment it needs inside the clone (.venv), installing torch first so that pip
 # never pulls a multi-GB CUDA build behind our back (set TORCH to your CUDA build on a GPU machine).
 VENV ?= .venv
@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 BUILD_INPUTS := pyproject.toml CMakeLists.txt $(shell find csrc svfcore -type f 2>/dev/null)
 
-.PHONY: install test bench cpu-only-build clean
+.PHONY: install test demo demo-quick bench cpu-only-build clean
 
 $(VENV)/.svfnet-installed: $(BUILD_INPUTS)
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -20,6 +20,12 @@ install: $(VENV)/.svfnet-installed
 
 test: install
 	$(PY) -m pytest
+
+demo: install
+	$(PY) -m svfnet.cli demo --workdir svfnet-demo
+
+demo-quick: install
+	$(PY) -m svfnet.cli demo --quick --workdir svfnet-demo-quick
 
 bench: install
 	$(PY) -m pytest benchmarks --benchmark-only --benchmark-columns=median,iqr,rounds --benchmark-sort=name
