@@ -10,39 +10,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from svfnet.ebs import ebs_alpha, fit_ebs
+from svfnet.ebs import fit_ebs
+from tests.test_ebs import reference_ebs
 
 GRID, SPACING = (64, 64, 16), (1.9, 1.9, 7.9)
 
 
-def dense_numpy_ebs(source, displacement, grid, spacing, nu=0.25):
-    """Fit by np.linalg.solve and evaluate every voxel with broadcasting, in chunks of voxels."""
-    alpha, count = ebs_alpha(nu), len(source)
-
-    def kernel(a, b):
-        r = a[:, None, :] - b[None, :, :]
-        norm = np.linalg.norm(r, axis=-1)
-        g = alpha * (norm**3)[..., None, None] * np.eye(3) - 3 * norm[..., None, None] * r[..., :, None] * r[..., None, :]
-        return g.transpose(0, 2, 1, 3).reshape(3 * len(a), 3 * len(b))
-
-    def affine_rows(x):
-        rows = np.zeros((3 * len(x), 12))
-        for c in range(3):
-            rows[c::3, [c, 3 + c, 6 + c]] = x
-            rows[c::3, 9 + c] = 1
-        return rows
-
-    system = np.zeros((3 * count + 12, 3 * count + 12))
-    system[: 3 * count, : 3 * count] = kernel(source, source)
-    system[: 3 * count, 3 * count :] = affine_rows(source)
-    system[3 * count :, : 3 * count] = affine_rows(source).T
-    solution = np.linalg.solve(system, np.concatenate([displacement.reshape(-1), np.zeros(12)]))
-    voxels = np.indices(grid).reshape(3, -1).T * np.asarray(spacing)
-    out = np.empty((len(voxels), 3))
-    for start in range(0, len(voxels), 2048):
-        chunk = voxels[start : start + 2048]
-        out[start : start + 2048] = (kernel(chunk, source) @ solution[: 3 * count] + affine_rows(chunk) @ solution[3 * count :]).reshape(-1, 3)
-    return (out / np.asarray(spacing)).T.reshape(3, *grid)
+def dense_numpy_ebs(source, displacement, grid, spacing):
+    """The tests' float64 reference (np.linalg.solve, then every voxel by broadcasting), in voxels."""
+    voxels_mm = np.indices(grid).reshape(3, -1).T * np.asarray(spacing)
+    return (reference_ebs(source, displacement, voxels_mm) / np.asarray(spacing)).T.reshape(3, *grid)
 
 
 @pytest.fixture(scope="module", params=[500, 1000])

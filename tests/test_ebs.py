@@ -32,8 +32,13 @@ def reference_ebs(source, displacement, points, nu=0.25, smoothing_mm=0.0):
     system[3 * k :, : 3 * k] = affine_rows(source).T
     rhs = np.concatenate([displacement.reshape(-1), np.zeros(12)])
     solution = np.linalg.solve(system, rhs)
-    values = kernel(points, source) @ solution[: 3 * k] + affine_rows(points) @ solution[3 * k :]
-    return values.reshape(-1, 3)
+    values = np.empty((len(points), 3))
+    for start in range(0, len(points), 2048):  # chunks: the kernel matrix is 9 numbers per point and landmark
+        chunk = points[start : start + 2048]
+        values[start : start + 2048] = (
+            kernel(chunk, source) @ solution[: 3 * k] + affine_rows(chunk) @ solution[3 * k :]
+        ).reshape(-1, 3)
+    return values
 
 
 @pytest.fixture
