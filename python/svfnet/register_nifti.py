@@ -42,7 +42,7 @@ from scipy.ndimage import map_coordinates
 
 from svfnet._io import atomic_path, write_json
 from svfnet.data.labels import IDENTITY_LABELS, LabelMapping, format_label_mapping
-from svfnet.data.nifti import nifti_stem, read_nifti
+from svfnet.data.nifti import nifti_stem, read_nifti, vector_image
 from svfnet.data.prepare import (
     APEX_DIRECTION_RAS,
     PERCENTILES,
@@ -84,7 +84,6 @@ PREPARATION_PATHS = ("labels", "intensity")
 RIGID_INITS = ("geometry", "world")
 # RAS+ (nibabel) ↔ LPS (ITK) world coordinates: x and y change sign
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
-NIFTI_INTENT_VECTOR = 1007
 
 # Output files, by key: (file suffix after PREFIX, grid, description). The JSON metadata repeats it.
 OUTPUTS: dict[str, tuple[str, str, str]] = {
@@ -730,22 +729,6 @@ def _world(affine: np.ndarray, positions: np.ndarray) -> np.ndarray:
     return (affine[:3, :3] @ flat + affine[:3, 3:]).reshape(positions.shape)
 
 
-def _vector_image(field_3ijk: np.ndarray, affine: np.ndarray, *, itk: bool, name: str) -> nib.Nifti1Image:
-    """A NIfTI vector image: ``(I, J, K, 3)`` (svfnet) or ``(I, J, K, 1, 3)`` intent VECTOR (ITK)."""
-    data = np.moveaxis(np.asarray(field_3ijk, np.float32), 0, -1)
-    if itk:
-        data = data[:, :, :, None, :]
-    image = nib.Nifti1Image(np.ascontiguousarray(data), affine)
-    image.set_qform(affine, code=1)
-    image.set_sform(affine, code=1)
-    image.header.set_xyzt_units("mm")
-    if itk:
-        image.header.set_intent(NIFTI_INTENT_VECTOR, name=name)
-    else:
-        image.header["intent_name"] = name.encode()[:16]
-    return image
-
-
 def _volume_image(data: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image:
     image = nib.Nifti1Image(np.asarray(data), affine)
     image.set_qform(affine, code=1)
@@ -770,7 +753,7 @@ def write_itk_displacement(
     """
     lps = np.einsum("ab,b...->a...", RAS_TO_LPS, np.asarray(displacement_ras_mm, np.float64))
     with atomic_path(path) as temporary:
-        nib.save(_vector_image(lps, affine, itk=True, name="LPS mm"), str(temporary))
+        nib.save(vector_image(lps, affine, itk=True, name="LPS mm"), str(temporary))
 
 
 # ----------------------------------------------------------------------------- registration
@@ -956,15 +939,15 @@ def register_nifti(
         tick = time.perf_counter()
         volumes: dict[str, nib.Nifti1Image] = {
             "warped": _volume_image(result.warped.astype(np.float32), prepared.fixed_prepared_affine),
-            "svf": _vector_image(result.svf, prepared.fixed_prepared_affine, itk=False, name="svf vox ijk"),
-            "displacement": _vector_image(
+            "svf": vector_image(result.svf, prepared.fixed_prepared_affine, itk=False, name="svf vox ijk"),
+            "displacement": vector_image(
                 result.displacement, prepared.fixed_prepared_affine, itk=False, name="disp vox ijk"
             ),
             "fixed_prepared": _volume_image(prepared.fixed, prepared.fixed_prepared_affine),
             "moving_prepared": _volume_image(prepared.moving, prepared.moving_prepared_affine),
             "warped_original": _volume_image(warped_original, fixed_original.affine),
-            "svf_original": _vector_image(svf_world, fixed_original.affine, itk=False, name="svf RAS mm"),
-            "displacement_original": _vector_image(
+            "svf_original": vector_image(svf_world, fixed_original.affine, itk=False, name="svf RAS mm"),
+            "displacement_original": vector_image(
                 displacement_mm, fixed_original.affine, itk=False, name="disp RAS mm"
             ),
         }

@@ -202,38 +202,22 @@ def _label_dtype(labels: np.ndarray) -> type:
 def write_field(
     path: str | Path, field: np.ndarray, affine: np.ndarray, *, name: str = SVF_INTENT_NAME
 ) -> None:
-    """Writes a ``(3, I, J, K)`` field in voxels as a 4D NIfTI ``(I, J, K, 3)``, atomically.
-
-    The layout of ``svfnet register``'s ``_svf`` and ``_displacement`` files (docs/register.md):
-    components along the array axes in voxels, ``intent_name`` ``name``, deliberately not a 5D
-    vector image, so that no ITK tool mistakes it for a displacement in millimetres.
-    """
+    """Writes a ``(3, I, J, K)`` field in voxels atomically, in ``svfnet register``'s layout
+    (:func:`svfnet.data.nifti.vector_image`)."""
     import nibabel as nib
 
     from svfnet._io import atomic_path
+    from svfnet.data.nifti import vector_image
 
     field = np.asarray(field, dtype=np.float32)
     if field.ndim != 4 or field.shape[0] != 3:
         raise ValueError(f"write_field(): 'field' must be (3, I, J, K), got shape {field.shape}")
-    affine = np.asarray(affine, dtype=np.float64)
-    image = nib.Nifti1Image(np.ascontiguousarray(np.moveaxis(field, 0, -1)), affine)
-    image.set_qform(affine, code=1)
-    image.set_sform(affine, code=1)
-    image.header.set_xyzt_units("mm")
-    image.header["intent_name"] = name.encode()[:16]
     with atomic_path(path) as temporary:
-        nib.save(image, str(temporary))
+        nib.save(vector_image(field, affine, name=name), str(temporary))
 
 
 def read_field(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """Reads a field written by :func:`write_field`: ``((3, I, J, K) float32 in voxels, (4, 4) affine)``."""
-    import nibabel as nib
+    from svfnet.data.nifti import read_vector_field
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
-    image = nib.load(str(path))
-    data = np.asarray(image.dataobj, dtype=np.float32)
-    if data.ndim != 4 or data.shape[3] != 3:
-        raise ValueError(f"{path}: expected an (I, J, K, 3) vector field, got shape {data.shape}")
-    return np.ascontiguousarray(np.moveaxis(data, -1, 0)), np.asarray(image.affine, dtype=np.float64)
+    return read_vector_field(path)

@@ -137,3 +137,40 @@ def write_nifti(path: str | Path, data: np.ndarray, affine: np.ndarray) -> None:
     image.header.set_xyzt_units("mm")
     with atomic_path(path) as temporary:
         nib.save(image, str(temporary))
+
+
+NIFTI_INTENT_VECTOR = 1007  # what ITK writes for vector images, and reads back unchanged
+
+
+def vector_image(field_3ijk: np.ndarray, affine: np.ndarray, *, itk: bool = False, name: str = "") -> nib.Nifti1Image:
+    """A vector field ``(3, I, J, K)`` as a NIfTI image with ``affine`` (qform and sform, mm).
+
+    ``itk=False``: svfnet's layout, 4D ``(I, J, K, 3)`` with ``intent_name`` ``name`` (fields in voxels
+    along the array axes; deliberately not a 5D vector image, so that no ITK tool mistakes it for a
+    displacement in millimetres). ``itk=True``: ITK's layout, 5D ``(I, J, K, 1, 3)`` with intent VECTOR.
+    """
+    data = np.moveaxis(np.asarray(field_3ijk, np.float32), 0, -1)
+    if itk:
+        data = data[:, :, :, None, :]
+    affine = np.asarray(affine, dtype=np.float64)
+    image = nib.Nifti1Image(np.ascontiguousarray(data), affine)
+    image.set_qform(affine, code=1)
+    image.set_sform(affine, code=1)
+    image.header.set_xyzt_units("mm")
+    if itk:
+        image.header.set_intent(NIFTI_INTENT_VECTOR, name=name)
+    else:
+        image.header["intent_name"] = name.encode()[:16]
+    return image
+
+
+def read_vector_field(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Reads a field in svfnet's layout (:func:`vector_image`): ``((3, I, J, K) float32, (4, 4) affine)``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    image = nib.load(str(path))
+    data = np.asarray(image.dataobj, dtype=np.float32)
+    if data.ndim != 4 or data.shape[3] != 3:
+        raise ValueError(f"{path}: expected an (I, J, K, 3) vector field, got shape {data.shape}")
+    return np.ascontiguousarray(np.moveaxis(data, -1, 0)), np.asarray(image.affine, dtype=np.float64)
