@@ -67,3 +67,48 @@ def test_stages_skip_when_up_to_date_and_rerun_downstream_on_change(tmp_path):
 def test_unknown_stage_is_refused(tmp_path):
     with pytest.raises(ValueError, match="unknown stages"):
         run_pipeline(tmp_path, load_config(), stages=("evaluate", "deploy"), progress=False)
+
+
+def test_demo_quick_end_to_end_then_skips_everything(tmp_path, capsys):
+    """`svfnet demo --quick` produces the report; a second run finds every stage up to date."""
+    workdir = tmp_path / "demo"
+    assert main(["demo", "--quick", "--workdir", str(workdir), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    report = workdir / "evaluation" / "report.html"
+    assert report.is_file() and f"report: {report}" in out
+    assert "LV myocardium: SVF-Net" in out and "median time per registration" in out
+    for stage in ("data", "prepare", "split", "shapes", "references", "train", "evaluate"):
+        assert f"[{stage}] ran" in out
+    assert main(["demo", "--quick", "--workdir", str(workdir), "--no-progress"]) == 0
+    again = capsys.readouterr().out
+    assert again.count("skipped") == 7
+
+
+def test_pipeline_killed_during_training_resumes(tmp_path, monkeypatch):
+    import svfnet.train as train_module
+    from svfnet.pipeline import demo_config
+
+    config = demo_config(quick=True)
+    config["data"]["subjects"] = 6
+    config["train"].update(steps=20, checkpoint_every=5, validate_every=10)
+    config["model"]["widths"] = [4, 8, 8, 8]
+    real_train = train_module.train
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_step_12(step: int) -> None:
+        if step == 12:
+            raise Killed
+
+    monkeypatch.setattr(train_module, "train", lambda *a, **k: real_train(*a, **k, on_step=kill_at_step_12))
+    with pytest.raises(Killed):
+        run_pipeline(tmp_path, config, stages=("data", "prepare", "split", "shapes", "references", "train"),
+                     progress=False)
+    monkeypatch.setattr(train_module, "train", real_train)
+    outcomes = run_pipeline(tmp_path, config, stages=("data", "prepare", "split", "shapes", "references", "train"),
+                            progress=False)
+    assert [o.status for o in outcomes] == ["skipped"] * 5 + ["resumed"]
+    assert outcomes[-1].result["steps"] == 20
+    steps = [int(line.split(",")[0]) for line in (tmp_path / "models" / "svfnet" / "log.csv").read_text().splitlines()[1:]]
+    assert steps == list(range(1, 21))
