@@ -131,7 +131,8 @@ def _volume(
     return a
 
 
-def _spacing(func: str, spacing: Any) -> tuple[float, float, float]:
+def checked_spacing(func: str, spacing: Any) -> tuple[float, float, float]:
+    """``spacing`` as three positive finite floats (mm); ValueError naming ``func`` otherwise."""
     try:
         values = tuple(float(s) for s in spacing)
     except (TypeError, ValueError):
@@ -213,7 +214,7 @@ def surface_distances(mask_a: Any, mask_b: Any, spacing: Sequence[float]) -> tup
         ValueError: a mask is empty, or the masks are on different grids.
     """
     func = "surface_distances"
-    spacing = _spacing(func, spacing)
+    spacing = checked_spacing(func, spacing)
     a = _volume(func, "mask_a", mask_a, kind="mask")
     b = _volume(func, "mask_b", mask_b, kind="mask", shape=a.shape, shape_of="mask_a")
     for name, mask in (("mask_a", a), ("mask_b", b)):
@@ -340,7 +341,7 @@ def local_correlation(
         ``(I, J, K)`` float32 map of Λ in ``[-1, 1]``; average it over a region for a score.
     """
     func = "local_correlation"
-    spacing = _spacing(func, spacing)
+    spacing = checked_spacing(func, spacing)
     sigma_mm = _positive(func, "sigma_mm", sigma_mm)
     a = _volume(func, "image_a", image_a)
     b = _volume(func, "image_b", image_b, shape=a.shape, shape_of="image_a")
@@ -499,7 +500,7 @@ def evaluate_pair(
     from svfnet.workdir import REGIONS
 
     func = "evaluate_pair"
-    spacing = _spacing(func, spacing)
+    spacing = checked_spacing(func, spacing)
     lcc_sigma_mm = _positive(func, "lcc_sigma_mm", lcc_sigma_mm)
     if label_interpolation not in ("nearest", "onehot"):
         raise ValueError(

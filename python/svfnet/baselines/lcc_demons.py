@@ -48,7 +48,7 @@ import numpy as np
 from scipy.ndimage import gaussian_filter, map_coordinates
 
 from svfnet import fields
-from svfnet.metrics import GAUSSIAN_TRUNCATE, gaussian_sigma_vox, local_moments, smooth, standardised
+from svfnet.metrics import GAUSSIAN_TRUNCATE, checked_spacing, gaussian_sigma_vox, local_moments, smooth, standardised
 
 __all__ = ["LCCDemonsInfo", "LCCDemonsParams", "LevelInfo", "register"]
 
@@ -351,14 +351,7 @@ def register(
             f"{func}(): 'moving' {moving_np.shape} and 'fixed' {fixed_np.shape} must be on the same "
             "grid (resample them first, e.g. with `svfnet prepare`)"
         )
-    try:
-        spacing_mm = tuple(float(s) for s in spacing)
-    except (TypeError, ValueError):
-        raise ValueError(
-            f"{func}(): 'spacing' must be three positive numbers (mm), got {spacing!r}"
-        ) from None
-    if len(spacing_mm) != 3 or not all(math.isfinite(s) and s > 0 for s in spacing_mm):
-        raise ValueError(f"{func}(): 'spacing' must be three positive numbers (mm), got {spacing!r}")
+    spacing_mm = checked_spacing(func, spacing)
     params = params if params is not None else LCCDemonsParams()
     if not isinstance(params, LCCDemonsParams):
         raise TypeError(f"{func}(): 'params' must be an LCCDemonsParams, got {type(params).__name__}")
