@@ -144,6 +144,16 @@ PYBIND11_MODULE(_core, m) {
       },
       py::arg("field").noconvert(), py::arg("threads"), "(max, mean) of |field(x)| over all voxels.");
   m.def(
+      "norm_stats_within_cpu",
+      [](const FloatArray& field, const FloatArray& u, int threads) {
+        const Batch s = batch_of(field, "field");
+        require_channels(s, "field", 3); require_same_shape(s, "field", batch_of(u, "u"), "u");
+        py::gil_scoped_release release;
+        return norm_stats_within_cpu(field.data(), u.data(), s, threads);
+      },
+      py::arg("field").noconvert(), py::arg("u").noconvert(), py::arg("threads"),
+      "(max, mean, count) of |field(x)| over the voxels x that x + u(x) maps into the grid.");
+  m.def(
       "count_nonfinite_cpu",
       [](const FloatArray& data, int threads) {
         const float* ptr = data.data();
@@ -194,6 +204,9 @@ PYBIND11_MODULE(_core, m) {
   });
   m.def("norm_stats_cuda", [](Address field, const Shape& shape, Address stream) {
     return norm_stats_cuda(at<const float>(field), batch_of_shape(shape), stream);
+  });
+  m.def("norm_stats_within_cuda", [](Address field, Address u, const Shape& shape, Address stream) {
+    return norm_stats_within_cuda(at<const float>(field), at<const float>(u), batch_of_shape(shape), stream);
   });
   m.def("count_nonfinite_cuda", [](Address data, int64_t count, Address stream) {
     return count_nonfinite_cuda(at<const float>(data), count, stream);

@@ -68,7 +68,8 @@ DEFAULTS: dict[str, dict[str, tuple[Any, str]]] = {
         "nu": (0.25, "Poisson's ratio of the elastic body spline"),
         "smoothing": (0.0, "spline smoothing (0 interpolates the landmarks)"),
         "log_tol": (0.1, "logarithm tolerance on max|exp(v) - u|, voxels"),
-        "log_max_iter": (20, "logarithm iterations at most"),
+        "log_tol_mean": (0.01, "logarithm tolerance on mean|exp(v) - u|, voxels"),
+        "log_max_iter": (10, "logarithm iterations at most"),
         "dtype": ("float16", 'storage of the reference SVFs ("float16" or "float32")'),
     },
     "model": {
@@ -170,7 +171,6 @@ def demo_config(quick: bool = False) -> dict[str, dict[str, Any]]:
         overrides = {
             "data": {"subjects": 8},
             "shapes": {"landmarks": 300, "target_triangles": 1500, "max_iterations": 25},
-            "references": {"log_max_iter": 10},
             "model": {"widths": [8, 16, 32, 32]},
             "train": {"steps": 120, "batch_size": 2, "learning_rate": 2e-3, "validate_every": 40, "checkpoint_every": 40},
         }

@@ -29,6 +29,35 @@ std::pair<float, double> norm_stats_cpu(const float* field, const Batch& shape, 
   return {max_norm, voxels * shape.batch > 0 ? sum / static_cast<double>(voxels * shape.batch) : 0.0};
 }
 
+std::tuple<float, double, int64_t> norm_stats_within_cpu(const float* field, const float* u, const Batch& shape,
+                                                         int threads) {
+  const svfcore::Grid& g = shape.grid;
+  const int64_t voxels = g.size(), rows = shape.batch * g.ni * g.nj;
+  float max_norm = 0.f;
+  double sum = 0.0;
+  int64_t count = 0;
+#pragma omp parallel for schedule(static) reduction(max : max_norm) reduction(+ : sum, count) num_threads(omp_threads(threads))
+  for (int64_t row = 0; row < rows; ++row) {
+    const int64_t b = row / (int64_t(g.ni) * g.nj), in_volume = row % (int64_t(g.ni) * g.nj);
+    const int i = static_cast<int>(in_volume / g.nj), j = static_cast<int>(in_volume % g.nj);
+    const float* f = field + b * 3 * voxels;
+    const float* d = u + b * 3 * voxels;
+    float row_max = 0.f, row_sum = 0.f;
+    int row_count = 0;
+    for (int k = 0; k < g.nk; ++k) {
+      const bool inside = svfcore::lands_inside(d, g, i, j, k);
+      const float norm = inside ? svfcore::norm_at(f, voxels, g.index(i, j, k)) : 0.f;
+      row_max = norm > row_max ? norm : row_max;
+      row_sum += norm;
+      row_count += inside ? 1 : 0;
+    }
+    max_norm = row_max > max_norm ? row_max : max_norm;
+    sum += row_sum;
+    count += row_count;
+  }
+  return {max_norm, count > 0 ? sum / static_cast<double>(count) : 0.0, count};
+}
+
 int64_t count_nonfinite_cpu(const float* data, int64_t count, int threads) {
   int64_t bad = 0;
 #pragma omp parallel for simd schedule(static) reduction(+ : bad) num_threads(omp_threads(threads))

@@ -32,6 +32,27 @@ __global__ void norm_stats_kernel(const float* field, int64_t voxels, int64_t to
   atomicAdd(sum, local_sum);
 }
 
+__global__ void norm_stats_within_kernel(const float* field, const float* u, svfcore::Grid g, int64_t total,
+                                         unsigned int* max_bits, double* sum, unsigned long long* count) {
+  const int64_t voxels = g.size();
+  float local_max = 0.f;
+  double local_sum = 0.0;
+  unsigned long long local_count = 0;
+  for (int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; t < total; t += int64_t(blockDim.x) * gridDim.x) {
+    const int64_t b = t / voxels, v = t % voxels;
+    const int i = static_cast<int>(v / (int64_t(g.nj) * g.nk)), j = static_cast<int>((v / g.nk) % g.nj),
+              k = static_cast<int>(v % g.nk);
+    if (!svfcore::lands_inside(u + b * 3 * voxels, g, i, j, k)) continue;
+    const float norm = svfcore::norm_at(field + b * 3 * voxels, voxels, v);
+    local_max = fmaxf(local_max, norm);
+    local_sum += norm;
+    ++local_count;
+  }
+  atomicMax(max_bits, __float_as_uint(local_max));
+  atomicAdd(sum, local_sum);
+  if (local_count) atomicAdd(count, local_count);
+}
+
 __global__ void count_nonfinite_kernel(const float* data, int64_t count, unsigned long long* bad) {
   unsigned long long local = 0;
   for (int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; t < count; t += int64_t(blockDim.x) * gridDim.x)
@@ -69,6 +90,30 @@ std::pair<float, double> norm_stats_cuda(const float* field, const Batch& shape,
   float max_norm;
   std::memcpy(&max_norm, &bits, sizeof(max_norm));
   return {max_norm, host[0] / static_cast<double>(total)};
+}
+
+std::tuple<float, double, int64_t> norm_stats_within_cuda(const float* field, const float* u, const Batch& shape,
+                                                          std::uintptr_t stream) {
+  const int64_t total = shape.batch * shape.grid.size();
+  if (total == 0) return {0.f, 0.0, 0};
+  cudaStream_t s = as_stream(stream);
+  // [sum (double), count (u64), max bits (u32)]
+  DeviceScratch scratch(sizeof(double) * 3, s);
+  double* sum = static_cast<double*>(scratch.ptr);
+  auto* count = reinterpret_cast<unsigned long long*>(sum + 1);
+  unsigned int* max_bits = reinterpret_cast<unsigned int*>(sum + 2);
+  norm_stats_within_kernel<<<blocks_for(total), kThreads, 0, s>>>(field, u, shape.grid, total, max_bits, sum, count);
+  check_cuda(cudaGetLastError(), "norm_stats_within");
+  double host[3];
+  check_cuda(cudaMemcpyAsync(host, scratch.ptr, sizeof(host), cudaMemcpyDeviceToHost, s), "norm_stats_within");
+  check_cuda(cudaStreamSynchronize(s), "norm_stats_within");
+  unsigned long long inside;
+  unsigned int bits;
+  float max_norm;
+  std::memcpy(&inside, &host[1], sizeof(inside));
+  std::memcpy(&bits, &host[2], sizeof(bits));
+  std::memcpy(&max_norm, &bits, sizeof(max_norm));
+  return {max_norm, inside ? host[0] / static_cast<double>(inside) : 0.0, static_cast<int64_t>(inside)};
 }
 
 int64_t count_nonfinite_cuda(const float* data, int64_t count, std::uintptr_t stream) {

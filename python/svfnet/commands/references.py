@@ -18,8 +18,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--subjects", nargs="+", metavar="ID", help="subjects to pair (default: train + val of the split)")
     parser.add_argument("--nu", type=float, default=0.25, help="Poisson's ratio of the spline (default 0.25)")
     parser.add_argument("--smoothing", type=float, default=0.0, help="spline smoothing λ (default 0: interpolate)")
-    parser.add_argument("--log-tol", type=float, default=0.1, help="logarithm tolerance, voxels (default 0.1)")
-    parser.add_argument("--log-max-iter", type=int, default=20, help="logarithm iterations at most (default 20)")
+    parser.add_argument("--log-tol", type=float, default=0.1,
+                        help="logarithm tolerance on the largest residual, voxels (default 0.1)")
+    parser.add_argument("--log-tol-mean", type=float, default=0.01,
+                        help="logarithm tolerance on the mean residual, voxels (default 0.01)")
+    parser.add_argument("--log-max-iter", type=int, default=10, help="logarithm iterations at most (default 10)")
     parser.add_argument("--dtype", choices=("float16", "float32"), default="float16", help="storage (default float16)")
     parser.add_argument("--workers", type=int, help="local processes (default: one per core)")
     parser.add_argument("--scheduler", metavar="ADDRESS", help="Dask scheduler address, e.g. tcp://host:8786")
@@ -31,7 +34,8 @@ def run(args: argparse.Namespace) -> int:
     from svfnet.references import ReferenceParameters, run_references
 
     parameters = ReferenceParameters(
-        nu=args.nu, smoothing=args.smoothing, log_tol=args.log_tol, log_max_iter=args.log_max_iter, dtype=args.dtype
+        nu=args.nu, smoothing=args.smoothing, log_tol=args.log_tol, log_tol_mean=args.log_tol_mean,
+        log_max_iter=args.log_max_iter, dtype=args.dtype,
     )
     summary = run_references(
         args.workdir,
@@ -47,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
         f"{summary.folded} folded"
     )
     if not math.isnan(summary.residual_mean):
-        print(f"  logarithm residual: mean {summary.residual_mean:.4f} voxel, worst max {summary.residual_max:.3f} voxel")
+        print(f"  logarithm residual (voxels mapped into the grid): mean {summary.residual_mean:.4f} voxel, "
+              f"worst max {summary.residual_max:.3f} voxel")
     if summary.seconds_per_pair:
         print(f"  {summary.seconds_per_pair:.3f} s per pair")
     return 0

@@ -28,4 +28,17 @@ SVF_HOST_DEVICE float norm_at(const float* f, int64_t voxels, int64_t v) {
   return sqrtf(a * a + b * b + c * c);
 }
 
+// Whether voxel (i, j, k) is mapped into the grid by x ↦ x + u(x): its target lies in the box
+// [0, n-1] on every axis, where a warp reads the image itself rather than its fill or its
+// clamped border. An axis of one voxel (a single slice) does not count: along it every position
+// reads that slice. The logarithm measures its residual on these voxels (see fields.log).
+SVF_HOST_DEVICE bool within_axis(float x, int n) { return n == 1 || (x >= 0.f && x <= static_cast<float>(n - 1)); }
+
+SVF_HOST_DEVICE bool lands_inside(const float* u, const Grid& g, int i, int j, int k) {
+  const int64_t n = g.size();
+  const int v = g.index(i, j, k);
+  return within_axis(static_cast<float>(i) + u[v], g.ni) && within_axis(static_cast<float>(j) + u[n + v], g.nj) &&
+         within_axis(static_cast<float>(k) + u[2 * n + v], g.nk);
+}
+
 }  // namespace svfcore

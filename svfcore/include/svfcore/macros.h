@@ -26,10 +26,12 @@ struct Grid {
 
 // Two plain selects rather than a nested one: compilers turn each into a min/max instruction
 // (no branch), which keeps the CPU sampling loops vectorisable.
+// Written so that a NaN maps to `lo` (every comparison with NaN is false): a NaN position then
+// reads a voxel of the grid instead of converting to an out-of-range index.
 template <typename T>
 SVF_HOST_DEVICE T clamp_to(T x, T lo, T hi) {
-  const T above = x < lo ? lo : x;
-  return above > hi ? hi : above;
+  const T above = x >= lo ? x : lo;
+  return above <= hi ? above : hi;
 }
 
 }  // namespace svfcore
