@@ -84,7 +84,7 @@ DEFAULTS: dict[str, dict[str, tuple[Any, str]]] = {
         "learning_rate": (1e-3, "Adam's learning rate"),
         "targets": ("references", '"references" (the shapes pipeline) or "random" (smooth random SVFs)'),
         "shift_vox": (3, "largest in-plane augmentation shift, voxels"),
-        "loss_mask": ("none", '"none" (whole grid) or "heart"'),
+        "loss_mask": ("heart", '"heart" (voxels near the fixed labels) or "none" (whole grid)'),
         "validate_every": (100, "steps between validations"),
         "checkpoint_every": (50, "steps between checkpoints"),
         "seed": (0, "seed of initialisation, sampling and augmentation"),

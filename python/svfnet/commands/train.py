@@ -20,7 +20,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     parser.add_argument("--targets", choices=("references", "random"), default="references")
     parser.add_argument("--shift", type=int, default=3, help="largest in-plane augmentation shift, voxels")
-    parser.add_argument("--loss-mask", choices=("none", "heart"), default="none")
+    parser.add_argument("--loss-mask", choices=("heart", "none"), default="heart",
+                        help="where the loss counts: near the fixed labels (default) or the whole grid")
     parser.add_argument("--widths", type=int, nargs=4, metavar="W", help="channels of the four levels")
     parser.add_argument("--norm", choices=("instance", "batch", "group", "none"))
     parser.add_argument("--activation", choices=("leaky_relu", "relu", "elu"))
