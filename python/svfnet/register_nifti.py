@@ -49,12 +49,11 @@ from svfnet.data.prepare import (
     RV_DIRECTION_RAS,
     CanonicalFrame,
     CommonGrid,
-    _antialias,
     canonical_frame,
     cohort_grid,
     heart_extent,
     prepare_subject,
-    prepared_to_original_matrix,
+    resample_image,
 )
 from svfnet.data.readers import Subject, SubjectFiles, load_subject
 from svfnet.data.transform import PreparedTransform, original_positions, resample_labels
@@ -548,20 +547,8 @@ def _prepare_image(
 
     Returns the ``(I, J, K)`` float32 image in ``[0, 1]`` and its transform record.
     """
-    matrix = prepared_to_original_matrix(frame, grid, original.affine)
-    prepared_index = np.indices(grid.shape, dtype=np.float64).reshape(3, -1)
-    positions = matrix[:3, :3] @ prepared_index + matrix[:3, 3:]
-    original_shape = np.array(original.image.shape, dtype=np.float64)[:, None]
-    inside = np.all((positions >= -0.5) & (positions <= original_shape - 0.5), axis=0)
-    image = map_coordinates(_antialias(original.image, matrix), positions, order=1, mode="nearest")
-    values_inside = image[inside]
-    low, high = (
-        (float(v) for v in np.percentile(values_inside, PERCENTILES)) if values_inside.size else (0.0, 1.0)
-    )
-    if high <= low:
-        high = low + 1.0
-    normalised = np.clip((image - low) / (high - low), 0.0, 1.0).astype(np.float32)
-    normalised[~inside] = 0.0
+    resampled = resample_image(original.image, original.affine, frame, grid)
+    matrix, low, high = resampled.matrix, resampled.low, resampled.high
     record = {
         "id": f"{role}:{nifti_stem(original.path)}",
         "prepared_to_original_voxel": matrix.tolist(),
@@ -573,9 +560,9 @@ def _prepare_image(
         "frame": frame.record(),
         "intensity": {"method": "percentile", "percentiles": list(PERCENTILES), "low": low, "high": high},
         "source": {"image": str(original.path.resolve()), "labels": None},
-        "outside_field_of_view_fraction": float(1.0 - np.mean(inside)),
+        "outside_field_of_view_fraction": float(1.0 - np.mean(resampled.inside)),
     }
-    return normalised.reshape(grid.shape), record
+    return resampled.image, record
 
 
 def _prepare_one(

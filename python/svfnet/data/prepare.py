@@ -310,6 +310,50 @@ def _antialias(image: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     return gaussian_filter(image, sigma=sigma, mode="nearest") if np.any(sigma > 0) else image
 
 
+@dataclass(frozen=True)
+class ResampledImage:
+    """An image on the common grid, as :func:`resample_image` makes it.
+
+    Attributes:
+        image: ``grid.shape`` float32, intensities mapped to [0, 1] by the percentiles
+            ``PERCENTILES`` (``low``, ``high``) of the values inside the original field of view,
+            0 outside it.
+        inside: flat bool mask of the grid voxels inside the original field of view.
+        positions: ``(3, voxels)`` original voxel positions of the grid voxels.
+        matrix: the 4×4 prepared-to-original voxel matrix.
+    """
+
+    image: np.ndarray
+    inside: np.ndarray
+    positions: np.ndarray
+    matrix: np.ndarray
+    low: float
+    high: float
+
+
+def resample_image(
+    image: np.ndarray, affine: np.ndarray, frame: CanonicalFrame, grid: CommonGrid
+) -> ResampledImage:
+    """Resamples an original image onto the common grid (anti-aliased, trilinear) and normalises it:
+    the one place where a cohort subject (:func:`prepare_subject`) and an image to register
+    (``svfnet register``) get the same treatment."""
+    matrix = prepared_to_original_matrix(frame, grid, affine)
+    prepared_index = np.indices(grid.shape, dtype=np.float64).reshape(3, -1)
+    positions = matrix[:3, :3] @ prepared_index + matrix[:3, 3:]
+    original_shape = np.array(image.shape, dtype=np.float64)[:, None]
+    inside = np.all((positions >= -0.5) & (positions <= original_shape - 0.5), axis=0)
+    values = map_coordinates(_antialias(image, matrix), positions, order=1, mode="nearest")
+    values_inside = values[inside]
+    low, high = (
+        (float(v) for v in np.percentile(values_inside, PERCENTILES)) if values_inside.size else (0.0, 1.0)
+    )
+    if high <= low:  # flat around the heart: keep the values, shifted
+        high = low + 1.0
+    normalised = np.clip((values - low) / (high - low), 0.0, 1.0).astype(np.float32)
+    normalised[~inside] = 0.0
+    return ResampledImage(normalised.reshape(grid.shape), inside, positions, matrix, low, high)
+
+
 def prepare_subject(subject: Subject, frame: CanonicalFrame, grid: CommonGrid) -> PreparedVolumes:
     """Resamples one subject onto the common grid and normalises its intensities.
 
@@ -321,24 +365,10 @@ def prepare_subject(subject: Subject, frame: CanonicalFrame, grid: CommonGrid) -
     Returns:
         The prepared image and labels, with the transform record and the report entry.
     """
-    matrix = prepared_to_original_matrix(frame, grid, subject.affine)
-    prepared_index = np.indices(grid.shape, dtype=np.float64).reshape(3, -1)
-    positions = matrix[:3, :3] @ prepared_index + matrix[:3, 3:]
-    original_shape = np.array(subject.image.shape, dtype=np.float64)[:, None]
-    inside = np.all((positions >= -0.5) & (positions <= original_shape - 0.5), axis=0)
-
-    image = map_coordinates(_antialias(subject.image, matrix), positions, order=1, mode="nearest")
-    labels = resample_labels(subject.labels, positions, mode="nearest").reshape(grid.shape)
-    labels.reshape(-1)[~inside] = 0
-    values_inside = image[inside]
-    low, high = (
-        (float(v) for v in np.percentile(values_inside, PERCENTILES)) if values_inside.size else (0.0, 1.0)
-    )
-    if high <= low:  # flat around the heart: keep the values, shifted
-        high = low + 1.0
-    normalised = np.clip((image - low) / (high - low), 0.0, 1.0).astype(np.float32)
-    normalised[~inside] = 0.0
-    normalised = normalised.reshape(grid.shape)
+    resampled = resample_image(subject.image, subject.affine, frame, grid)
+    matrix, low, high, normalised = resampled.matrix, resampled.low, resampled.high, resampled.image
+    labels = resample_labels(subject.labels, resampled.positions, mode="nearest").reshape(grid.shape)
+    labels.reshape(-1)[~resampled.inside] = 0
 
     warnings = label_warnings(subject)
     prepared_regions = {int(v) for v in label_values(labels) if v}
@@ -372,7 +402,7 @@ def prepare_subject(subject: Subject, frame: CanonicalFrame, grid: CommonGrid) -
         "regions": sorted(prepared_regions),
         "missing_regions": missing,
         "warnings": warnings,
-        "outside_field_of_view_fraction": float(1.0 - np.mean(inside)),
+        "outside_field_of_view_fraction": float(1.0 - np.mean(resampled.inside)),
         "labels_outside_grid_fraction": outside_fraction,
         "original_spacing_mm": [round(s, 4) for s in subject.spacing_mm],
         "source": subject.files.source(),
