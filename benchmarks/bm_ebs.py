@@ -1,6 +1,7 @@
 """Elastic body spline, fit + grid evaluation at K = 500 and 1,000 landmarks on 64×64×16,
-against a dense float64 NumPy implementation of the same formula (ITK's
-ElasticBodySplineKernelTransform is the other peer DESIGN.md lists; it is not installed here).
+against ITK's ElasticBodySplineKernelTransform (fit, then TransformToDisplacementFieldFilter on
+the grid: ``pip install itk-filtering``, in the ``bench`` extra) and a dense float64 NumPy
+implementation of the same formula.
 
 Run: ``python -m pytest benchmarks/bm_ebs.py --benchmark-only``.
 """
@@ -29,12 +30,43 @@ def landmarks(request):
     return request.param, source, rng.normal(0, 3, size=source.shape)
 
 
-@pytest.mark.parametrize("peer", ["svfnet", "dense NumPy"])
+def itk_ebs_grid(source, displacement, grid, spacing):
+    """ITK's EBS fitted on the landmarks and evaluated on every voxel by its own filter, in voxels."""
+    import itk
+
+    transform = itk.ElasticBodySplineKernelTransform[itk.D, 3].New()  # α = 8: ν = 0.25
+    point_set_type = type(transform.GetSourceLandmarks())
+
+    def point_set(array):
+        out = point_set_type.New()
+        for n, p in enumerate(array):
+            out.SetPoint(n, itk.Point[itk.D, 3]([float(x) for x in p]))
+        return out
+
+    transform.SetSourceLandmarks(point_set(source))
+    transform.SetTargetLandmarks(point_set(source + displacement))
+    transform.ComputeWMatrix()
+    to_field = itk.TransformToDisplacementFieldFilter[itk.Image[itk.Vector[itk.F, 3], 3], itk.D].New()
+    to_field.SetTransform(transform)
+    to_field.SetSize(list(grid))
+    to_field.SetOutputSpacing(list(spacing))
+    to_field.SetOutputOrigin([0.0, 0.0, 0.0])
+    to_field.Update()
+    field_mm = np.moveaxis(itk.array_from_image(to_field.GetOutput()), -1, 0).transpose(0, 3, 2, 1)  # (k,j,i,3) → (3,i,j,k)
+    return field_mm / np.asarray(spacing).reshape(3, 1, 1, 1)
+
+
+@pytest.mark.parametrize("peer", ["svfnet", "ITK", "dense NumPy"])
 def test_ebs_fit_and_grid(bench, landmarks, peer):
     count, source, displacement = landmarks
     group = f"EBS fit + grid, K={count}, 64x64x16"
     if peer == "svfnet":
         out = bench(group, peer, lambda: fit_ebs(source, displacement).on_grid(GRID, SPACING), rounds=3)
+    elif peer == "ITK":
+        pytest.importorskip("itk", reason="ITK is in the bench extra (pip install itk-filtering)")
+        if count > 500:
+            pytest.skip("ITK's fit at K=1000 takes minutes (an O(K³) SVD); its K=500 ratio tells the story")
+        out = bench(group, peer, lambda: itk_ebs_grid(source, displacement, GRID, SPACING), rounds=1)
     else:
         if count > 500:
             pytest.skip("dense NumPy at K=1000 takes minutes; its K=500 ratio tells the story")

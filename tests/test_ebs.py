@@ -56,6 +56,33 @@ def test_ebs_matches_dense_reference(rng, landmarks, nu):
     np.testing.assert_allclose(fit(points), reference_ebs(source, displacement, points, nu), atol=1e-8, rtol=1e-8)
 
 
+def itk_ebs(source, displacement, points, nu):
+    """ITK's ElasticBodySplineKernelTransform (α = 12(1 − ν) − 1) fitted and applied point by point."""
+    itk = pytest.importorskip("itk", reason="ITK is a test extra (pip install itk-core)")
+    transform = itk.ElasticBodySplineKernelTransform[itk.D, 3].New()
+    transform.SetAlpha(12 * (1 - nu) - 1)
+    point_set_type = type(transform.GetSourceLandmarks())
+
+    def point_set(array):
+        out = point_set_type.New()
+        for n, p in enumerate(array):
+            out.SetPoint(n, itk.Point[itk.D, 3]([float(x) for x in p]))
+        return out
+
+    transform.SetSourceLandmarks(point_set(source))
+    transform.SetTargetLandmarks(point_set(source + displacement))
+    transform.ComputeWMatrix()
+    return np.array([np.array(transform.TransformPoint(itk.Point[itk.D, 3]([float(x) for x in p]))) - p for p in points])
+
+
+@pytest.mark.parametrize("nu", [0.25, 0.45])
+def test_ebs_matches_itk(rng, landmarks, nu):
+    source, displacement = landmarks
+    points = rng.uniform([-10, -10, -10], [110, 100, 70], size=(200, 3))
+    expected = itk_ebs(source, displacement, points, nu)
+    np.testing.assert_allclose(ebs.fit_ebs(source, displacement, nu=nu)(points), expected, atol=1e-4, rtol=0)
+
+
 def test_ebs_interpolates_landmarks_and_reproduces_affine_maps(rng, landmarks):
     source, displacement = landmarks
     np.testing.assert_allclose(ebs.fit_ebs(source, displacement)(source), displacement, atol=1e-9)
