@@ -1,4 +1,4 @@
-"""Elastic body spline, fit + grid evaluation at K = 500 and 1,000 landmarks on 64×64×16,
+"""Elastic body spline, fit + grid evaluation at K = 500, 1,000 and 2,000 landmarks on 64×64×16,
 against ITK's ElasticBodySplineKernelTransform (fit, then TransformToDisplacementFieldFilter on
 the grid: ``pip install itk-filtering``, in the ``bench`` extra) and a dense float64 NumPy
 implementation of the same formula.
@@ -23,7 +23,7 @@ def dense_numpy_ebs(source, displacement, grid, spacing):
     return (reference_ebs(source, displacement, voxels_mm) / np.asarray(spacing)).T.reshape(3, *grid)
 
 
-@pytest.fixture(scope="module", params=[500, 1000])
+@pytest.fixture(scope="module", params=[500, 1000, 2000])
 def landmarks(request):
     rng = np.random.default_rng(0)
     source = rng.uniform([20, 20, 20], [100, 100, 100], size=(request.param, 3))
