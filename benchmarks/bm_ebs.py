@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from svfnet.ebs import fit_ebs
-from tests.test_ebs import reference_ebs
+from tests.test_ebs import itk_ebs_transform, reference_ebs
 
 GRID, SPACING = (64, 64, 16), (1.9, 1.9, 7.9)
 
@@ -34,18 +34,7 @@ def itk_ebs_grid(source, displacement, grid, spacing):
     """ITK's EBS fitted on the landmarks and evaluated on every voxel by its own filter, in voxels."""
     import itk
 
-    transform = itk.ElasticBodySplineKernelTransform[itk.D, 3].New()  # α = 8: ν = 0.25
-    point_set_type = type(transform.GetSourceLandmarks())
-
-    def point_set(array):
-        out = point_set_type.New()
-        for n, p in enumerate(array):
-            out.SetPoint(n, itk.Point[itk.D, 3]([float(x) for x in p]))
-        return out
-
-    transform.SetSourceLandmarks(point_set(source))
-    transform.SetTargetLandmarks(point_set(source + displacement))
-    transform.ComputeWMatrix()
+    transform = itk_ebs_transform(source, displacement)
     to_field = itk.TransformToDisplacementFieldFilter[itk.Image[itk.Vector[itk.F, 3], 3], itk.D].New()
     to_field.SetTransform(transform)
     to_field.SetSize(list(grid))

@@ -56,8 +56,8 @@ def test_ebs_matches_dense_reference(rng, landmarks, nu):
     np.testing.assert_allclose(fit(points), reference_ebs(source, displacement, points, nu), atol=1e-8, rtol=1e-8)
 
 
-def itk_ebs(source, displacement, points, nu):
-    """ITK's ElasticBodySplineKernelTransform (α = 12(1 − ν) − 1) fitted and applied point by point."""
+def itk_ebs_transform(source, displacement, nu=0.25):
+    """ITK's ElasticBodySplineKernelTransform (α = 12(1 − ν) − 1) fitted on the landmarks (mm)."""
     itk = pytest.importorskip("itk", reason="ITK is a test extra (pip install itk-core)")
     transform = itk.ElasticBodySplineKernelTransform[itk.D, 3].New()
     transform.SetAlpha(12 * (1 - nu) - 1)
@@ -72,6 +72,14 @@ def itk_ebs(source, displacement, points, nu):
     transform.SetSourceLandmarks(point_set(source))
     transform.SetTargetLandmarks(point_set(source + displacement))
     transform.ComputeWMatrix()
+    return transform
+
+
+def itk_ebs(source, displacement, points, nu):
+    """ITK's spline applied point by point: displacements (mm)."""
+    import itk
+
+    transform = itk_ebs_transform(source, displacement, nu)
     return np.array([np.array(transform.TransformPoint(itk.Point[itk.D, 3]([float(x) for x in p]))) - p for p in points])
 
 
