@@ -53,7 +53,7 @@ def test_references_for_all_ordered_pairs_match_the_splines(workdir):
         assert abs(residual[domain].max() - record["residual_max"]) <= 2 * record["float16_error"] + 1e-6
         assert abs(residual.max() - record["residual_max_grid"]) <= 2 * record["float16_error"] + 1e-6
         assert record["domain_fraction"] == pytest.approx(domain.mean())
-        # the logarithm's tolerances on EBS fields, within the default 10 iterations
+        # the logarithm's tolerances on EBS fields, within 10 iterations
         assert record["converged"] and record["iterations"] <= 10
         assert record["residual_max"] <= 0.1 and record["residual_mean"] <= 0.01
         assert record["float16_error"] < 0.01

@@ -320,8 +320,10 @@ def log(
     ``d = exp(−v) ∘ φ_u − id``, this ``d`` never reads a field outside the grid, where clamping
     makes that form diverge at the border; the third-order term roughly halves the iterations on
     large deformations. A step that does not lower the residual (``max(max/tol, mean/tol_mean)``)
-    is refused and the next one halved (then doubled back after a success), so it never grows;
-    the loop stops when the maximum is at most ``tol`` and the mean at most ``tol_mean``, after
+    is refused, and the plain fixed-point step ``v + (u − exp(v))`` is tried in its place (near
+    the grid's border the BCH step can stall where that one still progresses); if it is refused
+    too, the step is halved (and doubled back after a success), so the residual never grows. The
+    loop stops when the maximum is at most ``tol`` and the mean at most ``tol_mean``, after
     ``max_iter`` steps, or when the step has shrunk to 1/16.
 
     The residual is measured on the voxels that ``x ↦ x + u(x)`` maps into the grid. Where the
@@ -361,24 +363,29 @@ def log(
     v = backend.copy(target)
     exp_v = _exp5(backend, v, None)
     remaining, best_max, best_mean, fraction, grid_max = _log_residual(backend, target, exp_v)
-    iterations, scale = 0, 1.0
+    iterations, scale, plain = 0, 1.0, False
     while merit(best_max, best_mean) > 1 and iterations < max_iter and scale >= 1 / 16:
-        d = backend.empty(tuple(v.shape), "float32")
-        backend.launch("jacobian_solve", [exp_v, remaining, d])
-        bracket = _lie_bracket5(backend, v, d)
-        candidate = v + scale * (d + 0.5 * bracket + _lie_bracket5(backend, v, bracket) / 12.0)
+        if plain:  # the fixed-point step v + (u − exp v): slower, but it goes on where BCH stalls
+            candidate = v + scale * remaining
+        else:
+            d = backend.empty(tuple(v.shape), "float32")
+            backend.launch("jacobian_solve", [exp_v, remaining, d])
+            bracket = _lie_bracket5(backend, v, d)
+            candidate = v + scale * (d + 0.5 * bracket + _lie_bracket5(backend, v, bracket) / 12.0)
         iterations += 1
-        if backend.count_nonfinite(candidate):  # a near-singular Jacobian: refuse, halve the step
-            scale /= 2
-            continue
-        exp_c = _exp5(backend, candidate, None)
-        remaining_c, res_max, res_mean, fraction_c, grid_max_c = _log_residual(backend, target, exp_c)
-        if merit(res_max, res_mean) < merit(best_max, best_mean):
+        accepted = False
+        if not backend.count_nonfinite(candidate):  # NaN/inf: a near-singular Jacobian, refused
+            exp_c = _exp5(backend, candidate, None)
+            remaining_c, res_max, res_mean, fraction_c, grid_max_c = _log_residual(backend, target, exp_c)
+            accepted = merit(res_max, res_mean) < merit(best_max, best_mean)
+        if accepted:
             v, exp_v, remaining = candidate, exp_c, remaining_c
             best_max, best_mean, fraction, grid_max = res_max, res_mean, fraction_c, grid_max_c
             scale = min(1.0, 2 * scale)
+        elif not plain:
+            plain = True  # a refused BCH step: try the plain step at the same scale
         else:
-            scale /= 2
+            plain, scale = False, scale / 2
     converged = merit(best_max, best_mean) <= 1
     info = LogInfo(iterations, float(best_max), float(best_mean), converged, float(grid_max), float(fraction))
     if not info.converged:

@@ -67,7 +67,7 @@ class ReferenceParameters:
     smoothing: float = 0.0
     log_tol: float = 0.1
     log_tol_mean: float = 0.01
-    log_max_iter: int = 10
+    log_max_iter: int = 20
     dtype: str = "float16"
     moving_per_task: int = 64
 
