@@ -106,6 +106,38 @@ PYBIND11_MODULE(_core, m) {
       py::arg("v").noconvert(), py::arg("out").noconvert(), py::arg("scratch").noconvert(), py::arg("steps"),
       py::arg("threads"));
   m.def(
+      "exp_levels_cpu",
+      [](const FloatArray& v, FloatArray& levels, int steps, int threads) {
+        const Batch s = batch_of(v, "v"), l = batch_of(levels, "levels");
+        require_channels(s, "v", 3);
+        if (steps < 1) throw std::invalid_argument("'steps' must be >= 1");
+        if (l.batch != steps * s.batch || l.channels != 3 || l.grid.ni != s.grid.ni || l.grid.nj != s.grid.nj ||
+            l.grid.nk != s.grid.nk)
+          throw std::invalid_argument("'levels' must be (steps * N, 3, I, J, K) for 'v' (N, 3, I, J, K)");
+        py::gil_scoped_release release;
+        exp_levels_cpu(v.data(), levels.mutable_data(), s, steps, threads);
+      },
+      py::arg("v").noconvert(), py::arg("levels").noconvert(), py::arg("steps"), py::arg("threads"));
+  m.def(
+      "exp_vjp_cpu",
+      [](const FloatArray& v, const FloatArray& levels, const FloatArray& grad_out, FloatArray& grad_v,
+         DoubleArray& accumulator, int steps, int threads) {
+        const Batch s = batch_of(v, "v"), l = batch_of(levels, "levels");
+        require_channels(s, "v", 3);
+        require_same_shape(s, "v", batch_of(grad_out, "grad_out"), "grad_out");
+        require_same_shape(s, "v", batch_of(grad_v, "grad_v"), "grad_v");
+        require_same_shape(s, "v", batch_of(accumulator, "accumulator"), "accumulator");
+        if (steps < 0) throw std::invalid_argument("'steps' must be >= 0");
+        if (steps > 0 && (l.batch != steps * s.batch || l.channels != 3 || l.grid.ni != s.grid.ni ||
+                          l.grid.nj != s.grid.nj || l.grid.nk != s.grid.nk))
+          throw std::invalid_argument("'levels' must be (steps * N, 3, I, J, K) for 'v' (N, 3, I, J, K)");
+        py::gil_scoped_release release;
+        exp_vjp_cpu(v.data(), levels.data(), grad_out.data(), grad_v.mutable_data(), accumulator.mutable_data(), s,
+                    steps, threads);
+      },
+      py::arg("v").noconvert(), py::arg("levels").noconvert(), py::arg("grad_out").noconvert(),
+      py::arg("grad_v").noconvert(), py::arg("accumulator").noconvert(), py::arg("steps"), py::arg("threads"));
+  m.def(
       "jacobian_det_cpu",
       [](const FloatArray& u, FloatArray& out, int threads) {
         const Batch s = batch_of(u, "u"), o = batch_of(out, "out");
@@ -143,6 +175,17 @@ PYBIND11_MODULE(_core, m) {
         return norm_stats_cpu(field.data(), s, threads);
       },
       py::arg("field").noconvert(), py::arg("threads"), "(max, mean) of |field(x)| over all voxels.");
+  m.def(
+      "norm_within_cpu",
+      [](const FloatArray& field, const FloatArray& u, FloatArray& out, int threads) {
+        const Batch s = batch_of(field, "field"), o = batch_of(out, "out");
+        require_channels(s, "field", 3); require_same_shape(s, "field", batch_of(u, "u"), "u");
+        require_channels(o, "out", 1); require_same_grid(s, "field", o, "out");
+        py::gil_scoped_release release;
+        norm_within_cpu(field.data(), u.data(), out.mutable_data(), s, threads);
+      },
+      py::arg("field").noconvert(), py::arg("u").noconvert(), py::arg("out").noconvert(), py::arg("threads"),
+      "|field(x)| where x + u(x) lands in the grid, 0 elsewhere.");
   m.def(
       "norm_stats_within_cpu",
       [](const FloatArray& field, const FloatArray& u, int threads) {
@@ -193,6 +236,16 @@ PYBIND11_MODULE(_core, m) {
     if (steps < 0) throw std::invalid_argument("'steps' must be >= 0");
     exp_cuda(at<const float>(v), at<float>(out), at<float>(scratch), batch_of_shape(shape), steps, stream);
   });
+  m.def("exp_levels_cuda", [](Address v, Address levels, const Shape& shape, int steps, Address stream) {
+    if (steps < 1) throw std::invalid_argument("'steps' must be >= 1");
+    exp_levels_cuda(at<const float>(v), at<float>(levels), batch_of_shape(shape), steps, stream);
+  });
+  m.def("exp_vjp_cuda", [](Address v, Address levels, Address grad_out, Address grad_v, Address accumulator,
+                           const Shape& shape, int steps, Address stream) {
+    if (steps < 0) throw std::invalid_argument("'steps' must be >= 0");
+    exp_vjp_cuda(at<const float>(v), at<const float>(levels), at<const float>(grad_out), at<float>(grad_v),
+                 at<double>(accumulator), batch_of_shape(shape), steps, stream);
+  });
   m.def("jacobian_det_cuda", [](Address u, Address out, const Shape& shape, Address stream) {
     jacobian_det_cuda(at<const float>(u), at<float>(out), batch_of_shape(shape), stream);
   });
@@ -204,6 +257,9 @@ PYBIND11_MODULE(_core, m) {
   });
   m.def("norm_stats_cuda", [](Address field, const Shape& shape, Address stream) {
     return norm_stats_cuda(at<const float>(field), batch_of_shape(shape), stream);
+  });
+  m.def("norm_within_cuda", [](Address field, Address u, Address out, const Shape& shape, Address stream) {
+    norm_within_cuda(at<const float>(field), at<const float>(u), at<float>(out), batch_of_shape(shape), stream);
   });
   m.def("norm_stats_within_cuda", [](Address field, Address u, const Shape& shape, Address stream) {
     return norm_stats_within_cuda(at<const float>(field), at<const float>(u), batch_of_shape(shape), stream);

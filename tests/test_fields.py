@@ -206,6 +206,66 @@ def test_exp_of_negative_is_inverse(rng):
     assert error[3:-3, 3:-3, 3:-3].max() < 0.03 and error.mean() < 0.02, (error[3:-3, 3:-3, 3:-3].max(), error.mean())
 
 
+# ------------------------------------------------------------------------------ exp's gradient
+def torch_exp(v: torch.Tensor, steps: int) -> torch.Tensor:
+    """Scaling and squaring with torch's grid_sample (border padding = our clamped reads), float64,
+    differentiable by autograd: the reference for the adjoint of our exp."""
+    grid = v.shape[2:]
+    base = torch.stack(torch.meshgrid(*[torch.arange(n, dtype=v.dtype) for n in grid], indexing="ij"))[None]
+    extent = torch.tensor([n - 1 for n in grid], dtype=v.dtype).view(1, 3, 1, 1, 1)
+    u = v / 2**steps
+    for _ in range(steps):
+        position = (2 * (base + u) / extent - 1).permute(0, 2, 3, 4, 1).flip(-1)  # (x, y, z) = (k, j, i)
+        u = u + torch.nn.functional.grid_sample(u, position, padding_mode="border", align_corners=True)
+    return u
+
+
+def exp_and_gradient(kind, device, v: np.ndarray, grad_exp: np.ndarray):
+    """Our exp(v) and ∂L/∂v for L = <grad_exp, exp(v)>, through the compiled levels and adjoint."""
+    from svfnet._backend import backend_of
+
+    backend = backend_of("test", v=to_kind(v, kind, device))
+    v5 = backend.to_compute("test", "v", to_kind(v, kind, device), "float32")
+    g5 = backend.to_compute("test", "g", to_kind(grad_exp, kind, device), "float32")
+    levels, exp_v, steps = fields._exp5_levels(backend, v5)
+    return as_numpy(exp_v), as_numpy(fields._exp_vjp5(backend, v5, levels, g5, steps)), steps
+
+
+@kinds
+@pytest.mark.parametrize("grid,amplitude", [((7, 6, 5), 2.0), ((9, 8, 4), 6.0)])
+def test_exp_gradient_matches_torch_autograd(rng, kind, device, grid, amplitude):
+    """The adjoint of scaling and squaring (used by the logarithm's polishing) against autograd
+    through torch's grid_sample in float64, on random fields that reach outside the grid."""
+    v = (rng.standard_normal((2, 3, *grid)) * amplitude).astype(np.float32)
+    grad_exp = rng.standard_normal(v.shape).astype(np.float32)
+    exp_v, grad_v, steps = exp_and_gradient(kind, device, v, grad_exp)
+    v_ref = torch.tensor(v, dtype=torch.float64, requires_grad=True)
+    exp_ref = torch_exp(v_ref, steps)
+    (exp_ref * torch.tensor(grad_exp, dtype=torch.float64)).sum().backward()
+    np.testing.assert_allclose(exp_v, exp_ref.detach().numpy(), atol=2e-5 * amplitude, rtol=0)
+    expected = v_ref.grad.numpy()
+    np.testing.assert_allclose(grad_v, expected, atol=1e-5 * np.abs(expected).max(), rtol=0)
+    np.testing.assert_array_equal(exp_v, as_numpy(fields.exp(to_kind(v, kind, device))))  # the same exp
+
+
+def test_exp_gradient_on_a_single_slice_matches_finite_differences(rng):
+    """Along an axis of one voxel every position reads that slice (torch cannot sample it with
+    align_corners): the directional derivative against central differences of our own exp."""
+    v = smooth_field(rng, (8, 7, 1), amplitude=2.0, batch=1)
+    v[:, 2] = 0.3  # a displacement across the single slice: clamped, it must not count
+    grad_exp = rng.standard_normal(v.shape).astype(np.float32)
+    _, grad_v, steps = exp_and_gradient("numpy", "cpu", v, grad_exp)
+    assert np.isfinite(grad_v).all()
+    direction = smooth_field(rng, (8, 7, 1), amplitude=1.0, batch=1)
+    eps = 1e-2
+
+    def loss(x):
+        return float(np.sum(grad_exp.astype(np.float64) * fields.exp(x.astype(np.float32), steps=steps)))
+
+    numeric = (loss(v + eps * direction) - loss(v - eps * direction)) / (2 * eps)
+    assert float(np.sum(grad_v.astype(np.float64) * direction)) == pytest.approx(numeric, rel=1e-2)
+
+
 # ---------------------------------------------------------------------------------------- log
 @kinds
 @grids
@@ -245,6 +305,9 @@ def test_residual_statistics_over_the_voxels_mapped_into_the_grid(rng):
     assert 0 < count == domain.sum() < domain.size
     assert largest == pytest.approx(norms[domain].max(), rel=1e-6)
     assert mean == pytest.approx(norms[domain].mean(), rel=1e-5)
+    per_voxel = np.empty((2, 1, 9, 8, 7), np.float32)
+    _core.norm_within_cpu(field, u, per_voxel, 2)
+    np.testing.assert_allclose(per_voxel[:, 0], np.where(domain, norms, 0), rtol=1e-6, atol=0)
 
 
 def test_log_measures_its_residual_where_the_map_stays_in_the_grid(rng):
@@ -281,6 +344,19 @@ def test_log_converges_faster_than_plain_fixed_point(rng):
     plain_residual = np.linalg.norm(fields.exp(plain) - u, axis=0)
     assert info.iterations == 4
     assert info.residual_mean < 0.5 * plain_residual.mean(), (info.residual_mean, plain_residual.mean())
+
+
+@pytest.mark.parametrize("seed", [1, 13, 18])
+def test_log_polishes_where_the_fixed_point_steps_stall(seed):
+    """Large, strongly sheared exponentials on a thin grid (as cardiac volumes are): there the
+    BCH and plain steps stop lowering the residual above the tolerance, and the gradient steps
+    (the polishing) take it below. Checked with NumPy against the returned v."""
+    v = smooth_field(np.random.default_rng(seed), (32, 32, 8), amplitude=8.0, sigma=3.0)
+    u = fields.exp(v)
+    logged, info = fields.log(u, tol=0.05, max_iter=40, return_info=True)
+    assert info.polish_iterations > 0 and info.converged, info
+    residual = np.linalg.norm(fields.exp(logged).astype(np.float64) - u, axis=0)[lands_inside(u)]
+    assert residual.max() <= 0.05 and residual.mean() <= 0.005
 
 
 def test_log_warns_or_raises_when_it_cannot_converge(rng):

@@ -16,9 +16,10 @@ namespace svfnet {
 
 namespace py = pybind11;
 
-// C-contiguous float32 / int32 arrays; bound with .noconvert() so that an output is never a copy.
+// C-contiguous float32 / int32 (and float64) arrays; bound with .noconvert() so that an output is never a copy.
 using FloatArray = py::array_t<float, py::array::c_style>;
 using IntArray = py::array_t<int32_t, py::array::c_style>;
+using DoubleArray = py::array_t<double, py::array::c_style>;  // accumulators only
 
 template <class Array>
 Batch batch_of(const Array& a, const char* name) {

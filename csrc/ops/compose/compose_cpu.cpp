@@ -23,4 +23,36 @@ void exp_cpu(const float* v, float* out, float* scratch, const Batch& shape, int
   }
 }
 
+void exp_levels_cpu(const float* v, float* levels, const Batch& shape, int steps, int threads) {
+  const LevelPlan plan{v, levels, shape.batch * 3 * shape.grid.size(), steps};
+  for (int pass = 0; pass < steps; ++pass) {
+    const float* source = plan.source(pass);
+    for_each_voxel(shape.batch, shape.grid, threads, ComposeBody{source, source, plan.target(pass), shape.grid, plan.scale(pass)});
+  }
+}
+
+namespace {
+struct OmpAtomicAdd {
+  void operator()(double* target, double amount) const {
+#pragma omp atomic
+    *target += amount;
+  }
+};
+}  // namespace
+
+void exp_vjp_cpu(const float* v, const float* levels, const float* grad_out, float* grad_v, double* accumulator,
+                 const Batch& shape, int steps, int threads) {
+  const int64_t floats = shape.batch * 3 * shape.grid.size();
+  std::copy(grad_out, grad_out + floats, grad_v);
+  const LevelPlan plan{v, const_cast<float*>(levels), floats, steps};
+  for (int pass = steps - 1; pass >= 0; --pass) {  // grad_v holds ∂L/∂(result of this pass)
+    const float* source = plan.source(pass);
+    const float scale = plan.scale(pass);
+    for_each_voxel(shape.batch, shape.grid, threads, SquaringAdjointBody{source, grad_v, accumulator, shape.grid, scale});
+    for_each_voxel_atomic(shape.batch, shape.grid, threads,
+                          SquaringScatterBody<OmpAtomicAdd>{source, grad_v, accumulator, shape.grid, scale, OmpAtomicAdd{}});
+    for_each_voxel(shape.batch, shape.grid, threads, AccumulatorToFloatBody{accumulator, grad_v, shape.grid});
+  }
+}
+
 }  // namespace svfnet

@@ -2,6 +2,7 @@
 
 #include "common/cpu_loops.h"
 #include "ops/reduce/reduce.h"
+#include "ops/reduce/reduce_body.h"
 #include "svfcore/compose.h"
 
 namespace svfnet {
@@ -56,6 +57,10 @@ std::tuple<float, double, int64_t> norm_stats_within_cpu(const float* field, con
     count += row_count;
   }
   return {max_norm, count > 0 ? sum / static_cast<double>(count) : 0.0, count};
+}
+
+void norm_within_cpu(const float* field, const float* u, float* out, const Batch& shape, int threads) {
+  for_each_voxel(shape.batch, shape.grid, threads, NormWithinBody{field, u, out, shape.grid});
 }
 
 int64_t count_nonfinite_cpu(const float* data, int64_t count, int threads) {

@@ -3,6 +3,7 @@
 
 #include "common/cuda_loops.cuh"
 #include "ops/reduce/reduce.h"
+#include "ops/reduce/reduce_body.h"
 #include "svfcore/compose.h"
 
 namespace svfnet {
@@ -114,6 +115,10 @@ std::tuple<float, double, int64_t> norm_stats_within_cuda(const float* field, co
   std::memcpy(&bits, &host[2], sizeof(bits));
   std::memcpy(&max_norm, &bits, sizeof(max_norm));
   return {max_norm, inside ? host[0] / static_cast<double>(inside) : 0.0, static_cast<int64_t>(inside)};
+}
+
+void norm_within_cuda(const float* field, const float* u, float* out, const Batch& shape, std::uintptr_t stream) {
+  launch_voxels(shape.batch, shape.grid, stream, NormWithinBody{field, u, out, shape.grid}, "norm_within");
 }
 
 int64_t count_nonfinite_cuda(const float* data, int64_t count, std::uintptr_t stream) {

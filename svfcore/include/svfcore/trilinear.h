@@ -72,6 +72,46 @@ SVF_HOST_DEVICE float interpolate(const float* f, const ClampedStencil& s) {
   return lerp(lerp(c00, c01, s.tj), lerp(c10, c11, s.tj), s.ti);
 }
 
+// Derivative of `interpolate(f, s)` with respect to the position, one value per axis. Along an
+// axis of extent 1 both corners are the same voxel, so the derivative is 0 there by itself; a
+// caller whose position was clamped along an axis must zero that axis (the clamp's derivative).
+struct PositionGradient {
+  float i, j, k;
+};
+
+SVF_HOST_DEVICE PositionGradient interpolate_gradient(const float* f, const ClampedStencil& s) {
+  const int b = s.base, i = s.di, j = s.dj, k = s.dk;
+  const float c00 = lerp(f[b], f[b + k], s.tk), c01 = lerp(f[b + j], f[b + j + k], s.tk);
+  const float c10 = lerp(f[b + i], f[b + i + k], s.tk), c11 = lerp(f[b + i + j], f[b + i + j + k], s.tk);
+  const float dk0 = lerp(f[b + k] - f[b], f[b + j + k] - f[b + j], s.tj);
+  const float dk1 = lerp(f[b + i + k] - f[b + i], f[b + i + j + k] - f[b + i + j], s.tj);
+  return PositionGradient{lerp(c10, c11, s.tj) - lerp(c00, c01, s.tj), lerp(c01 - c00, c11 - c10, s.ti),
+                          lerp(dk0, dk1, s.ti)};
+}
+
+// 1 where a position along an axis of extent n is not clamped by clamped_axis, 0 where it is.
+SVF_HOST_DEVICE float unclamped(float x, int n) {
+  return x >= 0.f && x <= static_cast<float>(n > 1 ? n - 1 : 0) ? 1.f : 0.f;
+}
+
+// Adds `value` times each corner's trilinear weight to a planar channel `acc` (the transpose of
+// `interpolate`). `add(address, amount)` is the caller's atomic addition.
+template <class AtomicAdd>
+SVF_HOST_DEVICE void scatter(double* acc, const ClampedStencil& s, double value, const AtomicAdd& add) {
+  const int b = s.base, i = s.di, j = s.dj, k = s.dk;
+  const double ti = s.ti, tj = s.tj, tk = s.tk;
+  const double w0 = value * (1.0 - ti), w1 = value * ti;
+  const double w00 = w0 * (1.0 - tj), w01 = w0 * tj, w10 = w1 * (1.0 - tj), w11 = w1 * tj;
+  add(acc + b, w00 * (1.0 - tk));
+  add(acc + b + k, w00 * tk);
+  add(acc + b + j, w01 * (1.0 - tk));
+  add(acc + b + j + k, w01 * tk);
+  add(acc + b + i, w10 * (1.0 - tk));
+  add(acc + b + i + k, w10 * tk);
+  add(acc + b + i + j, w11 * (1.0 - tk));
+  add(acc + b + i + j + k, w11 * tk);
+}
+
 // ---------------------------------------------------------------- sampling with a fill (images)
 
 // One axis of a stencil whose corners may lie outside the grid: the two corners clamped into
