@@ -69,7 +69,7 @@ DEFAULTS: dict[str, dict[str, tuple[Any, str]]] = {
         "smoothing": (0.0, "spline smoothing (0 interpolates the landmarks)"),
         "log_tol": (0.1, "logarithm tolerance on max|exp(v) - u|, voxels"),
         "log_tol_mean": (0.01, "logarithm tolerance on mean|exp(v) - u|, voxels"),
-        "log_max_iter": (20, "logarithm iterations at most"),
+        "log_max_iter": (30, "logarithm iterations at most"),
         "dtype": ("float16", 'storage of the reference SVFs ("float16" or "float32")'),
     },
     "model": {

@@ -67,7 +67,7 @@ class ReferenceParameters:
     smoothing: float = 0.0
     log_tol: float = 0.1
     log_tol_mean: float = 0.01
-    log_max_iter: int = 20
+    log_max_iter: int = 30
     dtype: str = "float16"
     moving_per_task: int = 64
 
@@ -97,7 +97,7 @@ def _references_task(task: dict[str, Any]) -> dict[str, Any]:
         if folds:
             svfs[n] = 0
             records.append({"folds": folds, "converged": False, "residual_max": None, "residual_mean": None,
-                            "residual_max_grid": None, "domain_fraction": None, "iterations": 0, "float16_error": None, "ebs_seconds": ebs_seconds, "log_seconds": 0.0})
+                            "residual_max_grid": None, "domain_fraction": None, "iterations": 0, "polish_iterations": 0, "float16_error": None, "ebs_seconds": ebs_seconds, "log_seconds": 0.0})
             continue
         v, info = _log_quiet(u, parameters)
         svfs[n] = v
@@ -109,6 +109,7 @@ def _references_task(task: dict[str, Any]) -> dict[str, Any]:
             "residual_max_grid": info.residual_max_grid,
             "domain_fraction": info.domain_fraction,
             "iterations": info.iterations,
+            "polish_iterations": info.polish_iterations,
             "float16_error": float(np.abs(svfs[n].astype(np.float32) - v).max()),
             "ebs_seconds": ebs_seconds,
             "log_seconds": time.perf_counter() - started,

@@ -23,7 +23,8 @@ struct ComposeBody {
 
 // The adjoint of one squaring, in two walks over the voxels (see svfcore::squaring_adjoint_at):
 // SquaringAdjointBody stores each voxel's own part, then SquaringScatterBody adds the scattered
-// part with `Add`, the launcher's atomic addition; AccumulatorToFloatBody rounds the result.
+// part with `Add`, the launcher's addition (atomic on the GPU, a serial walk on the CPU);
+// AccumulatorToFloatBody rounds the result.
 struct SquaringAdjointBody {
   const float* f;
   const float* g_out;

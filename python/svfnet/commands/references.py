@@ -22,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="logarithm tolerance on the largest residual, voxels (default 0.1)")
     parser.add_argument("--log-tol-mean", type=float, default=0.01,
                         help="logarithm tolerance on the mean residual, voxels (default 0.01)")
-    parser.add_argument("--log-max-iter", type=int, default=20, help="logarithm iterations at most (default 20)")
+    parser.add_argument("--log-max-iter", type=int, default=30, help="logarithm iterations at most (default 30)")
     parser.add_argument("--dtype", choices=("float16", "float32"), default="float16", help="storage (default float16)")
     parser.add_argument("--workers", type=int, help="local processes (default: one per core)")
     parser.add_argument("--scheduler", metavar="ADDRESS", help="Dask scheduler address, e.g. tcp://host:8786")

@@ -29,7 +29,7 @@ SVF_HOST_DEVICE void compose_at(const float* u, const float* w, float* out, cons
 //    the first term and through the sampling position (zero along clamped axes, as the clamp);
 //  - squaring_scatter_at, from every voxel y to the corners of p(y): s·g(y) times their
 //    trilinear weights, the transpose of the sampling.
-// Both accumulate in double (`acc`, planar like f): the scatter's sums arrive in any order.
+// Both accumulate in double (`acc`, planar like f): on the GPU the scatter's sums arrive in any order.
 SVF_HOST_DEVICE void squaring_adjoint_at(const float* f, const float* g_out, double* acc, const Grid& g, float scale,
                                          int i, int j, int k) {
   const int n = static_cast<int>(g.size());

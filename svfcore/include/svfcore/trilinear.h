@@ -95,7 +95,7 @@ SVF_HOST_DEVICE float unclamped(float x, int n) {
 }
 
 // Adds `value` times each corner's trilinear weight to a planar channel `acc` (the transpose of
-// `interpolate`). `add(address, amount)` is the caller's atomic addition.
+// `interpolate`). `add(address, amount)` is the caller's addition, atomic where threads share `acc`.
 template <class AtomicAdd>
 SVF_HOST_DEVICE void scatter(double* acc, const ClampedStencil& s, double value, const AtomicAdd& add) {
   const int b = s.base, i = s.di, j = s.dj, k = s.dk;
