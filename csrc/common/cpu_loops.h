@@ -51,17 +51,4 @@ void for_each_voxel(int64_t batch, const svfcore::Grid& g, int threads, const Bo
   }
 }
 
-// As for_each_voxel, but rows without `omp simd`: for bodies that update shared memory with
-// `omp atomic`, which a simd loop may not contain.
-template <class Body>
-void for_each_voxel_atomic(int64_t batch, const svfcore::Grid& g, int threads, const Body& body) {
-  const int64_t rows = batch * g.ni * g.nj;
-#pragma omp parallel for schedule(static) num_threads(omp_threads(threads))
-  for (int64_t row = 0; row < rows; ++row) {
-    const int64_t b = row / (int64_t(g.ni) * g.nj);
-    const int i = static_cast<int>((row / g.nj) % g.ni), j = static_cast<int>(row % g.nj);
-    for (int k = 0; k < g.nk; ++k) body(b, i, j, k);
-  }
-}
-
 }  // namespace svfnet
