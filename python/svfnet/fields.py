@@ -1,6 +1,6 @@
 """Dense displacement and velocity fields: warping, composition, exponential, logarithm, Jacobians.
 
-Conventions (see DESIGN.md): a field is ``(3, I, J, K)`` — or ``(N, 3, I, J, K)`` for a batch —
+Conventions (see README.md, Conventions): a field is ``(3, I, J, K)`` — or ``(N, 3, I, J, K)`` for a batch —
 with components in axis order ``(u_i, u_j, u_k)``, in voxels of the grid it lives on. Fields pull
 back: ``φ(x) = x + u(x)`` maps a voxel ``x`` of the fixed grid to a position in the moving image,
 and ``warp(moving, u)(x) = moving(x + u(x))``. Sampling is trilinear with voxel centres at integer

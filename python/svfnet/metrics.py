@@ -21,7 +21,7 @@ What a registration of a pair (moving → fixed) is judged by, each computed on 
 :func:`evaluate_pair` computes all of them for one registered pair and returns one flat row
 (a dict) per region, ready for a CSV.
 
-Conventions (DESIGN.md): volumes ``(I, J, K)``, fields ``(3, I, J, K)`` in voxels, pull-back
+Conventions (README.md, Conventions): volumes ``(I, J, K)``, fields ``(3, I, J, K)`` in voxels, pull-back
 (``warped(x) = moving(x + u(x))``), spacing in mm along ``(i, j, k)``. Inputs may be NumPy arrays
 or torch tensors; results are Python floats or NumPy arrays.
 

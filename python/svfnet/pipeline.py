@@ -58,7 +58,7 @@ DEFAULTS: dict[str, dict[str, tuple[Any, str]]] = {
     "shapes": {
         "template": ("", 'template subject id; "" picks the subject closest on average to the others'),
         "landmarks": (1000, "template vertices carried to every subject (farthest-point sampled)"),
-        "target_triangles": (4000, "triangles per region surface"),
+        "target_triangles": (4000, "triangles per subject, all regions together"),
         "sigma_v_mm": (20.0, "LDDMM deformation kernel width, mm"),
         "sigma_w_mm": (10.0, "currents kernel width, mm"),
         "sigma_noise": (10.0, "currents distance counted as noise"),

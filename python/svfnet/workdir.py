@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-# Regions of interest, as label values (DESIGN.md).
+# Regions of interest, as label values (README.md, Conventions).
 REGIONS: dict[int, str] = {1: "LV blood pool", 2: "LV myocardium", 3: "RV blood pool", 4: "RV myocardium"}
 
 

@@ -1,6 +1,6 @@
 """Label mappings: from a dataset's own label values to svfnet's regions.
 
-svfnet's regions (DESIGN.md): 0 background, 1 LV blood pool, 2 LV myocardium, 3 RV blood pool,
+svfnet's regions (README.md, Conventions): 0 background, 1 LV blood pool, 2 LV myocardium, 3 RV blood pool,
 4 RV myocardium. A mapping is a ``{source value: svfnet value}`` dictionary; source values it
 does not list become background (and are reported).
 """

@@ -1,6 +1,6 @@
 // Sampling a volume at a real-valued position (voxel units, voxel centres at integers).
 //
-// Two border rules, as in DESIGN.md:
+// Two border rules, as in README.md's Conventions:
 //  - fields clamp: the position is clamped to [0, n-1] on every axis (SciPy mode "nearest",
 //    torch padding "border");
 //  - images read a fill value for every stencil corner outside the grid (SciPy mode
