@@ -45,7 +45,7 @@ DEFAULTS: dict[str, dict[str, tuple[Any, str]]] = {
         "seed": (0, "synthetic cohort: seed"),
         "outlier_fraction": (0.1, "synthetic cohort: fraction of unusual hearts (dilated LV, small RV)"),
         "layout": ("", 'dataset layout: "plain", "nnunet", "acdc", or "" to detect it'),
-        "phase": ("ED", 'cardiac phase to read where the layout has several ("ED" or "ES")'),
+        "phase": ("", 'cardiac phase, "ED" or "ES": the acdc frame (empty: ED), or the plain names ending in _ED/_ES (empty: all)'),
         "labels": ("", 'label mapping "SRC:DST,..." into svfnet\'s labels (or "acdc"); "" for the layout\'s own'),
         "shape": ([64, 64, 16], "the common grid (in-plane divisible by 8, slices by 2)"),
         "long_axis": ("slices", 'long axis from the slice normal ("slices") or the LV labels ("labels")'),
@@ -227,7 +227,7 @@ def _stage_prepare(ctx: _Context, fresh: bool) -> dict[str, Any]:
     data = ctx.config["data"]
     mapping = parse_label_mapping(data["labels"]) if data["labels"] else None
     layout = data["layout"] or ("plain" if data["source"] == "synthetic" else None)
-    phase = data["phase"] if layout == "acdc" else None
+    phase = data["phase"] or None  # read_dataset refuses a phase for nnunet, with a clear error
     dataset = read_dataset(_dataset_path(ctx), layout, phase=phase, label_mapping=mapping)
     report = prepare_dataset(dataset, ctx.workdir, shape=tuple(data["shape"]), long_axis=data["long_axis"],
                              overwrite=True, progress=ctx.progress)
