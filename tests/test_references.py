@@ -71,6 +71,58 @@ def test_references_resume_and_refuse_mixed_parameters(workdir):
         run_references(workdir, subjects=["s0", "s1"], parameters=ReferenceParameters(nu=0.3), workers=1, progress=False)
 
 
+def test_references_recompute_what_changed(workdir):
+    """A record is kept only for the same moving subjects and the same landmarks: another subject
+    list or a re-run of the shapes stage recomputes the fixed subjects concerned, and only those."""
+    points = write_landmarks(workdir, ["s0", "s1", "s2", "s3"], np.random.default_rng(2))
+    run_references(workdir, subjects=["s0", "s1", "s2"], workers=1, progress=False)
+    wider = run_references(workdir, subjects=["s0", "s1", "s2", "s3"], workers=1, progress=False)
+    assert wider.fixed_done == 4 and wider.pairs == 12  # every fixed subject gained a moving one
+    store = ReferenceStore(workdir)
+    assert sorted(store.pairs()) == sorted((m, f) for m in points for f in points if m != f)
+    # new landmarks for s3 change the pairs of every fixed subject (s3 is a moving one of each)
+    moved = points["s3"] + np.array([1.5, -1.0, 0.5])
+    _write_landmarks(WorkDir(workdir).shapes / "landmarks" / "s3.npz", moved, {"test": True}, {})
+    again = run_references(workdir, subjects=["s0", "s1", "s2", "s3"], workers=1, progress=False)
+    assert again.fixed_done == 4 and again.fixed_skipped == 0
+    u = fit_ebs(points["s0"], moved - points["s0"]).on_grid(GRID, SPACING_MM)
+    v = ReferenceStore(workdir).svf("s3", "s0")
+    assert np.abs(fields.exp(v) - u)[:, lands_inside(u)].max() < 0.2
+    # a missing SVF file is recomputed too
+    (WorkDir(workdir).references / "svf" / "s1.npy").unlink()
+    last = run_references(workdir, subjects=["s0", "s1", "s2", "s3"], workers=1, progress=False)
+    assert last.fixed_done == 1 and last.fixed_skipped == 3
+
+
+@pytest.mark.parametrize("problem,message", [
+    ("unknown", "not prepared"),
+    ("count", r"different landmark counts \{60: \['s0', 's1', 's3'\], 59: \['s2'\]\}"),
+    ("repeat", "subject 's1' repeat"),
+    ("plane", "subject 's1' lie in a plane"),
+    ("nan", "subject 's1' have non-finite"),
+])
+def test_references_check_inputs_before_any_work(workdir, problem, message):
+    points = write_landmarks(workdir, ["s0", "s1", "s2", "s3"], np.random.default_rng(3))
+    subjects = ["s0", "s1", "s2", "s3"]
+    if problem == "unknown":
+        subjects.append("nobody")
+    elif problem == "count":
+        _write_landmarks(WorkDir(workdir).shapes / "landmarks" / "s2.npz", points["s2"][:59], {}, {})
+    else:
+        broken = points["s1"].copy()
+        if problem == "repeat":
+            broken[5] = broken[7]
+        elif problem == "plane":
+            broken[:, 2] = 10.0
+        else:
+            broken[3, 1] = np.nan
+        _write_landmarks(WorkDir(workdir).shapes / "landmarks" / "s1.npz", broken, {}, {})
+    with pytest.raises(ValueError, match=message):
+        run_references(workdir, subjects=subjects, parameters=ReferenceParameters(nu=0.3), workers=1, progress=False)
+    assert not (WorkDir(workdir).references / "config.json").exists()  # nothing recorded, nothing computed
+    assert not (WorkDir(workdir).references / "svf").exists()
+
+
 def test_references_report_folds(workdir):
     rng = np.random.default_rng(2)
     base = rng.uniform([12, 12, 5], [48, 48, 25], size=(60, 3))

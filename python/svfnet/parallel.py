@@ -127,11 +127,14 @@ def _in_processes(func, tasks, workers: int, threads: int) -> Iterator[TaskOutco
         futures = {pool.submit(_call, func, task): index for index, task in enumerate(tasks)}
         try:
             for future in as_completed(futures):
+                # forget each future once done: it holds its result, and the caller keeps only
+                # what it needs (the driver's memory must not grow with the number of tasks)
+                index = futures.pop(future)
                 error = future.exception()
                 if error is not None:
-                    yield TaskOutcome(futures[future], error=error)
+                    yield TaskOutcome(index, error=error)
                 else:
-                    yield TaskOutcome(futures[future], value=future.result())
+                    yield TaskOutcome(index, value=future.result())
         except BaseException:
             for future in futures:
                 future.cancel()
@@ -147,15 +150,16 @@ def _on_dask(func, tasks, scheduler: str) -> Iterator[TaskOutcome]:
         ) from None
     logger.info("running %d tasks on the Dask cluster at %s", len(tasks), scheduler)
     with Client(scheduler) as client:
-        futures = client.map(func, list(tasks), pure=False)
-        index_of = {future.key: index for index, future in enumerate(futures)}
+        pending = {future.key: (index, future) for index, future in enumerate(client.map(func, list(tasks), pure=False))}
         try:
-            for future in as_completed(futures):
-                index = index_of[future.key]
+            for future in as_completed([future for _, future in pending.values()]):
+                index, _ = pending.pop(future.key)
                 if future.status == "error":
-                    yield TaskOutcome(index, error=future.exception())
+                    outcome = TaskOutcome(index, error=future.exception())
                 else:
-                    yield TaskOutcome(index, value=future.result())
+                    outcome = TaskOutcome(index, value=future.result())
+                future.release()  # else the cluster keeps every result until the run ends
+                yield outcome
         except BaseException:
-            client.cancel(futures)
+            client.cancel([future for _, future in pending.values()])
             raise

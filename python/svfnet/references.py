@@ -27,6 +27,7 @@ tolerance of 0.1.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -43,7 +44,7 @@ from svfnet._io import write_json
 from svfnet.ebs import factorize_ebs
 from svfnet.parallel import run_tasks
 from svfnet.split import subject_split
-from svfnet.workdir import WorkDir, read_prepared
+from svfnet.workdir import WorkDir, read_prepared, subject_ids
 
 __all__ = ["ReferenceParameters", "ReferenceStore", "ReferencesSummary", "run_references"]
 
@@ -180,6 +181,11 @@ def run_references(
     subjects = list(dict.fromkeys(subjects))
     if len(subjects) < 2:
         raise ValueError(f"run_references(): need at least 2 subjects for pairs, got {subjects}")
+    # every input checked before any work, and before the parameters are recorded
+    known = set(subject_ids(workdir)) if WorkDir(workdir).subjects_json.is_file() else None
+    unknown = [subject for subject in subjects if known is not None and subject not in known]
+    if unknown:
+        raise ValueError(f"run_references(): not prepared in {workdir}: {unknown}")
     config_path = folder / "config.json"
     if config_path.is_file():
         previous = json.loads(config_path.read_text())
@@ -188,18 +194,31 @@ def run_references(
             raise ValueError(
                 f"{config_path} was written with other parameters {previous}: remove {folder} to recompute"
             )
-    write_json(config_path, asdict(parameters))
-
+    landmarks = {subject: _checked_landmarks(workdir, subject) for subject in subjects}
+    counts = {subject: len(points) for subject, points in landmarks.items()}
+    if len(set(counts.values())) != 1:
+        by_count: dict[int, list[str]] = {}
+        for subject, count in counts.items():
+            by_count.setdefault(count, []).append(subject)
+        raise ValueError(f"subjects have different landmark counts {by_count}: re-run `svfnet shapes`")
     first = read_prepared(workdir, subjects[0])
     shape, spacing = first.image.shape, first.spacing_mm
-    landmarks = {subject: _landmarks(workdir, subject) for subject in subjects}  # clear error if one is missing
-    counts = {len(points) for points in landmarks.values()}
-    if len(counts) != 1:
-        raise ValueError(f"subjects have different landmark counts {sorted(counts)}: re-run `svfnet shapes`")
+    write_json(config_path, asdict(parameters))
 
-    todo = [fixed for fixed in subjects if not (folder / "pairs" / f"{fixed}.json").is_file()]
+    # A fixed subject is done when its record lists the same moving subjects, computed from the
+    # same landmarks on the same grid (a re-run of the shapes stage or another subject list
+    # recomputes it) and its SVFs are all there.
+    digests = {subject: hashlib.sha256(points.tobytes()).hexdigest() for subject, points in landmarks.items()}
+
+    def inputs_of(fixed: str) -> str:
+        movings = [moving for moving in subjects if moving != fixed]
+        text = json.dumps([digests[fixed], [digests[m] for m in movings], list(shape), list(spacing)])
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    todo = [fixed for fixed in subjects if not _is_done(folder, fixed, subjects, inputs_of(fixed))]
     tasks, owners = [], []
     for fixed in todo:
+        (folder / "pairs" / f"{fixed}.json").unlink(missing_ok=True)  # stale: not done until rewritten
         movings = [moving for moving in subjects if moving != fixed]
         for start in range(0, len(movings), parameters.moving_per_task):
             chunk = movings[start : start + parameters.moving_per_task]
@@ -246,6 +265,7 @@ def run_references(
                 write_json(folder / "pairs" / f"{fixed}.json", {
                     "fixed": fixed,
                     "moving": movings,
+                    "inputs": inputs_of(fixed),
                     "pairs": [{"moving": m, **record} for m, record in zip(movings, entry["records"], strict=True)],
                 })
                 del pending[fixed]
@@ -255,6 +275,34 @@ def run_references(
             entry["partial"].unlink(missing_ok=True)
     elapsed = time.perf_counter() - started
     return _summary(folder, subjects, len(todo), len(subjects) - len(todo), elapsed, computed)
+
+
+def _checked_landmarks(workdir: Path, subject: str) -> np.ndarray:
+    """A subject's landmarks, with the checks the spline needs, naming the subject."""
+    points = _landmarks(workdir, subject)  # a clear error if the shapes stage has not run
+    problem = None
+    if points.ndim != 2 or points.shape[1] != 3 or len(points) < 4:
+        problem = f"must be (K >= 4, 3) points, got shape {points.shape}"
+    elif not np.isfinite(points).all():
+        problem = "have non-finite values"
+    elif len(np.unique(points, axis=0)) != len(points):
+        problem = f"repeat {len(points) - len(np.unique(points, axis=0))} points (the spline's system is singular)"
+    elif np.linalg.matrix_rank(points - points.mean(axis=0)) < 3:
+        problem = "lie in a plane or on a line (the spline's affine part is undetermined)"
+    if problem:
+        raise ValueError(f"landmarks of subject {subject!r} {problem}: re-run `svfnet shapes`")
+    return points
+
+
+def _is_done(folder: Path, fixed: str, subjects: list[str], inputs: str) -> bool:
+    record_path, svf_path = folder / "pairs" / f"{fixed}.json", folder / "svf" / f"{fixed}.npy"
+    if not record_path.is_file() or not svf_path.is_file():
+        return False
+    record = json.loads(record_path.read_text())
+    movings = [moving for moving in subjects if moving != fixed]
+    if record.get("moving") != movings or record.get("inputs") != inputs:
+        return False
+    return np.load(svf_path, mmap_mode="r").shape[0] == len(movings)
 
 
 def _summary(folder: Path, subjects, done: int, skipped: int, elapsed: float, computed: int) -> ReferencesSummary:

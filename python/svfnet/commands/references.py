@@ -12,7 +12,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="elastic body spline + logarithm: a reference SVF for every ordered pair of subjects",
         description="For every ordered pair (moving, fixed) of training and validation subjects, spread the "
         "shapes stage's landmark displacements over the fixed grid with an elastic body spline and take the "
-        "logarithm. Resumes at the first fixed subject not yet written.",
+        "logarithm. Resumes: a fixed subject already written from the same landmarks, grid and subject list is kept.",
     )
     parser.add_argument("workdir", help="work folder with prepared subjects and landmarks (svfnet shapes)")
     parser.add_argument("--subjects", nargs="+", metavar="ID", help="subjects to pair (default: train + val of the split)")
@@ -24,6 +24,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="logarithm tolerance on the mean residual, voxels (default 0.01)")
     parser.add_argument("--log-max-iter", type=int, default=30, help="logarithm iterations at most (default 30)")
     parser.add_argument("--dtype", choices=("float16", "float32"), default="float16", help="storage (default float16)")
+    parser.add_argument("--moving-per-task", type=int, default=64, metavar="M",
+                        help="moving subjects per task: bounds a worker's memory to about M SVFs (default 64)")
     parser.add_argument("--workers", type=int, help="local processes (default: one per core)")
     parser.add_argument("--scheduler", metavar="ADDRESS", help="Dask scheduler address, e.g. tcp://host:8786")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -35,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
 
     parameters = ReferenceParameters(
         nu=args.nu, smoothing=args.smoothing, log_tol=args.log_tol, log_tol_mean=args.log_tol_mean,
-        log_max_iter=args.log_max_iter, dtype=args.dtype,
+        log_max_iter=args.log_max_iter, dtype=args.dtype, moving_per_task=args.moving_per_task,
     )
     summary = run_references(
         args.workdir,
