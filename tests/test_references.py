@@ -141,3 +141,41 @@ def test_references_report_folds(workdir):
 def test_references_need_landmarks(workdir):
     with pytest.raises(FileNotFoundError, match="svfnet shapes"):
         run_references(workdir, workers=1, progress=False)
+
+
+def test_references_on_dask_equal_the_local_ones(workdir, tmp_path):
+    distributed = pytest.importorskip("distributed")
+    write_landmarks(workdir, ["s0", "s1", "s2", "s3"], np.random.default_rng(4))
+    run_references(workdir, workers=1, progress=False)
+    local = ReferenceStore(workdir)
+    other = tmp_path / "on_dask"
+    deformed_cohort(other, count=4)
+    write_split(other, train=["s0", "s1", "s2"], val=["s3"])
+    write_landmarks(other, ["s0", "s1", "s2", "s3"], np.random.default_rng(4))
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        summary = run_references(other, scheduler=cluster.scheduler_address, progress=False)
+    assert summary.pairs == 12
+    on_dask = ReferenceStore(other)
+    for moving, fixed in local.pairs():
+        np.testing.assert_array_equal(on_dask.svf(moving, fixed), local.svf(moving, fixed))
+
+
+def test_shared_arrays_are_scattered_once():
+    """Tasks sharing a subject's landmarks send them to a Dask cluster once (not once per task)."""
+    from svfnet.parallel import _scatter_shared_arrays
+
+    class RecordingClient:
+        def __init__(self):
+            self.scattered = []
+
+        def scatter(self, arrays):
+            self.scattered += arrays
+            return [f"future-{n}" for n in range(len(arrays))]
+
+    shared, own = np.zeros(3), np.ones(2)
+    tasks = [{"fixed": shared, "moving": [own, shared], "n": 1}, {"fixed": shared, "moving": (np.ones(1),), "n": 2}]
+    client = RecordingClient()
+    out = _scatter_shared_arrays(client, tasks)
+    assert len(client.scattered) == 1 and client.scattered[0] is shared
+    assert out[0] == {"fixed": "future-0", "moving": [own, "future-0"], "n": 1}
+    assert out[1]["fixed"] == "future-0" and isinstance(out[1]["moving"], tuple) and out[1]["n"] == 2

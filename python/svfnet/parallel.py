@@ -150,7 +150,8 @@ def _on_dask(func, tasks, scheduler: str) -> Iterator[TaskOutcome]:
         ) from None
     logger.info("running %d tasks on the Dask cluster at %s", len(tasks), scheduler)
     with Client(scheduler) as client:
-        pending = {future.key: (index, future) for index, future in enumerate(client.map(func, list(tasks), pure=False))}
+        tasks = _scatter_shared_arrays(client, list(tasks))
+        pending = {future.key: (index, future) for index, future in enumerate(client.map(func, tasks, pure=False))}
         try:
             for future in as_completed([future for _, future in pending.values()]):
                 index, _ = pending.pop(future.key)
@@ -163,3 +164,47 @@ def _on_dask(func, tasks, scheduler: str) -> Iterator[TaskOutcome]:
         except BaseException:
             client.cancel([future for _, future in pending.values()])
             raise
+
+
+def _scatter_shared_arrays(client, tasks: list) -> list:
+    """Tasks whose NumPy arrays that appear in more than one task are sent to the cluster once.
+
+    Tasks are serialised one by one: a subject's landmarks, in every task that pairs it, would be
+    shipped (and held by the scheduler) once per task, O(N²) for N subjects. Each shared array is
+    scattered once and the tasks carry its future, which Dask replaces by the array on the worker
+    (inside dicts, lists and tuples).
+    """
+    import numpy as np
+
+    seen: dict[int, list] = {}  # id -> [array, count]
+
+    def count(value) -> None:
+        if isinstance(value, np.ndarray):
+            seen.setdefault(id(value), [value, 0])[1] += 1
+        elif isinstance(value, dict):
+            for item in value.values():
+                count(item)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                count(item)
+
+    for task in tasks:
+        count(task)
+    shared = [array for array, uses in seen.values() if uses > 1]
+    if not shared:
+        return tasks
+    futures = dict(zip((id(array) for array in shared), client.scatter(shared), strict=True))
+
+    def replace(value):
+        if isinstance(value, np.ndarray):
+            return futures.get(id(value), value)
+        if isinstance(value, dict):
+            return {key: replace(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [replace(item) for item in value]
+        if isinstance(value, tuple):
+            return tuple(replace(item) for item in value)
+        return value
+
+    return [replace(task) for task in tasks]
+
