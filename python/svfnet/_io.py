@@ -15,7 +15,7 @@ from typing import Any
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yields a temporary path beside ``path``; renames it onto ``path`` when the block succeeds.
 
-    The temporary name keeps ``path``'s suffixes (``.nii.gz``, ``.npz``...) so that writers that
+    The data is flushed to the disk before the rename. The temporary name keeps ``path``'s suffixes (``.nii.gz``, ``.npz``...) so that writers that
     pick a format from the name still do. On failure the temporary file is removed and ``path``
     is left as it was.
     """
@@ -31,6 +31,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.chmod(temporary_path, 0o666 & ~umask)
     try:
         yield temporary_path
+        # on disk before it takes the name: else a crash of the machine can leave the new name
+        # on an empty or truncated file (the rename may reach the disk before the data)
+        with open(temporary_path, "rb") as written:
+            os.fsync(written.fileno())
         os.replace(temporary_path, path)
     finally:
         if temporary_path.exists():

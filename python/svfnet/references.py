@@ -260,6 +260,8 @@ def run_references(
             if entry["remaining"] == 0:
                 entry["store"].flush()
                 del entry["store"]
+                with open(entry["partial"], "rb") as written:  # header and data on disk before the rename
+                    os.fsync(written.fileno())
                 os.replace(entry["partial"], entry["final"])
                 # the record is written last: it marks the fixed subject as done
                 write_json(folder / "pairs" / f"{fixed}.json", {
