@@ -216,6 +216,8 @@ def run_references(
         return hashlib.sha256(text.encode()).hexdigest()
 
     todo = [fixed for fixed in subjects if not _is_done(folder, fixed, subjects, inputs_of(fixed))]
+    for stale in (folder / "svf").glob(".*.partial.npy"):  # left by a killed run (one run per folder)
+        stale.unlink()
     tasks, owners = [], []
     for fixed in todo:
         (folder / "pairs" / f"{fixed}.json").unlink(missing_ok=True)  # stale: not done until rewritten
