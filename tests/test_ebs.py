@@ -112,6 +112,29 @@ def test_ebs_on_grid_is_the_spline_at_voxel_positions_in_voxels(rng, landmarks):
     np.testing.assert_allclose(grid, expected, rtol=1e-6, atol=1e-5)
 
 
+def test_ebs_on_grid_on_a_cuda_device_matches_the_cpu(rng, landmarks):
+    """The same svfcore body through the CUDA launcher (where a device is usable; else the clear
+    error that says why not)."""
+    import svfnet
+
+    source, displacement = landmarks
+    factor = ebs.factorize_ebs(source)
+    fits = factor.solve(np.stack([displacement, -0.5 * displacement]))
+    shape, spacing = (9, 7, 5), (12.0, 13.5, 14.0)
+    if not svfnet.cuda_available():
+        with pytest.raises(RuntimeError, match="no usable CUDA device"):
+            fits.on_grid(shape, spacing, device="cuda")
+        return
+    on_gpu = fits.on_grid(shape, spacing, device="cuda")
+    assert on_gpu.is_cuda and tuple(on_gpu.shape) == (2, 3, *shape)
+    np.testing.assert_allclose(on_gpu.cpu().numpy(), fits.on_grid(shape, spacing), rtol=1e-6, atol=1e-5)
+
+
+def test_ebs_on_grid_refuses_a_cpu_device(landmarks):
+    with pytest.raises(ValueError, match="'device' must be None"):
+        ebs.fit_ebs(*landmarks).on_grid((4, 4, 4), (1.0, 1.0, 1.0), device="cpu")
+
+
 def test_ebs_factorisation_solves_many_fits_at_once(rng, landmarks):
     source, _ = landmarks
     displacements = rng.normal(0, 2, size=(11, 40, 3))  # more than one pass of 8 fits

@@ -184,7 +184,7 @@ class ElasticBodySpline:
         )
         return out if self.batched else out[0]
 
-    def on_grid(self, shape, spacing) -> np.ndarray:
+    def on_grid(self, shape, spacing, *, device=None):
         """The displacement on every voxel of a grid, in voxels of that grid.
 
         Voxel ``(i, j, k)`` sits at ``(i, j, k) · spacing`` mm (the prepared grid's frame).
@@ -192,6 +192,9 @@ class ElasticBodySpline:
         Args:
             shape: ``(I, J, K)``.
             spacing: voxel size in mm along ``(i, j, k)``.
+            device: None for a NumPy array computed on the CPU; a CUDA device (``"cuda"``,
+                ``"cuda:1"``, a ``torch.device``) for a torch tensor computed there by the same
+                svfcore kernel.
 
         Returns:
             float32 ``(3, I, J, K)`` (or ``(M, 3, I, J, K)`` for a batch), in voxels.
@@ -202,6 +205,8 @@ class ElasticBodySpline:
             raise ValueError(f"on_grid(): 'shape' must be three positive sizes, got {shape}")
         if len(spacing) != 3 or min(spacing) <= 0 or not all(map(math.isfinite, spacing)):
             raise ValueError(f"on_grid(): 'spacing' must be three positive numbers (mm), got {spacing}")
+        if device is not None:
+            return self._on_cuda(shape, spacing, device)
         out = np.empty((self.fits, 3, *shape), dtype=np.float32)
         _core.ebs_grid_cpu(
             self.landmarks,
@@ -214,4 +219,33 @@ class ElasticBodySpline:
             out,
             cpu_threads(),
         )
+        return out if self.batched else out[0]
+
+    def _on_cuda(self, shape: tuple[int, int, int], spacing: tuple[float, float, float], device):
+        import torch
+
+        device = torch.device(device)
+        if device.type != "cuda":
+            raise ValueError(f"on_grid(): 'device' must be None (NumPy on the CPU) or a CUDA device, got {device}")
+        from svfnet import cuda_available
+
+        if not cuda_available():
+            raise RuntimeError(
+                "on_grid(): no usable CUDA device (svfnet.cuda_available() is False: svfnet built "
+                "without nvcc, or no device visible); call on_grid() without 'device'"
+            )
+
+        def on_device(array: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float64)).to(device)
+
+        with torch.cuda.device(device):
+            landmarks, coefficients = on_device(self.landmarks), on_device(self.coefficients)
+            affine = on_device(self.affine)
+            out = torch.empty((self.fits, 3, *shape), dtype=torch.float32, device=device)
+            _core.ebs_grid_cuda(
+                landmarks.data_ptr(), landmarks.shape[0], coefficients.data_ptr(), affine.data_ptr(), self.fits,
+                self.alpha, shape, tuple(-self.center_mm / self.scale_mm),
+                tuple(np.asarray(spacing) / self.scale_mm), tuple(1.0 / np.asarray(spacing)), out.data_ptr(),
+                torch.cuda.current_stream(device).cuda_stream,
+            )
         return out if self.batched else out[0]
