@@ -4,6 +4,7 @@ torchrun trains data-parallel with identical ranks."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 import subprocess
 import sys
@@ -110,10 +111,42 @@ def test_training_bad_inputs(workdir):
         TrainConfig(targets="demons")
     with pytest.raises(ValueError, match="'steps'"):
         TrainConfig(steps=0)
-    with pytest.raises(ValueError, match="differs from the configuration"):
-        config = TrainConfig(steps=2, batch_size=1, checkpoint_every=1, model=SMALL)
-        train(workdir, config, run="a", progress=False)
+    config = TrainConfig(steps=2, batch_size=1, checkpoint_every=1, model=SMALL)
+    train(workdir, config, run="a", progress=False)
+    with pytest.raises(ValueError, match=r"differs from the run being resumed .* in \['checkpoint_every'\]"):
         train(workdir, TrainConfig(steps=3, batch_size=1, model=SMALL), run="a", resume=True, progress=False)
+    with pytest.raises(ValueError, match="'steps' = 1 is below the 2 steps"):
+        train(workdir, dataclasses.replace(config, steps=1), run="a", resume=True, progress=False)
+
+
+def test_training_records_the_prepared_grid_and_spacing_and_may_be_extended(workdir):
+    """The checkpoint's grid and spacing are the prepared subjects' (registration prepares new
+    images with them), whatever the model config said; a resumed run may only grow its steps."""
+    from tests.pipeline_fixtures import SPACING_MM
+
+    config = TrainConfig(steps=2, batch_size=1, checkpoint_every=1, model=SVFNetConfig(widths=(8, 16, 16, 16)))
+    first = train(workdir, config, run="b", progress=False)
+    model_config = load(first.checkpoint).config
+    assert tuple(model_config.grid) == GRID
+    np.testing.assert_allclose(model_config.spacing_mm, SPACING_MM, rtol=1e-6)
+    longer = train(workdir, dataclasses.replace(config, steps=3), run="b", resume=True, progress=False)
+    assert longer.step == 3
+
+
+def test_command_line_resume_keeps_the_saved_flags(workdir):
+    from svfnet.cli import main
+
+    common = ["train", str(workdir), "--run", "c", "--no-progress", "--batch-size", "1", "--widths", "8", "16", "16", "16"]
+    assert main([*common, "--steps", "2", "--checkpoint-every", "1", "--lr", "0.002"]) == 0
+    # --resume alone continues with the saved flags (not the defaults); --steps may extend it
+    assert main(["train", str(workdir), "--run", "c", "--no-progress", "--resume", "--steps", "3"]) == 0
+    assert load(workdir / "models" / "c" / "checkpoint.pt") is not None
+    from svfnet.train import saved_config
+
+    saved = saved_config(workdir, "c")
+    assert saved.steps == 3 and saved.learning_rate == 0.002 and saved.model.widths == (8, 16, 16, 16)
+    # a changed flag other than --steps is refused with one clear line
+    assert main(["train", str(workdir), "--run", "c", "--no-progress", "--resume", "--lr", "0.01"]) == 2
 
 
 def test_torchrun_two_processes_train_identical_replicas(workdir, tmp_path):

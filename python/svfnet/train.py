@@ -170,6 +170,13 @@ class ReferenceTargets:
                 f"no reference SVFs between the subjects {list(cohort.ids)[:4]}...: run `svfnet references` first "
                 "(or train with targets='random')"
             )
+        m, f = self.pairs[0]
+        stored = tuple(self.store.svf(cohort.ids[m], cohort.ids[f]).shape)
+        if stored != (3, *cohort.grid):
+            raise ValueError(
+                f"the reference SVFs are {stored}, the prepared subjects' grid {cohort.grid}: the work folder "
+                "was prepared again since `svfnet references` ran; run it again"
+            )
 
     def batch(self, pair_indices) -> Batch:
         moving, fixed = zip(*(self.pairs[p] for p in pair_indices), strict=True)
@@ -341,6 +348,34 @@ def validate(model: SVFNet, batch: Batch, device: torch.device, loss_mask: str =
     return {"val_loss": loss, "val_dice": float(np.mean(dice)), "identity_dice": float(np.mean(identity))}
 
 
+def saved_config(workdir: str | Path, run: str = "svfnet") -> TrainConfig | None:
+    """The configuration of a run's last checkpoint, or None where it has none."""
+    path = run_folder(workdir, run) / "checkpoint.pt"
+    if not path.is_file():
+        return None
+    saved = read_checkpoint(path)
+    return TrainConfig.from_dict(json.loads(json.dumps(saved["train_config"]))) if "train_config" in saved else None
+
+
+def _resumed_config(saved: TrainConfig, given: TrainConfig | None, step: int, path: Path) -> TrainConfig:
+    """The configuration a resumed run continues with: the saved one, or ``given`` where it only
+    asks for more steps. The grid and spacing come from the data, so they are not compared."""
+    if given is None:
+        return saved
+    given = dataclasses.replace(given, model=dataclasses.replace(
+        given.model, grid=saved.model.grid, spacing_mm=saved.model.spacing_mm))
+    differing = [
+        name for name, value in given.to_dict().items() if name != "steps" and value != saved.to_dict()[name]
+    ]
+    if differing:
+        raise ValueError(
+            f"train(): 'config' differs from the run being resumed ({path}) in {differing}; only 'steps' may change"
+        )
+    if given.steps < step:
+        raise ValueError(f"train(): 'steps' = {given.steps} is below the {step} steps the run being resumed has done")
+    return given
+
+
 def train(
     workdir: str | Path,
     config: TrainConfig | None = None,
@@ -355,8 +390,9 @@ def train(
 
     Args:
         workdir: a prepared work folder (``svfnet prepare``; ``svfnet references`` for reference targets).
-        config: training parameters (defaults: :class:`TrainConfig`). With ``resume`` the saved
-            configuration is used and this one must match it or be None.
+        config: training parameters (defaults: :class:`TrainConfig`). The model's grid and
+            spacing are always the prepared subjects'. With ``resume`` the saved configuration is
+            used; this one must be None or match it, except for ``steps``, which may grow.
         run: name of the run folder under ``WORKDIR/models/``.
         resume: continue the run from its last checkpoint (to the same result as uninterrupted).
         progress: show a progress bar.
@@ -373,22 +409,29 @@ def train(
     saved = read_checkpoint(checkpoint_path) if checkpoint_path.is_file() else None
     if saved is not None and not resume:
         raise FileExistsError(f"{checkpoint_path} exists: pass resume=True (--resume) to continue it, or choose another run")
-    if saved is not None:
-        saved_config = TrainConfig.from_dict(json.loads(json.dumps(saved["train_config"])))
-        if config is not None and config != saved_config:
-            raise ValueError(f"train(): 'config' differs from the configuration of the run being resumed ({checkpoint_path})")
-        config = saved_config
-    config = config or TrainConfig()
-    check_grid(config.model.grid, "train()")
+    if saved is not None and "train_config" not in saved:
+        raise ValueError(f"{checkpoint_path} holds a model but no training state: it cannot be resumed")
 
     where = _distributed()
     split = subject_split(workdir)
     train_cohort = Cohort.load(workdir, split.train)
-    if train_cohort.grid != config.model.grid:
-        config = dataclasses.replace(
-            config, model=dataclasses.replace(config.model, grid=train_cohort.grid, spacing_mm=train_cohort.spacing_mm)
-        )
     check_grid(train_cohort.grid, "train()")
+    if saved is not None:
+        saved_config = TrainConfig.from_dict(json.loads(json.dumps(saved["train_config"])))
+        trained_on = (tuple(saved_config.model.grid), tuple(float(s) for s in saved_config.model.spacing_mm))
+        if trained_on != (tuple(train_cohort.grid), tuple(float(s) for s in train_cohort.spacing_mm)):
+            raise ValueError(
+                f"{checkpoint_path} was trained on a {saved_config.model.grid} grid of "
+                f"{saved_config.model.spacing_mm} mm, the work folder now holds {train_cohort.grid} of "
+                f"{train_cohort.spacing_mm} mm (prepared again?): start another run"
+            )
+        config = _resumed_config(saved_config, config, int(saved["step"]), checkpoint_path)
+    config = config or TrainConfig()
+    # the model works on the prepared grid, and records it: registration prepares new images on
+    # exactly this grid and spacing (a model config's own grid and spacing are defaults only)
+    config = dataclasses.replace(
+        config, model=dataclasses.replace(config.model, grid=train_cohort.grid, spacing_mm=train_cohort.spacing_mm)
+    )
     if config.targets == "references":
         source = ReferenceTargets(workdir, train_cohort)
         # validation pairs: every pair with a validation subject on either side
@@ -445,10 +488,10 @@ def train(
             row = {"step": step, "loss": float(loss.detach()), "seconds": time.perf_counter() - started}
             if where.main and (step % config.validate_every == 0 or step == config.steps):
                 row.update(validate(model, validation_batch, where.device, config.loss_mask))
+            if writer is not None:  # before the checkpoint: a kill between the two loses no row
+                writer.write(row)
             if step % config.checkpoint_every == 0 or step == config.steps:
                 _checkpoint(checkpoint_path, model, optimizer, step, rng, config, where)
-            if writer is not None:
-                writer.write(row)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{row['loss']:.4f}", **({"val_dice": f"{row['val_dice']:.3f}"} if "val_dice" in row else {}))
@@ -500,7 +543,9 @@ class _Log:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.board = SummaryWriter(str(path.parent / "tensorboard"))
+            # purge_step: events a killed run logged after its last checkpoint are dropped
+            purge = resumed_step + 1 if resumed_step else None
+            self.board = SummaryWriter(str(path.parent / "tensorboard"), purge_step=purge)
 
     def write(self, row: dict) -> None:
         self.csv.writerow({key: row.get(key, "") for key in self.COLUMNS})

@@ -15,48 +15,45 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("workdir")
     parser.add_argument("--run", default="svfnet", help="run name, a folder under WORKDIR/models (default svfnet)")
     parser.add_argument("--resume", action="store_true", help="continue the run from its last checkpoint")
-    parser.add_argument("--steps", type=int, default=2000)
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
-    parser.add_argument("--targets", choices=("references", "random"), default="references")
-    parser.add_argument("--shift", type=int, default=3, help="largest in-plane augmentation shift, voxels")
-    parser.add_argument("--loss-mask", choices=("heart", "none"), default="heart",
-                        help="where the loss counts: near the fixed labels (default) or the whole grid")
+    # defaults are None here and TrainConfig's below: with --resume only the flags given count
+    parser.add_argument("--steps", type=int, help="optimiser steps (default 2000; with --resume, may grow)")
+    parser.add_argument("--batch-size", type=int, help="pairs per step (default 4)")
+    parser.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)")
+    parser.add_argument("--targets", choices=("references", "random"), help="training targets (default references)")
+    parser.add_argument("--shift", type=int, help="largest in-plane augmentation shift, voxels (default 3)")
+    parser.add_argument("--loss-mask", choices=("heart", "none"),
+                        help="where the loss counts: near the fixed labels (default heart) or the whole grid")
     parser.add_argument("--widths", type=int, nargs=4, metavar="W", help="channels of the four levels")
     parser.add_argument("--norm", choices=("instance", "batch", "group", "none"))
     parser.add_argument("--activation", choices=("leaky_relu", "relu", "elu"))
-    parser.add_argument("--validate-every", type=int, default=100)
-    parser.add_argument("--checkpoint-every", type=int, default=50)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--validate-every", type=int, help="steps between validations (default 100)")
+    parser.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default 50)")
+    parser.add_argument("--seed", type=int, help="seed (default 0)")
     parser.add_argument("--tensorboard", action="store_true", help="also log to TensorBoard")
     parser.add_argument("--no-progress", action="store_true")
     parser.set_defaults(func=run)
 
 
+_TRAIN_FLAGS = {  # flag -> TrainConfig field
+    "steps": "steps", "batch_size": "batch_size", "lr": "learning_rate", "targets": "targets", "shift": "shift_vox",
+    "loss_mask": "loss_mask", "validate_every": "validate_every", "checkpoint_every": "checkpoint_every",
+    "seed": "seed",
+}
+
+
 def run(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from svfnet.model import SVFNetConfig
-    from svfnet.train import TrainConfig, train
+    from svfnet.train import TrainConfig, saved_config, train
 
-    config = None
-    if not args.resume:
-        model = SVFNetConfig()
-        for name in ("widths", "norm", "activation"):
-            if getattr(args, name) is not None:
-                model = dataclasses.replace(model, **{name: getattr(args, name)})
-        config = TrainConfig(
-            steps=args.steps,
-            batch_size=args.batch_size,
-            learning_rate=args.lr,
-            targets=args.targets,
-            shift_vox=args.shift,
-            loss_mask=args.loss_mask,
-            validate_every=args.validate_every,
-            checkpoint_every=args.checkpoint_every,
-            seed=args.seed,
-            model=model,
-        )
+    # a resumed run starts from its saved configuration; a new one from the defaults. The flags
+    # given change it (train() refuses a resumed run whose flags change anything but --steps).
+    base = (saved_config(args.workdir, args.run) if args.resume else None) or TrainConfig()
+    given = {field: getattr(args, flag) for flag, field in _TRAIN_FLAGS.items() if getattr(args, flag) is not None}
+    model = dataclasses.replace(
+        base.model, **{name: getattr(args, name) for name in ("widths", "norm", "activation") if getattr(args, name) is not None}
+    )
+    config = dataclasses.replace(base, **given, model=model)
     result = train(args.workdir, config, run=args.run, resume=args.resume, progress=not args.no_progress,
                    tensorboard=args.tensorboard)
     print(f"train: {result.step} steps, checkpoint {result.checkpoint}")
