@@ -439,3 +439,17 @@ def test_batch_stops_on_a_bad_pair_unless_keep_going(data, tmp_path, capsys):
     assert "failed" in capsys.readouterr().err
     assert (tmp_path / "out" / "good_registration.json").is_file()
     assert sorted(p.name for p in (tmp_path / "out").iterdir() if p.name.startswith("bad")) == []
+
+
+def test_force_replaces_the_whole_set_of_outputs(data, tmp_path):
+    """--force over a registration with labels, now without: no label output of the old set stays
+    beside the new one, and the metadata describes the new run."""
+    prefix = str(tmp_path / "again" / "pair")
+    labels = ("--moving-labels", str(data / "s0_gt.nii.gz"), "--fixed-labels", str(data / "s1_gt.nii.gz"))
+    assert _register(data, prefix, *labels) == 0
+    with_labels = output_paths(prefix, with_labels=True)
+    assert with_labels["warped_labels"].exists() and with_labels["warped_labels_original"].exists()
+    assert _register(data, prefix) == 2  # refused without --force
+    assert _register(data, prefix, "--force") == 0
+    assert not with_labels["warped_labels"].exists() and not with_labels["warped_labels_original"].exists()
+    assert all(path.exists() for path in output_paths(prefix, with_labels=False).values())

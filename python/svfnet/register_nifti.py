@@ -945,7 +945,12 @@ def register_nifti(
         if warped_labels_original is not None:
             volumes["warped_labels_original"] = _volume_image(warped_labels_original, fixed_original.affine)
         # everything is computed before the first file is written; each file is atomic, and the
-        # metadata, written last, marks a complete set
+        # metadata, written last, marks a complete set. Replacing a set (overwrite), the old one
+        # goes first, every file of it: a kill half way must not leave new files beside old
+        # metadata, nor old label outputs beside a registration without labels.
+        every = output_paths(pair.out_prefix, with_labels=True)
+        for stale in [every.pop("metadata"), *every.values()]:  # the completion marker first
+            stale.unlink(missing_ok=True)
         for key, image in volumes.items():
             with atomic_path(outputs[key]) as temporary:
                 nib.save(image, str(temporary))

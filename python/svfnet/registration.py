@@ -61,7 +61,9 @@ def register(
         moving_labels: optional integer label map of the moving image, warped along.
     """
     if isinstance(model, (str, Path)):
-        model = load(model, "cuda" if torch.cuda.is_available() else "cpu")
+        from svfnet.register_nifti import default_device  # CUDA only where svfnet's launchers are built too
+
+        model = load(model, default_device())
     if not isinstance(model, SVFNet):
         raise TypeError(f"register(): 'model' must be an SVFNet or a checkpoint path, got {type(model).__name__}")
     moving = np.asarray(moving, dtype=np.float32)

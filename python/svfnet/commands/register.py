@@ -76,12 +76,15 @@ def run(args: argparse.Namespace) -> int:
     _check_arguments(args)
     import torch
 
+    import svfnet
     from svfnet.data.labels import parse_label_mapping
     from svfnet.register_nifti import PairFiles, default_device, read_pairs, register_pairs
 
     mapping = parse_label_mapping(args.labels) if args.labels is not None else None
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is available")
+    if args.device == "cuda" and not (torch.cuda.is_available() and svfnet.cuda_available()):
+        raise ValueError(
+            "--device cuda: no usable CUDA device (torch sees none, or svfnet was built without its CUDA launchers)"
+        )
     device = default_device() if args.device == "auto" else torch.device(args.device)
     if args.pairs:
         pairs = read_pairs(args.pairs)
