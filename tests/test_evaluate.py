@@ -192,6 +192,16 @@ def test_rerun_skips_finished_pairs_and_redoes_changed_ones(evaluated, tmp_path)
     assert len(_read_csv(copy / "evaluation" / "pairs.csv")) == len(
         _read_csv(workdir / "evaluation" / "pairs.csv")
     )
+    # a subject prepared again (same id, new labels): every pair it is in is computed again
+    from svfnet.workdir import read_prepared, write_prepared_subject
+
+    subject = read_prepared(copy, "s3")
+    relabelled = np.where(subject.labels == 1, 0, subject.labels).astype(subject.labels.dtype)
+    write_prepared_subject(copy, "s3", subject.image, relabelled, subject.spacing_mm, {"kind": "test"})
+    again = run_evaluation(copy, checkpoint, workers=1, progress=False, methods=("identity",), report=False)
+    pairs_with_s3 = sum(1 for m, f in {(r["moving"], r["fixed"]) for r in _read_csv(copy / "evaluation" / "pairs.csv")}
+                        if "s3" in (m, f))
+    assert again["computed"] == {"identity": pairs_with_s3} and pairs_with_s3 > 0
 
 
 def test_bad_pairs_are_reported_per_pair(tmp_path):
@@ -462,3 +472,25 @@ def test_pipeline_stage_gets_report_and_headline(evaluated, tmp_path, monkeypatc
     assert isinstance(result["report"], str) and result["headline"]
     assert any("LV myocardium" in line for line in result["headline"])
     assert set(result["computed"].values()) == {0}  # the same checkpoint file: SVF-Net's records are reused
+
+
+def test_statistics_compare_the_methods_on_the_same_pairs():
+    """A baseline that fails on the hard pairs must not look better on average: means, medians and
+    the test are taken over the pairs both methods have."""
+    from svfnet.evaluate import METRIC_KEYS
+
+    difficulty = np.linspace(0.5, 0.95, 40)
+    rows = []
+    for n, dice in enumerate(difficulty):
+        for method, value in (("svfnet", dice + 0.02), ("lcc_demons", dice)):
+            failed = method == "lcc_demons" and n < 20  # the baseline fails on the 20 hardest pairs
+            row = {"moving": f"m{n}", "fixed": f"f{n}", "method": method, "region": 1, "name": "LV",
+                   "status": "failed" if failed else "ok", **{key: float("nan") for key in METRIC_KEYS}}
+            if not failed:
+                row["dice"] = value
+            rows.append(row)
+    row = next(r for r in statistics_rows(rows, ["svfnet", "lcc_demons"]) if r["metric"] == "dice")
+    assert row["pairs"] == 20 and row["n_svfnet"] == 40 and row["n_baseline"] == 20
+    assert row["svfnet_better"] == 1.0
+    np.testing.assert_allclose(row["svfnet_mean"] - row["baseline_mean"], 0.02, atol=1e-12)
+    assert row["welch_t"] > 0

@@ -277,6 +277,17 @@ def _file_digest(path: Path) -> str:
     return digest.hexdigest()[:16]
 
 
+def _subject_digest(subject: Any) -> str:
+    """A short fingerprint of a prepared subject as the methods see it (image, labels, spacing)."""
+    digest = hashlib.sha256()
+    for array in (subject.image, subject.labels):
+        array = np.ascontiguousarray(array)
+        digest.update(f"{array.dtype}{array.shape}".encode())
+        digest.update(array.tobytes())
+    digest.update(repr(tuple(float(s) for s in subject.spacing_mm)).encode())
+    return digest.hexdigest()[:16]
+
+
 def _settings_key(method: str, settings: Mapping[str, Any]) -> str:
     """A short fingerprint of what a method's results depend on (records with another are redone)."""
     payload = json.dumps(
@@ -399,10 +410,16 @@ def _svfnet_displacement(model: Any, moving: Any, fixed: Any) -> tuple[np.ndarra
 
 # ------------------------------------------------------------------------------------------ records
 class _Records:
-    """The per pair × method result files under ``evaluation/records`` (written atomically)."""
+    """The per pair × method result files under ``evaluation/records`` (written atomically).
 
-    def __init__(self, folder: Path) -> None:
+    A record counts as done for the same method settings (``key``) and the same inputs:
+    ``inputs_of(moving, fixed)`` fingerprints the pair's prepared images and labels, so that a
+    work folder prepared again under the same subject ids has its pairs computed again.
+    """
+
+    def __init__(self, folder: Path, inputs_of: Callable[[str, str], str]) -> None:
         self.folder = folder / "records"
+        self.inputs_of = inputs_of
 
     def path(self, method: str, moving_id: str, fixed_id: str) -> Path:
         return self.folder / method / f"{_pair_name(moving_id, fixed_id)}.json"
@@ -419,7 +436,13 @@ class _Records:
 
     def done(self, method: str, moving_id: str, fixed_id: str, key: str) -> bool:
         record = self.read(method, moving_id, fixed_id)
-        return record is not None and record.get("key") == key and not record.get("error")
+        return (
+            record is not None
+            and record.get("key") == key
+            and (record.get("moving"), record.get("fixed")) == (moving_id, fixed_id)
+            and record.get("inputs") == self.inputs_of(moving_id, fixed_id)
+            and not record.get("error")
+        )
 
     def write(
         self,
@@ -440,6 +463,7 @@ class _Records:
                 "fixed": fixed_id,
                 "method": method,
                 "key": key,
+                "inputs": self.inputs_of(moving_id, fixed_id),
                 "seconds": seconds,
                 "threads": threads,
                 "error": error,
@@ -628,9 +652,11 @@ def _welch(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
 def statistics_rows(rows: Sequence[Mapping[str, Any]], methods: Sequence[str]) -> list[dict[str, Any]]:
     """``statistics.csv``: SVF-Net against every other method, per region and metric.
 
-    ``svfnet_better`` / ``tied`` / ``svfnet_worse`` are fractions of the pairs where both methods
-    have the metric, in the metric's direction; the t-test compares the two samples (Welch: unequal
-    variances).
+    Everything is taken over the pairs where both methods have the metric (``pairs``): a method
+    that fails or loses a region on the hard pairs must not be averaged over the easy ones only.
+    ``svfnet_better`` / ``tied`` / ``svfnet_worse`` are fractions of those pairs, in the metric's
+    direction; means, medians and the t-test (Welch: unequal variances) compare the two methods on
+    them. ``n_svfnet`` / ``n_baseline`` count the pairs where each method has the metric at all.
     """
     if "svfnet" not in methods:
         return []
@@ -645,10 +671,13 @@ def statistics_rows(rows: Sequence[Mapping[str, Any]], methods: Sequence[str]) -
                 if not ours or not theirs:
                     continue
                 common = sorted(set(ours) & set(theirs))
+                if not common:
+                    continue
+                ours_common, theirs_common = [ours[p] for p in common], [theirs[p] for p in common]
                 sign = 1.0 if metric.higher_is_better else -1.0
-                gains = np.array([sign * (ours[p] - theirs[p]) for p in common])
+                gains = sign * (np.array(ours_common) - np.array(theirs_common))
                 count = len(common)
-                t_value, p_value = _welch(list(ours.values()), list(theirs.values()))
+                t_value, p_value = _welch(ours_common, theirs_common)
                 out.append(
                     {
                         "baseline": baseline,
@@ -660,10 +689,10 @@ def statistics_rows(rows: Sequence[Mapping[str, Any]], methods: Sequence[str]) -
                         "svfnet_better": float(np.mean(gains > TIE_TOLERANCE)) if count else math.nan,
                         "tied": float(np.mean(np.abs(gains) <= TIE_TOLERANCE)) if count else math.nan,
                         "svfnet_worse": float(np.mean(gains < -TIE_TOLERANCE)) if count else math.nan,
-                        "svfnet_mean": float(np.mean(list(ours.values()))),
-                        "baseline_mean": float(np.mean(list(theirs.values()))),
-                        "svfnet_median": float(np.median(list(ours.values()))),
-                        "baseline_median": float(np.median(list(theirs.values()))),
+                        "svfnet_mean": float(np.mean(ours_common)),
+                        "baseline_mean": float(np.mean(theirs_common)),
+                        "svfnet_median": float(np.median(ours_common)),
+                        "baseline_median": float(np.median(theirs_common)),
                         "welch_t": t_value,
                         "p_value": p_value,
                         "n_svfnet": len(ours),
@@ -918,8 +947,12 @@ def run_evaluation(
     pairs = _ordered_pairs(subject_ids, max_pairs)
     folder = WorkDir(workdir).evaluation
     folder.mkdir(parents=True, exist_ok=True)
-    records = _Records(folder)
     subjects, unreadable = _read_subjects(workdir, subject_ids)
+    digests = {
+        subject_id: _subject_digest(subjects[subject_id]) if subject_id in subjects else "unreadable"
+        for subject_id in subject_ids
+    }
+    records = _Records(folder, lambda moving_id, fixed_id: f"{digests[moving_id]}-{digests[fixed_id]}")
 
     computed = {method: 0 for method in methods}
     pending = {method: [p for p in pairs if not records.done(method, *p, keys[method])] for method in methods}
@@ -1205,6 +1238,12 @@ def gallery_cases(
     return list(cases.items())
 
 
+def _gallery_key(keys: Mapping[str, str], methods: Sequence[str], moving: Any, fixed: Any) -> str:
+    """What a cached gallery pair depends on: the methods' settings and the two subjects."""
+    inputs = {"moving": _subject_digest(moving), "fixed": _subject_digest(fixed)}
+    return _settings_key("gallery", {**{m: keys[m] for m in methods}, **inputs})
+
+
 def _gallery(
     rows: Sequence[Mapping[str, Any]],
     methods: Sequence[str],
@@ -1234,7 +1273,7 @@ def _gallery(
     warped_of: dict[tuple[tuple[str, str], str], tuple[np.ndarray, np.ndarray]] = {}
     for pair, _ in cases:
         moving, fixed = subjects[pair[0]], subjects[pair[1]]
-        cache_key = _settings_key("gallery", {m: keys[m] for m in methods})
+        cache_key = _gallery_key(keys, methods, moving, fixed)
         cached = _read_gallery_cache(cache / f"{_pair_name(*pair)}.npz", cache_key, methods)
         if cached is not None:
             warped_of.update({(pair, m): value for m, value in cached.items()})
@@ -1276,7 +1315,7 @@ def _gallery(
         if len(warped) == len(methods):
             _write_gallery_cache(
                 cache / f"{_pair_name(*pair)}.npz",
-                _settings_key("gallery", {m: keys[m] for m in methods}),
+                _gallery_key(keys, methods, subjects[pair[0]], subjects[pair[1]]),
                 warped,
             )
         gallery.append(
