@@ -169,6 +169,19 @@ def test_demons_command_writes_the_svf_and_warped_images(cohort, tmp_path, capsy
     assert main(argv) == 2  # results already there: refused without --force
     assert "--force" in capsys.readouterr().err
     assert main([*argv, "--force"]) == 0
+    # replaced by a registration without labels: the old warped labels do not stay beside it
+    without_labels = argv[:7] + argv[9:]
+    assert main([*without_labels, "--force"]) == 0
+    assert not (out / "warped_labels.nii.gz").exists() and (out / "demons.json").is_file()
+
+
+def test_levels_alone_spreads_the_default_iterations():
+    """The default iterations are per level: another number of levels keeps 40 on the finest."""
+    assert lcc_demons.LCCDemonsParams(levels=2).checked().iterations_per_level() == (30, 40)
+    assert lcc_demons.LCCDemonsParams(levels=4).iterations_per_level() == (30, 30, 30, 40)
+    assert lcc_demons.LCCDemonsParams(levels=2, iterations=5).iterations_per_level() == (5, 5)
+    with pytest.raises(ValueError, match="one count per level"):
+        lcc_demons.LCCDemonsParams(levels=2, iterations=(1, 2, 3)).checked()
 
 
 def test_demons_command_refuses_images_on_different_grids(subjects, tmp_path, capsys):

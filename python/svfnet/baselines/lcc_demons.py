@@ -23,7 +23,8 @@ The pyramid halves the axes whose voxel size is within 1.5× of the finest one (
 are not downsampled until the in-plane voxels have caught up with them) and never below
 ``min_size`` voxels. Lengths are given in millimetres for the finest grid and kept constant in
 voxels on coarser levels (the usual coarse-to-fine behaviour); ``σ_I`` is scaled so that the
-largest step is the same number of voxels on every level.
+largest step is the same number of voxels on every level along the halved axes (along an axis
+that is not halved, as thick slices, it grows with the level's downsampling factor).
 
 References:
     Lorenzi, Ayache, Frisoni, Pennec. LCC-Demons: a robust and accurate symmetric diffeomorphic
@@ -55,6 +56,9 @@ __all__ = ["LCCDemonsInfo", "LCCDemonsParams", "LevelInfo", "register"]
 logger = logging.getLogger(__name__)
 
 
+_DEFAULT_ITERATIONS = (30, 30, 40)
+
+
 @dataclass(frozen=True)
 class LCCDemonsParams:
     """Parameters of LCC Log-Demons. Lengths in mm on the finest grid.
@@ -64,7 +68,8 @@ class LCCDemonsParams:
 
     Attributes:
         levels: resolution levels (the pyramid may stop earlier when no axis can be halved).
-        iterations: iterations per level, coarsest first; an int gives every level the same.
+        iterations: iterations per level, coarsest first; an int gives every level the same. The
+            default (30, 30, 40) follows ``levels``: 40 on the finest level, 30 on the others.
         sigma_lcc_mm: standard deviation of the Gaussian window of the local correlation.
         sigma_fluid_mm: standard deviation of the Gaussian smoothing of each update (fluid-like).
         sigma_elastic_mm: standard deviation of the Gaussian smoothing of the velocity
@@ -80,7 +85,7 @@ class LCCDemonsParams:
     """
 
     levels: int = 3
-    iterations: int | tuple[int, ...] = (30, 30, 40)
+    iterations: int | tuple[int, ...] = _DEFAULT_ITERATIONS
     sigma_lcc_mm: float = 5.0
     sigma_fluid_mm: float = 2.0
     sigma_elastic_mm: float = 1.5
@@ -90,6 +95,19 @@ class LCCDemonsParams:
     tolerance: float = 1e-4
     patience: int = 5
     min_size: int = 8
+
+    def __post_init__(self) -> None:
+        # the default iterations are per level of the default 3 levels; with another number of
+        # levels the finest keeps its 40 and every coarser level 30, so that `levels` alone works
+        levels = self.levels
+        if (
+            self.iterations == _DEFAULT_ITERATIONS
+            and isinstance(levels, int | np.integer)
+            and not isinstance(levels, bool)
+            and 1 <= levels != len(_DEFAULT_ITERATIONS)
+        ):
+            spread = (_DEFAULT_ITERATIONS[:1] * int(levels) + _DEFAULT_ITERATIONS)[-int(levels) :]
+            object.__setattr__(self, "iterations", tuple(spread))
 
     def iterations_per_level(self) -> tuple[int, ...]:
         """Iterations of each level, coarsest first (length ``levels``)."""

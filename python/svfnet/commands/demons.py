@@ -96,13 +96,7 @@ def params_from_args(args: argparse.Namespace):
         **{k: v for k, v in given.items() if v is not None},
         symmetric=not args.no_symmetric,
     )
-    if args.levels is not None and args.iterations is None:
-        # the default iterations are per level: spread the finest counts over the levels asked for
-        default = LCCDemonsParams().iterations_per_level()
-        params = dataclasses.replace(
-            params, iterations=tuple((default[:1] * args.levels + default)[-args.levels :])
-        )
-    return params.checked()
+    return params.checked()  # with --levels alone, the default iterations follow it (LCCDemonsParams)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -126,8 +120,11 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"{out} exists and is not a folder")
-    if (out / SVF_FILE).exists() and not args.force:
-        raise FileExistsError(f"{out / SVF_FILE} exists: choose another --out, or --force to replace it")
+    names = (RECORD_FILE, SVF_FILE, DISPLACEMENT_FILE, WARPED_FILE, WARPED_LABELS_FILE)
+    outputs = [out / name for name in names]
+    existing = [path for path in outputs if path.exists()]
+    if existing and not args.force:
+        raise FileExistsError(f"{existing[0]} exists: choose another --out, or --force to replace it")
 
     spacing = spacing_of(fixed_affine)
     started = time.perf_counter()
@@ -135,6 +132,10 @@ def run(args: argparse.Namespace) -> int:
     disp = fields.exp(svf)
 
     out.mkdir(parents=True, exist_ok=True)
+    # replacing a result: the old set goes first, its record (written last, the mark of a complete
+    # set) before anything else, so that no file of another registration stays beside the new ones
+    for path in outputs:
+        path.unlink(missing_ok=True)
     write_field(out / SVF_FILE, svf, fixed_affine)
     write_field(out / DISPLACEMENT_FILE, disp, fixed_affine, name=DISPLACEMENT_INTENT_NAME)
     write_nifti(out / WARPED_FILE, np.asarray(fields.warp(moving, disp), dtype=np.float32), fixed_affine)
