@@ -163,3 +163,19 @@ def test_torchrun_two_processes_train_identical_replicas(workdir, tmp_path):
     for name, tensor in rank0.items():
         torch.testing.assert_close(rank1[name], tensor, rtol=0, atol=0, msg=name)
     assert torch.load(workdir / "models" / "ddp" / "checkpoint.pt", weights_only=True)["sampling_states"].__len__() == 2
+
+
+def test_the_checkpoint_records_how_the_long_axis_was_found(workdir):
+    """Registration prepares new images as the training subjects were: the rule is recorded."""
+    import json
+
+    from svfnet.split import subject_split
+    from svfnet.workdir import WorkDir
+
+    path = WorkDir(workdir).transform(subject_split(workdir).train[0])
+    record = json.loads(path.read_text()) if path.is_file() else {}
+    record["frame"] = {**record.get("frame", {}), "long_axis_from": "labels"}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record))
+    result = train(workdir, TrainConfig(steps=1, batch_size=1, model=SMALL), run="axis", progress=False)
+    assert load(result.checkpoint).config.long_axis == "labels"

@@ -39,6 +39,9 @@ class SVFNetConfig:
         activation: "leaky_relu", "relu" or "elu".
         grid: the grid the model is trained on, ``(I, J, K)`` (other valid grids work too).
         spacing_mm: the voxel size of that grid (for registration of images in other geometries).
+        long_axis: how the training subjects' long axis was found when they were prepared
+            (``svfnet prepare --long-axis``: "slices" or "labels"); registration prepares new
+            images the same way.
     """
 
     widths: tuple[int, int, int, int] = (16, 32, 64, 64)
@@ -47,6 +50,7 @@ class SVFNetConfig:
     activation: str = "leaky_relu"
     grid: tuple[int, int, int] = (64, 64, 16)
     spacing_mm: tuple[float, float, float] = (1.8, 1.8, 8.0)
+    long_axis: str = "slices"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
@@ -61,6 +65,8 @@ class SVFNetConfig:
         if self.activation not in ("leaky_relu", "relu", "elu"):
             raise ValueError(f"SVFNetConfig: 'activation' must be leaky_relu, relu or elu, got {self.activation!r}")
         check_grid(self.grid, "SVFNetConfig")
+        if self.long_axis not in ("slices", "labels"):
+            raise ValueError(f"SVFNetConfig: 'long_axis' must be slices or labels, got {self.long_axis!r}")
 
     def to_dict(self) -> dict:
         return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v for f in dataclasses.fields(self)}

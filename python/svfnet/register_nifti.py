@@ -597,6 +597,7 @@ def prepare_pair(
     spacing_mm: tuple[float, float, float],
     *,
     rigid_initial: str = "geometry",
+    long_axis: str = "slices",
 ) -> PreparedPair:
     """Puts a pair on the model grid (see the module's description of the two paths).
 
@@ -605,6 +606,8 @@ def prepare_pair(
         grid_shape: the model's grid ``(I, J, K)``.
         spacing_mm: the model's voxel size.
         rigid_initial: start of the rigid pre-alignment (intensity path), see :func:`rigid_prealignment`.
+        long_axis: how the long axis is found from labels (:func:`svfnet.data.prepare.canonical_frame`):
+            the model's, as its training subjects were prepared.
 
     Raises:
         ValueError: an image cannot be prepared (the reason is given).
@@ -614,8 +617,8 @@ def prepare_pair(
     rigid: RigidAlignment | None = None
     if moving.subject is not None and fixed.subject is not None:
         path = "labels"
-        moving_frame = canonical_frame(moving.labels, moving.affine)
-        fixed_frame = canonical_frame(fixed.labels, fixed.affine)
+        moving_frame = canonical_frame(moving.labels, moving.affine, long_axis=long_axis)
+        fixed_frame = canonical_frame(fixed.labels, fixed.affine, long_axis=long_axis)
         extents = [heart_extent(moving.subject, moving_frame), heart_extent(fixed.subject, fixed_frame)]
         grid = cohort_grid(extents, grid_shape, spacing_mm)
         frame_from = "labels of each image"
@@ -630,11 +633,11 @@ def prepare_pair(
                 f"the rigid pre-alignment turned the moving image by {turned:.0f}°: check the result"
             )
         if fixed.subject is not None:
-            fixed_frame = canonical_frame(fixed.labels, fixed.affine)
+            fixed_frame = canonical_frame(fixed.labels, fixed.affine, long_axis=long_axis)
             grid = cohort_grid([heart_extent(fixed.subject, fixed_frame)], grid_shape, spacing_mm)
             frame_from = "fixed labels"
         elif moving.subject is not None:
-            reference = canonical_frame(moving.labels, moving.affine)
+            reference = canonical_frame(moving.labels, moving.affine, long_axis=long_axis)
             fixed_frame = _moved_frame(reference, np.linalg.inv(to_moving), "moving_labels_through_rigid")
             grid = cohort_grid([heart_extent(moving.subject, reference)], grid_shape, spacing_mm)
             frame_from = "moving labels, through the rigid transform"
@@ -849,7 +852,12 @@ def register_nifti(
 
     tick = time.perf_counter()
     prepared = prepare_pair(
-        moving_original, fixed_original, net.config.grid, net.config.spacing_mm, rigid_initial=rigid_initial
+        moving_original,
+        fixed_original,
+        net.config.grid,
+        net.config.spacing_mm,
+        rigid_initial=rigid_initial,
+        long_axis=net.config.long_axis,
     )
     timings["prepare"] = time.perf_counter() - tick  # includes the rigid pre-alignment
     if prepared.rigid is not None:

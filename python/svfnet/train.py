@@ -348,6 +348,13 @@ def validate(model: SVFNet, batch: Batch, device: torch.device, loss_mask: str =
     return {"val_loss": loss, "val_dice": float(np.mean(dice)), "identity_dice": float(np.mean(identity))}
 
 
+def _prepared_long_axis(workdir: str | Path, subject_id: str) -> str:
+    """How ``svfnet prepare`` found the subject's long axis ("slices" where it left no record)."""
+    path = WorkDir(workdir).transform(subject_id)
+    record = json.loads(path.read_text()) if path.is_file() else {}
+    return str(record.get("frame", {}).get("long_axis_from", "slices"))
+
+
 def saved_config(workdir: str | Path, run: str = "svfnet") -> TrainConfig | None:
     """The configuration of a run's last checkpoint, or None where it has none."""
     path = run_folder(workdir, run) / "checkpoint.pt"
@@ -363,7 +370,7 @@ def _resumed_config(saved: TrainConfig, given: TrainConfig | None, step: int, pa
     if given is None:
         return saved
     given = dataclasses.replace(given, model=dataclasses.replace(
-        given.model, grid=saved.model.grid, spacing_mm=saved.model.spacing_mm))
+        given.model, grid=saved.model.grid, spacing_mm=saved.model.spacing_mm, long_axis=saved.model.long_axis))
     differing = [
         name for name, value in given.to_dict().items() if name != "steps" and value != saved.to_dict()[name]
     ]
@@ -390,8 +397,8 @@ def train(
 
     Args:
         workdir: a prepared work folder (``svfnet prepare``; ``svfnet references`` for reference targets).
-        config: training parameters (defaults: :class:`TrainConfig`). The model's grid and
-            spacing are always the prepared subjects'. With ``resume`` the saved configuration is
+        config: training parameters (defaults: :class:`TrainConfig`). The model's grid,
+            spacing and long-axis rule are always the prepared subjects'. With ``resume`` the saved configuration is
             used; this one must be None or match it, except for ``steps``, which may grow.
         run: name of the run folder under ``WORKDIR/models/``.
         resume: continue the run from its last checkpoint (to the same result as uninterrupted).
@@ -430,7 +437,13 @@ def train(
     # the model works on the prepared grid, and records it: registration prepares new images on
     # exactly this grid and spacing (a model config's own grid and spacing are defaults only)
     config = dataclasses.replace(
-        config, model=dataclasses.replace(config.model, grid=train_cohort.grid, spacing_mm=train_cohort.spacing_mm)
+        config,
+        model=dataclasses.replace(
+            config.model,
+            grid=train_cohort.grid,
+            spacing_mm=train_cohort.spacing_mm,
+            long_axis=_prepared_long_axis(workdir, train_cohort.ids[0]),
+        ),
     )
     if config.targets == "references":
         source = ReferenceTargets(workdir, train_cohort)
