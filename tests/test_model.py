@@ -38,6 +38,12 @@ def test_bad_grids_are_refused_with_the_rule(grid):
         model_module.check_grid(grid)
 
 
+def test_a_grid_with_one_voxel_at_the_coarsest_level_is_refused():
+    with pytest.raises(ValueError, match="one voxel at the coarsest level"):
+        model_module.check_grid((8, 8, 2))
+    model_module.check_grid((16, 8, 2))  # two voxels there: trains
+
+
 def test_model_refuses_a_bad_grid_before_computing():
     net = SVFNet(SVFNetConfig(widths=(4, 8, 8, 8), grid=(16, 16, 4)))
     with pytest.raises(ValueError, match="got 20x16x4"):

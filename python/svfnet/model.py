@@ -81,12 +81,18 @@ class SVFNetConfig:
 
 
 def check_grid(grid, where: str = "SVFNet") -> None:
-    """Raises ValueError unless ``grid`` (I, J, K) has in-plane sizes divisible by 8 and K by 2."""
+    """Raises ValueError unless ``grid`` (I, J, K) has in-plane sizes divisible by 8 and K by 2,
+    and the coarsest level (I/8, J/8, K/2) more than one voxel (normalisation needs two)."""
     grid = tuple(int(s) for s in grid)
     if len(grid) != 3 or grid[0] % 8 or grid[1] % 8 or grid[2] % 2 or min(grid) < 2:
         raise ValueError(
             f"{where}: the grid must have in-plane sizes divisible by 8 and a slice count divisible by 2 "
             f"(e.g. 64x64x16), got {'x'.join(map(str, grid))}"
+        )
+    if grid[0] // 8 * (grid[1] // 8) * (grid[2] // 2) < 2:
+        raise ValueError(
+            f"{where}: the grid {'x'.join(map(str, grid))} leaves one voxel at the coarsest level "
+            "(I/8 x J/8 x K/2): use a larger grid (e.g. 64x64x16)"
         )
 
 
