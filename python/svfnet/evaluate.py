@@ -1016,6 +1016,7 @@ def run_evaluation(
             keys,
             params,
             model,
+            inputs_of=records.inputs_of,
             workers=workers,
             scheduler=scheduler,
             progress=progress,
@@ -1238,10 +1239,10 @@ def gallery_cases(
     return list(cases.items())
 
 
-def _gallery_key(keys: Mapping[str, str], methods: Sequence[str], moving: Any, fixed: Any) -> str:
-    """What a cached gallery pair depends on: the methods' settings and the two subjects."""
-    inputs = {"moving": _subject_digest(moving), "fixed": _subject_digest(fixed)}
-    return _settings_key("gallery", {**{m: keys[m] for m in methods}, **inputs})
+def _gallery_key(keys: Mapping[str, str], methods: Sequence[str], inputs: str) -> str:
+    """What a cached gallery pair depends on: the methods' settings and the pair's subjects
+    (``inputs``, as the records fingerprint them)."""
+    return _settings_key("gallery", {**{m: keys[m] for m in methods}, "inputs": inputs})
 
 
 def _gallery(
@@ -1254,6 +1255,7 @@ def _gallery(
     params: Mapping[str, Mapping[str, Any]],
     model: Any,
     *,
+    inputs_of: Callable[[str, str], str],
     workers: int | None,
     scheduler: str | None,
     progress: bool,
@@ -1273,7 +1275,7 @@ def _gallery(
     warped_of: dict[tuple[tuple[str, str], str], tuple[np.ndarray, np.ndarray]] = {}
     for pair, _ in cases:
         moving, fixed = subjects[pair[0]], subjects[pair[1]]
-        cache_key = _gallery_key(keys, methods, moving, fixed)
+        cache_key = _gallery_key(keys, methods, inputs_of(*pair))
         cached = _read_gallery_cache(cache / f"{_pair_name(*pair)}.npz", cache_key, methods)
         if cached is not None:
             warped_of.update({(pair, m): value for m, value in cached.items()})
@@ -1315,7 +1317,7 @@ def _gallery(
         if len(warped) == len(methods):
             _write_gallery_cache(
                 cache / f"{_pair_name(*pair)}.npz",
-                _gallery_key(keys, methods, subjects[pair[0]], subjects[pair[1]]),
+                _gallery_key(keys, methods, inputs_of(*pair)),
                 warped,
             )
         gallery.append(

@@ -1,6 +1,6 @@
 """Dense displacement and velocity fields: warping, composition, exponential, logarithm, Jacobians.
 
-Conventions (see README.md, Conventions): a field is ``(3, I, J, K)`` — or ``(N, 3, I, J, K)`` for a batch —
+Conventions (README.md, Conventions): a field is ``(3, I, J, K)`` — or ``(N, 3, I, J, K)`` for a batch —
 with components in axis order ``(u_i, u_j, u_k)``, in voxels of the grid it lives on. Fields pull
 back: ``φ(x) = x + u(x)`` maps a voxel ``x`` of the fixed grid to a position in the moving image,
 and ``warp(moving, u)(x) = moving(x + u(x))``. Sampling is trilinear with voxel centres at integer
@@ -292,16 +292,16 @@ class LogNotConverged(RuntimeError):
     """Raised by ``log(..., strict=True)`` when the tolerance is not reached."""
 
 
-def _log_residual(backend: Backend, target: Array, exp_v: Array) -> tuple[Array, float, float, float, float]:
-    """``u − exp(v)`` and its (max, mean) over the voxels mapped into the grid, the fraction of
-    those voxels, and the max over the whole grid."""
+def _log_residual(backend: Backend, target: Array, exp_v: Array) -> tuple[Array, float, float, float]:
+    """``u − exp(v)``, its (max, mean) over the voxels mapped into the grid, and the fraction of
+    those voxels (the whole grid's maximum is measured once, for the ``v`` returned)."""
     remaining = target - exp_v
     domain_max, domain_mean, count = backend.launch("norm_stats_within", [remaining, target])
-    grid_max, grid_mean = backend.norm_stats(remaining)
-    total = math.prod(int(s) for s in target.shape) // 3
     if count == 0:  # u maps nothing into the grid: every voxel counts
-        return remaining, grid_max, grid_mean, 0.0, grid_max
-    return remaining, float(domain_max), float(domain_mean), count / total, float(grid_max)
+        grid_max, grid_mean = backend.norm_stats(remaining)
+        return remaining, float(grid_max), float(grid_mean), 0.0
+    total = math.prod(int(s) for s in target.shape) // 3
+    return remaining, float(domain_max), float(domain_mean), count / total
 
 
 def _exp5_levels(backend: Backend, v5: Array) -> tuple[Array, Array, int]:
@@ -375,8 +375,9 @@ def log(
     is refused, and the plain fixed-point step ``v + (u − exp(v))`` is tried in its place; if it
     is refused too, the step is halved (and doubled back after a success).
 
-    When the steps have been halved once and are still refused, the linearisation behind them is wrong somewhere (typically on the
-    few voxels of a strong local expansion or shear): the iteration switches to *polishing*,
+    When the steps have been halved once and are still refused, the linearisation behind them is
+    wrong somewhere (typically on the few voxels of a strong local expansion or shear): the
+    iteration switches to *polishing*,
     gradient steps (Adam, about ``tol / 5`` voxel per voxel and step) on ``‖r‖₄ + mean|r|`` with
     the exact gradient of the discrete exponential (the adjoint of its squarings). It moves only
     what the worst voxels' trajectories depend on, and reaches the tolerance in a few to a few
@@ -422,7 +423,7 @@ def log(
 
     v = backend.copy(target)
     exp_v = _exp5(backend, v, None)
-    remaining, best_max, best_mean, fraction, grid_max = _log_residual(backend, target, exp_v)
+    remaining, best_max, best_mean, fraction = _log_residual(backend, target, exp_v)
     iterations, scale, plain, polish, since_best = 0, 1.0, False, None, 0
     while merit(best_max, best_mean) > 1 and iterations < max_iter:
         if polish is not None and since_best >= _POLISH_PATIENCE:
@@ -446,7 +447,7 @@ def log(
                 exp_c = _exp5(backend, candidate, None)
         accepted = False
         if exp_c is not None:
-            remaining_c, res_max, res_mean, fraction_c, grid_max_c = _log_residual(backend, target, exp_c)
+            remaining_c, res_max, res_mean, fraction_c = _log_residual(backend, target, exp_c)
             accepted = merit(res_max, res_mean) < merit(best_max, best_mean)
             if polish is not None:
                 polish.remaining = remaining_c
@@ -454,7 +455,7 @@ def log(
             # a copy: the polishing's exp(v) is a view of its squarings, which would stay alive
             v, exp_v = candidate, backend.copy(exp_c) if polish is not None else exp_c
             remaining = remaining_c
-            best_max, best_mean, fraction, grid_max = res_max, res_mean, fraction_c, grid_max_c
+            best_max, best_mean, fraction = res_max, res_mean, fraction_c
             scale, plain, since_best = min(1.0, 2 * scale), False, 0
         elif polish is not None:
             since_best += 1
@@ -468,6 +469,7 @@ def log(
                 break  # nothing lands in the grid, so nothing to polish: the steps have stalled
     converged = merit(best_max, best_mean) <= 1
     polished = polish.t if polish is not None else 0
+    grid_max = float(backend.norm_stats(remaining)[0])
     info = LogInfo(
         iterations, float(best_max), float(best_mean), converged, float(grid_max), float(fraction), polished
     )

@@ -3,7 +3,8 @@
 For the pair (moving i, fixed j): an elastic body spline fitted on the fixed subject's landmarks
 ``φ_j(p_k)`` to the displacements ``φ_i(p_k) − φ_j(p_k)`` (millimetres, from the shapes stage) is
 evaluated on j's grid, giving ``u_ij`` in voxels (``x ↦ x + u_ij(x)`` maps fixed to moving,
-the pull-back convention of README.md's Conventions); then ``v_ij = log(id + u_ij)``. Pairs whose ``id + u`` folds
+the pull-back convention of README.md's Conventions); then ``v_ij = log(id + u_ij)``. Pairs whose
+``id + u`` folds
 (``det(I + ∇u) ≤ 0`` somewhere) are recorded as such: they have no logarithm, and training skips
 them.
 

@@ -64,6 +64,9 @@ struct AccumulatorToFloatBody {
   }
 };
 
+// The scale of squaring pass `pass` of `steps`: 2^-steps folded into the first, 1 for the others.
+inline float squaring_scale(int pass, int steps) { return pass == 0 ? std::ldexp(1.f, -steps) : 1.f; }
+
 // The passes of scaling and squaring: pass p reads the previous pass's result (v for the first,
 // with the scale 2^-steps folded in) and writes out or scratch, so that the last pass writes out.
 struct SquaringPlan {
@@ -74,7 +77,7 @@ struct SquaringPlan {
 
   const float* source(int pass) const { return pass == 0 ? v : target(pass - 1); }
   float* target(int pass) const { return (steps - 1 - pass) % 2 == 0 ? out : scratch; }
-  float scale(int pass) const { return pass == 0 ? std::ldexp(1.f, -steps) : 1.f; }
+  float scale(int pass) const { return squaring_scale(pass, steps); }
 };
 
 // The same passes writing every result into `levels` (steps·N fields): pass p reads level p − 1
@@ -87,7 +90,7 @@ struct LevelPlan {
 
   const float* source(int pass) const { return pass == 0 ? v : target(pass - 1); }
   float* target(int pass) const { return levels + pass * field_floats; }
-  float scale(int pass) const { return pass == 0 ? std::ldexp(1.f, -steps) : 1.f; }
+  float scale(int pass) const { return squaring_scale(pass, steps); }
 };
 
 }  // namespace svfnet

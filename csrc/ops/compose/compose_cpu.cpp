@@ -11,24 +11,27 @@ void compose_cpu(const float* u, const float* w, float* out, const Batch& shape,
   for_each_voxel(shape.batch, shape.grid, threads, ComposeBody{u, w, out, shape.grid, 1.f});
 }
 
+namespace {
+// The passes of a squaring plan (SquaringPlan or LevelPlan), one walk over the voxels each.
+template <class Plan>
+void run_squarings(const Plan& plan, const Batch& shape, int threads) {
+  for (int pass = 0; pass < plan.steps; ++pass) {
+    const float* source = plan.source(pass);
+    for_each_voxel(shape.batch, shape.grid, threads, ComposeBody{source, source, plan.target(pass), shape.grid, plan.scale(pass)});
+  }
+}
+}  // namespace
+
 void exp_cpu(const float* v, float* out, float* scratch, const Batch& shape, int steps, int threads) {
   if (steps == 0) {
     std::copy(v, v + shape.batch * 3 * shape.grid.size(), out);
     return;
   }
-  const SquaringPlan plan{v, out, scratch, steps};
-  for (int pass = 0; pass < steps; ++pass) {
-    const float* source = plan.source(pass);
-    for_each_voxel(shape.batch, shape.grid, threads, ComposeBody{source, source, plan.target(pass), shape.grid, plan.scale(pass)});
-  }
+  run_squarings(SquaringPlan{v, out, scratch, steps}, shape, threads);
 }
 
 void exp_levels_cpu(const float* v, float* levels, const Batch& shape, int steps, int threads) {
-  const LevelPlan plan{v, levels, shape.batch * 3 * shape.grid.size(), steps};
-  for (int pass = 0; pass < steps; ++pass) {
-    const float* source = plan.source(pass);
-    for_each_voxel(shape.batch, shape.grid, threads, ComposeBody{source, source, plan.target(pass), shape.grid, plan.scale(pass)});
-  }
+  run_squarings(LevelPlan{v, levels, shape.batch * 3 * shape.grid.size(), steps}, shape, threads);
 }
 
 namespace {

@@ -8,6 +8,18 @@ void compose_cuda(const float* u, const float* w, float* out, const Batch& shape
   launch_voxels(shape.batch, shape.grid, stream, ComposeBody{u, w, out, shape.grid, 1.f}, "compose");
 }
 
+namespace {
+// The passes of a squaring plan (SquaringPlan or LevelPlan), one launch each, in stream order.
+template <class Plan>
+void run_squarings(const Plan& plan, const Batch& shape, std::uintptr_t stream, const char* what) {
+  for (int pass = 0; pass < plan.steps; ++pass) {
+    const float* source = plan.source(pass);
+    launch_voxels(shape.batch, shape.grid, stream, ComposeBody{source, source, plan.target(pass), shape.grid, plan.scale(pass)},
+                  what);
+  }
+}
+}  // namespace
+
 void exp_cuda(const float* v, float* out, float* scratch, const Batch& shape, int steps, std::uintptr_t stream) {
   if (steps == 0) {
     check_cuda(cudaMemcpyAsync(out, v, sizeof(float) * shape.batch * 3 * shape.grid.size(), cudaMemcpyDeviceToDevice,
@@ -15,21 +27,11 @@ void exp_cuda(const float* v, float* out, float* scratch, const Batch& shape, in
                "exp");
     return;
   }
-  const SquaringPlan plan{v, out, scratch, steps};
-  for (int pass = 0; pass < steps; ++pass) {
-    const float* source = plan.source(pass);
-    launch_voxels(shape.batch, shape.grid, stream, ComposeBody{source, source, plan.target(pass), shape.grid, plan.scale(pass)},
-                  "exp");
-  }
+  run_squarings(SquaringPlan{v, out, scratch, steps}, shape, stream, "exp");
 }
 
 void exp_levels_cuda(const float* v, float* levels, const Batch& shape, int steps, std::uintptr_t stream) {
-  const LevelPlan plan{v, levels, shape.batch * 3 * shape.grid.size(), steps};
-  for (int pass = 0; pass < steps; ++pass) {
-    const float* source = plan.source(pass);
-    launch_voxels(shape.batch, shape.grid, stream, ComposeBody{source, source, plan.target(pass), shape.grid, plan.scale(pass)},
-                  "exp_levels");
-  }
+  run_squarings(LevelPlan{v, levels, shape.batch * 3 * shape.grid.size(), steps}, shape, stream, "exp_levels");
 }
 
 namespace {
