@@ -11,15 +11,12 @@ from svfnet.data.nifti import write_nifti
 
 SUNNYBROOK = Path(__file__).resolve().parents[2] / "shared" / "data" / "sunnybrook-cc0"
 
-# An oblique, anisotropic affine (1.5 mm in plane, 8 mm slices) like a short-axis stack's.
-OBLIQUE_AFFINE = np.array(
-    [
-        [1.2, -0.9, 1.1, -40.0],
-        [0.9, 1.2, -0.4, 25.0],
-        [-0.03, 0.08, 7.9, 60.0],
-        [0.0, 0.0, 0.0, 1.0],
-    ]
-)
+# An oblique, anisotropic affine (1.5 mm in plane, 8 mm slices) like a short-axis stack's: a rotation
+# times the voxel size, as every NIfTI reader (ITK's included) can represent.
+_OBLIQUE_ROTATION = np.linalg.qr(np.array([[1.2, -0.9, 0.14], [0.9, 1.2, -0.05], [-0.03, 0.08, 0.99]]))[0]
+OBLIQUE_AFFINE = np.eye(4)
+OBLIQUE_AFFINE[:3, :3] = _OBLIQUE_ROTATION * np.sign(np.diag(_OBLIQUE_ROTATION)) @ np.diag([1.5, 1.5, 8.0])
+OBLIQUE_AFFINE[:3, 3] = [-40.0, 25.0, 60.0]
 
 
 def tiny_heart(shape: tuple[int, int, int] = (24, 22, 8), *, rv: bool = True) -> np.ndarray:

@@ -37,12 +37,6 @@ DEMONS = {"levels": 1, "iterations": 8, "sigma_i": 0.01}
 TEST_SUBJECTS = ("s1", "s2", "s3")
 REGION_ROWS = 5  # four regions and the whole grid
 
-try:
-    import SimpleITK  # noqa: F401
-
-    HAS_SITK = True
-except ImportError:
-    HAS_SITK = False
 
 CHROMIUM = next(
     (shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome") if shutil.which(name)),
@@ -80,7 +74,7 @@ def evaluated(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("evaluate")
     checkpoint = _cohort(workdir)
     result = run_evaluation(
-        workdir, checkpoint, workers=1, progress=False, demons_params=DEMONS, include_sitk=HAS_SITK
+        workdir, checkpoint, workers=1, progress=False, demons_params=DEMONS, include_sitk=True
     )
     return workdir, checkpoint, result
 
@@ -88,7 +82,7 @@ def evaluated(tmp_path_factory):
 def test_writes_tables_report_and_figures(evaluated):
     workdir, _, result = evaluated
     folder = workdir / "evaluation"
-    methods = ["svfnet", "lcc_demons", *(["sitk_demons"] if HAS_SITK else []), "identity"]
+    methods = ["svfnet", "lcc_demons", "sitk_demons", "identity"]
     assert result["methods"] == methods
     assert result["subject_set"] == "test" and result["subjects"] == list(TEST_SUBJECTS)
     assert result["pairs"] == 6 and result["failed"] == 0
@@ -182,9 +176,9 @@ def test_rerun_skips_finished_pairs_and_redoes_changed_ones(evaluated, tmp_path)
     stale["key"] = "another-setting"
     (records / "identity" / "s3__s1.json").write_text(json.dumps(stale))
     result = run_evaluation(
-        copy, checkpoint, workers=1, progress=False, demons_params=DEMONS, include_sitk=HAS_SITK, report=False
+        copy, checkpoint, workers=1, progress=False, demons_params=DEMONS, include_sitk=True, report=False
     )
-    expected = {"svfnet": 0, "lcc_demons": 1, "identity": 1, **({"sitk_demons": 0} if HAS_SITK else {})}
+    expected = {"svfnet": 0, "lcc_demons": 1, "identity": 1, "sitk_demons": 0}
     assert result["computed"] == expected
     assert result["report"] == ""
     assert (records / "svfnet" / "s1__s2.json").read_text() == before
@@ -320,7 +314,6 @@ def test_outliers_name_what_went_wrong():
     }
 
 
-@pytest.mark.skipif(not HAS_SITK, reason="SimpleITK is not installed (pip install SimpleITK)")
 def test_simpleitk_peer_registers_in_our_convention(evaluated):
     workdir, _, _ = evaluated
     pairs = _read_csv(workdir / "evaluation" / "pairs.csv")
@@ -458,7 +451,7 @@ def test_pipeline_stage_gets_report_and_headline(evaluated, tmp_path, monkeypatc
     monkeypatch.setattr(
         evaluate,
         "run_evaluation",
-        functools.partial(run_evaluation, demons_params=DEMONS, include_sitk=HAS_SITK, report=False),
+        functools.partial(run_evaluation, demons_params=DEMONS, include_sitk=True, report=False),
     )
 
     workdir, checkpoint, _ = evaluated

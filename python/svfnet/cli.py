@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import warnings
 from importlib import import_module
 
 from svfnet import __version__
@@ -39,7 +40,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    # a NIfTI header that disagrees with itself is the user's business: one plain line, no source
+    # location (svfnet.data.nifti.HeaderWarning, matched by name so that --help imports no nibabel)
+    if category.__name__ == "HeaderWarning":
+        print(f"svfnet: warning: {message}", file=sys.stderr if file is None else file)
+    else:
+        _default_show_warning(message, category, filename, lineno, file, line)
+
+
+_default_show_warning = warnings.showwarning
+
+
 def main(argv: list[str] | None = None) -> int:
+    warnings.showwarning = _show_warning
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")

@@ -873,7 +873,7 @@ def run_evaluation(
         scheduler: address of a Dask scheduler to run them on instead.
         progress: show progress bars.
         methods: among ``"svfnet"``, ``"lcc_demons"``, ``"identity"``, ``"sitk_demons"``.
-        include_sitk: add SimpleITK's diffeomorphic demons (``pip install SimpleITK``) as a peer.
+        include_sitk: add SimpleITK's diffeomorphic demons as a peer.
         max_pairs: evaluate at most this many pairs, evenly spread over all ordered pairs.
         demons_params: fields of :class:`svfnet.baselines.lcc_demons.LCCDemonsParams` replacing
             the defaults (e.g. ``{"levels": 1, "iterations": 5}``).
@@ -924,10 +924,6 @@ def run_evaluation(
         params["lcc_demons"] = _demons_settings(demons_params)
         keys["lcc_demons"] = _settings_key("lcc_demons", params["lcc_demons"])
     if "sitk_demons" in methods:
-        try:
-            import SimpleITK  # noqa: F401
-        except ImportError:
-            raise ValueError(f"{func}(): SimpleITK's demons need SimpleITK: pip install SimpleITK") from None
         unknown_sitk = set(sitk_params or {}) - set(SITK_DEFAULTS)
         if unknown_sitk:
             raise ValueError(

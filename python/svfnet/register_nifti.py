@@ -19,7 +19,8 @@ Two preparation paths:
   long axis (sense and in-plane direction from anatomy, as :func:`canonical_frame` falls back to).
   The moving frame is the fixed one moved by the rigid transform.
 
-Frames used here: *original voxels* of each input, *world* mm (RAS+, as nibabel's affines), and
+Frames used here: *original voxels* of each input, *world* mm (RAS+, the headers read as ITK reads them:
+:func:`svfnet.data.nifti.nifti_geometry`), and
 *prepared voxels* of the model grid; every field on the prepared grid is in svfnet's convention
 (``(3, I, J, K)`` in voxels, pull-back: ``x ↦ x + u(x)`` maps a fixed voxel into the moving image).
 """
@@ -42,7 +43,7 @@ from scipy.ndimage import map_coordinates
 
 from svfnet._io import atomic_path, write_json
 from svfnet.data.labels import IDENTITY_LABELS, LabelMapping, format_label_mapping
-from svfnet.data.nifti import nifti_stem, read_nifti, vector_image
+from svfnet.data.nifti import nifti_image, nifti_stem, read_geometry, read_nifti, vector_image
 from svfnet.data.prepare import (
     APEX_DIRECTION_RAS,
     PERCENTILES,
@@ -285,20 +286,6 @@ def read_original(
     return OriginalImage(image, affine, labels, subject, image_path, labels_path)
 
 
-def _itk_geometry_warnings(path: Path, affine: np.ndarray) -> list[str]:
-    """Reasons ITK may read another geometry than nibabel (which the ITK export relies on)."""
-    warnings: list[str] = []
-    linear = affine[:3, :3]
-    directions = linear / np.linalg.norm(linear, axis=0)
-    if np.abs(directions.T @ directions - np.eye(3)).max() > 1e-4:
-        warnings.append(f"{path}: the affine has shear; ITK cannot represent it and reads another geometry")
-    header = nib.load(str(path)).header
-    if int(header["qform_code"]) > 0 and int(header["sform_code"]) > 0:
-        if np.abs(header.get_qform() - header.get_sform()).max() > 1e-3:
-            warnings.append(f"{path}: qform and sform differ; nibabel uses the sform, ITK may use the qform")
-    return warnings
-
-
 # ----------------------------------------------------------------------------- rigid pre-alignment
 @dataclass(frozen=True)
 class RigidAlignment:
@@ -337,13 +324,8 @@ class RigidAlignment:
 
 
 def _simpleitk():
-    try:
-        import SimpleITK
-    except ImportError:
-        raise ModuleNotFoundError(
-            "registering without label maps for both images needs SimpleITK for the rigid pre-alignment: "
-            "pip install SimpleITK (or give --moving-labels and --fixed-labels)"
-        ) from None
+    import SimpleITK  # a dependency; imported here so that importing svfnet stays light
+
     return SimpleITK
 
 
@@ -398,7 +380,6 @@ def rigid_prealignment(
         The transform from fixed world to moving world, with the optimiser's report.
 
     Raises:
-        ModuleNotFoundError: SimpleITK is not installed.
         ValueError: the optimisation failed or diverged.
     """
     if initial not in RIGID_INITS:
@@ -611,7 +592,6 @@ def prepare_pair(
 
     Raises:
         ValueError: an image cannot be prepared (the reason is given).
-        ModuleNotFoundError: the intensity path needs SimpleITK.
     """
     warnings: list[str] = []
     rigid: RigidAlignment | None = None
@@ -719,14 +699,6 @@ def _world(affine: np.ndarray, positions: np.ndarray) -> np.ndarray:
     return (affine[:3, :3] @ flat + affine[:3, 3:]).reshape(positions.shape)
 
 
-def _volume_image(data: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image:
-    image = nib.Nifti1Image(np.asarray(data), affine)
-    image.set_qform(affine, code=1)
-    image.set_sform(affine, code=1)
-    image.header.set_xyzt_units("mm")
-    return image
-
-
 def write_itk_displacement(
     path: str | os.PathLike, displacement_ras_mm: np.ndarray, affine: np.ndarray
 ) -> None:
@@ -825,7 +797,6 @@ def register_nifti(
         FileExistsError: an output exists and ``overwrite`` is false.
         ValueError: an input that is unreadable, not 3D, disagrees with its labels, or cannot be
             prepared; a bad checkpoint. Nothing is written then.
-        ModuleNotFoundError: the intensity path needs SimpleITK.
     """
     started = time.perf_counter()
     pair = PairFiles(
@@ -894,10 +865,10 @@ def register_nifti(
     timings["map_to_original"] = time.perf_counter() - tick
 
     warnings = list(prepared.warnings)
-    for original in (moving_original, fixed_original):
-        warnings += _itk_geometry_warnings(original.path, original.affine)
     for warning in warnings:
         logger.warning("%s", warning)
+    for original in (moving_original, fixed_original):  # the reader warned of these already
+        warnings += list(read_geometry(original.path)[0].problems)
 
     metadata: dict[str, Any] = {
         "format": "svfnet-registration-1",
@@ -933,25 +904,25 @@ def register_nifti(
     if outputs:
         tick = time.perf_counter()
         volumes: dict[str, nib.Nifti1Image] = {
-            "warped": _volume_image(result.warped.astype(np.float32), prepared.fixed_prepared_affine),
+            "warped": nifti_image(result.warped.astype(np.float32), prepared.fixed_prepared_affine),
             "svf": vector_image(result.svf, prepared.fixed_prepared_affine, itk=False, name="svf vox ijk"),
             "displacement": vector_image(
                 result.displacement, prepared.fixed_prepared_affine, itk=False, name="disp vox ijk"
             ),
-            "fixed_prepared": _volume_image(prepared.fixed, prepared.fixed_prepared_affine),
-            "moving_prepared": _volume_image(prepared.moving, prepared.moving_prepared_affine),
-            "warped_original": _volume_image(warped_original, fixed_original.affine),
+            "fixed_prepared": nifti_image(prepared.fixed, prepared.fixed_prepared_affine),
+            "moving_prepared": nifti_image(prepared.moving, prepared.moving_prepared_affine),
+            "warped_original": nifti_image(warped_original, fixed_original.affine),
             "svf_original": vector_image(svf_world, fixed_original.affine, itk=False, name="svf RAS mm"),
             "displacement_original": vector_image(
                 displacement_mm, fixed_original.affine, itk=False, name="disp RAS mm"
             ),
         }
         if result.warped_labels is not None:
-            volumes["warped_labels"] = _volume_image(
+            volumes["warped_labels"] = nifti_image(
                 result.warped_labels.astype(np.uint8), prepared.fixed_prepared_affine
             )
         if warped_labels_original is not None:
-            volumes["warped_labels_original"] = _volume_image(warped_labels_original, fixed_original.affine)
+            volumes["warped_labels_original"] = nifti_image(warped_labels_original, fixed_original.affine)
         # everything is computed before the first file is written; each file is atomic, and the
         # metadata, written last, marks a complete set. Replacing a set (overwrite), the old one
         # goes first, every file of it: a kill half way must not leave new files beside old

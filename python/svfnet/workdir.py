@@ -96,14 +96,12 @@ def subject_ids(workdir: str | Path) -> list[str]:
 
 def read_prepared(workdir: str | Path, subject_id: str) -> PreparedSubject:
     """Loads one prepared subject (image, labels, spacing) from the work folder."""
-    import nibabel as nib
+    from svfnet.data.nifti import read_nifti
 
     folder = WorkDir(workdir)
-    image_nii = nib.load(folder.image(subject_id))
-    labels_nii = nib.load(folder.labels(subject_id))
-    image = np.asarray(image_nii.dataobj, dtype=np.float32)
-    labels = np.asarray(labels_nii.dataobj).astype(np.uint8)
-    spacing = tuple(float(s) for s in image_nii.header.get_zooms()[:3])
+    image, affine = read_nifti(folder.image(subject_id), kind="image")
+    labels = read_nifti(folder.labels(subject_id), kind="labels")[0].astype(np.uint8)
+    spacing = tuple(float(s) for s in np.linalg.norm(affine[:3, :3], axis=0))
     regions = frozenset(int(r) for r in np.unique(labels) if int(r) in REGIONS)
     return PreparedSubject(subject_id, image, labels, spacing, regions)
 
