@@ -131,11 +131,11 @@ def test_references_report_folds(workdir):
     for subject, pts in (("s0", base), ("s1", crossed)):
         _write_landmarks(WorkDir(workdir).shapes / "landmarks" / f"{subject}.npz", pts, {}, {})
     summary = run_references(workdir, subjects=["s0", "s1"], workers=1, progress=False)
-    assert summary.folded == 2
+    assert summary.folded == 2 and summary.usable == 0 and summary.excluded["folded"] == 2
     store = ReferenceStore(workdir)
     assert store.pairs() == []
     record = json.loads((WorkDir(workdir).references / "pairs" / "s0.json").read_text())["pairs"][0]
-    assert record["folds"] > 0 and record["converged"] is False
+    assert record["folds"] > 0 and record["converged"] is False and record["excluded"] == "folded"
 
 
 def test_references_need_landmarks(workdir):
@@ -179,3 +179,89 @@ def test_shared_arrays_are_scattered_once():
     assert len(client.scattered) == 1 and client.scattered[0] is shared
     assert out[0] == {"fixed": "future-0", "moving": [own, "future-0"], "n": 1}
     assert out[1]["fixed"] == "future-0" and isinstance(out[1]["moving"], tuple) and out[1]["n"] == 2
+
+
+def test_the_store_refuses_what_float16_cannot_hold(workdir, tmp_path):
+    """A displacement of 70,000 voxels (a translation: no fold, its own logarithm) overflows
+    float16: the pair is recorded as out of range, the file holds zeros there, never an inf."""
+    rng = np.random.default_rng(5)
+    base = rng.uniform([12, 12, 5], [48, 48, 25], size=(60, 3))
+    points = {"s0": base, "s1": base + np.array([1.0, -2.0, 0.5]),
+              "s2": base + 70_000.0 * np.array(SPACING_MM) * np.array([1.0, 0.0, 0.0])}
+    for subject, pts in points.items():
+        _write_landmarks(WorkDir(workdir).shapes / "landmarks" / f"{subject}.npz", pts, {}, {})
+    summary = run_references(workdir, subjects=["s0", "s1", "s2"], workers=1, progress=False)
+    assert summary.pairs == 6 and summary.usable == 2 and summary.excluded["out of range"] == 4
+    store = ReferenceStore(workdir)
+    excluded = {(r["moving"], r["fixed"]): r["excluded"] for r in store.records()}
+    assert {pair for pair, reason in excluded.items() if reason == "out of range"} == {
+        ("s2", "s0"), ("s0", "s2"), ("s2", "s1"), ("s1", "s2")}
+    assert sorted(store.pairs()) == [("s0", "s1"), ("s1", "s0")]
+    for fixed in ("s0", "s1", "s2"):
+        assert np.isfinite(np.load(WorkDir(workdir).references / "svf" / f"{fixed}.npy")).all()
+    record = next(r for r in store.records() if (r["moving"], r["fixed"]) == ("s2", "s0"))
+    assert record["float16_error"] is None and record["svf_max"] == pytest.approx(70_000, rel=1e-3)
+    # float32 holds it
+    as_float32 = tmp_path / "float32"
+    deformed_cohort(as_float32, count=3)
+    for subject, pts in points.items():
+        _write_landmarks(WorkDir(as_float32).shapes / "landmarks" / f"{subject}.npz", pts, {}, {})
+    summary = run_references(as_float32, subjects=["s0", "s2"], parameters=ReferenceParameters(dtype="float32"),
+                             workers=1, progress=False)
+    assert summary.usable == 2 and summary.excluded["out of range"] == 0
+    assert ReferenceStore(as_float32).svf("s2", "s0")[0].mean() == pytest.approx(70_000)
+
+
+@pytest.mark.parametrize("case", ["non-finite", "not converged", "usable"])
+def test_each_reason_is_recorded_and_only_storable_svfs_are_stored(case):
+    from svfnet.references import _reference
+    from tests.pipeline_fixtures import smooth_svf
+
+    v = smooth_svf(np.random.default_rng(6), 2.0)
+    u = np.asarray(fields.exp(v))
+    parameters = ReferenceParameters(log_max_iter=1 if case == "not converged" else 30)
+    if case == "non-finite":
+        u[0, 3, 4, 1] = np.inf
+    out = np.zeros(u.shape, np.float16)
+    record = _reference(u, parameters, out)
+    assert record["excluded"] == (None if case == "usable" else case)
+    assert np.isfinite(out).all()
+    if case == "non-finite":
+        assert not out.any()
+    else:  # a logarithm short of the training limits is still stored (pairs() may be given looser limits)
+        assert 0 < record["float16_error"] < 0.01
+        residual = np.linalg.norm(fields.exp(out.astype(np.float32)) - u, axis=0)
+        assert residual.max() == pytest.approx(record["residual_max_grid"], abs=0.02)
+    if case == "not converged":
+        assert record["residual_max"] > 1.0 or record["residual_mean"] > 0.05
+
+
+def test_stores_of_the_previous_format_read_with_reasons_and_are_not_extended(workdir):
+    """A store written before records said why (format 1, where float16 could overflow to inf):
+    pairs() and records() derive the reasons, svf() refuses a non-finite SVF, and a new run refuses
+    to mix new pairs into it."""
+    folder = WorkDir(workdir).references
+    (folder / "svf").mkdir(parents=True)
+    (folder / "pairs").mkdir()
+    svfs = np.zeros((4, 3, *GRID), np.float16)
+    svfs[1, 0, 0, 0, 0] = np.inf
+    np.save(folder / "svf" / "s0.npy", svfs)
+    old = {"converged": True, "residual_max": 0.05, "residual_mean": 0.004, "float16_error": 0.001, "iterations": 2}
+    pairs = [
+        {"moving": "s1", "folds": 0, **old},
+        {"moving": "s2", "folds": 0, **old, "float16_error": float("inf")},
+        {"moving": "s3", "folds": 12, **old, "converged": False, "residual_max": None, "residual_mean": None},
+        {"moving": "s4", "folds": 0, **old, "converged": False, "residual_max": 1.7},
+    ]
+    (folder / "pairs" / "s0.json").write_text(json.dumps({"fixed": "s0", "moving": ["s1", "s2", "s3", "s4"],
+                                                          "pairs": pairs}))
+    (folder / "config.json").write_text(json.dumps(ReferenceParameters().__dict__))
+    store = ReferenceStore(workdir)
+    assert [r["excluded"] for r in store.records()] == [None, "out of range", "folded", "not converged"]
+    assert store.pairs() == [("s1", "s0")]
+    assert store.pairs(max_residual_vox=2.0) == [("s1", "s0"), ("s4", "s0")]
+    with pytest.raises(ValueError, match="non-finite values.*run `svfnet references` again"):
+        store.svf("s2", "s0")
+    write_landmarks(workdir, ["s0", "s1", "s2", "s3"], np.random.default_rng(7))
+    with pytest.raises(ValueError, match="older svfnet.*store format 1"):
+        run_references(workdir, workers=1, progress=False)

@@ -265,7 +265,7 @@ def _stage_references(ctx: _Context, fresh: bool) -> dict[str, Any]:
     summary = run_references(ctx.workdir, parameters=ReferenceParameters(**ctx.config["references"]),
                              workers=ctx.workers, scheduler=ctx.scheduler, progress=ctx.progress)
     return {"pairs": summary.pairs, "converged": summary.converged, "folded": summary.folded,
-            "residual_mean": summary.residual_mean}
+            "usable": summary.usable, "excluded": summary.excluded, "residual_mean": summary.residual_mean}
 
 
 def _stage_train(ctx: _Context, fresh: bool) -> dict[str, Any]:

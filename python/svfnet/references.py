@@ -16,14 +16,16 @@ atomically, so an interrupted run resumes at the first fixed subject not yet wri
 
 Layout in ``WORKDIR/references/``::
 
-    config.json          the parameters (a re-run with other parameters refuses to mix them)
+    config.json          the parameters and the store's format (a re-run with other parameters refuses to mix them)
     svf/<fixed>.npy      (M, 3, I, J, K) float16 (or float32): the SVFs for that fixed subject
-    pairs/<fixed>.json   moving ids in the order of the .npy, with per-pair residuals and folds
+    pairs/<fixed>.json   moving ids in the order of the .npy, with per-pair residuals, folds, and why a
+                         pair is left out of training ("excluded", see EXCLUSION_REASONS)
 
 float16 halves the store; its rounding error (recorded per pair as ``float16_error``, in voxels) is
 half a unit in the last place of an SVF's largest values: at most 0.008 voxel on the demo's pairs
 but one or two whose spline reaches 30-75 voxels at a corner (0.015-0.03), against a logarithm
-tolerance of 0.1.
+tolerance of 0.1. Every SVF is checked after the cast: one that float16 cannot hold (above 65504 it
+overflows to infinity) is refused as "out of range", never stored, so no file holds a non-finite value.
 """
 
 from __future__ import annotations
@@ -31,9 +33,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -47,9 +50,25 @@ from svfnet.parallel import run_tasks
 from svfnet.split import subject_split
 from svfnet.workdir import WorkDir, read_prepared, subject_ids
 
-__all__ = ["ReferenceParameters", "ReferenceStore", "ReferencesSummary", "run_references"]
+__all__ = [
+    "EXCLUSION_REASONS", "ReferenceParameters", "ReferenceStore", "ReferencesSummary", "exclusion", "run_references",
+]
 
 log = logging.getLogger(__name__)
+
+# Why a pair is left out of training: a record's "excluded" (None: usable).
+FOLDED = "folded"  # id + u folds: it has no logarithm
+NOT_CONVERGED = "not converged"  # the logarithm's residual is above the usable limits below
+NON_FINITE = "non-finite"  # the spline or the logarithm produced a non-finite value
+OUT_OF_RANGE = "out of range"  # the storage dtype cannot hold the SVF (float16 tops out at 65504)
+EXCLUSION_REASONS = (FOLDED, NOT_CONVERGED, NON_FINITE, OUT_OF_RANGE)
+# A usable pair's logarithm residual |exp(v) - u|, voxels, over the voxels id + u maps into the
+# grid: at most this anywhere and on average (ReferenceStore.pairs' defaults).
+USABLE_RESIDUAL_MAX_VOX = 1.0
+USABLE_RESIDUAL_MEAN_VOX = 0.05
+# The store's layout: 1 had no "excluded" in its records (derived when read, see exclusion());
+# 2 says why each pair is left out and never holds a non-finite value.
+STORE_FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -93,32 +112,51 @@ def _references_task(task: dict[str, Any]) -> dict[str, Any]:
     displacements_mm = np.stack([moving_mm - fixed_mm for moving_mm in task["moving_landmarks_mm"]])
     grids = factor.solve(displacements_mm).on_grid(task["shape"], task["spacing_mm"])
     ebs_seconds = (time.perf_counter() - started) / len(grids)
-    svfs = np.empty(grids.shape, dtype=parameters.dtype)
+    svfs = np.zeros(grids.shape, dtype=parameters.dtype)
     records = []
     for n, u in enumerate(grids):
         started = time.perf_counter()
-        folds = int((fields.jacobian_det(u) <= 0).sum())
-        if folds:
-            svfs[n] = 0
-            records.append({"folds": folds, "converged": False, "residual_max": None, "residual_mean": None,
-                            "residual_max_grid": None, "domain_fraction": None, "iterations": 0, "polish_iterations": 0, "float16_error": None, "ebs_seconds": ebs_seconds, "log_seconds": 0.0})
-            continue
-        v, info = _log_quiet(u, parameters)
-        svfs[n] = v
-        records.append({
-            "folds": 0,
-            "converged": info.converged,
-            "residual_max": info.residual_max,
-            "residual_mean": info.residual_mean,
-            "residual_max_grid": info.residual_max_grid,
-            "domain_fraction": info.domain_fraction,
-            "iterations": info.iterations,
-            "polish_iterations": info.polish_iterations,
-            "float16_error": float(np.abs(svfs[n].astype(np.float32) - v).max()),
-            "ebs_seconds": ebs_seconds,
-            "log_seconds": time.perf_counter() - started,
-        })
+        record = _reference(u, parameters, svfs[n])
+        records.append({**record, "ebs_seconds": ebs_seconds, "log_seconds": time.perf_counter() - started})
     return {"svfs": svfs, "records": records}
+
+
+def _reference(u: np.ndarray, parameters: ReferenceParameters, out: np.ndarray) -> dict[str, Any]:
+    """One pair: the logarithm of ``id + u`` written into ``out`` (storage dtype), and its record.
+
+    ``out`` receives the SVF only where it is finite and representable in the storage dtype within
+    the logarithm's tolerance; it stays zero for a pair left out for any other reason.
+    """
+    record: dict[str, Any] = {
+        "folds": None, "converged": False, "residual_max": None, "residual_mean": None, "residual_max_grid": None,
+        "domain_fraction": None, "iterations": 0, "polish_iterations": 0, "float16_error": None, "svf_max": None,
+    }
+    if not np.isfinite(u).all():
+        return {**record, "excluded": NON_FINITE}
+    record["folds"] = int((fields.jacobian_det(u) <= 0).sum())
+    if record["folds"]:
+        return {**record, "excluded": FOLDED}
+    v, info = _log_quiet(u, parameters)
+    record.update(
+        converged=info.converged, residual_max=info.residual_max, residual_mean=info.residual_mean,
+        residual_max_grid=info.residual_max_grid, domain_fraction=info.domain_fraction, iterations=info.iterations,
+        polish_iterations=info.polish_iterations,
+    )
+    if not (np.isfinite(v).all() and math.isfinite(info.residual_max) and math.isfinite(info.residual_mean)):
+        return {**record, "excluded": NON_FINITE}
+    record["svf_max"] = float(np.sqrt((v.astype(np.float64) ** 2).sum(axis=0)).max())
+    with np.errstate(over="ignore"):  # a value above float16's 65504 becomes inf: measured, refused
+        stored = v.astype(out.dtype)
+    error = float(np.abs(stored.astype(np.float32) - v).max())
+    if not math.isfinite(error) or error > parameters.log_tol:
+        # the store cannot hold this SVF (float16 overflows, or rounds it by more than the
+        # logarithm's tolerance): refused rather than stored wrong
+        return {**record, "excluded": OUT_OF_RANGE}
+    record["float16_error"] = error
+    out[...] = stored
+    if info.residual_max > USABLE_RESIDUAL_MAX_VOX or info.residual_mean > USABLE_RESIDUAL_MEAN_VOX:
+        return {**record, "excluded": NOT_CONVERGED}
+    return {**record, "excluded": None}
 
 
 def _log_quiet(u: np.ndarray, parameters: ReferenceParameters):
@@ -142,9 +180,15 @@ class ReferencesSummary:
     pairs: int
     converged: int
     folded: int
-    residual_max: float  # worst max residual over converged-or-not, unfolded pairs (voxels)
+    residual_max: float  # worst max residual over the pairs with a logarithm (voxels)
     residual_mean: float  # mean of the per-pair mean residuals (voxels)
     seconds_per_pair: float  # wall time of this run / pairs computed in it
+    usable: int = 0  # pairs ReferenceStore.pairs() gives to training
+    excluded: dict[str, int] = field(default_factory=dict)  # pairs left out, per reason (EXCLUSION_REASONS)
+
+    @property
+    def usable_fraction(self) -> float:
+        return self.usable / self.pairs if self.pairs else float("nan")
 
 
 def _landmarks(workdir: Path, subject: str) -> np.ndarray:
@@ -190,6 +234,12 @@ def run_references(
     config_path = folder / "config.json"
     if config_path.is_file():
         previous = json.loads(config_path.read_text())
+        if previous.get("format", 1) != STORE_FORMAT:
+            raise ValueError(
+                f"{folder} was written by an older svfnet (store format {previous.get('format', 1)}, whose float16 "
+                f"SVFs could overflow to infinity; this one writes format {STORE_FORMAT}): it still reads, but new "
+                f"pairs are not mixed into it; remove {folder} to recompute"
+            )
         wanted = {key: value for key, value in asdict(parameters).items() if key != "moving_per_task"}
         if {key: previous.get(key) for key in wanted} != wanted:
             raise ValueError(
@@ -204,7 +254,7 @@ def run_references(
         raise ValueError(f"subjects have different landmark counts {by_count}: re-run `svfnet shapes`")
     first = read_prepared(workdir, subjects[0])
     shape, spacing = first.image.shape, first.spacing_mm
-    write_json(config_path, asdict(parameters))
+    write_json(config_path, {**asdict(parameters), "format": STORE_FORMAT})
 
     # A fixed subject is done when its record lists the same moving subjects, computed from the
     # same landmarks on the same grid (a re-run of the shapes stage or another subject list
@@ -256,7 +306,10 @@ def run_references(
                 entry = pending[fixed] = {"final": final, "partial": partial, "store": store,
                                           "records": [None] * len(movings),
                                           "remaining": sum(1 for owner in owners if owner[0] == fixed)}
-            entry["store"][start : start + len(chunk)] = outcome.value["svfs"]
+            svfs = outcome.value["svfs"]
+            if not np.isfinite(svfs).all():  # _reference() stores nothing non-finite; never let it reach a file
+                raise RuntimeError(f"references for fixed subject {fixed}: a task returned non-finite SVFs")
+            entry["store"][start : start + len(chunk)] = svfs
             entry["records"][start : start + len(chunk)] = outcome.value["records"]
             entry["remaining"] -= 1
             computed += len(chunk)
@@ -316,17 +369,47 @@ def _summary(folder: Path, subjects, done: int, skipped: int, elapsed: float, co
         path = folder / "pairs" / f"{fixed}.json"
         if path.is_file():
             records += json.loads(path.read_text())["pairs"]
-    unfolded = [r for r in records if not r["folds"]]
-    return ReferencesSummary(
+    reasons = [exclusion(r) for r in records]
+    with_log = [r for r in records if r["residual_max"] is not None and math.isfinite(r["residual_max"])]
+    summary = ReferencesSummary(
         fixed_done=done,
         fixed_skipped=skipped,
         pairs=len(records),
         converged=sum(1 for r in records if r["converged"]),
-        folded=len(records) - len(unfolded),
-        residual_max=max((r["residual_max"] for r in unfolded), default=float("nan")),
-        residual_mean=float(np.mean([r["residual_mean"] for r in unfolded])) if unfolded else float("nan"),
+        folded=reasons.count(FOLDED),
+        residual_max=max((r["residual_max"] for r in with_log), default=float("nan")),
+        residual_mean=float(np.mean([r["residual_mean"] for r in with_log])) if with_log else float("nan"),
         seconds_per_pair=elapsed / computed if computed else 0.0,
+        usable=reasons.count(None),
+        excluded={reason: reasons.count(reason) for reason in EXCLUSION_REASONS},
     )
+    left_out = ", ".join(f"{reason} {count}" for reason, count in summary.excluded.items() if count)
+    log.info("references: %d of %d pairs usable for training (%.1f%%)%s", summary.usable, summary.pairs,
+             100 * summary.usable_fraction if summary.pairs else 0.0, f"; left out: {left_out}" if left_out else "")
+    return summary
+
+
+def exclusion(record: dict[str, Any]) -> str | None:
+    """Why a pair's record leaves it out of training (one of :data:`EXCLUSION_REASONS`), or None.
+
+    Records of format 2 say it (``"excluded"``); for a store written before (format 1) it is
+    derived from the fields those records have, with the same limits, so that an old store reads
+    the same way (an SVF whose float16 storage overflowed, recorded with an infinite
+    ``float16_error``, is out of range).
+    """
+    if "excluded" in record:
+        return record["excluded"]
+    if record.get("folds"):
+        return FOLDED
+    residual_max, residual_mean = record.get("residual_max"), record.get("residual_mean")
+    if residual_max is None or residual_mean is None or not math.isfinite(residual_max + residual_mean):
+        return NON_FINITE
+    error = record.get("float16_error")
+    if error is not None and not math.isfinite(error):
+        return OUT_OF_RANGE
+    if residual_max > USABLE_RESIDUAL_MAX_VOX or residual_mean > USABLE_RESIDUAL_MEAN_VOX:
+        return NOT_CONVERGED
+    return None
 
 
 class ReferenceStore:
@@ -349,30 +432,50 @@ class ReferenceStore:
         return sorted(path.stem for path in (self.folder / "pairs").glob("*.json"))
 
     def records(self) -> list[dict[str, Any]]:
-        """Every pair's record: moving, fixed, residuals, folds, iterations, timings."""
-        return [{"fixed": fixed, **pair} for fixed in self.fixed_subjects() for pair in self._record(fixed)["pairs"]]
+        """Every pair's record: moving, fixed, ``excluded`` (why it is left out of training, or
+        None), residuals, folds, iterations, timings."""
+        return [
+            {"fixed": fixed, **pair, "excluded": exclusion(pair)}
+            for fixed in self.fixed_subjects()
+            for pair in self._record(fixed)["pairs"]
+        ]
 
-    def pairs(self, *, max_residual_vox: float | None = 1.0, max_mean_residual_vox: float = 0.05) -> list[tuple[str, str]]:
+    def pairs(self, *, max_residual_vox: float | None = USABLE_RESIDUAL_MAX_VOX,
+              max_mean_residual_vox: float = USABLE_RESIDUAL_MEAN_VOX) -> list[tuple[str, str]]:
         """(moving, fixed) pairs whose reference is usable for training.
 
-        A pair is left out when ``id + u`` folded (it has no logarithm), or when the logarithm's
-        residual ``|exp(v) − u|`` exceeds ``max_residual_vox`` anywhere (None: no limit) or
-        ``max_mean_residual_vox`` on average, both over the voxels that ``id + u`` maps into the
-        grid (elsewhere a warp reads the fill and no SVF reaches an outward stretch: see
-        :func:`svfnet.fields.log`).
+        A pair is left out when its record excludes it for anything but its residual: ``id + u``
+        folded (no logarithm), a value was non-finite, or the store could not hold the SVF (see
+        :data:`EXCLUSION_REASONS`); and when the logarithm's residual ``|exp(v) − u|`` exceeds
+        ``max_residual_vox`` anywhere (None: no limit) or ``max_mean_residual_vox`` on average, both
+        over the voxels that ``id + u`` maps into the grid (elsewhere a warp reads the fill and no
+        SVF reaches an outward stretch: see :func:`svfnet.fields.log`). With the default limits
+        these are exactly the pairs whose record has ``excluded: null``.
         """
         return [
             (r["moving"], r["fixed"])
             for r in self.records()
-            if not r["folds"]
+            if r["excluded"] in (None, NOT_CONVERGED)
             and (max_residual_vox is None or r["residual_max"] <= max_residual_vox)
             and r["residual_mean"] <= max_mean_residual_vox
         ]
 
     def svf(self, moving: str, fixed: str) -> np.ndarray:
-        """The reference SVF of (moving, fixed), float32 ``(3, I, J, K)`` in voxels of the fixed grid."""
+        """The reference SVF of (moving, fixed), float32 ``(3, I, J, K)`` in voxels of the fixed grid.
+
+        Raises:
+            KeyError: no such pair.
+            ValueError: the stored SVF holds non-finite values (a store written before format 2,
+                where float16 could overflow; :meth:`pairs` leaves such pairs out).
+        """
         try:
             index = self._record(fixed)["moving"].index(moving)
         except (FileNotFoundError, ValueError):
             raise KeyError(f"no reference for moving {moving!r}, fixed {fixed!r}") from None
-        return np.asarray(self._svfs(fixed)[index], dtype=np.float32)
+        svf = np.asarray(self._svfs(fixed)[index], dtype=np.float32)
+        if not np.isfinite(svf).all():
+            raise ValueError(
+                f"the reference SVF of moving {moving!r}, fixed {fixed!r} in {self.folder} holds non-finite values "
+                "(written by an older svfnet): remove the folder and run `svfnet references` again"
+            )
+        return svf

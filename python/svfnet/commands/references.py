@@ -52,6 +52,10 @@ def run(args: argparse.Namespace) -> int:
         f"{summary.fixed_skipped} already done); {summary.converged} reached the tolerance, "
         f"{summary.folded} folded"
     )
+    if summary.pairs:
+        left_out = ", ".join(f"{reason} {count}" for reason, count in summary.excluded.items() if count) or "none"
+        print(f"  usable for training: {summary.usable} of {summary.pairs} ({100 * summary.usable_fraction:.1f}%); "
+              f"left out: {left_out}")
     if not math.isnan(summary.residual_mean):
         print(f"  logarithm residual (voxels mapped into the grid): mean {summary.residual_mean:.4f} voxel, "
               f"worst max {summary.residual_max:.3f} voxel")
