@@ -1,11 +1,13 @@
 """Training: the loss falls and Dice beats identity; a killed run resumes to the same weights;
-torchrun trains data-parallel with identical ranks."""
+torchrun trains data-parallel with identical ranks; broken pairs are refused and named, and a
+non-finite loss, gradient, weight or prediction stops the run keeping the last good checkpoint."""
 
 from __future__ import annotations
 
 import csv
 import dataclasses
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -179,3 +181,222 @@ def test_the_checkpoint_records_how_the_long_axis_was_found(workdir):
     path.write_text(json.dumps(record))
     result = train(workdir, TrainConfig(steps=1, batch_size=1, model=SMALL), run="axis", progress=False)
     assert load(result.checkpoint).config.long_axis == "labels"
+
+
+# -------------------------------------------------------------------------------- poisoned data and steps
+def poison_reference(workdir: Path, fixed: str, moving: str, edit) -> None:
+    """Edits one stored reference SVF in place: ``edit(svf)`` on its float16 ``(3, I, J, K)`` array."""
+    import json
+
+    folder = workdir / "references"
+    index = json.loads((folder / "pairs" / f"{fixed}.json").read_text())["moving"].index(moving)
+    stored = np.load(folder / "svf" / f"{fixed}.npy")
+    edit(stored[index])
+    np.save(folder / "svf" / f"{fixed}.npy", stored)
+
+
+def refusals(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "svfnet.train" and "refused" in r.getMessage()]
+
+
+def test_broken_reference_pairs_are_refused_named_once_and_training_goes_on(workdir, caplog, monkeypatch):
+    """inf (a float16 overflow), NaN and a 500-voxel value near the heart are refused, each pair
+    named once with its reason; a 500-voxel value where the heart mask does not count is kept under
+    the heart mask and refused when the whole grid counts. Nothing refused reaches the loss."""
+    import svfnet.train as train_module
+    from svfnet.train import ReferenceTargets, heart_mask
+
+    cohort = Cohort.load(workdir, ["s0", "s1", "s2", "s3"])
+    near = tuple(np.argwhere(cohort.labels[2] == 2)[0])  # fixed s2's myocardium
+    far = tuple(np.argwhere(~heart_mask(cohort.labels[3]))[0])  # fixed s3, outside its heart mask
+    poison_reference(workdir, "s0", "s1", lambda v: v.__setitem__((0, 1, 2, 0), np.inf))  # float16 overflow
+    poison_reference(workdir, "s1", "s0", lambda v: v.__setitem__((2, 5, 5, 1), np.nan))
+    poison_reference(workdir, "s2", "s0", lambda v: v.__setitem__((0, *near), 500.0))
+    poison_reference(workdir, "s3", "s0", lambda v: v.__setitem__((1, *far), 500.0))
+
+    largest_target = []
+    real_loss = train_module.masked_mse
+
+    def spy(prediction, target, weights):  # the largest target where the loss counts
+        largest_target.append(float((target.abs() * (weights > 0)).max()))
+        return real_loss(prediction, target, weights)
+
+    monkeypatch.setattr(train_module, "masked_mse", spy)
+    caplog.set_level("WARNING", logger="svfnet.train")
+    config = TrainConfig(steps=6, batch_size=2, shift_vox=1, validate_every=3, checkpoint_every=3,
+                         validation_pairs=6, loss_mask="heart", model=SMALL)
+    result = train(workdir, config, progress=False)
+    messages = refusals(caplog)
+    assert len(messages) == 3, messages  # once a pair, though the pairs also serve validation here
+    # (the store itself may refuse to return non-finite values: then its words are the reason)
+    assert any("moving s1, fixed s0" in m and "non-finite values" in m for m in messages), messages
+    assert any("moving s0, fixed s1" in m and "non-finite values" in m for m in messages), messages
+    assert any("moving s0, fixed s2" in m and "|v_i| up to 500 voxels where the loss counts" in m
+               and "beyond the grid's 16 along axis i" in m for m in messages), messages
+    with (workdir / "models" / "svfnet" / "refused.csv").open() as handle:
+        listed = {(r["moving"], r["fixed"]) for r in csv.DictReader(handle)}
+    assert listed == {("s1", "s0"), ("s0", "s1"), ("s0", "s2")}
+    # the refused targets never reached the loss (training or validation); training went on
+    # (inf or NaN anywhere would show here: inf × 0 is NaN)
+    assert largest_target and all(np.isfinite(largest_target)) and max(largest_target) < 16, largest_target
+    rows = read_log(workdir / "models" / "svfnet" / "log.csv")
+    assert [int(r["step"]) for r in rows] == list(range(1, 7))
+    assert all(np.isfinite(float(r["loss"])) and not r["error"] for r in rows)
+    assert np.isfinite(float(rows[-1]["val_dice"]))
+    assert result.step == 6 and all(torch.isfinite(t).all() for t in load(result.checkpoint).state_dict().values())
+    # counting the whole grid, the value far from the heart counts too: that pair is refused as well
+    whole = ReferenceTargets(workdir, cohort, loss_mask="none", log_refused=False)
+    assert {(m, f) for m, f, _ in whole.refused} == {("s1", "s0"), ("s0", "s1"), ("s0", "s2"), ("s0", "s3")}
+    assert "|v_j| up to 500 voxels on the grid" in dict(((m, f), why) for m, f, why in whole.refused)[("s0", "s3")]
+
+
+def test_every_pair_refused_is_a_clear_error_before_training(workdir):
+    for fixed, movings in {"s0": ["s1", "s2", "s3"], "s1": ["s0"], "s2": ["s0"], "s3": ["s0"]}.items():
+        for moving in movings:
+            poison_reference(workdir, fixed, moving, lambda v: v.__setitem__((0, 0, 0, 0), np.inf))
+    with pytest.raises(ValueError, match=r"all 6 reference pairs offered were refused \(\(s1, s0\): its reference SVF "
+                                         r".*non-finite values"):
+        train(workdir, TrainConfig(steps=2, batch_size=1, model=SMALL), progress=False)
+    assert not (workdir / "models" / "svfnet" / "checkpoint.pt").exists()
+    assert not (workdir / "models" / "svfnet" / "log.csv").exists()
+
+
+def test_a_non_finite_image_refuses_its_pairs(workdir, caplog):
+    from svfnet.train import RandomTargets, ReferenceTargets
+
+    cohort = Cohort.load(workdir, ["s0", "s1", "s2", "s3"])
+    images = cohort.images.copy()
+    images[3, 4, 4, 1] = np.nan
+    cohort = dataclasses.replace(cohort, images=images)
+    caplog.set_level("WARNING", logger="svfnet.train")
+    references = ReferenceTargets(workdir, cohort)
+    assert {(m, f) for m, f, _ in references.refused} == {("s0", "s3"), ("s3", "s0")}
+    assert all(why == "the image of 's3' has 1 non-finite values" for _, _, why in references.refused)
+    assert len(references.pairs) == 4 and 3 not in np.array(references.pairs)
+    random = RandomTargets(cohort, 1.0, 4.0)
+    assert random.refused == [("s3", "the image of 's3' has 1 non-finite values")]
+    drawn = random.sample(np.random.default_rng(0), 8)
+    assert np.isfinite(drawn.moving).all() and np.isfinite(drawn.fixed).all()
+    assert len(refusals(caplog)) == 3
+
+
+@pytest.mark.parametrize("poison", ["loss", "gradient", "weights"])
+def test_a_non_finite_step_stops_the_run_and_keeps_the_last_good_checkpoint(workdir, monkeypatch, poison):
+    """A NaN loss (step 5), a NaN gradient with a finite loss (step 5), or a NaN weight after an
+    optimiser step (step 6, caught before its checkpoint): the run stops naming the step, its log
+    row says why, and checkpoint.pt is the one of step 3, finite, loadable."""
+    import svfnet.train as train_module
+    from svfnet.train import TrainingDiverged
+
+    calls = {"loss": 0, "step": 0}
+    real_loss, real_step = train_module.masked_mse, torch.optim.Adam.step
+
+    def poisoned_loss(prediction, target, weights):
+        calls["loss"] += 1
+        loss = real_loss(prediction, target, weights)
+        if calls["loss"] == 5 and poison == "loss":
+            return loss * float("nan")
+        if calls["loss"] == 5 and poison == "gradient":  # value unchanged, gradient 0 * inf = NaN
+            return loss + 0 * torch.sqrt((prediction - prediction.detach()).abs().sum())
+        return loss
+
+    def poisoned_step(self, *args, **kwargs):
+        result = real_step(self, *args, **kwargs)
+        calls["step"] += 1
+        if calls["step"] == 6 and poison == "weights":
+            with torch.no_grad():
+                self.param_groups[0]["params"][0].view(-1)[0] = float("nan")
+        return result
+
+    monkeypatch.setattr(train_module, "masked_mse", poisoned_loss)
+    monkeypatch.setattr(torch.optim.Adam, "step", poisoned_step)
+    config = TrainConfig(steps=8, batch_size=1, checkpoint_every=3, validate_every=100, model=SMALL)
+    failing = {"loss": 5, "gradient": 5, "weights": 6}[poison]
+    why = {"loss": "the loss is nan", "gradient": r"the gradient of '[\w.]+' has \d+ non-finite values",
+           "weights": r"the model's '[\w.]+' has 1 non-finite values"}[poison]
+    with pytest.raises(TrainingDiverged, match=rf"stopped at step {failing}: {why}.*the last good checkpoint, step 3, "
+                                               "is kept"):
+        train(workdir, config, progress=False)
+    checkpoint = workdir / "models" / "svfnet" / "checkpoint.pt"
+    saved = torch.load(checkpoint, weights_only=True)
+    assert saved["step"] == 3
+    assert all(torch.isfinite(tensor).all() for tensor in saved["model"].values())
+    assert load(checkpoint) is not None
+    rows = read_log(workdir / "models" / "svfnet" / "log.csv")
+    assert [int(r["step"]) for r in rows] == list(range(1, failing + 1))
+    assert all(not r["error"] for r in rows[:-1])
+    assert re.match(why, rows[-1]["error"]), rows[-1]
+    if poison == "loss":
+        assert rows[-1]["loss"] == "nan"
+
+
+def test_a_stopped_run_is_one_clear_line_on_the_command_line(workdir, monkeypatch, capsys):
+    import svfnet.train as train_module
+    from svfnet.cli import main
+
+    real_loss = train_module.masked_mse
+    monkeypatch.setattr(train_module, "masked_mse", lambda *args: real_loss(*args) * float("inf"))
+    assert main(["train", str(workdir), "--no-progress", "--steps", "3", "--batch-size", "1",
+                 "--widths", "8", "16", "16", "16"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0 and "Traceback" not in error
+    assert error.startswith("svfnet train: error: training stopped at step 1: the loss is inf"), error
+    assert "no checkpoint was written before it (the first was due at step 50)" in error
+
+
+def test_validation_never_takes_exp_of_a_non_finite_prediction(workdir, monkeypatch):
+    """validate() says the prediction is not finite (never exp()'s error from deep inside); in
+    training that stops the run at the validation's step and keeps the checkpoint before it."""
+    from svfnet.model import SVFNet
+    from svfnet.train import ReferenceTargets, TrainingDiverged, validate
+
+    cohort = Cohort.load(workdir, ["s0", "s1", "s2", "s3"])
+    batch = ReferenceTargets(workdir, cohort).validation(3)
+    model = SVFNet(SMALL)
+    with torch.no_grad():
+        next(model.parameters()).view(-1)[0] = float("nan")
+    with pytest.raises(TrainingDiverged, match=r"validate\(\): the network's prediction on the 3 validation pairs has "
+                                               r"\d+ non-finite values") as raised:
+        validate(model, batch, torch.device("cpu"), "heart")
+    assert "exp()" not in str(raised.value) and model.training  # left as it was found
+
+    real_forward = SVFNet.forward
+    monkeypatch.setattr(SVFNet, "forward",
+                        lambda self, pair: real_forward(self, pair) * (1.0 if self.training else float("inf")))
+    config = TrainConfig(steps=6, batch_size=1, validate_every=3, checkpoint_every=2, model=SMALL)
+    with pytest.raises(TrainingDiverged, match=r"stopped at step 3: validate\(\): .* non-finite values .* the last "
+                                               "good checkpoint, step 2, is kept"):
+        train(workdir, config, progress=False)
+    assert torch.load(workdir / "models" / "svfnet" / "checkpoint.pt", weights_only=True)["step"] == 2
+    assert "non-finite" in read_log(workdir / "models" / "svfnet" / "log.csv")[-1]["error"]
+
+
+def test_non_finite_or_negative_settings_are_refused_up_front(workdir, capsys):
+    from svfnet.cli import main
+
+    for name, value in [("learning_rate", float("nan")), ("learning_rate", float("inf")), ("learning_rate", -1e-3),
+                        ("random_amplitude_vox", float("nan")), ("random_smoothness_vox", float("inf"))]:
+        with pytest.raises(ValueError, match=rf"'{name}' must be a finite number > 0, got {value!r}"):
+            TrainConfig(**{name: value})
+    for name, value in [("seed", -1), ("shift_vox", 1.5), ("shift_vox", -2)]:
+        with pytest.raises(ValueError, match=rf"'{name}' must be an integer >= 0"):
+            TrainConfig(**{name: value})
+    for flag, value, wanted in [("--lr", "nan", "a finite number > 0"), ("--lr", "inf", "a finite number > 0"),
+                                ("--lr", "0", "a finite number > 0"), ("--seed", "-1", "an integer >= 0"),
+                                ("--steps", "0", "a positive integer"), ("--shift", "-1", "an integer >= 0")]:
+        with pytest.raises(SystemExit) as exited:
+            main(["train", str(workdir), "--no-progress", flag, value])
+        assert exited.value.code == 2
+        assert f"argument {flag}: must be {wanted}, got '{value}'" in capsys.readouterr().err
+    assert not (workdir / "models").exists()  # refused before any work
+
+
+def test_a_checkpoint_with_non_finite_weights_is_not_resumed(workdir):
+    config = TrainConfig(steps=1, batch_size=1, model=SMALL)
+    path = train(workdir, config, run="r", progress=False).checkpoint
+    saved = torch.load(path, weights_only=True)
+    name = next(iter(saved["model"]))
+    saved["model"][name].view(-1)[0] = float("nan")
+    torch.save(saved, path)
+    with pytest.raises(ValueError, match=rf"cannot be resumed: the model's '{name}' has 1 non-finite values"):
+        train(workdir, dataclasses.replace(config, steps=2), run="r", resume=True, progress=False)

@@ -14,6 +14,13 @@ Everything needed to continue is checkpointed atomically every ``checkpoint_ever
 (model, optimiser, step, every rank's sampling RNG), so ``resume=True`` after a kill reaches the
 same weights as an uninterrupted run. Under ``torchrun`` the same call trains data-parallel
 (DistributedDataParallel; gloo on CPU, nccl on GPU); rank 0 validates and writes.
+
+Nothing non-finite reaches the loss, and nothing non-finite reaches a checkpoint: every pair is
+checked once when the pairs are indexed (finite images, a finite target within
+:func:`target_problem`'s bound where the loss counts), and refused pairs are logged by name with
+the reason; a non-finite loss, gradient, weight or validation prediction stops the run with
+:class:`TrainingDiverged` naming the step, before the optimiser step and before any checkpoint, so
+the checkpoint on disk stays the last good one.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import csv
 import dataclasses
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Callable
@@ -39,7 +47,10 @@ from svfnet.model import SVFNet, SVFNetConfig, check_grid, read_checkpoint, save
 from svfnet.split import subject_split
 from svfnet.workdir import REGIONS, WorkDir, read_prepared
 
-__all__ = ["Cohort", "RandomTargets", "ReferenceTargets", "TrainConfig", "TrainResult", "dice_per_region", "train"]
+__all__ = [
+    "Cohort", "RandomTargets", "ReferenceTargets", "TrainConfig", "TrainResult", "TrainingDiverged", "dice_per_region",
+    "heart_mask", "target_problem", "train",
+]
 
 log = logging.getLogger(__name__)
 
@@ -87,14 +98,20 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"TrainConfig: '{name}' must be a positive integer, got {value!r}")
-        if not self.learning_rate > 0:
-            raise ValueError(f"TrainConfig: 'learning_rate' must be > 0, got {self.learning_rate!r}")
+        # NaN passes no comparison and inf passes "> 0": both would reach Adam and poison the
+        # weights at the first step, so every real-valued parameter must be finite
+        for name in ("learning_rate", "random_amplitude_vox", "random_smoothness_vox"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                raise ValueError(f"TrainConfig: '{name}' must be a finite number > 0, got {value!r}")
+        for name in ("shift_vox", "seed"):  # the seed seeds NumPy, which takes no negative seed
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"TrainConfig: '{name}' must be an integer >= 0, got {value!r}")
         if self.targets not in ("references", "random"):
             raise ValueError(f"TrainConfig: 'targets' must be 'references' or 'random', got {self.targets!r}")
         if self.loss_mask not in ("none", "heart"):
             raise ValueError(f"TrainConfig: 'loss_mask' must be 'none' or 'heart', got {self.loss_mask!r}")
-        if self.shift_vox < 0:
-            raise ValueError(f"TrainConfig: 'shift_vox' must be >= 0, got {self.shift_vox!r}")
 
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)
@@ -137,6 +154,15 @@ class Cohort:
     def grid(self) -> tuple[int, int, int]:
         return tuple(self.images.shape[1:])
 
+    def image_problems(self) -> dict[int, str]:
+        """Subjects (by index) whose image cannot be a network input, with the reason."""
+        problems = {}
+        for n, image in enumerate(self.images):
+            bad = int(np.count_nonzero(~np.isfinite(image)))
+            if bad:
+                problems[n] = f"the image of {self.ids[n]!r} has {bad} non-finite values"
+        return problems
+
 
 @dataclass
 class Batch:
@@ -149,34 +175,119 @@ class Batch:
     fixed_labels: np.ndarray
 
 
+def heart_mask(labels: np.ndarray) -> np.ndarray:
+    """Where ``loss_mask="heart"`` counts the loss: ``labels > 0`` dilated by 3 voxels in plane and
+    1 slice. ``labels`` is ``(..., I, J, K)``; the mask has its shape."""
+    structure = np.ones((1,) * (labels.ndim - 3) + (7, 7, 3), bool)
+    return binary_dilation(labels > 0, structure=structure)
+
+
+def target_problem(svf: np.ndarray, counted: np.ndarray | None = None) -> str | None:
+    """Why a target SVF ``(3, I, J, K)`` (voxels) cannot be trained on, or None where it can.
+
+    Refused:
+      - any non-finite value, anywhere on the grid: the loss mask does not protect from it,
+        since ``inf × 0`` and ``NaN × 0`` are NaN (float16 stores overflow to inf above 65504);
+      - a component beyond the grid's size along its axis, ``|v_a(x)| > n_a`` (64, 64 and 16
+        voxels on the default grid), at a voxel ``x`` where the loss counts (``counted``, a
+        ``(I, J, K)`` bool mask; None: the whole grid).
+
+    Why that bound: held for the unit time of ``exp``, a velocity of ``n_a`` voxels carries a
+    point the whole length of the grid along axis ``a``; from wherever it starts, it ends outside
+    the grid, where the moving image shows nothing. Such a target relates nothing the two images
+    hold: it comes from a spline extrapolating far from its landmarks or a logarithm gone astray
+    (issue 13: stored SVFs reached 492 voxels on a 64-voxel grid), and its square outweighs the
+    rest of the loss (one 492-voxel error weighs as much as 240,000 errors of one voxel). The bound
+    is deliberately loose: a guard against broken references, not a quality criterion (the
+    store's residual checks are that). It is checked only where the loss counts because elsewhere
+    a finite target never reaches the loss nor its gradient (its weight is 0): under the default
+    heart mask a spline's large values at the grid's corners do not cost a pair.
+    """
+    bad = int(np.count_nonzero(~np.isfinite(svf)))
+    if bad:
+        return f"{bad} non-finite values (of {svf.size})"
+    for axis, size in enumerate(svf.shape[1:]):
+        component = np.abs(svf[axis] if counted is None else svf[axis][counted])
+        largest = float(component.max()) if component.size else 0.0
+        if largest > size:
+            where = "on the grid" if counted is None else "where the loss counts"
+            return f"|v_{'ijk'[axis]}| up to {largest:.4g} voxels {where}, beyond the grid's {size} along axis {'ijk'[axis]}"
+    return None
+
+
 class ReferenceTargets:
     """Pairs of subjects with reference SVFs from the references stage."""
 
-    def __init__(self, workdir: str | Path, cohort: Cohort, *, involving: tuple[str, ...] | None = None) -> None:
+    def __init__(
+        self,
+        workdir: str | Path,
+        cohort: Cohort,
+        *,
+        involving: tuple[str, ...] | None = None,
+        loss_mask: str = "none",
+        log_refused: bool = True,
+    ) -> None:
         """Pairs of ``cohort`` subjects with a usable reference; with ``involving``, only the pairs
-        with at least one of those subjects (validation pairs when few subjects are held out)."""
+        with at least one of those subjects (validation pairs when few subjects are held out).
+
+        Every pair the store offers is checked here, once (the store is memory-mapped: this reads
+        each SVF once): its images must be finite and its SVF pass :func:`target_problem` where
+        ``loss_mask`` counts the loss. Refused pairs are left out, listed in ``refused`` as
+        ``(moving, fixed, reason)`` and, with ``log_refused``, logged as warnings, one a pair.
+        ValueError where the store offers no pair, or where every pair is refused.
+        """
         from svfnet.references import ReferenceStore
 
         self.cohort = cohort
         self.store = ReferenceStore(workdir)
         index = {subject_id: n for n, subject_id in enumerate(cohort.ids)}
-        self.pairs = [
+        offered = [
             (index[m], index[f])
             for m, f in self.store.pairs()
             if m in index and f in index and (involving is None or m in involving or f in involving)
         ]
-        if not self.pairs:
+        if not offered:
             raise ValueError(
                 f"no reference SVFs between the subjects {list(cohort.ids)[:4]}...: run `svfnet references` first "
                 "(or train with targets='random')"
             )
-        m, f = self.pairs[0]
-        stored = tuple(self.store.svf(cohort.ids[m], cohort.ids[f]).shape)
-        if stored != (3, *cohort.grid):
+        image_problems = cohort.image_problems()
+        counted = heart_mask(cohort.labels) if loss_mask == "heart" else None
+        self.pairs: list[tuple[int, int]] = []
+        self.refused: list[tuple[str, str, str]] = []
+        for m, f in offered:
+            problem = image_problems.get(m) or image_problems.get(f)
+            if problem is None:
+                try:
+                    svf = self.store.svf(cohort.ids[m], cohort.ids[f])
+                except ValueError as error:  # a store that refuses to return what it holds says why
+                    self._refuse(m, f, f"its reference SVF cannot be read: {error}", log_refused)
+                    continue
+                if tuple(svf.shape) != (3, *cohort.grid):
+                    raise ValueError(
+                        f"the reference SVFs are {tuple(svf.shape)}, the prepared subjects' grid {cohort.grid}: the "
+                        "work folder was prepared again since `svfnet references` ran; run it again"
+                    )
+                problem = target_problem(svf, None if counted is None else counted[f])
+                if problem is not None:
+                    problem = f"its reference SVF has {problem}"
+            if problem is None:
+                self.pairs.append((m, f))
+            else:
+                self._refuse(m, f, problem, log_refused)
+        if not self.pairs:
+            examples = "; ".join(f"({m}, {f}): {why}" for m, f, why in self.refused[:3])
             raise ValueError(
-                f"the reference SVFs are {stored}, the prepared subjects' grid {cohort.grid}: the work folder "
-                "was prepared again since `svfnet references` ran; run it again"
+                f"all {len(self.refused)} reference pairs offered were refused ({examples}"
+                f"{'; ...' if len(self.refused) > 3 else ''}): no pair left to use; recompute the references "
+                "(`svfnet references`) or check the prepared images"
             )
+
+    def _refuse(self, moving: int, fixed: int, problem: str, log_refused: bool) -> None:
+        moving_id, fixed_id = self.cohort.ids[moving], self.cohort.ids[fixed]
+        self.refused.append((moving_id, fixed_id, problem))
+        if log_refused:
+            log.warning("pair (moving %s, fixed %s) refused for training: %s", moving_id, fixed_id, problem)
 
     def batch(self, pair_indices) -> Batch:
         moving, fixed = zip(*(self.pairs[p] for p in pair_indices), strict=True)
@@ -211,8 +322,17 @@ def random_svf(rng: np.random.Generator, grid, spacing_mm, amplitude_vox: float,
 class RandomTargets:
     """Pairs (subject, subject warped by exp(v)) with target v, v a smooth random SVF."""
 
-    def __init__(self, cohort: Cohort, amplitude_vox: float, smoothness_vox: float) -> None:
+    def __init__(self, cohort: Cohort, amplitude_vox: float, smoothness_vox: float, *, log_refused: bool = True) -> None:
+        """Subjects whose image is not finite are left out (``refused``: ``(subject, reason)``)."""
         self.cohort, self.amplitude_vox, self.smoothness_vox = cohort, amplitude_vox, smoothness_vox
+        problems = cohort.image_problems()
+        self.subjects = np.array([n for n in range(len(cohort.ids)) if n not in problems], dtype=np.int64)
+        self.refused = [(cohort.ids[n], problem) for n, problem in problems.items()]
+        if log_refused:
+            for subject, problem in self.refused:
+                log.warning("subject %s refused for training: %s", subject, problem)
+        if not len(self.subjects):
+            raise ValueError(f"every subject was refused ({'; '.join(p for _, p in self.refused[:3])}): nothing to train on")
 
     def _pairs(self, rng: np.random.Generator, subjects) -> Batch:
         c = self.cohort
@@ -226,11 +346,11 @@ class RandomTargets:
         return Batch(moving, fixed, target, labels, fixed_labels)
 
     def sample(self, rng: np.random.Generator, size: int) -> Batch:
-        return self._pairs(rng, rng.integers(0, len(self.cohort.ids), size=size))
+        return self._pairs(rng, self.subjects[rng.integers(0, len(self.subjects), size=size)])
 
     def validation(self, count: int) -> Batch:
         rng = np.random.default_rng(12345)
-        return self._pairs(rng, np.arange(count) % len(self.cohort.ids))
+        return self._pairs(rng, self.subjects[np.arange(count) % len(self.subjects)])
 
 
 def shift_in_plane(batch: Batch, shifts: np.ndarray) -> Batch:
@@ -278,6 +398,13 @@ class TrainResult:
     step: int
 
 
+class TrainingDiverged(ValueError):
+    """Training met a non-finite loss, gradient, weight or prediction and stopped.
+
+    A ValueError (the command line reports it in one line, no traceback); the checkpoint on disk,
+    if any, is the last one written before, never the poisoned state.
+    """
+
 
 @dataclass(frozen=True)
 class _Dist:
@@ -318,8 +445,7 @@ def _inputs(batch: Batch, device: torch.device) -> tuple[torch.Tensor, torch.Ten
 def _loss_weights(batch: Batch, mask: str, device: torch.device) -> torch.Tensor | None:
     if mask == "none":
         return None
-    heart = binary_dilation(batch.fixed_labels > 0, structure=np.ones((1, 7, 7, 3), bool))
-    return torch.from_numpy(heart[:, None].astype(np.float32)).to(device)
+    return torch.from_numpy(heart_mask(batch.fixed_labels)[:, None].astype(np.float32)).to(device)
 
 
 def masked_mse(prediction: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
@@ -332,20 +458,82 @@ def masked_mse(prediction: torch.Tensor, target: torch.Tensor, weights: torch.Te
 
 def validate(model: SVFNet, batch: Batch, device: torch.device, loss_mask: str = "none") -> dict[str, float]:
     """Validation loss (with the training's ``loss_mask``) and mean Dice (moving labels warped by
-    exp of the prediction) vs identity."""
+    exp of the prediction) vs identity.
+
+    Raises :class:`TrainingDiverged` where the prediction or the loss is not finite (a NaN field
+    has no exponential): the model is broken, and no Dice can say how much.
+    """
     model.eval()
-    with torch.no_grad():
-        pair, target = _inputs(batch, device)
-        prediction = model(pair)
-        loss = float(masked_mse(prediction, target, _loss_weights(batch, loss_mask, device)))
-        disp = fields.exp(prediction.float().cpu())
-    model.train()
+    try:
+        with torch.no_grad():
+            pair, target = _inputs(batch, device)
+            prediction = model(pair).float()
+            bad = int((~torch.isfinite(prediction)).sum())
+            if bad:
+                raise TrainingDiverged(
+                    f"validate(): the network's prediction on the {len(pair)} validation pairs has {bad} non-finite "
+                    f"values (of {prediction.numel()}): the model's weights or activations overflowed"
+                )
+            loss = float(masked_mse(prediction, target, _loss_weights(batch, loss_mask, device)))
+            if not math.isfinite(loss):
+                raise TrainingDiverged(f"validate(): the validation loss is {loss} (the prediction reaches "
+                                       f"{float(prediction.abs().max()):.3g} voxels)")
+            disp = fields.exp(prediction.cpu())
+    finally:
+        model.train()
     warped = fields.warp_labels(batch.moving_labels, disp.numpy(), mode="onehot")
     dice = [np.mean(list(dice_per_region(w, f).values())) for w, f in zip(warped, batch.fixed_labels, strict=True)]
     identity = [
         np.mean(list(dice_per_region(m, f).values())) for m, f in zip(batch.moving_labels, batch.fixed_labels, strict=True)
     ]
     return {"val_loss": loss, "val_dice": float(np.mean(dice)), "identity_dice": float(np.mean(identity))}
+
+
+def _step_problem(loss: torch.Tensor, model: SVFNet, where: _Dist) -> str | None:
+    """Why this step must not be taken (a non-finite loss or gradient), or None; after backward.
+
+    Under torchrun every process reaches the same answer (the gradients are already averaged, and
+    the loss flags are summed), so that all stop together instead of leaving one waiting.
+    """
+    gradients = [(name, p.grad) for name, p in model.named_parameters() if p.grad is not None]
+    gradients_finite = torch.stack([torch.isfinite(g).all() for _, g in gradients]).all()  # one sync, below
+    flags = torch.stack([~torch.isfinite(loss.detach()), ~gradients_finite]).float()
+    if where.world > 1:
+        local_loss_bad = bool(flags[0])
+        dist.all_reduce(flags)
+    else:
+        local_loss_bad = None
+    loss_bad, gradient_bad = (bool(flag) for flag in flags.tolist())
+    if loss_bad:
+        if local_loss_bad is False:
+            return "the loss is not finite on another process"
+        return f"the loss is {float(loss.detach())}"
+    if gradient_bad:
+        for name, gradient in gradients:  # the first one, named
+            bad = int((~torch.isfinite(gradient)).sum())
+            if bad:
+                return f"the gradient of '{name}' has {bad} non-finite values (of {gradient.numel()})"
+        return "a gradient is not finite on another process"
+    return None
+
+
+def _any_process(problem: str | None, where: _Dist) -> str | None:
+    """``problem`` from this process, or a note that another process found one (collective)."""
+    if where.world == 1:
+        return problem
+    flag = torch.tensor([problem is not None], dtype=torch.float32, device=where.device)
+    dist.all_reduce(flag)
+    return problem or ("another process stopped" if bool(flag.item()) else None)
+
+
+def _state_problem(model: SVFNet) -> str | None:
+    """A weight or buffer of the model that is not finite, or None."""
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point():
+            bad = int((~torch.isfinite(tensor)).sum())
+            if bad:
+                return f"the model's '{name}' has {bad} non-finite values (of {tensor.numel()})"
+    return None
 
 
 def _prepared_long_axis(workdir: str | Path, subject_id: str) -> str:
@@ -409,7 +597,15 @@ def train(
     Returns:
         The checkpoint's path and this process's trained model.
 
-    Outputs in ``WORKDIR/models/<run>/``: ``checkpoint.pt`` (latest), ``config.json``, ``log.csv``.
+    Raises:
+        ValueError: bad input, found before the first step; among them, every pair refused
+            (non-finite images or reference SVFs, or an SVF beyond :func:`target_problem`'s bound).
+        TrainingDiverged: a non-finite loss, gradient, weight or validation prediction, naming the
+            step; that step is not applied, its ``log.csv`` row says why, and ``checkpoint.pt``
+            stays the last one written before.
+
+    Outputs in ``WORKDIR/models/<run>/``: ``checkpoint.pt`` (latest), ``config.json``, ``log.csv``,
+    ``refused.csv`` (pairs left out, with the reason).
     """
     folder = run_folder(workdir, run)
     checkpoint_path, config_path, log_path = folder / "checkpoint.pt", folder / "config.json", folder / "log.csv"
@@ -445,21 +641,33 @@ def train(
             long_axis=_prepared_long_axis(workdir, train_cohort.ids[0]),
         ),
     )
+    # every pair is checked here, once; refused ones are logged (by rank 0) and never drawn
     if config.targets == "references":
-        source = ReferenceTargets(workdir, train_cohort)
+        source = ReferenceTargets(workdir, train_cohort, loss_mask=config.loss_mask, log_refused=where.main)
         # validation pairs: every pair with a validation subject on either side
         validation_source = (
-            ReferenceTargets(workdir, Cohort.load(workdir, split.train + split.val), involving=split.val)
+            ReferenceTargets(workdir, Cohort.load(workdir, split.train + split.val), involving=split.val,
+                             loss_mask=config.loss_mask, log_refused=where.main)
             if split.val
             else source
         )
+        refused = [(m, f, "training", why) for m, f, why in source.refused]
+        if validation_source is not source:
+            refused += [(m, f, "validation", why) for m, f, why in validation_source.refused]
     else:
-        source = RandomTargets(train_cohort, config.random_amplitude_vox, config.random_smoothness_vox)
+        source = RandomTargets(train_cohort, config.random_amplitude_vox, config.random_smoothness_vox,
+                               log_refused=where.main)
         validation_source = RandomTargets(
             Cohort.load(workdir, split.val) if split.val else train_cohort,
             config.random_amplitude_vox,
             config.random_smoothness_vox,
+            log_refused=where.main and bool(split.val),
         )
+        refused = [(subject, subject, "training", why) for subject, why in source.refused]
+        if split.val:
+            refused += [(subject, subject, "validation", why) for subject, why in validation_source.refused]
+    if where.main:
+        _write_refused(folder / "refused.csv", refused)
     validation_batch = validation_source.validation(config.validation_pairs) if where.main else None
 
     torch.manual_seed(config.seed)
@@ -476,6 +684,9 @@ def train(
             raise ValueError(f"{checkpoint_path} was written by {len(states)} processes, resumed with {where.world}")
         rng.bit_generator.state = json.loads(states[where.rank])
         torch.set_rng_state(saved["torch_rng"])
+        broken = _state_problem(model)
+        if broken:  # written before checkpoints were checked
+            raise ValueError(f"{checkpoint_path} cannot be resumed: {broken}; start another run")
     trained = torch.nn.parallel.DistributedDataParallel(model) if where.world > 1 else model
 
     writer = _Log(log_path, step, tensorboard) if where.main else None
@@ -487,6 +698,7 @@ def train(
 
         bar = tqdm(total=config.steps, initial=step, desc="train", unit="step")
     started = time.perf_counter()
+    last_checkpoint = int(saved["step"]) if saved is not None else None
     try:
         while step < config.steps:
             batch = source.sample(rng, config.batch_size)
@@ -496,15 +708,32 @@ def train(
             loss = masked_mse(trained(pair), target, _loss_weights(batch, config.loss_mask, where.device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            optimizer.step()
+            # a non-finite loss or gradient is never applied: the weights stay those of the last step
+            problem = _step_problem(loss, model, where)
+            if problem is None:
+                optimizer.step()
             step += 1
             row = {"step": step, "loss": float(loss.detach()), "seconds": time.perf_counter() - started}
-            if where.main and (step % config.validate_every == 0 or step == config.steps):
-                row.update(validate(model, validation_batch, where.device, config.loss_mask))
+            if problem is None and (step % config.validate_every == 0 or step == config.steps):
+                if where.main:
+                    try:
+                        row.update(validate(model, validation_batch, where.device, config.loss_mask))
+                    except TrainingDiverged as error:
+                        problem = str(error)
+                problem = _any_process(problem, where)
+            checkpointing = step % config.checkpoint_every == 0 or step == config.steps
+            if problem is None and checkpointing:
+                problem = _state_problem(model)  # the replicas are equal: every process finds the same
+            if problem is not None:
+                row["error"] = problem
+                if writer is not None:
+                    writer.write(row)
+                raise TrainingDiverged(_stopped(step, problem, last_checkpoint, checkpoint_path, config))
             if writer is not None:  # before the checkpoint: a kill between the two loses no row
                 writer.write(row)
-            if step % config.checkpoint_every == 0 or step == config.steps:
+            if checkpointing:
                 _checkpoint(checkpoint_path, model, optimizer, step, rng, config, where)
+                last_checkpoint = step
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{row['loss']:.4f}", **({"val_dice": f"{row['val_dice']:.3f}"} if "val_dice" in row else {}))
@@ -516,6 +745,26 @@ def train(
         if writer is not None:
             writer.close()
     return TrainResult(checkpoint_path, model.eval(), step)
+
+
+def _stopped(step: int, problem: str, last_checkpoint: int | None, path: Path, config: TrainConfig) -> str:
+    """The message of a run stopped by a non-finite value."""
+    if last_checkpoint is None:
+        kept = f"no checkpoint was written before it (the first was due at step {config.checkpoint_every})"
+    else:
+        kept = f"the last good checkpoint, step {last_checkpoint}, is kept in {path}"
+    return (
+        f"training stopped at step {step}: {problem}; {kept}. Try a lower learning rate (now {config.learning_rate}) "
+        "in a new run, or look for a broken pair among the reference SVFs"
+    )
+
+
+def _write_refused(path: Path, refused: list[tuple[str, str, str, str]]) -> None:
+    """``refused.csv``: the pairs left out of this run (moving, fixed, purpose, reason)."""
+    with atomic_path(path) as temporary, temporary.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(("moving", "fixed", "purpose", "reason"))
+        writer.writerows(refused)
 
 
 def _checkpoint(path: Path, model: SVFNet, optimizer, step: int, rng, config: TrainConfig, where: _Dist) -> None:
@@ -539,7 +788,7 @@ def _checkpoint(path: Path, model: SVFNet, optimizer, step: int, rng, config: Tr
 class _Log:
     """log.csv (rows up to the resumed step kept, later ones dropped) and optional TensorBoard."""
 
-    COLUMNS = ("step", "loss", "val_loss", "val_dice", "identity_dice", "seconds")
+    COLUMNS = ("step", "loss", "val_loss", "val_dice", "identity_dice", "seconds", "error")
 
     def __init__(self, path: Path, resumed_step: int, tensorboard: bool) -> None:
         kept = []
@@ -565,7 +814,7 @@ class _Log:
         self.handle.flush()
         if self.board is not None:
             for key, value in row.items():
-                if key != "step":
+                if key not in ("step", "error"):
                     self.board.add_scalar(key, value, row["step"])
 
     def close(self) -> None:

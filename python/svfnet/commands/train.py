@@ -3,32 +3,66 @@
 from __future__ import annotations
 
 import argparse
+import math
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
+    return value
+
+
+def _positive_finite(text: str) -> float:
+    """A float that is finite and > 0 (Python's float() reads 'nan' and 'inf' without complaint)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return value
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "train",
         help="train SVF-Net on reference (or random) SVFs",
-        description="Train SVF-Net. Writes WORKDIR/models/RUN/{checkpoint.pt,config.json,log.csv}. The same command "
-        "under torchrun trains data-parallel.",
+        description="Train SVF-Net. Writes WORKDIR/models/RUN/{checkpoint.pt,config.json,log.csv,refused.csv}. Pairs "
+        "with non-finite images or reference SVFs, or SVFs beyond the grid's size where the loss counts, are left "
+        "out and named; a non-finite loss, gradient or prediction stops the run, naming the step, and keeps the last "
+        "good checkpoint. The same command under torchrun trains data-parallel.",
     )
     parser.add_argument("workdir")
     parser.add_argument("--run", default="svfnet", help="run name, a folder under WORKDIR/models (default svfnet)")
     parser.add_argument("--resume", action="store_true", help="continue the run from its last checkpoint")
     # defaults are None here and TrainConfig's below: with --resume only the flags given count
-    parser.add_argument("--steps", type=int, help="optimiser steps (default 2000; with --resume, may grow)")
-    parser.add_argument("--batch-size", type=int, help="pairs per step (default 4)")
-    parser.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)")
+    parser.add_argument("--steps", type=_positive_int, help="optimiser steps (default 2000; with --resume, may grow)")
+    parser.add_argument("--batch-size", type=_positive_int, help="pairs per step (default 4)")
+    parser.add_argument("--lr", type=_positive_finite, help="Adam learning rate (default 1e-3)")
     parser.add_argument("--targets", choices=("references", "random"), help="training targets (default references)")
-    parser.add_argument("--shift", type=int, help="largest in-plane augmentation shift, voxels (default 3)")
+    parser.add_argument("--shift", type=_non_negative_int, help="largest in-plane augmentation shift, voxels (default 3)")
     parser.add_argument("--loss-mask", choices=("heart", "none"),
                         help="where the loss counts: near the fixed labels (default heart) or the whole grid")
-    parser.add_argument("--widths", type=int, nargs=4, metavar="W", help="channels of the four levels")
+    parser.add_argument("--widths", type=_positive_int, nargs=4, metavar="W", help="channels of the four levels")
     parser.add_argument("--norm", choices=("instance", "batch", "group", "none"))
     parser.add_argument("--activation", choices=("leaky_relu", "relu", "elu"))
-    parser.add_argument("--validate-every", type=int, help="steps between validations (default 100)")
-    parser.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default 50)")
-    parser.add_argument("--seed", type=int, help="seed (default 0)")
+    parser.add_argument("--validate-every", type=_positive_int, help="steps between validations (default 100)")
+    parser.add_argument("--checkpoint-every", type=_positive_int, help="steps between checkpoints (default 50)")
+    parser.add_argument("--seed", type=_non_negative_int, help="seed (default 0)")
     parser.add_argument("--tensorboard", action="store_true", help="also log to TensorBoard")
     parser.add_argument("--no-progress", action="store_true")
     parser.set_defaults(func=run)
