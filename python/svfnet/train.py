@@ -211,7 +211,8 @@ def target_problem(svf: np.ndarray, counted: np.ndarray | None = None) -> str | 
         largest = float(component.max()) if component.size else 0.0
         if largest > size:
             where = "on the grid" if counted is None else "where the loss counts"
-            return f"|v_{'ijk'[axis]}| up to {largest:.4g} voxels {where}, beyond the grid's {size} along axis {'ijk'[axis]}"
+            name = "ijk"[axis]
+            return f"|v_{name}| up to {largest:.4g} voxels {where}, beyond the grid's {size} along axis {name}"
     return None
 
 
@@ -322,7 +323,9 @@ def random_svf(rng: np.random.Generator, grid, spacing_mm, amplitude_vox: float,
 class RandomTargets:
     """Pairs (subject, subject warped by exp(v)) with target v, v a smooth random SVF."""
 
-    def __init__(self, cohort: Cohort, amplitude_vox: float, smoothness_vox: float, *, log_refused: bool = True) -> None:
+    def __init__(
+        self, cohort: Cohort, amplitude_vox: float, smoothness_vox: float, *, log_refused: bool = True
+    ) -> None:
         """Subjects whose image is not finite are left out (``refused``: ``(subject, reason)``)."""
         self.cohort, self.amplitude_vox, self.smoothness_vox = cohort, amplitude_vox, smoothness_vox
         problems = cohort.image_problems()
@@ -332,7 +335,8 @@ class RandomTargets:
             for subject, problem in self.refused:
                 log.warning("subject %s refused for training: %s", subject, problem)
         if not len(self.subjects):
-            raise ValueError(f"every subject was refused ({'; '.join(p for _, p in self.refused[:3])}): nothing to train on")
+            reasons = "; ".join(problem for _, problem in self.refused[:3])
+            raise ValueError(f"every subject was refused ({reasons}): nothing to train on")
 
     def _pairs(self, rng: np.random.Generator, subjects) -> Batch:
         c = self.cohort

@@ -54,7 +54,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=_positive_int, help="pairs per step (default 4)")
     parser.add_argument("--lr", type=_positive_finite, help="Adam learning rate (default 1e-3)")
     parser.add_argument("--targets", choices=("references", "random"), help="training targets (default references)")
-    parser.add_argument("--shift", type=_non_negative_int, help="largest in-plane augmentation shift, voxels (default 3)")
+    parser.add_argument("--shift", type=_non_negative_int,
+                        help="largest in-plane augmentation shift, voxels (default 3)")
     parser.add_argument("--loss-mask", choices=("heart", "none"),
                         help="where the loss counts: near the fixed labels (default heart) or the whole grid")
     parser.add_argument("--widths", type=_positive_int, nargs=4, metavar="W", help="channels of the four levels")
