@@ -123,3 +123,24 @@ def write_acdc(root: Path, patients: dict[str, tuple[int, int]]) -> Path:
                 image=image_for(tiny_heart(rv=with_rv), n),
             )
     return root
+
+
+def to_acdc_header(path: Path, spacing_mm=(1.5625, 1.5625, 10.0)) -> Path:
+    """Rewrites ``path``'s header as the ACDC release writes its files: qform code 0, sform code 2 with
+    ``diag(-1, -1, 1)`` (no voxel size), the voxel size only in pixdim. As ITK reads it, the voxels
+    are ``spacing_mm``; nibabel's ``img.affine`` says 1 mm."""
+    import nibabel as nib
+
+    image = nib.load(str(path))
+    data = np.asarray(image.dataobj)
+    header = nib.Nifti1Header()
+    header.set_data_dtype(data.dtype)
+    header.set_data_shape(data.shape)
+    header.set_zooms(tuple(spacing_mm))
+    header.set_xyzt_units("mm")
+    rewritten = nib.Nifti1Image(data, None, header=header)
+    rewritten.set_sform(np.diag([-1.0, -1.0, 1.0, 1.0]), code=2)
+    rewritten.set_qform(None, code=0)
+    rewritten.header["pixdim"][1:4] = spacing_mm
+    nib.save(rewritten, str(path))
+    return path

@@ -41,7 +41,9 @@ def affine_of(rotation, spacing, origin) -> np.ndarray:
     return affine
 
 
-def write_header(path, *, pixdim, qform=None, qform_code=0, sform=None, sform_code=0, units=2, shape=(7, 6, 5)):
+def write_header(
+    path, *, pixdim, qform=None, qform_code=0, sform=None, sform_code=0, units=2, shape=(7, 6, 5)
+):
     """A NIfTI file whose header is set field by field, as public releases write them."""
     data = np.random.default_rng(1).integers(0, 100, size=shape).astype(np.int16)
     image = nib.Nifti1Image(data, None)
@@ -76,19 +78,34 @@ def header_styles(rng: np.random.Generator) -> dict[str, dict]:
         "both agreeing": dict(pixdim=spacing, qform=true, qform_code=1, sform=true, sform_code=1),
         # both set and different: ITK takes the qform unless the sform's code is SCANNER_ANAT
         "both disagreeing, sform aligned": dict(
-            pixdim=spacing, qform=true, qform_code=1, sform=affine_of(other, (2, 2, 5), origin + 7), sform_code=2
+            pixdim=spacing,
+            qform=true,
+            qform_code=1,
+            sform=affine_of(other, (2, 2, 5), origin + 7),
+            sform_code=2,
         ),
         "both disagreeing, sform scanner": dict(
-            pixdim=spacing, qform=true, qform_code=1, sform=affine_of(other, spacing, origin + 7), sform_code=1
+            pixdim=spacing,
+            qform=true,
+            qform_code=1,
+            sform=affine_of(other, spacing, origin + 7),
+            sform_code=1,
         ),
-        "oblique, qfac -1": dict(pixdim=spacing, qform=affine_of(rotation @ np.diag([1, 1, -1]), spacing, origin), qform_code=1),
+        "oblique, qfac -1": dict(
+            pixdim=spacing, qform=affine_of(rotation @ np.diag([1, 1, -1]), spacing, origin), qform_code=1
+        ),
         "neither set": dict(pixdim=spacing),
         "metres": dict(
-            pixdim=tuple(s / 1000 for s in spacing), qform=affine_of(rotation, [s / 1000 for s in spacing], origin / 1000),
-            qform_code=1, units=1,
+            pixdim=tuple(s / 1000 for s in spacing),
+            qform=affine_of(rotation, [s / 1000 for s in spacing], origin / 1000),
+            qform_code=1,
+            units=1,
         ),
         "sform scale off pixdim": dict(
-            pixdim=spacing, qform=true, qform_code=1, sform=affine_of(rotation, (spacing[0], spacing[1], spacing[2] + 1), origin),
+            pixdim=spacing,
+            qform=true,
+            qform_code=1,
+            sform=affine_of(rotation, (spacing[0], spacing[1], spacing[2] + 1), origin),
             sform_code=1,
         ),
     }
@@ -122,7 +139,12 @@ def with_stored_pixdim(path, pixdim):
 
 def test_negative_pixdim_is_read_as_itk_reads_it(tmp_path):
     rotation = random_rotation(np.random.default_rng(3))
-    path = write_header(tmp_path / "image.nii.gz", pixdim=(1.3, 1.3, 8.0), qform=affine_of(rotation, (1.3, 1.3, 8), (1, 2, 3)), qform_code=1)
+    path = write_header(
+        tmp_path / "image.nii.gz",
+        pixdim=(1.3, 1.3, 8.0),
+        qform=affine_of(rotation, (1.3, 1.3, 8), (1, 2, 3)),
+        qform_code=1,
+    )
     with_stored_pixdim(path, (-1.3, 1.3, 8.0))
     geometry, _ = read_geometry(path)
     np.testing.assert_allclose(geometry.affine, sitk_affine(path), atol=2e-4)
@@ -132,8 +154,12 @@ def test_negative_pixdim_is_read_as_itk_reads_it(tmp_path):
 
 def test_acdc_header_gives_the_true_voxel_size_and_warns_once_naming_the_file(tmp_path):
     sform = np.diag([-1.0, -1.0, 1.0, 1.0])
-    path = write_header(tmp_path / "patient001_frame01.nii.gz", pixdim=(1.5625, 1.5625, 10.0), sform=sform, sform_code=2)
-    assert np.allclose(np.linalg.norm(nib.load(path).affine[:3, :3], axis=0), 1.0), "nibabel's affine is the sform"
+    path = write_header(
+        tmp_path / "patient001_frame01.nii.gz", pixdim=(1.5625, 1.5625, 10.0), sform=sform, sform_code=2
+    )
+    assert np.allclose(np.linalg.norm(nib.load(path).affine[:3, :3], axis=0), 1.0), (
+        "nibabel's affine is the sform"
+    )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("default")
         for _ in range(3):
@@ -148,7 +174,11 @@ def test_acdc_header_gives_the_true_voxel_size_and_warns_once_naming_the_file(tm
 
 def test_a_consistent_header_does_not_warn(tmp_path):
     path = tmp_path / "ok.nii.gz"
-    write_nifti(path, np.zeros((4, 5, 6), np.float32), affine_of(random_rotation(np.random.default_rng(4)), (1.2, 1.2, 7), (3, 4, 5)))
+    write_nifti(
+        path,
+        np.zeros((4, 5, 6), np.float32),
+        affine_of(random_rotation(np.random.default_rng(4)), (1.2, 1.2, 7), (3, 4, 5)),
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("error", HeaderWarning)
         read_nifti(path)

@@ -16,6 +16,7 @@ from svfnet import __version__
 COMMAND_MODULES: list[str] = [
     "svfnet.commands.info",
     "svfnet.commands.synth",
+    "svfnet.commands.inspect",
     "svfnet.commands.prepare",
     "svfnet.commands.shapes",
     "svfnet.commands.references",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from svfnet.commands.dataset_options import add_dataset_options, dataset_from_options
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -16,27 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("dataset", metavar="DATASET", help="dataset folder")
     parser.add_argument("out", metavar="OUT", help="work folder (prepared/ is written inside it)")
-    parser.add_argument(
-        "--layout",
-        choices=("plain", "nnunet", "acdc"),
-        default=None,
-        help="dataset layout (default: detected)",
-    )
-    parser.add_argument(
-        "--phase",
-        type=str.upper,
-        choices=("ED", "ES"),
-        default=None,
-        help="acdc: which frame (default ED); plain: keep names ending in _ED/_ES (default all)",
-    )
-    parser.add_argument(
-        "--labels",
-        default=None,
-        metavar="SRC:DST,...",
-        help="label mapping to svfnet's values (1 LV blood pool, 2 LV myocardium, 3 RV blood pool, "
-        "4 RV myocardium), e.g. 3:1,2:2, or a preset: acdc, svfnet. Default: the layout's "
-        "(plain: svfnet's own values; acdc: acdc; nnunet: by label name in dataset.json)",
-    )
+    add_dataset_options(parser)
     parser.add_argument(
         "--shape",
         type=int,
@@ -72,13 +54,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from svfnet.data.labels import parse_label_mapping
     from svfnet.data.prepare import prepare_dataset
-    from svfnet.data.readers import read_dataset
     from svfnet.workdir import REGIONS
 
-    mapping = parse_label_mapping(args.labels) if args.labels is not None else None
-    dataset = read_dataset(args.dataset, args.layout, phase=args.phase, label_mapping=mapping)
+    dataset = dataset_from_options(args)
     report = prepare_dataset(
         dataset,
         args.out,

@@ -8,7 +8,8 @@
   labels, crop, resampling onto the common grid, intensity normalisation.
 - :mod:`svfnet.data.transform`: the recorded transform, and mapping results back to the
   original images (``read_transform``, ``to_original``, ``original_positions``).
-- :mod:`svfnet.data.nifti`: checked NIfTI reading and atomic writing.
+- :mod:`svfnet.data.nifti`: checked NIfTI reading (geometry as ITK reads it) and atomic writing.
+- :mod:`svfnet.data.inspect`: ``inspect_dataset`` (``svfnet inspect``): what a dataset holds.
 
 See docs/data.md. Submodules load on first use.
 """
@@ -37,6 +38,9 @@ _EXPORTS = {
     "generate_subject": "synthetic",
     "write_synthetic_dataset": "synthetic",
     "read_nifti": "nifti",
+    "read_geometry": "nifti",
+    "HeaderWarning": "nifti",
+    "inspect_dataset": "inspect",
     "write_nifti": "nifti",
 }
 

@@ -3,7 +3,8 @@
 Geometry is read as ITK reads it (:func:`nifti_geometry`): the voxel size from ``pixdim``,
 orientation and origin from the sform or the qform by ITK's rules, never nibabel's ``img.affine``
 alone. Where the header's parts disagree, a :class:`HeaderWarning` names the file, the voxel sizes
-each part gives and which was used (once per file). Every error names the file: a missing or unreadable file, something that is not NIfTI, a volume
+each part gives and which was used (once per file). Every error names the file: a missing or
+unreadable file, something that is not NIfTI, a volume
 that is not 3D (trailing axes of length 1 are dropped, so ``(I, J, K, 1)`` is fine), a singular
 or non-finite affine, NaN or infinite intensities, label values that are not whole numbers.
 """
@@ -164,7 +165,9 @@ def nifti_geometry(header, path: str | Path = "") -> NiftiGeometry:
     scale = _UNIT_SCALE_TO_MM.get(int(header["xyzt_units"]) & 7, 1.0)
     spacing_array = np.abs(pixdim[1:4]) * scale
     if not np.all(np.isfinite(spacing_array)) or np.any(spacing_array < 1e-9):
-        raise ValueError(f"{path}: the header's voxel size (pixdim) is {tuple(pixdim[1:4].tolist())}: not usable")
+        raise ValueError(
+            f"{path}: the header's voxel size (pixdim) is {tuple(pixdim[1:4].tolist())}: not usable"
+        )
     spacing = tuple(float(s) for s in spacing_array)
     sizes_text = " × ".join(f"{s:g}" for s in spacing)
     qform_code = int(header["qform_code"])
@@ -204,19 +207,28 @@ def nifti_geometry(header, path: str | Path = "") -> NiftiGeometry:
             source, chosen = "qform", qform
         else:  # an sform with shear and no qform: ITK's permissive reading
             if abs(np.linalg.det(sform[:3, :3])) < 1e-9:
-                raise ValueError(f"{path}: the affine is singular (its sform, and there is no qform):\n{sform}")
+                raise ValueError(
+                    f"{path}: the affine is singular (its sform, and there is no qform):\n{sform}"
+                )
             source, chosen = "sform", sform.copy()
             u, _, vt = np.linalg.svd(sform[:3, :3])
             chosen[:3, :3] = u @ vt
-            problems.append(f"{path}: the sform has shear and there is no qform; read with its nearest rotation")
+            problems.append(
+                f"{path}: the sform has shear and there is no qform; read with its nearest rotation"
+            )
         if qform_code > 0 and sform_code > 0 and not _same_space(sform, qform):
             problems.append(
                 f"{path}: sform (code {sform_code}, voxels {_sizes(sform)} mm) and qform (code {qform_code}, "
                 f"voxels {_sizes(qform)} mm) describe different spaces; read with the {source} and pixdim's "
-                f"{sizes_text} mm, as ITK does" + (" (nibabel's affine would be the sform)" if source == "qform" else "")
+                f"{sizes_text} mm, as ITK does"
+                + (" (nibabel's affine would be the sform)" if source == "qform" else "")
             )
-        elif sform_code > 0 and np.abs(np.linalg.norm(sform[:3, :3], axis=0) - np.abs(pixdim[1:4])).max() > 1e-3:
-            problems.append(  # ITK's "unexpected scales in sform" (1e-3 mm), e.g. ACDC's sform without voxel size
+        elif (
+            sform_code > 0
+            and np.abs(np.linalg.norm(sform[:3, :3], axis=0) - np.abs(pixdim[1:4])).max() > 1e-3
+        ):
+            # ITK's "unexpected scales in sform" (1e-3 mm), e.g. ACDC's sform without voxel size
+            problems.append(
                 f"{path}: the sform gives voxels of {_sizes(sform)} mm but pixdim {sizes_text} mm; read with "
                 "pixdim's voxel size and the sform's orientation and origin, as ITK does "
                 "(nibabel's affine would be the sform)"
@@ -338,7 +350,8 @@ def _check_writable_affine(func: str, affine: np.ndarray) -> None:
     directions = _normalised_columns(affine[:3, :3])
     if directions is None or np.abs(directions.T @ directions - np.eye(3)).max() > 1e-4:
         raise ValueError(
-            f"{func}(): 'affine' must be a rotation times the voxel sizes (a qform cannot hold shear), got\n{affine}"
+            f"{func}(): 'affine' must be a rotation times the voxel sizes (a qform cannot hold shear), "
+            f"got\n{affine}"
         )
 
 
@@ -374,7 +387,9 @@ def write_nifti(path: str | Path, data: np.ndarray, affine: np.ndarray) -> None:
 NIFTI_INTENT_VECTOR = 1007  # what ITK writes for vector images, and reads back unchanged
 
 
-def vector_image(field_3ijk: np.ndarray, affine: np.ndarray, *, itk: bool = False, name: str = "") -> nib.Nifti1Image:
+def vector_image(
+    field_3ijk: np.ndarray, affine: np.ndarray, *, itk: bool = False, name: str = ""
+) -> nib.Nifti1Image:
     """A vector field ``(3, I, J, K)`` as a NIfTI image with ``affine`` (qform and sform, mm).
 
     ``itk=False``: svfnet's layout, 4D ``(I, J, K, 3)`` with ``intent_name`` ``name`` (fields in voxels
@@ -402,5 +417,7 @@ def read_vector_field(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     if data.ndim != 4 or data.shape[3] != 3:
         raise ValueError(f"{path}: expected an (I, J, K, 3) vector field, got shape {data.shape}")
     if not np.all(np.isfinite(data)):
-        raise ValueError(f"{path}: the field holds {int(np.count_nonzero(~np.isfinite(data)))} NaN or infinite values")
+        raise ValueError(
+            f"{path}: the field holds {int(np.count_nonzero(~np.isfinite(data)))} NaN or infinite values"
+        )
     return np.ascontiguousarray(np.moveaxis(data, -1, 0)), _checked_affine(path, image)
