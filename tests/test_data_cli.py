@@ -63,7 +63,6 @@ def test_prepare_acdc_layout_and_phase(tmp_path, capsys):
     assert "patient001_ES: no RV blood pool, RV myocardium" in output  # reported, not dropped
 
 
-@pytest.mark.skipif(not SUNNYBROOK.is_dir(), reason=f"the Sunnybrook sample is not at {SUNNYBROOK}")
 def test_prepare_sunnybrook_with_a_label_mapping(tmp_path, capsys):
     assert (
         main(

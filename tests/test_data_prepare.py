@@ -356,7 +356,6 @@ def test_prepare_dataset_rejects_bad_options(tmp_path, synthetic_dataset, option
 
 
 # ----------------------------------------------------------------------------- the real sample
-@pytest.mark.skipif(not SUNNYBROOK.is_dir(), reason=f"the Sunnybrook sample is not at {SUNNYBROOK}")
 def test_sunnybrook_sample_is_prepared(tmp_path):
     dataset = read_dataset(SUNNYBROOK, phase="ED", label_mapping=parse_label_mapping("acdc"))
     report = prepare_dataset(dataset, tmp_path / "work", progress=False)

@@ -260,7 +260,6 @@ def test_acdc_layout_bad_inputs(tmp_path):
 
 
 # ----------------------------------------------------------------------------- the real sample
-@pytest.mark.skipif(not SUNNYBROOK.is_dir(), reason=f"the Sunnybrook sample is not at {SUNNYBROOK}")
 def test_sunnybrook_sample_through_the_plain_layout_with_acdc_labels():
     dataset = read_dataset(SUNNYBROOK, label_mapping=parse_label_mapping("acdc"))
     assert dataset.layout == "plain"

@@ -3,12 +3,15 @@
 ``WORKDIR/split.json`` holds ``{"train": [...], "val": [...], "test": [...], "seed": S}``. The first
 stage that needs it (references, train or evaluate) creates it from the prepared subjects with a
 seeded shuffle; every later stage reads the same file, so a model is never tested on subjects it
-was trained on.
+was trained on. Frames of one patient (ids that differ only by an ``_ED``/``_ES`` ending, as the ACDC
+and plain readers name them) go to the same side together: a model tested on a patient's end-systole
+must not have trained on the same heart at end-diastole.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +26,14 @@ class Split:
     train: tuple[str, ...]
     val: tuple[str, ...]
     test: tuple[str, ...]
+
+
+_PHASE_ENDING = re.compile(r"_(ED|ES)$", re.IGNORECASE)
+
+
+def patient_of(subject_id: str) -> str:
+    """The patient a subject id belongs to: the id without an ``_ED``/``_ES`` ending."""
+    return _PHASE_ENDING.sub("", subject_id)
 
 
 def split_path(workdir: str | Path) -> Path:
@@ -58,12 +69,30 @@ def subject_split(
             n_test -= 1
         else:
             n_val -= 1
-    order = np.random.default_rng(seed).permutation(count)
-    shuffled = [known[i] for i in order]
+    patients: dict[str, list[str]] = {}
+    for subject_id in known:
+        patients.setdefault(patient_of(subject_id), []).append(subject_id)
+    groups = list(patients.values())
+    order = np.random.default_rng(seed).permutation(len(groups))
+    # whole patients, in shuffled order, fill test then validation; with one subject per patient
+    # this is a plain shuffle of the subjects
+    sides: dict[str, list[str]] = {"test": [], "val": [], "train": []}
+    for index in order:
+        group = groups[index]
+        if len(sides["test"]) < n_test:  # a patient's last frames may take a side one over its size
+            side = "test"
+        elif len(sides["val"]) < n_val:
+            side = "val"
+        else:
+            side = "train"
+        sides[side] += group
+    if len(sides["train"]) < 2:
+        raise ValueError(
+            f"subject_split(): {count} subjects of {len(groups)} patients leave fewer than 2 to train; "
+            "lower test_fraction / val_fraction or add subjects"
+        )
     split = Split(
-        train=tuple(sorted(shuffled[n_test + n_val :])),
-        val=tuple(sorted(shuffled[n_test : n_test + n_val])),
-        test=tuple(sorted(shuffled[:n_test])),
+        train=tuple(sorted(sides["train"])), val=tuple(sorted(sides["val"])), test=tuple(sorted(sides["test"]))
     )
     write_json(path, {"train": list(split.train), "val": list(split.val), "test": list(split.test), "seed": seed})
     return split
