@@ -1186,11 +1186,17 @@ def generate_cohort(
     outlier_fraction: float = 0.1,
     realism: str = "standard",
     header_style: str | None = None,
+    max_voxels: int = CLINICAL_MAX_VOXELS,
 ) -> Iterator[SyntheticSubject]:
-    """Yields the subjects ``0 .. n_subjects - 1`` of the cohort ``seed``."""
+    """Yields the subjects ``0 .. n_subjects - 1`` of the cohort ``seed`` (see :func:`generate_subject`)."""
     for index in range(n_subjects):
         yield generate_subject(
-            seed, index, outlier_fraction=outlier_fraction, realism=realism, header_style=header_style
+            seed,
+            index,
+            outlier_fraction=outlier_fraction,
+            realism=realism,
+            header_style=header_style,
+            max_voxels=max_voxels,
         )
 
 
@@ -1207,6 +1213,7 @@ def write_synthetic_dataset(
     outlier_fraction: float = 0.1,
     realism: str = "standard",
     header_style: str | None = None,
+    max_voxels: int = CLINICAL_MAX_VOXELS,
     overwrite: bool = False,
     progress: bool = True,
 ) -> list[Path]:
@@ -1225,6 +1232,7 @@ def write_synthetic_dataset(
         realism: ``"standard"`` or ``"clinical"`` (see :func:`generate_subject`).
         header_style: clinical cohort: one of :data:`HEADER_STYLES` for every subject; ``None``
             draws one per subject.
+        max_voxels: clinical cohort: the most voxels a volume may have (≥ 100,000).
         overwrite: allow writing into a folder that already holds files.
         progress: show a tqdm progress bar.
 
@@ -1232,7 +1240,8 @@ def write_synthetic_dataset(
         The image paths written.
 
     Raises:
-        ValueError: bad ``n_subjects``, ``outlier_fraction``, ``realism`` or ``header_style``.
+        ValueError: bad ``n_subjects``, ``outlier_fraction``, ``realism``, ``header_style`` or
+            ``max_voxels``.
         FileExistsError: ``out`` holds files and ``overwrite`` is false.
     """
     from tqdm.auto import tqdm
@@ -1259,6 +1268,10 @@ def write_synthetic_dataset(
             f"clinical cohort (realism='clinical', --realistic); got {header_style!r} with realism "
             f"{realism!r}"
         )
+    if realism == "clinical" and (int(max_voxels) != max_voxels or max_voxels < 100_000):
+        raise ValueError(
+            f"the voxel budget (max_voxels, --max-voxels) must be an integer ≥ 100000, got {max_voxels}"
+        )
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"{out} exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
@@ -1269,7 +1282,12 @@ def write_synthetic_dataset(
     subjects_meta: dict[str, Any] = {}
     for index in tqdm(range(n_subjects), desc="synth", unit="subject", disable=not progress):
         subject = generate_subject(
-            seed, index, outlier_fraction=outlier_fraction, realism=realism, header_style=header_style
+            seed,
+            index,
+            outlier_fraction=outlier_fraction,
+            realism=realism,
+            header_style=header_style,
+            max_voxels=max_voxels,
         )
         name = subject_name(index)
         if subject.header is None:
@@ -1298,7 +1316,7 @@ def write_synthetic_dataset(
         record["realism"] = realism
         record["header_style"] = header_style or "drawn per subject"
         record["groups"] = GROUP_NAMES
-        record["max_voxels"] = CLINICAL_MAX_VOXELS
+        record["max_voxels"] = int(max_voxels)
     write_json(out / "synth.json", record)
     logger.info("wrote %d synthetic subjects to %s", n_subjects, out)
     return written
