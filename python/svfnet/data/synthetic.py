@@ -465,17 +465,17 @@ def sample_clinical_geometry(
     lateral_mm = _heart_lateral_reach_mm(anatomy)
     epicardial_mm = anatomy.lv_radius_mm + anatomy.lv_wall_mm
     slope_mm = math.tan(tilt_rad) * lateral_mm + max(abs(t) for t in anatomy.base_tilt) * epicardial_mm
-    apex_wall_mm = anatomy.infarct.wall_mm if anatomy.infarct is not None else anatomy.lv_wall_mm
-    apex_mm = anatomy.lv_length_mm + 0.8 * apex_wall_mm  # the epicardial apex
+    thinnest_apex_mm = min(anatomy.lv_wall_mm, anatomy.infarct.wall_mm if anatomy.infarct else math.inf)
     if covers_base:
         first_mm = -(rng.uniform(0.5, 1.5) * slice_mm + 5.0 + slope_mm)
     else:  # the first slice already cuts the ventricles
         first_mm = rng.uniform(0.2, 0.8) * slice_mm
-    if covers_apex:
-        last_mm = apex_mm + rng.uniform(0.3, 1.2) * slice_mm
-    else:  # the last slice still cuts the apical myocardium
-        last_mm = apex_mm - rng.uniform(0.6, 1.5) * slice_mm
-    n_slices = int(math.floor((last_mm - first_mm) / slice_mm)) + 1
+    if covers_apex:  # the last slice lies at least this far: beyond the epicardial apex
+        last_mm = anatomy.lv_length_mm + 0.8 * anatomy.lv_wall_mm + rng.uniform(0.3, 1.2) * slice_mm
+        n_slices = int(math.ceil((last_mm - first_mm) / slice_mm)) + 1
+    else:  # the last slice lies at most this far: it still cuts the apical myocardium
+        last_mm = anatomy.lv_length_mm + 0.8 * thinnest_apex_mm - rng.uniform(0.6, 1.5) * slice_mm
+        n_slices = int(math.floor((last_mm - first_mm) / slice_mm)) + 1
 
     # field of view: rectangular, the heart (and its misplacement) always inside
     min_fov_mm = 2.0 * (lateral_mm + 35.0)
