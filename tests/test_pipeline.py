@@ -29,6 +29,12 @@ def test_config_errors_name_the_key(tmp_path):
     path.write_text("[train]\nsteps = 'many'\n")
     with pytest.raises(ValueError, match="steps must be a int"):
         load_config(path)
+    path.write_text('[data]\nrealism = "lifelike"\n')
+    with pytest.raises(ValueError, match="realism must be one of 'standard', 'clinical'"):
+        load_config(path)
+    path.write_text('[data]\nheader_style = "acdc"\n')
+    with pytest.raises(ValueError, match='set realism = "clinical"'):
+        load_config(path)
     path.write_text("[train\n")
     with pytest.raises(ValueError, match="not valid TOML"):
         load_config(path)

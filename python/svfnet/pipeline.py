@@ -44,6 +44,10 @@ DEFAULTS: dict[str, dict[str, tuple[Any, str]]] = {
         "subjects": (40, "synthetic cohort: number of subjects"),
         "seed": (0, "synthetic cohort: seed"),
         "outlier_fraction": (0.1, "synthetic cohort: fraction of unusual hearts (dilated LV, small RV)"),
+        "realism": ("standard", 'synthetic cohort: "standard", or "clinical" (real cine MRI\'s problems: thick '
+                    "slices, partial coverage, breath-hold offsets, ACDC's groups, odd headers)"),
+        "header_style": ("", 'clinical synthetic cohort: one NIfTI header style for all ("itk", "acdc", '
+                         '"qform-only", "sform-only", "disagree", "oblique"); "" draws one per subject'),
         "layout": ("", 'dataset layout: "plain", "nnunet", "acdc", or "" to detect it'),
         "phase": ("", 'cardiac phase, "ED" or "ES": the acdc frame (empty: ED), or the plain names ending in _ED/_ES (empty: all)'),
         "labels": ("", 'label mapping "SRC:DST,..." into svfnet\'s labels (or "acdc"); "" for the layout\'s own'),
@@ -162,7 +166,23 @@ def load_config(path: str | Path | None = None, overrides: dict[str, dict[str, A
                         f"{origin}: [{section}] {key} must be a {type(default).__name__}, got {value!r}"
                     )
                 config[section][key] = value
+    _check_choices(config)
     return config
+
+
+# keys whose values come from a fixed list: refused when the configuration is read, not when (maybe
+# an hour later) their stage starts
+def _check_choices(config: dict) -> None:
+    from svfnet.data.synthetic import HEADER_STYLES, REALISM_LEVELS
+
+    choices = {("data", "realism"): REALISM_LEVELS, ("data", "header_style"): ("", *HEADER_STYLES)}
+    for (section, key), allowed in choices.items():
+        if config[section][key] not in allowed:
+            raise ValueError(
+                f"[{section}] {key} must be one of {', '.join(repr(a) for a in allowed)}, got {config[section][key]!r}"
+            )
+    if config["data"]["header_style"] and config["data"]["realism"] != "clinical":
+        raise ValueError('[data] header_style applies to the clinical synthetic cohort: set realism = "clinical"')
 
 
 def demo_config(quick: bool = False) -> dict[str, dict[str, Any]]:
@@ -210,6 +230,7 @@ def _stage_data(ctx: _Context, fresh: bool) -> dict[str, Any]:
 
     raw = ctx.workdir / "raw"
     write_synthetic_dataset(raw, data["subjects"], data["seed"], outlier_fraction=data["outlier_fraction"],
+                            realism=data["realism"], header_style=data["header_style"] or None,
                             overwrite=True, progress=ctx.progress)
     return {"dataset": str(raw)}
 
