@@ -202,3 +202,17 @@ def test_unusable_voxel_size_is_a_clear_error_naming_the_file(tmp_path, pixdim):
     with_stored_pixdim(path, pixdim)
     with pytest.raises(ValueError, match=r"bad\.nii\.gz.*pixdim"):
         read_geometry(path)
+
+
+def test_nothing_non_finite_is_ever_written(tmp_path):
+    from svfnet.data.nifti import vector_image
+
+    volume = np.zeros((4, 5, 6), np.float32)
+    volume[1, 2, 3] = np.nan
+    with pytest.raises(ValueError, match="1 NaN or infinite"):
+        write_nifti(tmp_path / "nan.nii.gz", volume, np.eye(4))
+    assert not list(tmp_path.iterdir())
+    field = np.zeros((3, 4, 5, 6))
+    field[0, 0, 0, 0] = 1e39  # finite in float64, infinite once cast to the file's float32
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        vector_image(field, np.eye(4))

@@ -357,9 +357,16 @@ def _check_writable_affine(func: str, affine: np.ndarray) -> None:
 
 def nifti_image(data: np.ndarray, affine: np.ndarray, *, func: str = "nifti_image") -> nib.Nifti1Image:
     """A NIfTI image as svfnet writes every file: sform and qform both set (code 1, scanner) and
-    equal, units mm, so that every reader (ITK, nibabel, FSL) finds the same geometry."""
+    equal, units mm, so that every reader (ITK, nibabel, FSL) finds the same geometry; never a NaN or
+    an infinity (a float32 cast that overflowed included)."""
     affine = np.asarray(affine, dtype=np.float64)
     _check_writable_affine(func, affine)
+    data = np.asarray(data)
+    if np.issubdtype(data.dtype, np.floating) and not np.all(np.isfinite(data)):  # after any cast
+        raise ValueError(
+            f"{func}(): the data hold {int(np.count_nonzero(~np.isfinite(data)))} NaN or infinite values "
+            "(nothing written)"
+        )
     image = nib.Nifti1Image(data, affine)
     image.set_qform(affine, code=1)
     image.set_sform(affine, code=1)
@@ -396,7 +403,8 @@ def vector_image(
     along the array axes; deliberately not a 5D vector image, so that no ITK tool mistakes it for a
     displacement in millimetres). ``itk=True``: ITK's layout, 5D ``(I, J, K, 1, 3)`` with intent VECTOR.
     """
-    data = np.moveaxis(np.asarray(field_3ijk, np.float32), 0, -1)
+    with np.errstate(over="ignore"):  # an overflow to inf is refused below, with a clear message
+        data = np.moveaxis(np.asarray(field_3ijk, np.float32), 0, -1)
     if itk:
         data = data[:, :, :, None, :]
     image = nifti_image(np.ascontiguousarray(data), affine, func="vector_image")
