@@ -70,6 +70,15 @@ def test_stages_skip_when_up_to_date_and_rerun_downstream_on_change(tmp_path):
     assert (tmp_path / "config.toml").is_file() and load_config(tmp_path / "config.toml") == changed
 
 
+def test_realistic_demo_draws_the_clinical_cohort():
+    from svfnet.pipeline import demo_config
+
+    assert demo_config()["data"]["realism"] == "standard"
+    realistic = demo_config(quick=True, realistic=True)
+    assert realistic["data"]["realism"] == "clinical"
+    assert {k: v for k, v in realistic.items() if k != "data"} == {k: v for k, v in demo_config(quick=True).items() if k != "data"}
+
+
 def test_unknown_stage_is_refused(tmp_path):
     with pytest.raises(ValueError, match="unknown stages"):
         run_pipeline(tmp_path, load_config(), stages=("evaluate", "deploy"), progress=False)

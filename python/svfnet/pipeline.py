@@ -185,8 +185,9 @@ def _check_choices(config: dict) -> None:
         raise ValueError('[data] header_style applies to the clinical synthetic cohort: set realism = "clinical"')
 
 
-def demo_config(quick: bool = False) -> dict[str, dict[str, Any]]:
-    """The demo's configuration: the built-in cohort, sized for a 2-core laptop."""
+def demo_config(quick: bool = False, realistic: bool = False) -> dict[str, dict[str, Any]]:
+    """The demo's configuration: the built-in cohort, sized for a 2-core laptop; ``realistic`` draws
+    the clinical cohort (thick slices, partial coverage, odd headers...) instead of the standard one."""
     if quick:
         overrides = {
             "data": {"subjects": 8},
@@ -200,6 +201,8 @@ def demo_config(quick: bool = False) -> dict[str, dict[str, Any]]:
             "shapes": {"landmarks": 600, "target_triangles": 2500, "max_iterations": 60},
             "train": {"steps": 1500, "batch_size": 4, "validate_every": 100},
         }
+    if realistic:
+        overrides["data"]["realism"] = "clinical"
     return load_config(overrides=overrides)
 
 

@@ -26,6 +26,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Synthetic cohort -> shapes -> references -> SVF-Net -> evaluation against LCC Log-Demons.",
     )
     demo_parser.add_argument("--quick", action="store_true", help="8 subjects and 120 training steps: about a minute instead of a quarter of an hour")
+    demo_parser.add_argument(
+        "--realistic",
+        action="store_true",
+        help="the clinical synthetic cohort (5-10 mm slices, partial coverage, breath-hold offsets, bias and noise, "
+        "ACDC's groups, odd NIfTI headers) instead of the standard one",
+    )
     demo_parser.add_argument("--workdir", default="svfnet-demo", help="work folder (default ./svfnet-demo)")
     demo_parser.add_argument("--no-progress", action="store_true")
     demo_parser.set_defaults(func=demo)
@@ -55,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
 def demo(args: argparse.Namespace) -> int:
     from svfnet.pipeline import demo_config, run_pipeline
 
-    outcomes = run_pipeline(args.workdir, demo_config(args.quick), progress=not args.no_progress,
+    outcomes = run_pipeline(args.workdir, demo_config(args.quick, args.realistic), progress=not args.no_progress,
                             on_stage=_print_outcome)
     evaluation = outcomes[-1].result
     print()
