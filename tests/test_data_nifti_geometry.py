@@ -216,3 +216,25 @@ def test_nothing_non_finite_is_ever_written(tmp_path):
     field[0, 0, 0, 0] = 1e39  # finite in float64, infinite once cast to the file's float32
     with pytest.raises(ValueError, match="NaN or infinite"):
         vector_image(field, np.eye(4))
+
+
+@pytest.mark.parametrize("difference", ["origin 5e-4 mm", "rotation 3e-4 rad", "rotation 1e-3 rad"])
+def test_sform_and_qform_just_apart_are_told_apart_with_itks_absolute_tolerance(tmp_path, difference):
+    # both codes set, the sform's not scanner: ITK reads the sform only if both describe the same
+    # space within 1e-4 (mm, and about 1e-4 rad); a tolerance growing with the origin's distance
+    # (1e-2 at 100 mm) read the sform where ITK reads the qform
+    rotation = random_rotation(np.random.default_rng(6))
+    qform = affine_of(rotation, (1.3, 1.3, 8.0), (100.0, -60.0, 120.0))
+    sform = qform.copy()
+    if difference.startswith("origin"):
+        sform[:3, 3] += 5e-4
+    else:
+        angle = float(difference.split()[1])
+        turn = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+        sform[:3, :3] = turn @ sform[:3, :3]
+    path = tmp_path / "image.nii.gz"
+    write_header(path, pixdim=(1.3, 1.3, 8.0), qform=qform, qform_code=1, sform=sform, sform_code=2)
+    geometry, _ = read_geometry(path)
+    np.testing.assert_allclose(geometry.affine, sitk_affine(path), atol=2e-5)
+    assert geometry.source == "qform"
+    assert any("different spaces" in problem for problem in geometry.problems), geometry.problems

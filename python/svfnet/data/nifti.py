@@ -133,13 +133,22 @@ def _sform_is_rigid(sform: np.ndarray) -> bool:
 
 
 def _same_space(sform: np.ndarray, qform: np.ndarray) -> bool:
-    """Whether two matrices describe one space (voxel sizes, axes, origin within 1e-4).
+    """Whether two matrices describe one space, with ITK's tolerances (in the file's units): voxel
+    sizes within 1e-4, axis directions within 1e-4 (about 1e-4 rad), origins within 1e-4, absolute.
 
-    ITK compares the singular values and left singular vectors of the two 3×3 parts; with two equal
-    voxel sizes (every short-axis stack) those vectors are not unique and the test can fail on equal
-    matrices, so the matrices are compared directly. Either way equal spaces read the same.
+    ITK compares the singular values and left singular vectors of the two 3×3 parts; those vectors
+    are not unique (their signs always, their directions when two voxel sizes are equal, as in every
+    short-axis stack), so ITK's verdict on sform and qform that differ by an axis flip or swap
+    depends on its SVD's arbitrary choices. Here the columns are compared directly; on every other
+    difference the verdict is ITK's.
     """
-    return bool(np.abs(sform - qform).max() <= 1e-4 * max(1.0, float(np.abs(qform[:3, 3]).max())))
+    if np.abs(sform[:3, 3] - qform[:3, 3]).max() > 1e-4 or np.abs(sform[3] - qform[3]).max() > 1e-4:
+        return False
+    sform_sizes = np.linalg.norm(sform[:3, :3], axis=0)
+    qform_sizes = np.linalg.norm(qform[:3, :3], axis=0)
+    if np.any(sform_sizes < 1e-12) or np.abs(sform_sizes - qform_sizes).max() > 1e-4:
+        return False
+    return bool(np.abs(sform[:3, :3] / sform_sizes - qform[:3, :3] / qform_sizes).max() <= 1e-4)
 
 
 def _sizes(matrix: np.ndarray) -> str:
