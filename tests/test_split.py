@@ -40,3 +40,31 @@ def test_one_subject_per_patient_is_a_seeded_shuffle(tmp_path):
     assert split.test == tuple(sorted(ids[i] for i in order[:3]))
     assert split.val == tuple(sorted(ids[i] for i in order[3:4]))
     assert json.loads((tmp_path / "work" / "split.json").read_text())["test"] == list(split.test)
+
+
+def test_acdc_frames_named_by_number_are_one_patient():
+    # ACDC converted to nnU-Net (Dataset027_ACDC) or kept in the plain layout: patient001_frame01/_frame12
+    assert patient_of("patient001_frame01") == patient_of("patient001_frame12") == "patient001"
+    assert patient_of("patient001_FRAME01") == "patient001" and patient_of("frame01") == "frame01"
+
+
+@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize(
+    "ids",
+    [
+        ["a_ED", "a_ES", "b_ED", "b_ES"],  # two patients: both sides cannot be filled without a split
+        ["a_ED", "a_ES", "b_ED", "b_ES", "c_ED", "c_ES"],
+        ["a_ED", "a_ES", "b_ED", "b_ES", "c_ED"],
+        ["a_ED", "a_ES", "b_ED"],
+        ["a_ED", "a_ES"],  # one patient: all train
+    ],
+)
+def test_few_patients_split_whole_with_two_to_train(tmp_path, ids, seed):
+    split = subject_split(_folder(tmp_path, ids), test_fraction=0.5, val_fraction=0.2, seed=seed)
+    sides = {subject_id: side for side in ("train", "val", "test") for subject_id in getattr(split, side)}
+    assert sorted(sides) == sorted(ids)
+    assert len(split.train) >= 2
+    for patient in {patient_of(subject_id) for subject_id in ids}:
+        assert len({side for subject_id, side in sides.items() if patient_of(subject_id) == patient}) == 1
+    if len(ids) >= 4 and len({patient_of(subject_id) for subject_id in ids}) >= 2:
+        assert split.test  # from 4 subjects on, some patient is always tested

@@ -4,8 +4,9 @@
 stage that needs it (references, train or evaluate) creates it from the prepared subjects with a
 seeded shuffle; every later stage reads the same file, so a model is never tested on subjects it
 was trained on. Frames of one patient (ids that differ only by an ``_ED``/``_ES`` ending, as the ACDC
-and plain readers name them) go to the same side together: a model tested on a patient's end-systole
-must not have trained on the same heart at end-diastole.
+and plain readers name them, or a ``_frameNN`` one, as ACDC's files and its nnU-Net conversion do) go
+to the same side together: a model tested on a patient's end-systole must not have trained on the
+same heart at end-diastole.
 """
 
 from __future__ import annotations
@@ -28,11 +29,11 @@ class Split:
     test: tuple[str, ...]
 
 
-_PHASE_ENDING = re.compile(r"_(ED|ES)$", re.IGNORECASE)
+_PHASE_ENDING = re.compile(r"_(ED|ES|frame\d+)$", re.IGNORECASE)
 
 
 def patient_of(subject_id: str) -> str:
-    """The patient a subject id belongs to: the id without an ``_ED``/``_ES`` ending."""
+    """The patient a subject id belongs to: the id without an ``_ED``/``_ES``/``_frameNN`` ending."""
     return _PHASE_ENDING.sub("", subject_id)
 
 
@@ -46,7 +47,10 @@ def subject_split(
     """The work folder's split, created on first use (see module docstring).
 
     With N subjects, ``round(N · test_fraction)`` test and ``round(N · val_fraction)`` validation
-    subjects (at least one of each from 4 subjects on), the rest train (at least two).
+    subjects (at least one of each from 4 subjects on), the rest train (at least two). Patients go
+    whole: a side may get a frame or two more than its count, and a patient who would leave fewer
+    than two subjects to train goes to train, so with few patients validation (then test) may be
+    smaller or empty (4 subjects of 2 patients: 2 test, 2 train).
     """
     path = split_path(workdir)
     known = subject_ids(workdir)
@@ -74,23 +78,19 @@ def subject_split(
         patients.setdefault(patient_of(subject_id), []).append(subject_id)
     groups = list(patients.values())
     order = np.random.default_rng(seed).permutation(len(groups))
-    # whole patients, in shuffled order, fill test then validation; with one subject per patient
-    # this is a plain shuffle of the subjects
+    # whole patients, in shuffled order, fill test then validation, as long as two subjects are left
+    # to train; with one subject per patient this is a plain shuffle of the subjects
     sides: dict[str, list[str]] = {"test": [], "val": [], "train": []}
     for index in order:
         group = groups[index]
-        if len(sides["test"]) < n_test:  # a patient's last frames may take a side one over its size
+        fits = count - len(sides["test"]) - len(sides["val"]) - len(group) >= 2
+        if fits and len(sides["test"]) < n_test:  # a patient's last frames may take a side one over
             side = "test"
-        elif len(sides["val"]) < n_val:
+        elif fits and len(sides["val"]) < n_val:
             side = "val"
         else:
             side = "train"
         sides[side] += group
-    if len(sides["train"]) < 2:
-        raise ValueError(
-            f"subject_split(): {count} subjects of {len(groups)} patients leave fewer than 2 to train; "
-            "lower test_fraction / val_fraction or add subjects"
-        )
     split = Split(
         train=tuple(sorted(sides["train"])), val=tuple(sorted(sides["val"])), test=tuple(sorted(sides["test"]))
     )
