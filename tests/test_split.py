@@ -68,3 +68,20 @@ def test_few_patients_split_whole_with_two_to_train(tmp_path, ids, seed):
         assert len({side for subject_id, side in sides.items() if patient_of(subject_id) == patient}) == 1
     if len(ids) >= 4 and len({patient_of(subject_id) for subject_id in ids}) >= 2:
         assert split.test  # from 4 subjects on, some patient is always tested
+
+
+def test_a_stored_split_that_tests_a_trained_patient_is_kept_and_said(tmp_path, caplog):
+    ids = ["a_ED", "a_ES", "b_ED", "b_ES", "c_ED"]
+    folder = _folder(tmp_path, ids)
+    stored = {"train": ["a_ED", "b_ED", "b_ES"], "val": ["c_ED"], "test": ["a_ES"], "seed": 0}
+    (folder / "split.json").write_text(json.dumps(stored))
+    with caplog.at_level("WARNING", logger="svfnet.split"):
+        split = subject_split(folder)
+    assert split.test == ("a_ES",)
+    assert any("train/validation (a)" in record.getMessage() for record in caplog.records), caplog.text
+    caplog.clear()
+    (folder / "split.json").unlink()
+    with caplog.at_level("WARNING", logger="svfnet.split"):
+        subject_split(folder)
+        subject_split(folder)
+    assert not caplog.records

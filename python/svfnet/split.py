@@ -12,6 +12,7 @@ same heart at end-diastole.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,8 @@ import numpy as np
 
 from svfnet._io import write_json
 from svfnet.workdir import WorkDir, subject_ids
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,15 @@ def subject_split(
         unknown = set(split.train + split.val + split.test) - set(known)
         if unknown:
             raise ValueError(f"{path} names subjects that are not prepared: {sorted(unknown)[:5]}; remove it to re-split")
+        tested = {patient_of(subject_id) for subject_id in split.test}
+        leaked = sorted(tested & {patient_of(subject_id) for subject_id in split.train + split.val})
+        if leaked:  # a split written before frames were kept together: kept (results depend on it), said
+            logger.warning(
+                "%s puts frames of one patient both in test and in train/validation (%s): the test is not "
+                "on unseen hearts; remove it (and what was trained on it) to re-split by patient",
+                path,
+                ", ".join(leaked[:5]) + (f" and {len(leaked) - 5} more" if len(leaked) > 5 else ""),
+            )
         return split
     if not (0 <= test_fraction < 1 and 0 <= val_fraction < 1 and test_fraction + val_fraction < 1):
         raise ValueError("subject_split(): 'test_fraction' and 'val_fraction' must be in [0, 1) with a sum below 1")
