@@ -133,3 +133,27 @@ def test_prepare_on_the_command_line_warns_in_one_plain_line_per_file(tmp_path):
     lines = [line for line in result.stderr.splitlines() if line.startswith("svfnet: warning:")]
     assert len(lines) == 4 and all("1.5625 × 1.5625 × 10 mm" in line for line in lines), result.stderr
     assert "warnings.warn" not in result.stderr  # no source location
+
+
+def test_every_subject_refused_unreadable_headers_and_unmapped_values(tmp_path, capsys):
+    root = tmp_path / "bad"
+    root.mkdir()
+    labels = tiny_heart()
+    (root / "junk.nii.gz").write_bytes(b"not a NIfTI file")  # a header that cannot be read
+    write_nifti(root / "junk_gt.nii.gz", labels, np.eye(4))
+    write_pair(root, "empty", np.zeros_like(labels), image=image_for(labels))
+    code, report = _inspect_json([str(root)], capsys)
+    assert code == 1
+    assert sorted(report["summary"]["refused"]) == ["empty", "junk"]
+    junk = {s["id"]: s for s in report["subjects"]}["junk"]
+    assert junk["shape"] is None and "junk.nii.gz: not a readable NIfTI" in junk["error"]
+
+    odd = labels.copy()
+    odd[0, 0, 0] = 9  # a value the mapping does not list: background, and said
+    write_pair(tmp_path / "odd", "case", odd, image=image_for(labels))
+    code, report = _inspect_json([str(tmp_path / "odd")], capsys)
+    assert code == 0 and report["subjects"][0]["label_values"] == [0, 1, 2, 3, 4, 9]
+    assert any("[9]" in w and "not in the mapping" in w for w in report["subjects"][0]["warnings"])
+
+    assert main(["inspect", str(tmp_path / "nowhere"), "--no-progress"]) == 2  # the dataset itself
+    assert "no such dataset folder" in capsys.readouterr().err
