@@ -44,6 +44,54 @@ def split_path(workdir: str | Path) -> Path:
     return WorkDir(workdir).root / "split.json"
 
 
+def split_sizes(count: int, *, test_fraction: float = 0.25, val_fraction: float = 0.1) -> tuple[int, int, int]:
+    """``(train, val, test)`` subject counts of a split of ``count`` subjects (one subject per
+    patient; a patient's frames kept together may shift a side by one)."""
+    if not (0 <= test_fraction < 1 and 0 <= val_fraction < 1 and test_fraction + val_fraction < 1):
+        raise ValueError("subject_split(): 'test_fraction' and 'val_fraction' must be in [0, 1) with a sum below 1")
+    if count < 2:
+        raise ValueError(f"subject_split(): need at least 2 prepared subjects to train, found {count}")
+    n_test = max(round(count * test_fraction), 1 if count >= 4 and test_fraction > 0 else 0)
+    n_val = max(round(count * val_fraction), 1 if count >= 4 and val_fraction > 0 else 0)
+    while count - n_test - n_val < 2:
+        if n_test >= n_val and n_test > 0:
+            n_test -= 1
+        else:
+            n_val -= 1
+    return count - n_test - n_val, n_val, n_test
+
+
+def plan_split(
+    subject_ids: list[str] | tuple[str, ...], *, test_fraction: float = 0.25, val_fraction: float = 0.1, seed: int = 0
+) -> Split:
+    """The split :func:`subject_split` makes of these subjects, computed without reading or writing
+    anything (``svfnet run`` writes it in one atomic step, replacing the old one only then)."""
+    known = list(subject_ids)
+    count = len(known)
+    _, n_val, n_test = split_sizes(count, test_fraction=test_fraction, val_fraction=val_fraction)
+    patients: dict[str, list[str]] = {}
+    for subject_id in known:
+        patients.setdefault(patient_of(subject_id), []).append(subject_id)
+    groups = list(patients.values())
+    order = np.random.default_rng(seed).permutation(len(groups))
+    # whole patients, in shuffled order, fill test then validation, as long as two subjects are left
+    # to train; with one subject per patient this is a plain shuffle of the subjects
+    sides: dict[str, list[str]] = {"test": [], "val": [], "train": []}
+    for index in order:
+        group = groups[index]
+        fits = count - len(sides["test"]) - len(sides["val"]) - len(group) >= 2
+        if fits and len(sides["test"]) < n_test:  # a patient's last frames may take a side one over
+            side = "test"
+        elif fits and len(sides["val"]) < n_val:
+            side = "val"
+        else:
+            side = "train"
+        sides[side] += group
+    return Split(
+        train=tuple(sorted(sides["train"])), val=tuple(sorted(sides["val"])), test=tuple(sorted(sides["test"]))
+    )
+
+
 def subject_split(
     workdir: str | Path, *, test_fraction: float = 0.25, val_fraction: float = 0.1, seed: int = 0
 ) -> Split:
@@ -73,38 +121,6 @@ def subject_split(
                 ", ".join(leaked[:5]) + (f" and {len(leaked) - 5} more" if len(leaked) > 5 else ""),
             )
         return split
-    if not (0 <= test_fraction < 1 and 0 <= val_fraction < 1 and test_fraction + val_fraction < 1):
-        raise ValueError("subject_split(): 'test_fraction' and 'val_fraction' must be in [0, 1) with a sum below 1")
-    count = len(known)
-    if count < 2:
-        raise ValueError(f"subject_split(): need at least 2 prepared subjects to train, found {count}")
-    n_test = max(round(count * test_fraction), 1 if count >= 4 and test_fraction > 0 else 0)
-    n_val = max(round(count * val_fraction), 1 if count >= 4 and val_fraction > 0 else 0)
-    while count - n_test - n_val < 2:
-        if n_test >= n_val and n_test > 0:
-            n_test -= 1
-        else:
-            n_val -= 1
-    patients: dict[str, list[str]] = {}
-    for subject_id in known:
-        patients.setdefault(patient_of(subject_id), []).append(subject_id)
-    groups = list(patients.values())
-    order = np.random.default_rng(seed).permutation(len(groups))
-    # whole patients, in shuffled order, fill test then validation, as long as two subjects are left
-    # to train; with one subject per patient this is a plain shuffle of the subjects
-    sides: dict[str, list[str]] = {"test": [], "val": [], "train": []}
-    for index in order:
-        group = groups[index]
-        fits = count - len(sides["test"]) - len(sides["val"]) - len(group) >= 2
-        if fits and len(sides["test"]) < n_test:  # a patient's last frames may take a side one over
-            side = "test"
-        elif fits and len(sides["val"]) < n_val:
-            side = "val"
-        else:
-            side = "train"
-        sides[side] += group
-    split = Split(
-        train=tuple(sorted(sides["train"])), val=tuple(sorted(sides["val"])), test=tuple(sorted(sides["test"]))
-    )
+    split = plan_split(known, test_fraction=test_fraction, val_fraction=val_fraction, seed=seed)
     write_json(path, {"train": list(split.train), "val": list(split.val), "test": list(split.test), "seed": seed})
     return split
