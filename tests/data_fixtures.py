@@ -56,6 +56,15 @@ def to_acdc_values(labels: np.ndarray) -> np.ndarray:
     return np.array([0, 3, 2, 1, 0], dtype=np.uint8)[labels]
 
 
+def write_foreign_nifti(path: Path, data: np.ndarray, affine: np.ndarray) -> Path:
+    """A NIfTI file as other software may write it, NaN or infinity included (nibabel's defaults:
+    the sform set to ``affine``); svfnet's own writer refuses non-finite values."""
+    import nibabel as nib
+
+    nib.save(nib.Nifti1Image(np.asarray(data), affine), str(path))
+    return path
+
+
 def write_pair(
     folder: Path,
     name: str,

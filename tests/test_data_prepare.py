@@ -23,7 +23,7 @@ from svfnet.data.readers import Subject, SubjectFiles, load_subject, read_datase
 from svfnet.data.synthetic import generate_subject, write_synthetic_dataset
 from svfnet.data.transform import original_positions, read_transform, resample_labels, to_original
 from svfnet.workdir import WorkDir, read_prepared, subject_ids
-from tests.data_fixtures import SUNNYBROOK
+from tests.data_fixtures import SUNNYBROOK, write_foreign_nifti
 
 
 def as_subject(image: np.ndarray, labels: np.ndarray, affine: np.ndarray, name: str = "s") -> Subject:
@@ -296,7 +296,7 @@ def test_a_bad_subject_stops_preparation_before_any_output(tmp_path, synthetic_d
     subject = generate_subject(2, 5)
     image = subject.image.astype(np.float32)
     image[3, 4, 5] = np.nan
-    write_nifti(data / "synth_009.nii.gz", image, subject.affine)  # sorted last: found after good ones
+    write_foreign_nifti(data / "synth_009.nii.gz", image, subject.affine)  # sorted last: after good ones
     write_nifti(data / "synth_009_gt.nii.gz", subject.labels, subject.affine)
     work = tmp_path / "work"
     with pytest.raises(ValueError, match=r"synth_009\.nii\.gz.*NaN"):

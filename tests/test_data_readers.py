@@ -26,6 +26,7 @@ from tests.data_fixtures import (
     tiny_heart,
     to_acdc_values,
     write_acdc,
+    write_foreign_nifti,
     write_nnunet,
     write_pair,
     write_plain,
@@ -293,7 +294,9 @@ def _subject_files(
 
 
 def test_bad_volumes_are_named(tmp_path):
-    files = _subject_files(tmp_path, image=np.where(tiny_heart() > 0, np.nan, 1.0).astype(np.float32))
+    files = _subject_files(tmp_path)
+    nan_image = np.where(tiny_heart() > 0, np.nan, 1.0).astype(np.float32)
+    write_foreign_nifti(files.image, nan_image, OBLIQUE_AFFINE)  # svfnet's own writer refuses it
     with pytest.raises(ValueError, match=r"case\.nii\.gz.*NaN"):
         load_subject(files)
 
