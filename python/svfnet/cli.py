@@ -5,8 +5,11 @@ file stays a table of contents: add a module to ``COMMAND_MODULES`` and give it
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import signal
 import sys
+import threading
 import warnings
 from importlib import import_module
 
@@ -53,6 +56,28 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 _default_show_warning = warnings.showwarning
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like a Ctrl-C so that the same clean-up runs: worker
+    processes are stopped, temporary files removed, work folders left as after an interruption."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def _sigterm_as_interruption():
+    """SIGTERM raises :class:`Terminated` while the block runs (main thread only; restored after)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     warnings.showwarning = _show_warning
     parser = build_parser()
@@ -62,11 +87,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        with _sigterm_as_interruption():
+            return int(args.func(args) or 0)
     except (ValueError, TypeError, FileNotFoundError, FileExistsError) as error:
         # bad input: one clear line, no traceback
         print(f"svfnet {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except Terminated:
+        print(f"svfnet {args.command}: terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print(f"svfnet {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -13,12 +13,24 @@ it at once (and a stage interrupted half-way resumes from what is on disk):
   inputs, so the workers need not see the work folder.
 
 ``func`` must be a module-level function (it is pickled), and so must its arguments.
+
+Interruption leaves no process behind. Local workers ignore SIGINT (a Ctrl-C reaches the whole
+process group; the driver decides) and are killed with the driver: on Linux the kernel sends them
+SIGKILL when the thread that started them ends (``PR_SET_PDEATHSIG``; run the tasks from a thread
+that outlives them, as the main thread does), elsewhere a thread of each worker polls its parent.
+When the driver stops iterating early (KeyboardInterrupt, SIGTERM turned into an exception by the
+``svfnet`` command, an error in the caller's loop, a closed generator), the workers are
+terminated at once rather than left to finish their running tasks; pending tasks never start. The
+multiprocessing resource tracker exits by itself once the driver and the workers are gone.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
+import sys
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -37,10 +49,58 @@ class TaskOutcome:
     error: BaseException | None = None
 
 
-def _init_worker(threads: int) -> None:
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+_PARENT_POLL_S = 1.0  # how often a worker without PR_SET_PDEATHSIG checks that its parent lives
+_TERMINATE_WAIT_S = 5.0  # how long terminated workers get to exit before they are killed
+
+
+def _init_worker(threads: int, parent_pid: int) -> None:
+    # the driver decides what an interruption does: a Ctrl-C reaches the whole process group, and
+    # a worker that raised KeyboardInterrupt would only report it as the outcome of its task
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _exit_with_parent(parent_pid)
     import torch
 
     torch.set_num_threads(threads)
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """Makes this worker end when its driver ``parent_pid`` ends, however it ends (SIGKILL included).
+
+    Linux: ``prctl(PR_SET_PDEATHSIG, SIGKILL)``, which the kernel fires when the driver's thread
+    that started this process ends; elsewhere, a daemon thread that polls the parent's pid.
+    """
+    armed = False
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            armed = libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) == 0
+        except (OSError, AttributeError):  # no prctl in this C library: poll instead
+            armed = False
+    # the parent may have died before the signal was armed (then this process was re-parented)
+    if os.getppid() != parent_pid and not _alive(parent_pid):
+        os._exit(1)
+    if not armed:
+        parent = os.getppid()
+
+        def watch() -> None:
+            while os.getppid() == parent:
+                threading.Event().wait(_PARENT_POLL_S)
+            os._exit(1)
+
+        threading.Thread(target=watch, name="svfnet-parent-watch", daemon=True).start()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, another user's
+        return True
+    return True
 
 
 def _call(func: Callable[[Any], Any], task: Any) -> Any:
@@ -121,24 +181,48 @@ def _in_processes(func, tasks, workers: int, threads: int) -> Iterator[TaskOutco
     # spawn, not fork: the parent's OpenMP and torch thread pools do not survive a fork
     context = multiprocessing.get_context("spawn")
     logger.info("running %d tasks in %d processes of %d threads", len(tasks), workers, threads)
-    with ProcessPoolExecutor(
-        max_workers=workers, mp_context=context, initializer=_init_worker, initargs=(threads,)
-    ) as pool:
+    pool = ProcessPoolExecutor(
+        max_workers=workers, mp_context=context, initializer=_init_worker, initargs=(threads, os.getpid())
+    )
+    finished = False
+    try:
         futures = {pool.submit(_call, func, task): index for index, task in enumerate(tasks)}
-        try:
-            for future in as_completed(futures):
-                # forget each future once done: it holds its result, and the caller keeps only
-                # what it needs (the driver's memory must not grow with the number of tasks)
-                index = futures.pop(future)
-                error = future.exception()
-                if error is not None:
-                    yield TaskOutcome(index, error=error)
-                else:
-                    yield TaskOutcome(index, value=future.result())
-        except BaseException:
-            for future in futures:
-                future.cancel()
-            raise
+        for future in as_completed(futures):
+            # forget each future once done: it holds its result, and the caller keeps only
+            # what it needs (the driver's memory must not grow with the number of tasks)
+            index = futures.pop(future)
+            error = future.exception()
+            if error is not None:
+                yield TaskOutcome(index, error=error)
+            else:
+                yield TaskOutcome(index, value=future.result())
+        finished = True
+    finally:
+        if finished:
+            pool.shutdown(wait=True)
+        else:
+            # interrupted, or the caller stopped early: neither wait for running tasks nor start
+            # pending ones
+            _stop_workers(pool)
+
+
+def _stop_workers(pool) -> None:
+    """Terminates a ProcessPoolExecutor's workers (SIGTERM, then SIGKILL) and waits until they are gone."""
+    # the processes are in _processes (Python 3.14 also has pool.terminate_workers())
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    if not processes and hasattr(pool, "terminate_workers"):
+        pool.terminate_workers()
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    for process in processes:
+        process.join(_TERMINATE_WAIT_S)
+        if process.is_alive():
+            process.kill()
+            process.join(_TERMINATE_WAIT_S)
+    # the executor's manager thread sees its workers gone, fails what was pending and ends: no
+    # thread of the pool outlives this call
+    pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _on_dask(func, tasks, scheduler: str) -> Iterator[TaskOutcome]:
