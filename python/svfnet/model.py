@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from svfnet.limits import check_grid  # torch-free: the command line checks grids without torch
+
 __all__ = ["SVFNet", "SVFNetConfig", "check_grid", "load", "save_checkpoint"]
 
 
@@ -78,22 +80,6 @@ class SVFNetConfig:
         if unknown:
             raise ValueError(f"SVFNetConfig: unknown keys {sorted(unknown)}")
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
-
-
-def check_grid(grid, where: str = "SVFNet") -> None:
-    """Raises ValueError unless ``grid`` (I, J, K) has in-plane sizes divisible by 8 and K by 2,
-    and the coarsest level (I/8, J/8, K/2) more than one voxel (normalisation needs two)."""
-    grid = tuple(int(s) for s in grid)
-    if len(grid) != 3 or grid[0] % 8 or grid[1] % 8 or grid[2] % 2 or min(grid) < 2:
-        raise ValueError(
-            f"{where}: the grid must have in-plane sizes divisible by 8 and a slice count divisible by 2 "
-            f"(e.g. 64x64x16), got {'x'.join(map(str, grid))}"
-        )
-    if grid[0] // 8 * (grid[1] // 8) * (grid[2] // 2) < 2:
-        raise ValueError(
-            f"{where}: the grid {'x'.join(map(str, grid))} leaves one voxel at the coarsest level "
-            "(I/8 x J/8 x K/2): use a larger grid (e.g. 64x64x16)"
-        )
 
 
 def _norm(kind: str, channels: int) -> nn.Module:
@@ -201,4 +187,11 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> SVFNet:
         model.load_state_dict(payload["model"])
     except RuntimeError as error:
         raise ValueError(f"{path}: weights do not match the configuration: {error}") from None
+    for name, tensor in model.state_dict().items():  # a NaN weight would only show as a NaN field, far away
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise ValueError(
+                f"{path}: the checkpoint's '{name}' has {bad} non-finite values (of {tensor.numel()}): the model is "
+                "broken; use an earlier checkpoint or train again"
+            )
     return model.to(map_location).eval()
