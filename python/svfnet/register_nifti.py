@@ -27,6 +27,7 @@ Frames used here: *original voxels* of each input, *world* mm (RAS+, the headers
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import math
@@ -56,8 +57,9 @@ from svfnet.data.prepare import (
     prepare_subject,
     resample_image,
 )
-from svfnet.data.readers import Subject, SubjectFiles, load_subject
+from svfnet.data.readers import Subject, SubjectFiles, load_subject, refuse_complex
 from svfnet.data.transform import PreparedTransform, original_positions, resample_labels
+from svfnet.locks import prefix_lock
 from svfnet.model import SVFNet, load
 from svfnet.registration import Registration, register
 
@@ -277,6 +279,7 @@ def read_original(
         subject = load_subject(files)  # checks shape and affine agreement, non-empty labels
         image, affine, labels = subject.image, subject.affine, subject.labels
     else:
+        refuse_complex(image_path, f"{role} image")
         image, affine = read_nifti(image_path, kind="image")
         subject, labels = None, None
     if float(image.max()) <= float(image.min()):
@@ -785,16 +788,21 @@ def register_nifti(
             module's description). Moving labels are warped along.
         label_mapping: ``{file value: svfnet value}`` for the label maps (default svfnet's own values).
         rigid_initial: ``"geometry"`` or ``"world"`` (see :func:`rigid_prealignment`).
-        overwrite: replace existing outputs (else FileExistsError before any work).
+        overwrite: replace existing outputs (else FileExistsError before any work). The new files
+            are written beside the old ones and take their names only once all are written.
         device: where to load a checkpoint (default CUDA when available, else CPU).
         checkpoint: the checkpoint a loaded ``model`` came from, for the metadata.
 
     Returns:
         The result; ``outputs`` and ``metadata`` list what was written.
 
+    The output prefix is locked while the pair is registered (``PREFIX.svfnet.lock``, see
+    :mod:`svfnet.locks`): two processes writing one prefix would mix their files.
+
     Raises:
         FileNotFoundError: an input is missing.
         FileExistsError: an output exists and ``overwrite`` is false.
+        svfnet.locks.FolderLocked: another process is writing this output prefix.
         ValueError: an input that is unreadable, not 3D, disagrees with its labels, or cannot be
             prepared; a bad checkpoint. Nothing is written then.
     """
@@ -812,7 +820,23 @@ def register_nifti(
         if out_prefix is not None
         else {}
     )
-    _check_pair(pair, outputs, overwrite)
+    with contextlib.ExitStack() as stack:
+        if out_prefix is not None:  # one writer per output prefix (:mod:`svfnet.locks`)
+            stack.enter_context(prefix_lock(pair.out_prefix))
+        _check_pair(pair, outputs, overwrite)
+        return _register_nifti(pair, model, outputs, mapping, rigid_initial, device, checkpoint, started)
+
+
+def _register_nifti(
+    pair: PairFiles,
+    model: SVFNet | str | os.PathLike,
+    outputs: dict[str, Path],
+    mapping: LabelMapping,
+    rigid_initial: str,
+    device: str | torch.device | None,
+    checkpoint: str | os.PathLike | None,
+    started: float,
+) -> NiftiRegistration:
     net = _load_model(model, device)
     timings: dict[str, float] = {}
 
@@ -923,17 +947,20 @@ def register_nifti(
             )
         if warped_labels_original is not None:
             volumes["warped_labels_original"] = nifti_image(warped_labels_original, fixed_original.affine)
-        # everything is computed before the first file is written; each file is atomic, and the
-        # metadata, written last, marks a complete set. Replacing a set (overwrite), the old one
-        # goes first, every file of it: a kill half way must not leave new files beside old
-        # metadata, nor old label outputs beside a registration without labels.
-        every = output_paths(pair.out_prefix, with_labels=True)
-        for stale in [every.pop("metadata"), *every.values()]:  # the completion marker first
-            stale.unlink(missing_ok=True)
-        for key, image in volumes.items():
-            with atomic_path(outputs[key]) as temporary:
-                nib.save(image, str(temporary))
-        write_itk_displacement(outputs["displacement_itk"], displacement_mm, fixed_original.affine)
+        # everything is computed before the first file is written, and every file is written beside
+        # its final name before any takes it (write beside, then swap): a failure while writing
+        # leaves an old set as it was. Then the old set's metadata (the mark of a complete set) goes
+        # first, with the old label outputs a registration without labels does not replace, the new
+        # files take their names, and the new metadata, written last, marks the new set complete: a
+        # kill half way never leaves new files beside old metadata.
+        with contextlib.ExitStack() as renames:
+            for key, image in volumes.items():
+                nib.save(image, str(renames.enter_context(atomic_path(outputs[key]))))
+            write_itk_displacement(renames.enter_context(atomic_path(outputs["displacement_itk"])), displacement_mm,
+                                   fixed_original.affine)
+            every = output_paths(pair.out_prefix, with_labels=True)
+            for stale in [every.pop("metadata"), *(p for k, p in every.items() if k not in outputs)]:
+                stale.unlink(missing_ok=True)
         timings["write"] = time.perf_counter() - tick
         timings["total"] = time.perf_counter() - started
         write_json(outputs["metadata"], metadata)
@@ -976,8 +1003,9 @@ def register_pairs(
 ) -> BatchResult:
     """Registers many pairs with one loaded model (see :func:`register_nifti`).
 
-    Every pair's inputs (existence) and outputs (unless ``overwrite``) are checked before the model
-    is loaded or anything is written.
+    Every output prefix is locked first (``PREFIX.svfnet.lock``, :mod:`svfnet.locks`: another
+    process writing one of them is refused, naming it); then every pair's inputs (existence) and
+    outputs (unless ``overwrite``) are checked before the model is loaded or anything is written.
 
     Args:
         pairs: from :func:`read_pairs` or built directly.
@@ -986,17 +1014,27 @@ def register_pairs(
         progress: show a tqdm bar.
         label_mapping, rigid_initial, overwrite, device: as in :func:`register_nifti`.
     """
-    from tqdm.auto import tqdm
-
     planned: dict[Path, int] = {}
     for number, pair in enumerate(pairs, start=1):
         outputs = output_paths(pair.out_prefix, with_labels=pair.moving_labels is not None)
-        if not keep_going:
-            _check_pair(pair, outputs, overwrite)
         for path in outputs.values():
             if path.resolve() in planned:
                 raise ValueError(f"pairs {planned[path.resolve()]} and {number} would both write {path}")
             planned[path.resolve()] = number
+    with contextlib.ExitStack() as locks:
+        # every prefix locked before any output is checked or written: another process writing one
+        # of them is refused now, naming it, and none can start writing one while this runs
+        for pair in pairs:
+            locks.enter_context(prefix_lock(pair.out_prefix))
+        if not keep_going:
+            for pair in pairs:
+                _check_pair(pair, output_paths(pair.out_prefix, with_labels=pair.moving_labels is not None), overwrite)
+        return _register_batch(pairs, model, label_mapping, rigid_initial, overwrite, keep_going, device, progress)
+
+
+def _register_batch(pairs, model, label_mapping, rigid_initial, overwrite, keep_going, device, progress) -> BatchResult:
+    from tqdm.auto import tqdm
+
     net = _load_model(model, device)
     batch = BatchResult()
     for pair in tqdm(pairs, desc="registering", unit="pair", disable=not progress):

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from svfnet.commands.guard import guarded
+
 SVF_FILE = "svf.nii.gz"
 WARPED_FILE = "warped.nii.gz"
 WARPED_LABELS_FILE = "warped_labels.nii.gz"
@@ -74,7 +76,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--no-symmetric", action="store_true", help="forward forces only")
     parser.add_argument("--force", action="store_true", help="replace results already in OUT")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=guarded(run, writes="out", what="output folder", recover=False))
 
 
 def params_from_args(args: argparse.Namespace):
@@ -107,7 +109,11 @@ def run(args: argparse.Namespace) -> int:
     from svfnet.baselines import lcc_demons
     from svfnet.data.nifti import read_nifti, write_nifti
 
+    from svfnet.data.readers import refuse_complex
+
     params = params_from_args(args)  # bad parameters fail before any file is read
+    refuse_complex(args.moving, "moving image")
+    refuse_complex(args.fixed, "fixed image")
     moving, moving_affine = read_nifti(args.moving, kind="image")
     fixed, fixed_affine = read_nifti(args.fixed, kind="image")
     check_same_grid(args.moving, moving.shape, moving_affine, args.fixed, fixed.shape, fixed_affine)

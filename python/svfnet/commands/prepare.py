@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from svfnet.commands.dataset_options import add_dataset_options, dataset_from_options
+from svfnet.commands.guard import guarded
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -50,7 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--force", action="store_true", help="replace an existing OUT/prepared/")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=guarded(run, writes="out"))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from svfnet.commands.guard import guarded
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -54,7 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--force", action="store_true", help="replace existing outputs")
     parser.add_argument("--keep-going", action="store_true", help="--pairs: go on past a failing pair")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=guarded(run))  # each output prefix is locked by register_pairs
 
 
 def _check_arguments(args: argparse.Namespace) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from svfnet.commands.guard import guarded
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     run_parser = subparsers.add_parser(
@@ -18,7 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run_parser.add_argument("--scheduler", metavar="ADDRESS", help="Dask scheduler for the parallel stages")
     run_parser.add_argument("--stages", nargs="+", metavar="STAGE", help="run only these stages")
     run_parser.add_argument("--no-progress", action="store_true")
-    run_parser.set_defaults(func=run)
+    run_parser.set_defaults(func=guarded(run, writes="workdir"))
 
     demo_parser = subparsers.add_parser(
         "demo",
@@ -34,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     demo_parser.add_argument("--workdir", default="svfnet-demo", help="work folder (default ./svfnet-demo)")
     demo_parser.add_argument("--no-progress", action="store_true")
-    demo_parser.set_defaults(func=demo)
+    demo_parser.set_defaults(func=guarded(demo, writes="workdir"))
 
     config_parser = subparsers.add_parser("config", help="print the run configuration (TOML) with every default")
     config_parser.add_argument("--defaults", action="store_true", help="print every parameter with its default")

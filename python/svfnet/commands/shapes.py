@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from svfnet.commands.guard import guarded
+
 
 def _landmarks(text: str) -> int | None:
     if text == "all":
@@ -110,7 +112,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--save-meshes", action="store_true", help="also write each deformed template (VTK)")
     parser.add_argument("--overwrite", action="store_true", help="recompute everything")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=guarded(run, writes="workdir"))
 
 
 def run(args: argparse.Namespace) -> int:

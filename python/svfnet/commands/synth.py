@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from svfnet.commands.guard import guarded
+
 _HEADER_STYLES = ("itk", "acdc", "qform-only", "sform-only", "disagree", "oblique")  # synthetic.HEADER_STYLES
 
 
@@ -59,7 +61,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--force", action="store_true", help="write into a folder that already holds files")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=guarded(run, writes="out", what="dataset folder", recover=False, beside=True))
 
 
 def run(args: argparse.Namespace) -> int:

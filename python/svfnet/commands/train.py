@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import math
 
+from svfnet.commands.guard import guarded
+
 
 def _positive_int(text: str) -> int:
     try:
@@ -66,7 +68,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=_non_negative_int, help="seed (default 0)")
     parser.add_argument("--tensorboard", action="store_true", help="also log to TensorBoard")
     parser.add_argument("--no-progress", action="store_true")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=guarded(run, writes="workdir"))
 
 
 _TRAIN_FLAGS = {  # flag -> TrainConfig field
