@@ -21,6 +21,7 @@ stores landmarks.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,7 +118,7 @@ def write_prepared_subject(
     labels: np.ndarray,
     spacing_mm: tuple[float, float, float],
     transform: dict[str, Any],
-) -> None:
+) -> dict[str, Any]:
     """Writes one prepared subject (image, labels, transform record), each file atomically.
 
     Args:
@@ -127,6 +128,10 @@ def write_prepared_subject(
         labels: ``(I, J, K)`` uint8 on the common grid (svfnet's label values).
         spacing_mm: the grid's voxel size; the NIfTI affine is ``diag(spacing_mm)``.
         transform: JSON-ready record of the transform back to the original image.
+
+    Returns:
+        The subject's content digests as :func:`subject_digests` makes them (``image``, ``labels``,
+        ``spacing_mm``), for ``subjects.json``'s entry (``"digests"``).
     """
     from svfnet._io import write_json
     from svfnet.data.nifti import write_nifti
@@ -145,6 +150,7 @@ def write_prepared_subject(
     write_nifti(folder.image(subject_id), image, affine)
     write_nifti(folder.labels(subject_id), labels.astype(np.uint8), affine)
     write_json(folder.transform(subject_id), transform)
+    return subject_digests(image, labels.astype(np.uint8), spacing_mm)
 
 
 def write_subjects(workdir: str | Path, record: dict[str, Any]) -> None:
@@ -154,3 +160,52 @@ def write_subjects(workdir: str | Path, record: dict[str, Any]) -> None:
     if not isinstance(record.get("subjects"), list) or any("id" not in entry for entry in record["subjects"]):
         raise ValueError("write_subjects(): 'record' must hold a 'subjects' list of entries with an 'id'")
     write_json(WorkDir(workdir).subjects_json, record)
+
+
+# ------------------------------------------------------------------------------------ content digests
+def array_digest(array: np.ndarray) -> str:
+    """SHA-256 (16 hex digits) of an array's dtype, shape and values."""
+    array = np.ascontiguousarray(array)
+    digest = hashlib.sha256(f"{array.dtype.str}{array.shape}".encode())
+    digest.update(array.tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _rounded_spacing(spacing_mm) -> list[float]:
+    # as a NIfTI header holds it (float32): recorded and read-back voxel sizes then agree exactly
+    return [float(np.float32(s)) for s in spacing_mm]
+
+
+def subject_digests(image: np.ndarray, labels: np.ndarray, spacing_mm) -> dict[str, Any]:
+    """What a prepared subject holds, as digests: ``{"image", "labels", "spacing_mm"}``."""
+    return {
+        "image": array_digest(np.asarray(image, dtype=np.float32)),
+        "labels": array_digest(np.asarray(labels, dtype=np.uint8)),
+        "spacing_mm": _rounded_spacing(spacing_mm),
+    }
+
+
+def prepared_digests(
+    workdir: str | Path,
+    subject_ids_: list[str] | tuple[str, ...] | None = None,
+    parts: tuple[str, ...] = ("image", "labels"),
+) -> dict[str, str]:
+    """One digest per prepared subject of the ``parts`` it holds (``"image"``, ``"labels"``) and its
+    grid's voxel size: what a stage that reads those parts depends on (its fingerprint).
+
+    ``svfnet prepare`` records each subject's digests in ``subjects.json``; a subject without them
+    (a folder written otherwise) is read and digested here.
+    """
+    path = WorkDir(workdir).subjects_json
+    record = json.loads(path.read_text()) if path.is_file() else {"subjects": []}
+    entries = {entry["id"]: entry for entry in record.get("subjects", [])}
+    ids = list(subject_ids_) if subject_ids_ is not None else subject_ids(workdir)
+    out = {}
+    for subject_id in ids:
+        recorded = entries.get(subject_id, {}).get("digests") or {}
+        if not all(key in recorded for key in (*parts, "spacing_mm")):
+            subject = read_prepared(workdir, subject_id)
+            recorded = subject_digests(subject.image, subject.labels, subject.spacing_mm)
+        payload = json.dumps([[recorded[part] for part in parts], _rounded_spacing(recorded["spacing_mm"])])
+        out[subject_id] = hashlib.sha256(payload.encode()).hexdigest()[:16]
+    return out

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -434,10 +435,32 @@ class PreparationReport:
         return {e["id"]: e["warnings"] for e in self.entries if e["warnings"]}
 
 
-def _check_shape(shape: tuple[int, ...]) -> tuple[int, int, int]:
-    if len(shape) != 3 or any(int(n) != n or n < 2 for n in shape):
-        raise ValueError(f"--shape must be three integers ≥ 2 (I J K), got {tuple(shape)}")
-    return tuple(int(n) for n in shape)  # type: ignore[return-value]
+def _largest_volume(dataset: Dataset) -> int:
+    """Voxels of the largest image of the dataset, from the headers only (a file whose header
+    cannot be read is left to the first pass, which names it)."""
+    import nibabel as nib
+
+    largest = 0
+    for files in dataset.subjects:
+        try:
+            largest = max(largest, math.prod(int(n) for n in nib.load(str(files.image)).shape[:3]))
+        except Exception:  # noqa: BLE001 - reported with the file's name when it is read
+            continue
+    return largest
+
+
+def check_preparation(dataset: Dataset, shape: tuple[int, int, int]) -> None:
+    """The cohort's size and the memory preparing it needs (one subject at a time: the grid and the
+    largest image), against the limits and this machine; ValueError before anything is read."""
+    from svfnet.limits import MAX_SUBJECTS, check_memory, prepare_memory_bytes
+
+    if len(dataset) > MAX_SUBJECTS:
+        raise ValueError(f"{dataset.root}: {len(dataset):,} subjects, above the limit of {MAX_SUBJECTS:,}")
+    check_memory(
+        prepare_memory_bytes(shape, _largest_volume(dataset)),
+        f"preparing {dataset.root} on a {'x'.join(map(str, shape))} grid",
+        "use a smaller --shape (the default 64 64 16 needs about 0.3 GB)",
+    )
 
 
 def prepare_dataset(
@@ -454,7 +477,12 @@ def prepare_dataset(
     """Prepares every subject of a dataset into ``workdir/prepared/``.
 
     Every subject is read and checked, and every frame computed, before anything is written: a
-    bad file stops the run with an error naming it and leaves the work folder as it was.
+    bad file stops the run with an error naming it and leaves the work folder as it was. The grid
+    must suit SVF-Net (in-plane sizes divisible by 8, slices by 2) and the limits of
+    :mod:`svfnet.limits`, and the memory preparation needs (estimated from the grid and the largest
+    image's header) must be available, else ValueError before anything is read. The work folder is
+    locked meanwhile (:mod:`svfnet.locks`). Each subject's content digests are recorded in
+    ``subjects.json`` (``"digests"``): later stages' fingerprints are made of them.
 
     Args:
         dataset: from :func:`svfnet.data.read_dataset`.
@@ -463,7 +491,9 @@ def prepare_dataset(
         spacing_mm: the grid's voxel size; ``None`` fits the cohort's hearts (see :func:`cohort_grid`).
         margin_mm: margin around the hearts when the spacing is fitted.
         long_axis: ``"slices"`` or ``"labels"`` (see :func:`canonical_frame`).
-        overwrite: replace an existing ``prepared/`` (its other subjects' files are removed).
+        overwrite: replace an existing ``prepared/``. The new one is written beside it
+            (``WORKDIR/.staging/prepare/``) and takes its place only when complete, so a failed or
+            killed preparation leaves the old one as it was.
         progress: show tqdm progress bars.
 
     Returns:
@@ -472,27 +502,61 @@ def prepare_dataset(
     Raises:
         FileExistsError: ``prepared/`` exists and ``overwrite`` is false.
         FileNotFoundError, ValueError: a bad input (named in the message).
+        svfnet.locks.FolderLocked: another process is writing the work folder.
     """
-    from tqdm.auto import tqdm
+    from svfnet.limits import check_grid_shape
+    from svfnet.locks import folder_lock
+    from svfnet.staging import STAGING, recover_replaced, remove_staging, replace_tree
 
-    from svfnet.workdir import write_prepared_subject, write_subjects
-
-    shape = _check_shape(tuple(shape))
+    shape = check_grid_shape(tuple(shape), "--shape")
     if spacing_mm is not None and (
-        len(spacing_mm) != 3 or not all(math.isfinite(s) and s > 0 for s in spacing_mm)
+        len(spacing_mm) != 3 or not all(math.isfinite(s) and 0 < s <= 1000 for s in spacing_mm)
     ):
-        raise ValueError(f"--spacing must be three positive numbers (mm), got {spacing_mm}")
+        raise ValueError(f"--spacing must be three positive numbers up to 1000 (mm), got {spacing_mm}")
     if not (math.isfinite(margin_mm) and margin_mm >= 0):
         raise ValueError(f"--margin must be a non-negative number of mm, got {margin_mm}")
     if long_axis not in LONG_AXIS_SOURCES:
         raise ValueError(f"--long-axis must be one of {', '.join(LONG_AXIS_SOURCES)}, got {long_axis!r}")
     if len(dataset) == 0:
         raise ValueError(f"{dataset.root}: the dataset has no subjects")
+    check_preparation(dataset, shape)
     folder = WorkDir(workdir)
-    if folder.subjects_json.exists() and not overwrite:
-        raise FileExistsError(
-            f"{folder.prepared} already holds a prepared dataset; use --force to replace it"
-        )
+    with folder_lock(folder.root, f"the work folder {folder.root}"):
+        recover_replaced(folder.root)
+        if folder.subjects_json.exists() and not overwrite:
+            raise FileExistsError(
+                f"{folder.prepared} already holds a prepared dataset; use --force to replace it"
+            )
+        # a prepared folder is replaced only once its successor is complete (written beside it)
+        staged = folder.prepared.exists()
+        target = WorkDir(folder.root / STAGING / "prepare") if staged else folder
+        if staged and target.root.exists():
+            shutil.rmtree(target.root)  # an earlier replacement that did not finish
+        try:
+            report = _prepare_into(dataset, target, shape, spacing_mm, margin_mm, long_axis, progress)
+        except BaseException:
+            if staged:
+                remove_staging(folder.root, "prepare")
+            raise
+        if staged:
+            replace_tree(target.prepared, folder.prepared)
+            remove_staging(folder.root, "prepare")
+    return PreparationReport(folder.root, report.grid, report.entries)
+
+
+def _prepare_into(
+    dataset: Dataset,
+    folder: WorkDir,
+    shape: tuple[int, int, int],
+    spacing_mm: tuple[float, float, float] | None,
+    margin_mm: float,
+    long_axis: str,
+    progress: bool,
+) -> PreparationReport:
+    """The two passes of :func:`prepare_dataset`, writing ``folder.prepared``."""
+    from tqdm.auto import tqdm
+
+    from svfnet.workdir import write_prepared_subject, write_subjects
 
     # pass 1: read and check everything, compute the frames (nothing written)
     frames: list[CanonicalFrame] = []
@@ -516,10 +580,10 @@ def prepare_dataset(
         disable=not progress,
     ):
         prepared = prepare_subject(load_subject(files), frame, grid)
-        write_prepared_subject(
+        digests = write_prepared_subject(
             folder.root, files.id, prepared.image, prepared.labels, grid.spacing_mm, prepared.transform
         )
-        entries.append(prepared.entry)
+        entries.append({**prepared.entry, "digests": digests})
     write_subjects(
         folder.root,
         {
@@ -536,22 +600,4 @@ def prepare_dataset(
             "missing_regions": {e["id"]: e["missing_regions"] for e in entries if e["missing_regions"]},
         },
     )
-    if overwrite:
-        _remove_stale(folder, {files.id for files in dataset.subjects})
     return PreparationReport(folder.root, grid, entries)
-
-
-def _remove_stale(folder: WorkDir, keep: set[str]) -> None:
-    """Removes prepared files of subjects that are no longer listed (after --force)."""
-    for kind, suffix in (("images", ".nii.gz"), ("labels", ".nii.gz"), ("transforms", ".json")):
-        directory = folder.prepared / kind
-        if not directory.is_dir():
-            continue
-        for path in directory.iterdir():
-            if (
-                path.name.endswith(suffix)
-                and not path.name.startswith(".")
-                and path.name[: -len(suffix)] not in keep
-            ):
-                logger.info("removing %s (not in the new dataset)", path)
-                path.unlink()

@@ -141,14 +141,36 @@ class Subject:
 
 
 # ----------------------------------------------------------------------------- loading
+def refuse_complex(path: str | Path, role: str = "image") -> None:
+    """ValueError if the NIfTI file at ``path`` holds complex voxels (read from its header only).
+
+    A complex image (raw MRI data, a Fourier-domain result) cast to float keeps the real part only,
+    which is not the image anyone looks at: refused, naming the file, rather than read wrong. A
+    file whose header cannot be read is left to :func:`svfnet.data.nifti.read_nifti`, which names it.
+    """
+    import nibabel as nib
+
+    try:
+        dtype = np.dtype(nib.load(str(path)).get_data_dtype())
+    except Exception:  # noqa: BLE001 - read_nifti reports an unreadable file with its own message
+        return
+    if dtype.kind == "c":
+        raise ValueError(
+            f"{path}: the {role} holds complex values ({dtype}); svfnet reads real-valued images (save the "
+            "magnitude, e.g. numpy.abs, as float32)"
+        )
+
+
 def load_subject(files: SubjectFiles) -> Subject:
     """Reads and checks one subject.
 
     Raises:
         FileNotFoundError: a file is missing.
-        ValueError: a file is unreadable or not NIfTI, not 3D, has NaN intensities; the image and
+        ValueError: a file is unreadable or not NIfTI, not 3D, complex-valued, has NaN intensities; the image and
             label map disagree in shape or affine; or the label map holds no region after mapping.
     """
+    refuse_complex(files.image)
+    refuse_complex(files.labels, "label map")
     image, image_affine = read_nifti(files.image, kind="image")
     raw_labels, labels_affine = read_nifti(files.labels, kind="labels")
     if image.shape != raw_labels.shape:
