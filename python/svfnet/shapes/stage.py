@@ -5,16 +5,24 @@ space of currents, and store where the template's landmarks land, ``φ_n(p_k)``,
 of the prepared grid's frame (voxel ``(i, j, k)`` at ``(i, j, k) · spacing``). Layout::
 
     WORKDIR/shapes/
-      config.json             the template and every setting; a later run must match it
+      config.json             the template (and a digest of its prepared labels) and every setting;
+                              a later run must match it
       template.npz            template surfaces (vertices_mm, faces per region) and landmarks
       template.vtk            the template surfaces, for ParaView (cell field "region")
       landmarks/<id>.npz      one file per subject (written atomically): landmarks_mm (K, 3),
-                              residuals, momenta and control points
+                              residuals, momenta, control points, and ``inputs``: a digest of
+                              the subject's prepared labels and voxel size and of the template's
       meshes/<id>.vtk         the deformed template (with save_meshes)
       summary.json            residuals of all subjects, outliers flagged
 
-Subjects whose file exists are skipped (resume). Registrations run in local processes, or on a
-Dask cluster (``scheduler``), through :mod:`svfnet.parallel`.
+Subjects whose file was computed from their current prepared labels and voxel size and from the
+current template are skipped (resume); a subject prepared again (another grid, another dataset
+under the same id) is registered again, and a template whose own prepared labels changed, or that
+is no longer a prepared subject, makes every subject be registered again. Such a recomputation,
+and ``overwrite``, writes beside the old results (``WORKDIR/.staging/shapes/``) and replaces them
+only when every subject is done; the work folder is locked meanwhile (:mod:`svfnet.locks`).
+Registrations run in local processes, or on a Dask cluster (``scheduler``), through
+:mod:`svfnet.parallel`.
 """
 
 from __future__ import annotations
@@ -252,7 +260,8 @@ def run_shapes(
         regions: the regions to match (default: those every subject has).
         workers: local processes (default: one per core); 1 runs in this process.
         scheduler: a Dask distributed scheduler address; the registrations run there.
-        overwrite: recompute everything, even with results of other settings on disk.
+        overwrite: recompute everything, even with results of other settings on disk (written
+            beside them, swapped in when every subject is done).
         save_meshes: also write each subject's deformed template as ``meshes/<id>.vtk``.
         outlier_threshold: robust z-score (median, MAD) of the final distance and of the relative
             residual above which a subject is flagged.
@@ -265,7 +274,9 @@ def run_shapes(
         ValueError: bad settings, settings that differ from the results on disk (without
             ``overwrite``), or subjects that failed (after the others are stored; rerun to resume).
     """
-    from svfnet.parallel import run_tasks
+    from svfnet.limits import MAX_LANDMARKS, check_workers
+    from svfnet.locks import folder_lock
+    from svfnet.staging import STAGING, recover_replaced, remove_staging, replace_tree
 
     func = "run_shapes"
     folder = WorkDir(workdir)
@@ -277,13 +288,17 @@ def run_shapes(
     if not (isinstance(smoothing_vox, (int, float)) and math.isfinite(smoothing_vox) and smoothing_vox >= 0):
         raise ValueError(f"{func}(): 'smoothing_vox' must be >= 0, got {smoothing_vox!r}")
     if landmarks is not None and (
-        isinstance(landmarks, bool) or not isinstance(landmarks, int) or landmarks < 1
+        isinstance(landmarks, bool) or not isinstance(landmarks, int) or not 1 <= landmarks <= MAX_LANDMARKS
     ):
         raise ValueError(
-            f"{func}(): 'landmarks' must be a positive integer or None (all vertices), got {landmarks!r}"
+            f"{func}(): 'landmarks' must be a positive integer (at most {MAX_LANDMARKS:,}) or None (all "
+            f"vertices), got {landmarks!r}"
         )
     if not (math.isfinite(outlier_threshold) and outlier_threshold > 0):
         raise ValueError(f"{func}(): 'outlier_threshold' must be positive, got {outlier_threshold!r}")
+    check_workers(workers, f"{func}(): 'workers'")
+    if scheduler is not None and not isinstance(scheduler, str):
+        raise TypeError(f"{func}(): 'scheduler' must be an address string, got {type(scheduler).__name__}")
     subjects = subject_ids(workdir)
     if not subjects:
         raise ValueError(f"{func}(): {folder.subjects_json} lists no subject")
@@ -291,8 +306,13 @@ def run_shapes(
         raise ValueError(f"{func}(): template {template!r} is not a prepared subject of {workdir}")
     surface_settings = {"target_triangles": target_triangles, "smoothing_vox": float(smoothing_vox)}
 
+    # every prepared subject read once: its regions, and the digest of what this stage reads of it
+    # (labels and voxel size), which every result records so that a re-prepared subject is redone
+    prepared_subjects = {s: read_prepared(workdir, s) for s in subjects}
+    present = {s: p.regions for s, p in prepared_subjects.items()}
+    digests = {s: _inputs_digest(p) for s, p in prepared_subjects.items()}
+    del prepared_subjects
     # regions: given, or those that every subject has (read from the prepared labels)
-    present = {s: read_prepared(workdir, s).regions for s in subjects}
     if regions is None:
         common = set(ENCLOSED_LABELS)
         for s in subjects:
@@ -307,37 +327,117 @@ def run_shapes(
             raise ValueError(
                 f"{func}(): 'regions' must be among {sorted(ENCLOSED_LABELS)}, got {chosen_regions}"
             )
-    config_path = folder.shapes / "config.json"
-    landmarks_dir = folder.shapes / "landmarks"
     settings = {
         "lddmm": parameters.to_dict(),
         "surfaces": surface_settings,
         "regions": chosen_regions,
         "landmarks": landmarks,
     }
-    if config_path.is_file() and not overwrite:
-        stored = json.loads(config_path.read_text())
+
+    def differing_settings(stored: dict[str, Any]) -> list[str]:
         differing = sorted(k for k in settings if stored.get(k) != json.loads(json.dumps(settings[k])))
         if template is not None and stored.get("template") != template:
             differing.append("template")
-        if differing:
+        return differing
+
+    def template_current(stored: dict[str, Any]) -> bool:
+        """The stored template is still a prepared subject, with the labels it was made from."""
+        chosen = stored.get("template")
+        return chosen in digests and stored.get("template_inputs") == digests[chosen]
+
+    def stored_config(out: Path) -> dict[str, Any] | None:
+        path = out / "config.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    with folder_lock(folder.root, f"the work folder {folder.root}"):
+        recover_replaced(folder.root)
+        # Where the results go: in place (resuming, or updating the subjects whose prepared labels
+        # changed), or beside the old results (WORKDIR/.staging/shapes/shapes), swapped in when
+        # complete: with `overwrite`, or when the template itself must be recomputed. An unfinished
+        # replacement with these settings resumes.
+        staging_root = folder.root / STAGING / "shapes"
+        staged_out = staging_root / "shapes"
+        live_config, staged_config = stored_config(folder.shapes), stored_config(staged_out)
+        if staged_config is not None and not differing_settings(staged_config) and template_current(staged_config):
+            out = staged_out
+        elif overwrite:
+            out = staged_out if folder.shapes.exists() else folder.shapes
+        elif live_config is None:
+            out = folder.shapes
+        elif differing := differing_settings(live_config):
             raise ValueError(
                 f"{func}(): {folder.shapes} holds results computed with other settings "
                 f"({', '.join(differing)} "
                 "differ); pass overwrite=True (--overwrite) to recompute, or use the same settings to resume"
             )
+        elif not template_current(live_config):
+            logger.warning(
+                "%s: the template %s is no longer a prepared subject or its labels changed (prepared again?): "
+                "every subject is registered again, beside the old results, which are replaced when done",
+                folder.shapes, live_config.get("template"),
+            )
+            out = staged_out
+        else:
+            out = folder.shapes
+        if out == staged_out and staged_config is None and staging_root.exists():
+            shutil.rmtree(staging_root)  # an earlier replacement with other settings: not ours to resume
+        summary = _shapes_into(
+            workdir, out, subjects, present, digests, chosen_regions, settings, template, parameters,
+            surface_settings, landmarks, stored_config(out), workers, scheduler, save_meshes, outlier_threshold,
+            progress,
+        )
+        if out != folder.shapes and not summary.failed:
+            replace_tree(out, folder.shapes)
+            remove_staging(folder.root, "shapes")
+    if summary.failed:
+        lines = "\n  ".join(summary.failed[s] for s in sorted(summary.failed))
+        raise ValueError(
+            f"{func}(): {len(summary.failed)} subject(s) failed (the others are stored; rerun to "
+            f"resume):\n  {lines}"
+        )
+    return summary
+
+
+def _inputs_digest(prepared: Any) -> str:
+    """What the stage reads of a prepared subject: its labels and voxel size (a digest)."""
+    import hashlib
+
+    labels = np.ascontiguousarray(prepared.labels, dtype=np.uint8)
+    digest = hashlib.sha256(f"{labels.shape}{[float(np.float32(s)) for s in prepared.spacing_mm]}".encode())
+    digest.update(labels.tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _stored_inputs(path: Path) -> str | None:
+    """The inputs digest a landmarks file was computed from (None: none recorded, or unreadable)."""
+    try:
+        with np.load(path) as data:
+            return str(data["inputs"]) if "inputs" in data.files else None
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _shapes_into(
+    workdir, out: Path, subjects, present, digests, chosen_regions, settings, template, parameters, surface_settings,
+    landmarks, stored, workers, scheduler, save_meshes, outlier_threshold, progress,
+) -> ShapesSummary:
+    """The stage's work, writing into ``out`` (the work folder's ``shapes/`` or its replacement)."""
+    from svfnet.parallel import run_tasks
+
+    func = "run_shapes"
+    config_path = out / "config.json"
+    landmarks_dir = out / "landmarks"
+    if stored is not None:
         template = stored["template"]
-    elif overwrite and folder.shapes.exists():
-        shutil.rmtree(folder.shapes)
 
     # the template: its surfaces and landmarks, stored once
-    template_npz = folder.shapes / "template.npz"
+    template_npz = out / "template.npz"
     if template is None:
         template = choose_template(
             workdir, subjects, chosen_regions, surface_settings, parameters.sigma_w_mm, progress=progress
         )
         logger.info("template: %s (closest on average to the others)", template)
-    if template_npz.is_file():
+    if template_npz.is_file() and stored is not None:
         with np.load(template_npz) as data:
             template_surfaces = _surfaces_from_arrays(data)
             landmark_index = data["landmark_vertex_index"]
@@ -364,21 +464,28 @@ def run_shapes(
         from svfnet.shapes.surfaces import save_surfaces
 
         # the configuration first: a run stopped before template.npz then recomputes it
-        write_json(config_path, dict(settings, template=template))
+        write_json(config_path, dict(settings, template=template, template_inputs=digests[template]))
         with atomic_path(template_npz) as temporary:
             with open(temporary, "wb") as handle:
                 np.savez(handle, **arrays)
-        save_surfaces(folder.shapes / "template.vtk", template_surfaces)
+        save_surfaces(out / "template.vtk", template_surfaces)
     all_vertices = np.concatenate([template_surfaces[r].vertices_mm for r in chosen_regions])
     landmarks_template_mm = all_vertices[landmark_index]
     template_arrays = _surfaces_arrays(template_surfaces)
 
+    # a subject is done when its file was computed from its current labels and this template
+    def inputs_of(subject: str) -> str:
+        return f"{digests[subject]}-{digests[template]}"
+
     summary = ShapesSummary(template=template)
     todo: list[str] = []
     for subject in subjects:
-        if (landmarks_dir / f"{subject}.npz").is_file():
-            summary.skipped.append(subject)
-            continue
+        path = landmarks_dir / f"{subject}.npz"
+        if path.is_file():
+            if _stored_inputs(path) == inputs_of(subject):
+                summary.skipped.append(subject)
+                continue
+            logger.info("%s: computed from other prepared labels (prepared again?): registered again", subject)
         missing = {r for r in chosen_regions if r not in present[subject]}
         if missing:
             names = ", ".join(f"{r} ({REGIONS[r]})" for r in sorted(missing))
@@ -394,14 +501,15 @@ def run_shapes(
             "kinetic_energy": 0.0, "energy": 0.0, "iterations": 0, "evaluations": 0, "converged": True,
             "message": "the template", "seconds": 0.0, "control_points": 0,
         }  # fmt: skip
-        _write_landmarks(landmarks_dir / f"{template}.npz", landmarks_template_mm, identity, {})
+        _write_landmarks(landmarks_dir / f"{template}.npz", landmarks_template_mm, identity,
+                         {"inputs": np.array(inputs_of(template))})
         summary.computed.append(template)
 
     def tasks() -> list[dict[str, Any]]:
-        out = []
+        tasks_ = []
         for subject in todo:
             prepared = read_prepared(workdir, subject)
-            out.append(
+            tasks_.append(
                 {
                     "subject": subject,
                     "labels": prepared.labels,
@@ -414,7 +522,7 @@ def run_shapes(
                     "save_meshes": save_meshes,
                 }
             )
-        return out
+        return tasks_
 
     for outcome in run_tasks(
         _register_subject,
@@ -430,24 +538,28 @@ def run_shapes(
             logger.warning("%s", outcome.error)
             continue
         value = outcome.value
-        extra = {"momenta": value["momenta"], "control_points_mm": value["control_points_mm"]}
+        extra = {"momenta": value["momenta"], "control_points_mm": value["control_points_mm"],
+                 "inputs": np.array(inputs_of(subject))}
         _write_landmarks(landmarks_dir / f"{subject}.npz", value["landmarks_mm"], value["summary"], extra)
         if "deformed" in value:
             from svfnet.shapes.surfaces import save_surfaces
 
-            save_surfaces(
-                folder.shapes / "meshes" / f"{subject}.vtk", _surfaces_from_arrays(value["deformed"])
-            )
+            save_surfaces(out / "meshes" / f"{subject}.vtk", _surfaces_from_arrays(value["deformed"]))
         summary.computed.append(subject)
 
-    # residuals of every subject on disk, outliers flagged
+    # residuals of every subject done, outliers flagged; files of subjects no longer prepared go
+    for path in landmarks_dir.glob("*.npz") if landmarks_dir.is_dir() else ():
+        if path.stem not in digests:
+            logger.info("removing %s: %s is no longer a prepared subject", path, path.stem)
+            path.unlink()
     for subject in subjects:
         path = landmarks_dir / f"{subject}.npz"
-        if path.is_file():
-            summary.residuals[subject] = read_landmarks(workdir, subject)["summary"]
+        if path.is_file() and subject not in summary.failed:
+            with np.load(path) as data:
+                summary.residuals[subject] = json.loads(str(data["summary"]))
     summary.outliers = _outliers(summary.residuals, template, outlier_threshold)
     write_json(
-        folder.shapes / "summary.json",
+        out / "summary.json",
         {
             "template": template,
             "subjects": summary.residuals,
@@ -456,12 +568,6 @@ def run_shapes(
             "outlier_threshold": outlier_threshold,
         },
     )
-    if summary.failed:
-        lines = "\n  ".join(summary.failed[s] for s in sorted(summary.failed))
-        raise ValueError(
-            f"{func}(): {len(summary.failed)} subject(s) failed (the others are stored; rerun to "
-            f"resume):\n  {lines}"
-        )
     return summary
 
 
