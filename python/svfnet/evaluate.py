@@ -404,7 +404,7 @@ def _svfnet_displacement(model: Any, moving: Any, fixed: Any) -> tuple[np.ndarra
     """SVF-Net on a pair: ``(displacement, seconds of network + exponential + warp)``."""
     from svfnet.registration import register
 
-    registration = register(moving.image, fixed.image, model)
+    registration = register(moving.image, fixed.image, model, spacing_mm=tuple(moving.spacing_mm))
     return np.asarray(registration.displacement, dtype=np.float32), float(registration.seconds)
 
 
@@ -890,7 +890,8 @@ def run_evaluation(
 
     Raises:
         ValueError: unknown methods, bad parameters, fewer than two subjects to pair, a
-            checkpoint that is not an SVF-Net one.
+            checkpoint that is not an SVF-Net one (or has non-finite weights), or a model trained on
+            another grid or voxel size than the work folder's subjects.
         FileNotFoundError: no prepared subjects, or no checkpoint.
     """
     func = "run_evaluation"
@@ -944,6 +945,8 @@ def run_evaluation(
     folder = WorkDir(workdir).evaluation
     folder.mkdir(parents=True, exist_ok=True)
     subjects, unreadable = _read_subjects(workdir, subject_ids)
+    if model is not None:
+        _check_model_grid(checkpoint, model, subjects)
     digests = {
         subject_id: _subject_digest(subjects[subject_id]) if subject_id in subjects else "unreadable"
         for subject_id in subject_ids
@@ -1053,6 +1056,24 @@ def run_evaluation(
     }
     write_json(folder / "evaluation.json", result)
     return result
+
+
+def _check_model_grid(checkpoint: Path, model: Any, subjects: Mapping[str, Any]) -> None:
+    """ValueError when the work folder's subjects are not on the grid and voxel size the model was
+    trained on: the network would see the anatomy at another scale than it learnt, and the
+    experiment would measure that, not the method."""
+    for subject in subjects.values():
+        grid, spacing = tuple(subject.image.shape), tuple(float(s) for s in subject.spacing_mm)
+        trained_grid, trained_spacing = tuple(model.config.grid), tuple(model.config.spacing_mm)
+        if grid != trained_grid or not np.allclose(spacing, trained_spacing, rtol=1e-3, atol=0):
+            raise ValueError(
+                f"{checkpoint} was trained on a {'x'.join(map(str, trained_grid))} grid at "
+                f"{' x '.join(f'{s:g}' for s in trained_spacing)} mm, the work folder's subjects are "
+                f"{'x'.join(map(str, grid))} at {' x '.join(f'{s:.4g}' for s in spacing)} mm ({subject.id}): evaluate "
+                "a model trained on this folder, or prepare the folder on the model's grid (svfnet prepare --shape "
+                "... --spacing ...)"
+            )
+        return
 
 
 def _read_subjects(workdir: Path, subject_ids: Sequence[str]) -> tuple[dict[str, Any], dict[str, str]]:

@@ -210,6 +210,11 @@ def compose(u: Array, w: Array) -> Array:
     return backend.from_compute(fu.unbatched(out))
 
 
+# The most squarings exp() takes: 2^64 scales any float32 field below half a voxel, and beyond ~126 the
+# scaled field underflows float32.
+MAX_EXP_STEPS = 64
+
+
 def exp_steps(max_norm_vox: float, *, max_step_vox: float = 0.5, min_steps: int = 4) -> int:
     """The number of squarings ``s`` so that ``max_norm_vox / 2^s <= max_step_vox``, at least ``min_steps``."""
     steps = min_steps
@@ -225,8 +230,8 @@ def exp(v: Array, *, steps: int | None = None) -> Array:
 
     Args:
         v: velocity ``(3, I, J, K)`` or ``(N, 3, I, J, K)`` in voxels.
-        steps: number of squarings; None picks the smallest ``s >= 4`` with ``max|v| / 2^s <= 0.5``
-            voxel (over the whole batch).
+        steps: number of squarings, 0 to :data:`MAX_EXP_STEPS` (64); None picks the smallest
+            ``s >= 4`` with ``max|v| / 2^s <= 0.5`` voxel (over the whole batch).
 
     Returns:
         The displacement of ``exp(v)``, like ``v``.
@@ -236,6 +241,13 @@ def exp(v: Array, *, steps: int | None = None) -> Array:
     fv = _field(func, "v", backend, v)
     if steps is not None:
         steps = _count(func, "steps", steps, 0)
+        if steps > MAX_EXP_STEPS:
+            # v / 2^steps underflows float32 (to 0 beyond ~150 steps): the result would be a zero
+            # displacement, said by nothing; no field needs more (exp_steps reaches 0.5 voxel by 60)
+            raise ValueError(
+                f"{func}(): 'steps' must be at most {MAX_EXP_STEPS}, got {steps}: v / 2^{steps} underflows float32 "
+                "and the exponential would be a zero displacement"
+            )
     return backend.from_compute(fv.unbatched(_exp5(backend, fv.data5, steps)))
 
 

@@ -9,6 +9,7 @@ command), which prepares them exactly as training data was prepared and maps res
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +19,12 @@ import torch
 from svfnet import fields
 from svfnet.model import SVFNet, load
 
-__all__ = ["Registration", "register"]
+__all__ = ["ModelGridWarning", "Registration", "register"]
+
+
+class ModelGridWarning(UserWarning):
+    """The images are not on the grid (shape or voxel size) the model was trained on: it runs, but
+    sees anatomy at another scale than it learnt, and its accuracy is unknown."""
 
 
 @dataclass(frozen=True)
@@ -51,6 +57,7 @@ def register(
     model: SVFNet | str | Path,
     *,
     moving_labels: np.ndarray | None = None,
+    spacing_mm: tuple[float, float, float] | None = None,
 ) -> Registration:
     """Registers ``moving`` to ``fixed`` with SVF-Net (both ``(I, J, K)`` on one model-compatible grid).
 
@@ -59,6 +66,12 @@ def register(
             (``[0, 1]`` between the 0.5th and 99.5th percentiles).
         model: a loaded :class:`SVFNet` (on CPU or CUDA) or the path of a checkpoint.
         moving_labels: optional integer label map of the moving image, warped along.
+        spacing_mm: the images' voxel size, when known: compared with the model's.
+
+    Warns:
+        ModelGridWarning: the images' grid (or ``spacing_mm``) is not the one the model was
+            trained on (its checkpoint records both); ``svfnet.register_nifti`` prepares images on
+            exactly that grid.
     """
     if isinstance(model, (str, Path)):
         from svfnet.register_nifti import default_device  # CUDA only where svfnet's launchers are built too
@@ -80,6 +93,21 @@ def register(
     from svfnet.model import check_grid
 
     check_grid(moving.shape, "register()")
+    trained_grid, trained_spacing = tuple(model.config.grid), tuple(model.config.spacing_mm)
+    if tuple(moving.shape) != trained_grid or (
+        spacing_mm is not None and not np.allclose(spacing_mm, trained_spacing, rtol=1e-3, atol=0)
+    ):
+        here = "x".join(map(str, moving.shape)) + (
+            f" at {' x '.join(f'{s:g}' for s in spacing_mm)} mm" if spacing_mm is not None else ""
+        )
+        warnings.warn(
+            f"register(): the images are on a {here} grid, the model was trained on "
+            f"{'x'.join(map(str, trained_grid))} at {' x '.join(f'{s:g}' for s in trained_spacing)} mm: it sees the "
+            "anatomy at another scale than it learnt (prepare the images on the model's grid, e.g. with "
+            "svfnet.register_nifti)",
+            ModelGridWarning,
+            stacklevel=2,
+        )
     device = _device_of(model)
     started = time.perf_counter()
     with torch.no_grad():

@@ -540,6 +540,20 @@ def _state_problem(model: SVFNet) -> str | None:
     return None
 
 
+def _check_memory(config: TrainConfig, grid: tuple[int, int, int], subjects: int) -> None:
+    """The memory a step and the cohort need (an estimate, :func:`svfnet.limits.train_memory_bytes`)
+    against this machine's: refused before the first step rather than killed at it."""
+    from svfnet.limits import check_memory, train_memory_bytes
+
+    model = config.model
+    check_memory(
+        train_memory_bytes(grid, model.widths, model.convs_per_level, config.batch_size, subjects),
+        f"training on a {'x'.join(map(str, grid))} grid with batches of {config.batch_size} and widths "
+        f"{list(model.widths)}",
+        "lower --batch-size or --widths",
+    )
+
+
 def _prepared_long_axis(workdir: str | Path, subject_id: str) -> str:
     """How ``svfnet prepare`` found the subject's long axis ("slices" where it left no record)."""
     path = WorkDir(workdir).transform(subject_id)
@@ -608,9 +622,40 @@ def train(
             step; that step is not applied, its ``log.csv`` row says why, and ``checkpoint.pt``
             stays the last one written before.
 
+    ``run`` must be a plain folder name (no ``/``, not starting with a dot): a run stays inside
+    ``WORKDIR/models``. The steps, batch size, widths and learning rate are checked against the
+    limits of :mod:`svfnet.limits`, and the memory training will need against this machine's,
+    before anything is written; the work folder is locked meanwhile (rank 0 under torchrun; see
+    :mod:`svfnet.locks`).
+
     Outputs in ``WORKDIR/models/<run>/``: ``checkpoint.pt`` (latest), ``config.json``, ``log.csv``,
     ``refused.csv`` (pairs left out, with the reason).
     """
+    import contextlib
+
+    from svfnet.limits import check_run_name, check_train_config
+    from svfnet.locks import folder_lock
+
+    check_run_name(run)
+    if config is not None:
+        check_train_config(config)
+    main_rank = os.environ.get("RANK", "0") in ("", "0")
+    with folder_lock(workdir, f"the work folder {workdir}") if main_rank else contextlib.nullcontext():
+        return _train(workdir, config, run=run, resume=resume, progress=progress, tensorboard=tensorboard,
+                      on_step=on_step)
+
+
+def _train(
+    workdir: str | Path,
+    config: TrainConfig | None,
+    *,
+    run: str,
+    resume: bool,
+    progress: bool,
+    tensorboard: bool,
+    on_step: Callable[[int], None] | None,
+) -> TrainResult:
+    """:func:`train`'s work, once its arguments are checked and the work folder locked."""
     folder = run_folder(workdir, run)
     checkpoint_path, config_path, log_path = folder / "checkpoint.pt", folder / "config.json", folder / "log.csv"
     saved = read_checkpoint(checkpoint_path) if checkpoint_path.is_file() else None
@@ -645,6 +690,7 @@ def train(
             long_axis=_prepared_long_axis(workdir, train_cohort.ids[0]),
         ),
     )
+    _check_memory(config, train_cohort.grid, len(split.train) + len(split.val))
     # every pair is checked here, once; refused ones are logged (by rank 0) and never drawn
     if config.targets == "references":
         source = ReferenceTargets(workdir, train_cohort, loss_mask=config.loss_mask, log_refused=where.main)
