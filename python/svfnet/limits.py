@@ -43,9 +43,9 @@ MAX_SEED = 2**32 - 1
 
 # What the limits above say, for the documentation and `svfnet config --defaults`.
 LIMITS_TEXT = (
-    f"grid: each axis 2 to {MAX_GRID_AXIS} voxels, at most {MAX_GRID_VOXELS:,} voxels, in-plane sizes "
+    f"grid: each axis 2 to {MAX_GRID_AXIS:,} voxels, at most {MAX_GRID_VOXELS:,} voxels, in-plane sizes "
     f"divisible by 8, slice count by 2; cohort: 2 to {MAX_SUBJECTS:,} subjects; training: 1 to "
-    f"{MAX_STEPS:,} steps, batches of 1 to {MAX_BATCH}; landmarks: 4 to {MAX_LANDMARKS:,}"
+    f"{MAX_STEPS:,} steps, batches of 1 to {MAX_BATCH:,}; landmarks: 4 to {MAX_LANDMARKS:,}"
 )
 
 

@@ -147,7 +147,7 @@ LIMITS: dict[tuple[str, str], tuple[float, float, bool, bool]] = {
     ("train", "steps"): (1, limits.MAX_STEPS, False, False),
     ("train", "batch_size"): (1, limits.MAX_BATCH, False, False),
     ("train", "learning_rate"): (0.0, 1.0, True, False),
-    ("train", "shift_vox"): (0, 512, False, False),
+    ("train", "shift_vox"): (0, 512, False, False),  # and at most half the in-plane grid
     ("train", "validate_every"): (1, limits.MAX_STEPS, False, False),
     ("train", "checkpoint_every"): (1, limits.MAX_STEPS, False, False),
     ("train", "seed"): (0, limits.MAX_SEED, False, False),
@@ -172,7 +172,9 @@ _LIST_LIMITS = {
 
 def _range_text(low: float, high: float, low_open: bool, high_open: bool) -> str:
     def number(value: float) -> str:
-        return f"{value:,}" if isinstance(value, int) or float(value).is_integer() and abs(value) >= 1000 else f"{value:g}"
+        if isinstance(value, int) or (float(value).is_integer() and abs(value) >= 1000):
+            return f"{int(value):,}"
+        return f"{value:g}"
 
     return f"{'(' if low_open else '['}{number(low)}, {number(high)}{')' if high_open else ']'}"
 
@@ -222,7 +224,8 @@ def render_config(config: dict[str, dict[str, Any]] | None = None) -> str:
     config = config or default_config()
     lines = [
         "# svfnet run configuration: `svfnet run THIS.toml --workdir DIR`. Every key is optional; a value",
-        "# outside its range is refused before anything runs. Limits: " + limits.LIMITS_TEXT + ".",
+        "# outside its range is refused before anything runs, and so is a run whose memory or disk",
+        "# estimate exceeds this machine's. Limits: " + limits.LIMITS_TEXT + ".",
     ]
     for section, keys in DEFAULTS.items():
         lines += ["", f"[{section}]"]
