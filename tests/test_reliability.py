@@ -183,6 +183,59 @@ def test_a_changed_training_is_written_beside_the_old_model_and_swapped_when_don
     assert not (trained / ".staging" / "train").exists()
 
 
+def _fake_landmarks(workdir: Path, subjects, count: int = 24) -> None:
+    """Landmarks (mm) spread over the 16x16x4 grid, moved a little per subject; shapes/summary.json."""
+    rng = np.random.default_rng(0)
+    base = rng.uniform([8, 8, 5], [52, 52, 25], size=(count, 3))
+    folder = WorkDir(workdir).shapes / "landmarks"
+    folder.mkdir(parents=True, exist_ok=True)
+    control_points = rng.uniform([0, 0, 0], [60, 60, 30], size=(8, 3))
+    for n, subject in enumerate(subjects):
+        moved = base + 0.8 * n * np.sin(base / 9.0)
+        momenta = 0.05 * n * np.cos(control_points / 7.0)  # LDDMM flows too, for either kind of reference
+        np.savez(folder / f"{subject}.npz", landmarks_mm=moved, summary=np.array(json.dumps({"final_distance": 0.0})),
+                 momenta=momenta, control_points_mm=control_points)
+    lddmm = {"sigma_v_mm": 20.0, "time_steps": 4, "integrator": "rk2", "dtype": "float32"}
+    (WorkDir(workdir).shapes / "config.json").write_text(json.dumps({"lddmm": lddmm, "template": subjects[0]}))
+    (WorkDir(workdir).shapes / "summary.json").write_text("{}")
+
+
+def test_references_with_other_parameters_replace_the_old_store_only_when_complete(tmp_path, monkeypatch):
+    import svfnet.references as references_module
+
+    workdir = tmp_path / "w"
+    deformed_cohort(workdir, count=4)
+    write_split(workdir, train=["s0", "s1", "s2"], val=["s3"])
+    _fake_landmarks(workdir, ["s0", "s1", "s2", "s3"])
+    config = tiny_config(references={"log_max_iter": 5})
+    assert [o.status for o in run_pipeline(workdir, config, stages=("references",), progress=False)] == ["ran"]
+    live = WorkDir(workdir).references
+    before = snapshot(live)
+    assert len(list(live.glob("pairs/*.json"))) == 4
+    real_task, calls = references_module._references_task, []
+
+    def fails_on_the_third(task):
+        calls.append(1)
+        if len(calls) == 3:
+            raise MemoryError("killed")
+        return real_task(task)
+
+    monkeypatch.setattr(references_module, "_references_task", fails_on_the_third)
+    changed = tiny_config(references={"log_max_iter": 5, "nu": 0.3})
+    with pytest.raises(RuntimeError, match="references for fixed subject"):
+        run_pipeline(workdir, changed, stages=("references",), progress=False)
+    assert snapshot(live) == before  # the old store, as it was
+    assert len(list((workdir / ".staging" / "references" / "references" / "pairs").glob("*.json"))) == 2
+    monkeypatch.setattr(references_module, "_references_task", real_task)
+    outcomes = run_pipeline(workdir, changed, stages=("references",), progress=False)
+    assert [o.status for o in outcomes] == ["resumed"] and outcomes[0].result["pairs"] == 12
+    assert json.loads((live / "config.json").read_text())["nu"] == 0.3
+    assert not (workdir / ".staging").exists()
+    # the landmarks of one subject change (shapes re-run): the references stage runs again, in place
+    _fake_landmarks(workdir, ["s0", "s1", "s3", "s2"])
+    assert [o.status for o in run_pipeline(workdir, changed, stages=("references",), progress=False)] == ["ran"]
+
+
 def test_a_kill_during_the_swap_is_undone_by_the_next_command(tmp_path):
     old, new = tmp_path / "w" / "shapes", tmp_path / "w" / ".staging" / "shapes"
     old.mkdir(parents=True)

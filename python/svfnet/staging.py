@@ -103,10 +103,10 @@ def shadow_workdir(workdir: str | os.PathLike, stage: str, outputs: tuple[str, .
         link = shadow / name
         if not link.is_symlink() and not link.exists():
             link.symlink_to(os.path.relpath(entry, shadow))
-    for top in own:  # the output's own top folder is real; its other entries are links too
+    for top in own:  # the output's own top folder is real; when the output is inside it, its other entries are links
         real = workdir / top
         (shadow / top).mkdir(exist_ok=True)
-        if real.is_dir():
+        if real.is_dir() and top not in outputs:
             for entry in real.iterdir():
                 link = shadow / top / entry.name
                 if any(Path(output) == Path(top) / entry.name for output in outputs) or entry.name.startswith("."):
