@@ -485,6 +485,28 @@ def test_a_truncated_npy_is_named(tmp_path):
         load_npy(path)
 
 
+def test_a_truncated_reference_store_is_named_and_recomputed(tmp_path, caplog):
+    """Reproduction: a truncated reference .npy failed with "mmap length is greater than file size"
+    naming no file, and re-running `svfnet references` did not repair it."""
+    from svfnet.references import ReferenceParameters, ReferenceStore, run_references
+
+    workdir = tmp_path / "w"
+    deformed_cohort(workdir, count=3)
+    write_split(workdir, train=["s0", "s1", "s2"])
+    _fake_landmarks(workdir, ["s0", "s1", "s2"])
+    parameters = ReferenceParameters(log_max_iter=5)
+    run_references(workdir, parameters=parameters, workers=1, progress=False)
+    store = WorkDir(workdir).references / "svf" / "s0.npy"
+    good = store.read_bytes()
+    store.write_bytes(good[: len(good) // 2])
+    with pytest.raises(ValueError, match=f"{store}: truncated"):
+        ReferenceStore(workdir).svf("s1", "s0")
+    summary = run_references(workdir, parameters=parameters, workers=1, progress=False)
+    assert (summary.fixed_done, summary.fixed_skipped) == (1, 2) and f"{store}: truncated" in caplog.text
+    assert store.stat().st_size == len(good)
+    assert np.isfinite(ReferenceStore(workdir).svf("s1", "s0")).all()
+
+
 def test_a_run_name_stays_inside_the_work_folder(tmp_path, capsys):
     workdir = tmp_path / "a" / "b"
     deformed_cohort(workdir, count=2)

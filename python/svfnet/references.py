@@ -48,6 +48,7 @@ from svfnet._io import write_json
 from svfnet.ebs import factorize_ebs
 from svfnet.parallel import run_tasks
 from svfnet.split import subject_split
+from svfnet.staging import load_npy
 from svfnet.workdir import WorkDir, read_prepared, subject_ids
 
 __all__ = [
@@ -360,7 +361,11 @@ def _is_done(folder: Path, fixed: str, subjects: list[str], inputs: str) -> bool
     movings = [moving for moving in subjects if moving != fixed]
     if record.get("moving") != movings or record.get("inputs") != inputs:
         return False
-    return np.load(svf_path, mmap_mode="r").shape[0] == len(movings)
+    try:
+        return load_npy(svf_path).shape[0] == len(movings)
+    except ValueError as error:  # truncated or corrupt (a crash, a full disk): computed again
+        log.warning("%s; fixed subject %s is computed again", error, fixed)
+        return False
 
 
 def _summary(folder: Path, subjects, done: int, skipped: int, elapsed: float, computed: int) -> ReferencesSummary:
@@ -426,7 +431,7 @@ class ReferenceStore:
 
     @lru_cache(maxsize=None)  # noqa: B019
     def _svfs(self, fixed: str) -> np.ndarray:
-        return np.load(self.folder / "svf" / f"{fixed}.npy", mmap_mode="r")
+        return load_npy(self.folder / "svf" / f"{fixed}.npy")  # a truncated file is named
 
     def fixed_subjects(self) -> list[str]:
         return sorted(path.stem for path in (self.folder / "pairs").glob("*.json"))
