@@ -306,6 +306,10 @@ def test_a_second_writer_of_a_work_folder_is_refused_naming_the_holder(trained, 
         assert main(["run", "--workdir", str(trained), "--stages", "train", "--no-progress"]) == 2
         error = capsys.readouterr().err
         assert f"pid {holder.pid} on host" in error and "in use by another svfnet process" in error
+        for command in (["references", str(trained)], ["train", str(trained), "--run", "other"],
+                        ["shapes", str(trained)], ["evaluate", str(trained)]):
+            assert main([*command, "--no-progress"]) == 2, command
+            assert f"pid {holder.pid}" in capsys.readouterr().err
         with pytest.raises(FolderLocked, match=f"pid {holder.pid}"):
             run_pipeline(trained, tiny_config(), stages=("train",), progress=False)
         assert snapshot(trained) == before

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import math
 
+from svfnet.commands.guard import guarded
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -29,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--workers", type=int, help="local processes (default: one per core)")
     parser.add_argument("--scheduler", metavar="ADDRESS", help="Dask scheduler address, e.g. tcp://host:8786")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=guarded(run, writes="workdir"))  # one writer per work folder
 
 
 def run(args: argparse.Namespace) -> int:
