@@ -4,6 +4,7 @@ interrupted replacement, concurrent writers, a stale upstream; and the smaller f
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import subprocess
@@ -427,6 +428,17 @@ def test_prepare_refuses_grids_svfnet_cannot_train_on_or_this_machine_cannot_hol
     assert main(["prepare", str(raw), str(work), "--shape", "512", "512", "16", "--no-progress"]) == 2
     assert "of memory (estimate), this machine has 500.0 MB available" in capsys.readouterr().err
     assert not work.exists()
+
+
+def test_synth_refuses_a_cohort_beyond_the_limit_or_the_disk(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "data"
+    assert main(["synth", str(out), "--subjects", "100000000000", "--no-progress"]) == 2
+    assert "--subjects must be an integer from 1 to 10,000, got 100000000000" in capsys.readouterr().err
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(limits.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 10**6, 10**6))
+    assert main(["synth", str(out), "--subjects", "40", "--no-progress"]) == 2
+    assert "would write about 16.0 MB (estimate)" in capsys.readouterr().err
+    assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
 def test_a_run_that_would_not_fit_is_refused_with_the_estimate(trained, monkeypatch):

@@ -274,7 +274,7 @@ def run_shapes(
         ValueError: bad settings, settings that differ from the results on disk (without
             ``overwrite``), or subjects that failed (after the others are stored; rerun to resume).
     """
-    from svfnet.limits import MAX_LANDMARKS, check_workers
+    from svfnet.limits import MAX_LANDMARKS, MAX_TRIANGLES, check_workers
     from svfnet.locks import folder_lock
     from svfnet.staging import STAGING, recover_replaced, remove_staging, replace_tree
 
@@ -283,8 +283,14 @@ def run_shapes(
     parameters = parameters or LddmmParameters()
     if not isinstance(parameters, LddmmParameters):
         raise TypeError(f"{func}(): 'parameters' must be LddmmParameters, got {type(parameters).__name__}")
-    if isinstance(target_triangles, bool) or not isinstance(target_triangles, int) or target_triangles < 100:
-        raise ValueError(f"{func}(): 'target_triangles' must be an integer >= 100, got {target_triangles!r}")
+    if (
+        isinstance(target_triangles, bool)
+        or not isinstance(target_triangles, int)
+        or not 100 <= target_triangles <= MAX_TRIANGLES
+    ):
+        raise ValueError(
+            f"{func}(): 'target_triangles' must be an integer >= 100 (at most {MAX_TRIANGLES:,}), got {target_triangles!r}"
+        )
     if not (isinstance(smoothing_vox, (int, float)) and math.isfinite(smoothing_vox) and smoothing_vox >= 0):
         raise ValueError(f"{func}(): 'smoothing_vox' must be >= 0, got {smoothing_vox!r}")
     if landmarks is not None and (
