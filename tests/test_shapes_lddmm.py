@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from svfnet.shapes.lddmm import LddmmParameters, control_point_grid, register_surfaces
+from svfnet.shapes.lddmm import LddmmParameters, control_point_grid, geodesic_flow, register_surfaces
 from svfnet.shapes.surfaces import Surface, surfaces_from_labels
 from tests.shapes_fixtures import SHAPE, SPACING, affine_bend, heart_labels
 
@@ -77,3 +77,46 @@ def test_bad_inputs(template):
         register_surfaces(template, template, LddmmParameters(max_iterations=0)).transform_points(
             np.zeros((3, 2))
         )
+
+
+def hamiltonian_flow(control, momenta, points, sigma):
+    """The geodesic's flow by SciPy's adaptive RK45 in float64, from Hamilton's equations written
+    out: q̇ = K(q,q)p, ṗ_i = (2/σ²) Σ_j (p_i·p_j) k_ij (q_i − q_j), ẋ = K(x,q)p."""
+    from scipy.integrate import solve_ivp
+
+    count = len(control)
+
+    def kernel(a, b):
+        return np.exp(-((a[:, None, :] - b[None, :, :]) ** 2).sum(-1) / sigma**2)
+
+    def rates(_t, state):
+        q, p, x = np.split(state.reshape(-1, 3), [count, 2 * count])
+        k = kernel(q, q)
+        weights = (p @ p.T) * k
+        p_dot = (2 / sigma**2) * (weights.sum(1, keepdims=True) * q - weights @ q)
+        return np.concatenate([k @ p, p_dot, kernel(x, q) @ p]).ravel()
+
+    state = np.concatenate([control, momenta, points]).ravel()
+    solution = solve_ivp(rates, (0, 1), state, rtol=1e-10, atol=1e-10)
+    return solution.y[:, -1].reshape(-1, 3)[2 * count :]
+
+
+def test_geodesic_flow_rebuilds_the_registration_and_inverts_it(template):
+    """From the stored control points and momenta alone: the registration's own transform, the
+    continuous flow (to the RK2 steps' accuracy), and an inverse to 1e-3 mm."""
+    centre = np.asarray(SHAPE) * np.asarray(SPACING) / 2
+    phi, _ = affine_bend([[1.05, 0.0, 0.0], [0.0, 0.96, 0.0], [0.0, 0.0, 1.0]], [2.0, -1.5, 1.0], 1.5, centre)
+    subject = {r: Surface(phi(s.vertices_mm), s.faces) for r, s in template.items()}
+    parameters = LddmmParameters(max_iterations=5, dtype="float64")
+    result = register_surfaces(template, subject, parameters)
+    flow = geodesic_flow(result.control_points_mm, result.momenta, parameters)
+    points = np.random.default_rng(0).uniform(centre - 40, centre + 40, size=(200, 3))
+    moved = flow.transform_points(points)
+    np.testing.assert_array_equal(moved, result.transform_points(points))
+    assert np.abs(moved - points).max() > 2.0  # it does move them
+    exact = hamiltonian_flow(result.control_points_mm, result.momenta, points, parameters.sigma_v_mm)
+    assert np.abs(moved - exact).max() < 0.02
+    np.testing.assert_allclose(flow.transform_points(flow.inverse_transform_points(moved)), moved, atol=1e-3)
+    np.testing.assert_allclose(flow.inverse_transform_points(moved), points, atol=1e-3)
+    with pytest.raises(ValueError, match="both be"):
+        geodesic_flow(result.control_points_mm, result.momenta[:-1], parameters)

@@ -37,7 +37,14 @@ from svfnet.kernels import _Bilinear, _GaussianSum, _SumAndGradient
 from svfnet.shapes.parameters import LddmmParameters
 from svfnet.shapes.surfaces import Surface
 
-__all__ = ["LddmmParameters", "LddmmResult", "control_point_grid", "register_surfaces"]
+__all__ = [
+    "GeodesicFlow",
+    "LddmmParameters",
+    "LddmmResult",
+    "control_point_grid",
+    "geodesic_flow",
+    "register_surfaces",
+]
 
 
 @dataclass
@@ -181,6 +188,93 @@ def _flow(x: torch.Tensor, trajectory, parameters: LddmmParameters) -> torch.Ten
             x_mid = x + 0.5 * dt * _GaussianSum.apply(x, q, p, sigma)
             x = x + dt * _GaussianSum.apply(x_mid, q_mid, p_mid, sigma)
     return x
+
+
+def _inverse_flow(x: torch.Tensor, trajectory, parameters: LddmmParameters, tol_mm: float,
+                  max_iterations: int) -> torch.Tensor:
+    """Undoes :func:`_flow`: each step, last first, inverted by fixed-point iteration.
+
+    A step maps ``y`` to ``x = y + dt·w(y)`` (``w`` the RK2 or Euler increment): ``y = x − dt·w(y)``
+    is a contraction when ``dt·|∇w| < 1`` (small steps of a smooth flow), started from ``y = x``;
+    it stops when no point moves by more than ``tol_mm``.
+    """
+    sigma = parameters.sigma_v_mm
+    dt = 1.0 / parameters.time_steps
+
+    def increment(y: torch.Tensor, state) -> torch.Tensor:
+        if parameters.integrator == "euler":
+            q, p = state
+            return _GaussianSum.apply(y, q, p, sigma)
+        q, p, q_mid, p_mid = state
+        return _GaussianSum.apply(y + 0.5 * dt * _GaussianSum.apply(y, q, p, sigma), q_mid, p_mid, sigma)
+
+    for state in reversed(trajectory):
+        state = [s.to(x.dtype) for s in state]
+        y = x
+        for _ in range(max_iterations):
+            updated = x - dt * increment(y, state)
+            moved = float((updated - y).abs().max()) if len(y) else 0.0
+            y = updated
+            if moved <= tol_mm:
+                break
+        x = y
+    return x
+
+
+@dataclass
+class GeodesicFlow:
+    """The deformation ``φ`` of one registration, rebuilt from its initial control points and
+    momenta (as the shapes stage stores them): points flow forward, ``φ(x)``, or back, ``φ⁻¹(x)``.
+    See :func:`geodesic_flow`."""
+
+    parameters: LddmmParameters
+    _trajectory: list[tuple[torch.Tensor, ...]] = field(default_factory=list, repr=False)
+
+    def _points(self, func: str, points_mm: Any) -> torch.Tensor:
+        points = np.asarray(points_mm, dtype=np.float64)
+        if points.ndim != 2 or points.shape[1] != 3:
+            raise ValueError(f"{func}(): 'points_mm' must be (N, 3), got shape {points.shape}")
+        if not np.isfinite(points).all():
+            raise ValueError(f"{func}(): 'points_mm' has non-finite values")
+        return torch.from_numpy(points).to(_torch_dtype(self.parameters.dtype))
+
+    def transform_points(self, points_mm: Any) -> np.ndarray:
+        """``φ(points)``: ``(N, 3)`` mm of the template's frame to float64 mm of the subject's."""
+        x = self._points("transform_points", points_mm)
+        with torch.no_grad():
+            return _flow(x, self._trajectory, self.parameters).double().numpy()
+
+    def inverse_transform_points(
+        self, points_mm: Any, *, tol_mm: float = 1e-3, max_iterations: int = 20
+    ) -> np.ndarray:
+        """``φ⁻¹(points)``: ``(N, 3)`` mm of the subject's frame to float64 mm of the template's.
+
+        Each integration step is inverted exactly (to ``tol_mm`` per step), so that
+        ``transform_points(inverse_transform_points(x)) ≈ x`` up to the steps' tolerance.
+        """
+        x = self._points("inverse_transform_points", points_mm)
+        with torch.no_grad():
+            back = _inverse_flow(x, self._trajectory, self.parameters, tol_mm, max_iterations)
+        return back.double().numpy()
+
+
+def geodesic_flow(control_points_mm: Any, momenta: Any, parameters: LddmmParameters) -> GeodesicFlow:
+    """The flow of the geodesic shot from ``control_points_mm`` ``(Q, 3)`` with ``momenta`` ``(Q, 3)``.
+
+    With the parameters of the registration that found the momenta (width, steps, integrator,
+    dtype), it is the same deformation as that registration's :meth:`LddmmResult.transform_points`.
+    """
+    dtype = _torch_dtype(parameters.dtype)
+    q0 = torch.from_numpy(np.asarray(control_points_mm, dtype=np.float64)).to(dtype)
+    p0 = torch.from_numpy(np.asarray(momenta, dtype=np.float64)).to(dtype)
+    if q0.ndim != 2 or q0.shape[1] != 3 or p0.shape != q0.shape:
+        raise ValueError(
+            f"geodesic_flow(): 'control_points_mm' and 'momenta' must both be (Q, 3), got {tuple(q0.shape)} "
+            f"and {tuple(p0.shape)}"
+        )
+    with torch.no_grad():
+        _, trajectory = _shoot(q0, p0, q0[:0], parameters)
+    return GeodesicFlow(parameters, trajectory)
 
 
 # -------------------------------------------------------------------- registration
