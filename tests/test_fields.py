@@ -393,6 +393,25 @@ def test_log_warns_or_raises_when_it_cannot_converge(rng):
         fields.log(u, max_iter=5, strict=True)
 
 
+def test_log_starts_from_initial(rng):
+    """``initial`` is where the iteration starts: the exact logarithm is returned as is (no
+    iteration), and the second-order start (u − u⁻¹)/2 (u⁻¹ the inverse's displacement, here
+    exp(−v)) is nearer than u itself; a start of another shape is refused, naming it."""
+    v = smooth_field(rng, (20, 18, 8), amplitude=3.0, sigma=3.0)
+    u, inverse = fields.exp(v), fields.exp(-v)
+    exact_start, info = fields.log(u, tol=0.05, return_info=True, initial=fields.log(u, tol=1e-4))
+    assert info.iterations == 0 and info.converged
+    symmetric = 0.5 * (u - inverse)
+    residual = {name: np.linalg.norm(fields.exp(start) - u, axis=0)[lands_inside(u)].mean()
+                for name, start in (("u", u), ("symmetric", symmetric))}
+    assert residual["symmetric"] < 0.6 * residual["u"], residual
+    logged, info = fields.log(u, tol=0.05, return_info=True, initial=symmetric)
+    assert info.converged
+    assert np.linalg.norm(fields.exp(logged) - u, axis=0)[lands_inside(u)].max() <= 0.05
+    with pytest.raises(ValueError, match="'initial'"):
+        fields.log(u, initial=symmetric[:, :-1])
+
+
 def test_log_of_zero_is_zero():
     zero = np.zeros((3, 4, 5, 6), np.float32)
     out, info = fields.log(zero, return_info=True)

@@ -375,10 +375,11 @@ def log(
     max_iter: int = 50,
     strict: bool = False,
     return_info: bool = False,
+    initial: Array | None = None,
 ) -> Array | tuple[Array, LogInfo]:
     """Stationary velocity field ``v`` with ``exp(v) ≈ id + u`` (iterative logarithm).
 
-    Starting from ``v = u``, each iteration takes the remaining deformation ``d`` with
+    Starting from ``v = u`` (or ``initial``), each iteration takes the remaining deformation ``d`` with
     ``exp(v) ∘ (id + d) ≈ id + u`` to first order, ``d = (I + ∇exp(v))⁻¹ (u − exp(v))``, and
     moves ``v`` by the BCH formula to third order, ``d + ½[v, d] + (1/12)[v, [v, d]]``. Unlike
     ``d = exp(−v) ∘ φ_u − id``, this ``d`` never reads a field outside the grid, where clamping
@@ -414,12 +415,15 @@ def log(
         max_iter: most iterations (each one exponential).
         strict: raise :class:`LogNotConverged` instead of warning when ``tol`` is not reached.
         return_info: also return a :class:`LogInfo`.
+        initial: where the iteration starts, like ``u`` (default ``u`` itself). Where the inverse
+            map's displacement ``u⁻¹`` is known, ``(u − u⁻¹) / 2`` is exact to second order
+            (``exp(±v) = id ± v + ½ (∇v) v + ...``): far closer than ``u`` on large deformations.
 
     Returns:
         ``v`` like ``u`` (and the :class:`LogInfo` when ``return_info``).
     """
     func = "log"
-    backend = backend_of(func, u=u)
+    backend = backend_of(func, u=u) if initial is None else backend_of(func, u=u, initial=initial)
     tol = _real_scalar(func, "tol", tol)
     if tol <= 0:
         raise ValueError(f"{func}(): 'tol' must be > 0, got {tol!r}")
@@ -433,7 +437,11 @@ def log(
     def merit(res_max: float, res_mean: float) -> float:  # <= 1 when both tolerances hold
         return max(res_max / tol, res_mean / tol_mean)
 
-    v = backend.copy(target)
+    if initial is None:
+        v = backend.copy(target)
+    else:
+        _same_shape(func, "initial", initial, "u", u)
+        v = backend.copy(_field(func, "initial", backend, initial).data5)
     exp_v = _exp5(backend, v, None)
     remaining, best_max, best_mean, fraction = _log_residual(backend, target, exp_v)
     iterations, scale, plain, polish, since_best = 0, 1.0, False, None, 0
