@@ -22,6 +22,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -138,16 +141,27 @@ def run(args: argparse.Namespace) -> int:
     disp = fields.exp(svf)
 
     out.mkdir(parents=True, exist_ok=True)
-    # replacing a result: the old set goes first, its record (written last, the mark of a complete
-    # set) before anything else, so that no file of another registration stays beside the new ones
-    for path in outputs:
-        path.unlink(missing_ok=True)
-    write_field(out / SVF_FILE, svf, fixed_affine)
-    write_field(out / DISPLACEMENT_FILE, disp, fixed_affine, name=DISPLACEMENT_INTENT_NAME)
-    write_nifti(out / WARPED_FILE, np.asarray(fields.warp(moving, disp), dtype=np.float32), fixed_affine)
-    if labels is not None:
-        warped_labels = np.asarray(fields.warp_labels(labels.astype(np.int32), disp, mode="onehot"))
-        write_nifti(out / WARPED_LABELS_FILE, warped_labels.astype(_label_dtype(labels)), fixed_affine)
+    # replacing a result: the new files are written beside the old ones first (a folder of their own
+    # in OUT; the command holds OUT's lock, so a leftover one is a killed run's), and only when all
+    # are written does the old set go, its record (the mark of a complete set) first, so that no
+    # file of another registration stays beside the new ones
+    for leftover in out.glob(".demons-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    staging = Path(tempfile.mkdtemp(prefix=".demons-", dir=out))
+    try:
+        write_field(staging / SVF_FILE, svf, fixed_affine)
+        write_field(staging / DISPLACEMENT_FILE, disp, fixed_affine, name=DISPLACEMENT_INTENT_NAME)
+        write_nifti(staging / WARPED_FILE, np.asarray(fields.warp(moving, disp), dtype=np.float32), fixed_affine)
+        if labels is not None:
+            warped_labels = np.asarray(fields.warp_labels(labels.astype(np.int32), disp, mode="onehot"))
+            write_nifti(staging / WARPED_LABELS_FILE, warped_labels.astype(_label_dtype(labels)), fixed_affine)
+        for path in outputs:
+            if not (staging / path.name).exists():
+                path.unlink(missing_ok=True)
+        for written in sorted(staging.iterdir()):
+            os.replace(written, out / written.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     write_json(
         out / RECORD_FILE,
         {
