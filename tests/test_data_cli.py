@@ -90,7 +90,7 @@ def test_prepare_sunnybrook_with_a_label_mapping(tmp_path, capsys):
         (["prepare", "{tmp}/data", "{tmp}/w", "--labels", "3=1"], "--labels"),
         (["prepare", "{tmp}/data", "{tmp}/w", "--layout", "nnunet"], "dataset.json"),
         (["prepare", "{tmp}/data", "{tmp}/w", "--shape", "64", "64", "0"], "--shape"),
-        (["synth", "{tmp}/data", "--subjects", "0"], "n_subjects"),
+        (["synth", "{tmp}/data", "--subjects", "0"], "--subjects must be an integer from 1"),
         (["synth", "{tmp}/data", "--subjects", "1"], "not empty"),
     ],
 )
