@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from svfnet.references import ReferenceStore, run_references
+from svfnet.references import ReferenceParameters, ReferenceStore, run_references
 from svfnet.shapes.stage import _write_landmarks
 from svfnet.workdir import WorkDir, write_prepared_subject, write_subjects
 
@@ -62,7 +62,9 @@ def test_references_stage_992_pairs(bench, tmp_path_factory):
 
     def stage():
         folder = folders.pop(0)  # a fresh folder each round: the stage would skip finished work
-        return folder, run_references(folder, subjects=ids, progress=False)
+        # the spline through the landmarks (these landmark sets have no LDDMM flows to compose)
+        return folder, run_references(folder, subjects=ids, parameters=ReferenceParameters(deformation="ebs"),
+                                      progress=False)
 
     folder, summary = bench(f"references stage, {SUBJECTS} subjects (992 pairs), K={LANDMARKS}", "svfnet", stage,
                             rounds=1)
@@ -71,7 +73,7 @@ def test_references_stage_992_pairs(bench, tmp_path_factory):
     print(
         f"\n{summary}\nlogarithm: {summary.converged}/{summary.pairs} pairs within tolerance, iterations "
         f"median {np.median(iterations):.0f} max {iterations.max()}, per pair EBS "
-        f"{np.mean([r['ebs_seconds'] for r in records]):.3f} s + log {np.mean([r['log_seconds'] for r in records]):.3f} s "
+        f"{np.mean([r['deformation_seconds'] for r in records]):.3f} s + log {np.mean([r['log_seconds'] for r in records]):.3f} s "
         f"(one process), worst residual max {summary.residual_max:.3f} voxel"
     )
     assert summary.pairs == SUBJECTS * (SUBJECTS - 1)

@@ -11,10 +11,14 @@ from scipy.ndimage import gaussian_filter
 from svfnet import fields
 from svfnet.ebs import fit_ebs
 from svfnet.references import ReferenceParameters, ReferenceStore, run_references
+from svfnet.shapes.lddmm import LddmmParameters, control_point_grid, geodesic_flow
 from svfnet.shapes.stage import _write_landmarks
 from svfnet.workdir import WorkDir
 from tests.test_fields import lands_inside
 from tests.pipeline_fixtures import GRID, SPACING_MM, deformed_cohort, write_split
+
+
+EBS = ReferenceParameters(deformation="ebs")  # the elastic body spline through the landmarks
 
 
 def write_landmarks(workdir, subjects, rng):
@@ -28,6 +32,49 @@ def write_landmarks(workdir, subjects, rng):
     return points
 
 
+def write_flows(workdir, momenta, landmarks_template_mm):
+    """The shapes stage's output for known LDDMM flows: ``momenta`` {subject: (Q, 3) or None for the
+    template} on a control grid over the test grid, landmarks flowed from ``landmarks_template_mm``.
+    Returns {subject: GeodesicFlow or None}."""
+    from svfnet._io import write_json
+
+    parameters = LddmmParameters()
+    control = control_point_grid(np.array([[0.0, 0.0, 0.0], np.subtract(GRID, 1) * SPACING_MM]), 20.0, 10.0)
+    template = next(subject for subject, p in momenta.items() if p is None)
+    write_json(WorkDir(workdir).shapes / "config.json", {"template": template, "lddmm": {
+        "sigma_v_mm": parameters.sigma_v_mm, "time_steps": parameters.time_steps,
+        "integrator": parameters.integrator, "dtype": parameters.dtype}})
+    flows = {}
+    for subject, p in momenta.items():
+        path = WorkDir(workdir).shapes / "landmarks" / f"{subject}.npz"
+        if p is None:  # the template: its own landmarks, no momenta (as the shapes stage writes it)
+            flows[subject] = None
+            _write_landmarks(path, landmarks_template_mm, {}, {})
+            continue
+        flows[subject] = geodesic_flow(control, p, parameters)
+        _write_landmarks(path, flows[subject].transform_points(landmarks_template_mm), {},
+                         {"momenta": p, "control_points_mm": control})
+    return flows
+
+
+def random_momenta(seed, amplitude_mm, count=4):
+    """Momenta for subjects s1..s{count-1} (s0 is the template), smooth in plane, small along k."""
+    control = control_point_grid(np.array([[0.0, 0.0, 0.0], np.subtract(GRID, 1) * SPACING_MM]), 20.0, 10.0)
+    rng = np.random.default_rng(seed)
+    momenta = {"s0": None}
+    for n in range(1, count):
+        momenta[f"s{n}"] = rng.normal(0, amplitude_mm, control.shape) * np.array([1.0, 1.0, 0.2])
+    return momenta
+
+
+def composed(flows, moving, fixed):
+    """φ_moving ∘ φ_fixed⁻¹ − id on the test grid, voxels, by the flows themselves (no table)."""
+    points = np.stack(np.meshgrid(*[np.arange(n) for n in GRID], indexing="ij"), axis=-1).reshape(-1, 3) * SPACING_MM
+    back = points if flows[fixed] is None else flows[fixed].inverse_transform_points(points)
+    moved = back if flows[moving] is None else flows[moving].transform_points(back)
+    return ((moved - points) / np.asarray(SPACING_MM)).T.reshape(3, *GRID)
+
+
 @pytest.fixture
 def workdir(tmp_path):
     deformed_cohort(tmp_path, count=4)
@@ -37,7 +84,7 @@ def workdir(tmp_path):
 
 def test_references_for_all_ordered_pairs_match_the_splines(workdir):
     points = write_landmarks(workdir, ["s0", "s1", "s2", "s3"], np.random.default_rng(0))
-    summary = run_references(workdir, workers=1, progress=False)
+    summary = run_references(workdir, parameters=EBS, workers=1, progress=False)
     assert summary.pairs == 12 and summary.fixed_done == 4 and summary.folded == 0
     store = ReferenceStore(workdir)
     assert sorted(store.pairs()) == sorted((m, f) for m in points for f in points if m != f)
@@ -61,36 +108,37 @@ def test_references_for_all_ordered_pairs_match_the_splines(workdir):
 
 def test_references_resume_and_refuse_mixed_parameters(workdir):
     write_landmarks(workdir, ["s0", "s1", "s2", "s3"], np.random.default_rng(1))
-    first = run_references(workdir, subjects=["s0", "s1", "s2"], workers=1, progress=False)
+    first = run_references(workdir, subjects=["s0", "s1", "s2"], parameters=EBS, workers=1, progress=False)
     assert first.fixed_done == 3
     svf_file = WorkDir(workdir).references / "svf" / "s0.npy"
     stamp = svf_file.stat().st_mtime_ns
-    again = run_references(workdir, subjects=["s0", "s1", "s2"], workers=1, progress=False)
+    again = run_references(workdir, subjects=["s0", "s1", "s2"], parameters=EBS, workers=1, progress=False)
     assert again.fixed_done == 0 and again.fixed_skipped == 3 and svf_file.stat().st_mtime_ns == stamp
     with pytest.raises(ValueError, match="other parameters"):
-        run_references(workdir, subjects=["s0", "s1"], parameters=ReferenceParameters(nu=0.3), workers=1, progress=False)
+        run_references(workdir, subjects=["s0", "s1"], parameters=ReferenceParameters(deformation="ebs", nu=0.3),
+                       workers=1, progress=False)
 
 
 def test_references_recompute_what_changed(workdir):
     """A record is kept only for the same moving subjects and the same landmarks: another subject
     list or a re-run of the shapes stage recomputes the fixed subjects concerned, and only those."""
     points = write_landmarks(workdir, ["s0", "s1", "s2", "s3"], np.random.default_rng(2))
-    run_references(workdir, subjects=["s0", "s1", "s2"], workers=1, progress=False)
-    wider = run_references(workdir, subjects=["s0", "s1", "s2", "s3"], workers=1, progress=False)
+    run_references(workdir, subjects=["s0", "s1", "s2"], parameters=EBS, workers=1, progress=False)
+    wider = run_references(workdir, subjects=["s0", "s1", "s2", "s3"], parameters=EBS, workers=1, progress=False)
     assert wider.fixed_done == 4 and wider.pairs == 12  # every fixed subject gained a moving one
     store = ReferenceStore(workdir)
     assert sorted(store.pairs()) == sorted((m, f) for m in points for f in points if m != f)
     # new landmarks for s3 change the pairs of every fixed subject (s3 is a moving one of each)
     moved = points["s3"] + np.array([1.5, -1.0, 0.5])
     _write_landmarks(WorkDir(workdir).shapes / "landmarks" / "s3.npz", moved, {"test": True}, {})
-    again = run_references(workdir, subjects=["s0", "s1", "s2", "s3"], workers=1, progress=False)
+    again = run_references(workdir, subjects=["s0", "s1", "s2", "s3"], parameters=EBS, workers=1, progress=False)
     assert again.fixed_done == 4 and again.fixed_skipped == 0
     u = fit_ebs(points["s0"], moved - points["s0"]).on_grid(GRID, SPACING_MM)
     v = ReferenceStore(workdir).svf("s3", "s0")
     assert np.abs(fields.exp(v) - u)[:, lands_inside(u)].max() < 0.2
     # a missing SVF file is recomputed too
     (WorkDir(workdir).references / "svf" / "s1.npy").unlink()
-    last = run_references(workdir, subjects=["s0", "s1", "s2", "s3"], workers=1, progress=False)
+    last = run_references(workdir, subjects=["s0", "s1", "s2", "s3"], parameters=EBS, workers=1, progress=False)
     assert last.fixed_done == 1 and last.fixed_skipped == 3
 
 
@@ -118,7 +166,8 @@ def test_references_check_inputs_before_any_work(workdir, problem, message):
             broken[3, 1] = np.nan
         _write_landmarks(WorkDir(workdir).shapes / "landmarks" / "s1.npz", broken, {}, {})
     with pytest.raises(ValueError, match=message):
-        run_references(workdir, subjects=subjects, parameters=ReferenceParameters(nu=0.3), workers=1, progress=False)
+        run_references(workdir, subjects=subjects, parameters=ReferenceParameters(deformation="ebs", nu=0.3),
+                       workers=1, progress=False)
     assert not (WorkDir(workdir).references / "config.json").exists()  # nothing recorded, nothing computed
     assert not (WorkDir(workdir).references / "svf").exists()
 
@@ -130,7 +179,7 @@ def test_references_report_folds(workdir):
     crossed[:, 0] = 60 - crossed[:, 0]  # a mirror: id + u must fold
     for subject, pts in (("s0", base), ("s1", crossed)):
         _write_landmarks(WorkDir(workdir).shapes / "landmarks" / f"{subject}.npz", pts, {}, {})
-    summary = run_references(workdir, subjects=["s0", "s1"], workers=1, progress=False)
+    summary = run_references(workdir, subjects=["s0", "s1"], parameters=EBS, workers=1, progress=False)
     assert summary.folded == 2 and summary.usable == 0 and summary.excluded["folded"] == 2
     store = ReferenceStore(workdir)
     assert store.pairs() == []
@@ -143,19 +192,29 @@ def test_references_need_landmarks(workdir):
         run_references(workdir, workers=1, progress=False)
 
 
-def test_references_on_dask_equal_the_local_ones(workdir, tmp_path):
+@pytest.mark.parametrize("deformation", ["lddmm", "ebs"])
+def test_references_on_dask_equal_the_local_ones(workdir, tmp_path, deformation):
     distributed = pytest.importorskip("distributed")
-    write_landmarks(workdir, ["s0", "s1", "s2", "s3"], np.random.default_rng(4))
-    run_references(workdir, workers=1, progress=False)
+    parameters = ReferenceParameters(deformation=deformation)
+
+    def shapes(folder):
+        if deformation == "ebs":
+            write_landmarks(folder, ["s0", "s1", "s2", "s3"], np.random.default_rng(4))
+        else:
+            write_flows(folder, random_momenta(4, 3.0), np.random.default_rng(4).uniform(12, 40, size=(60, 3)))
+
+    shapes(workdir)
+    run_references(workdir, parameters=parameters, workers=1, progress=False)
     local = ReferenceStore(workdir)
     other = tmp_path / "on_dask"
     deformed_cohort(other, count=4)
     write_split(other, train=["s0", "s1", "s2"], val=["s3"])
-    write_landmarks(other, ["s0", "s1", "s2", "s3"], np.random.default_rng(4))
+    shapes(other)
     with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
-        summary = run_references(other, scheduler=cluster.scheduler_address, progress=False)
+        summary = run_references(other, parameters=parameters, scheduler=cluster.scheduler_address, progress=False)
     assert summary.pairs == 12
     on_dask = ReferenceStore(other)
+    assert len(local.pairs()) == 12
     for moving, fixed in local.pairs():
         np.testing.assert_array_equal(on_dask.svf(moving, fixed), local.svf(moving, fixed))
 
@@ -190,7 +249,7 @@ def test_the_store_refuses_what_float16_cannot_hold(workdir, tmp_path):
               "s2": base + 70_000.0 * np.array(SPACING_MM) * np.array([1.0, 0.0, 0.0])}
     for subject, pts in points.items():
         _write_landmarks(WorkDir(workdir).shapes / "landmarks" / f"{subject}.npz", pts, {}, {})
-    summary = run_references(workdir, subjects=["s0", "s1", "s2"], workers=1, progress=False)
+    summary = run_references(workdir, subjects=["s0", "s1", "s2"], parameters=EBS, workers=1, progress=False)
     assert summary.pairs == 6 and summary.usable == 2 and summary.excluded["out of range"] == 4
     store = ReferenceStore(workdir)
     excluded = {(r["moving"], r["fixed"]): r["excluded"] for r in store.records()}
@@ -206,8 +265,8 @@ def test_the_store_refuses_what_float16_cannot_hold(workdir, tmp_path):
     deformed_cohort(as_float32, count=3)
     for subject, pts in points.items():
         _write_landmarks(WorkDir(as_float32).shapes / "landmarks" / f"{subject}.npz", pts, {}, {})
-    summary = run_references(as_float32, subjects=["s0", "s2"], parameters=ReferenceParameters(dtype="float32"),
-                             workers=1, progress=False)
+    float32 = ReferenceParameters(deformation="ebs", dtype="float32")
+    summary = run_references(as_float32, subjects=["s0", "s2"], parameters=float32, workers=1, progress=False)
     assert summary.usable == 2 and summary.excluded["out of range"] == 0
     assert ReferenceStore(as_float32).svf("s2", "s0")[0].mean() == pytest.approx(70_000)
 
@@ -264,4 +323,58 @@ def test_stores_of_the_previous_format_read_with_reasons_and_are_not_extended(wo
         store.svf("s2", "s0")
     write_landmarks(workdir, ["s0", "s1", "s2", "s3"], np.random.default_rng(7))
     with pytest.raises(ValueError, match="older svfnet.*store format 1"):
+        run_references(workdir, workers=1, progress=False)
+
+
+def test_lddmm_references_are_the_composed_flows(workdir):
+    """The default: u = φ_moving ∘ φ_fixed⁻¹ − id, which carries every fixed landmark onto the
+    moving one; the stored SVF's exp reaches it (table interpolation, logarithm and float16 aside)."""
+    template_points = np.random.default_rng(8).uniform([12, 12, 5], [48, 48, 25], size=(60, 3))
+    flows = write_flows(workdir, random_momenta(8, 4.0), template_points)
+    summary = run_references(workdir, workers=1, progress=False)
+    assert summary.pairs == 12 and summary.usable == 12 and summary.folded == 0
+    store = ReferenceStore(workdir)
+    for moving, fixed in [("s1", "s2"), ("s0", "s3"), ("s3", "s0")]:
+        u = composed(flows, moving, fixed)
+        # the composition maps the fixed subject's landmarks onto the moving subject's (mm)
+        fixed_points = template_points if flows[fixed] is None else flows[fixed].transform_points(template_points)
+        moving_points = template_points if flows[moving] is None else flows[moving].transform_points(template_points)
+        back = template_points if flows[fixed] is None else flows[fixed].inverse_transform_points(fixed_points)
+        through = back if flows[moving] is None else flows[moving].transform_points(back)
+        np.testing.assert_allclose(through, moving_points, atol=0.01)
+        v = store.svf(moving, fixed)
+        record = next(r for r in store.records() if (r["moving"], r["fixed"]) == (moving, fixed))
+        residual = np.linalg.norm(fields.exp(v) - u, axis=0)[lands_inside(u)]
+        assert record["excluded"] is None and record["folds"] == 0
+        assert residual.max() <= record["residual_max"] + 2 * record["float16_error"] + 0.02
+        assert record["residual_max"] <= 0.1 and record["residual_mean"] <= 0.01
+
+
+def test_lddmm_references_hold_where_the_spline_folds(workdir):
+    """Two flows whose landmark correspondences an interpolating spline cannot follow without
+    folding: the composition of the flows (a diffeomorphism) keeps det J > 0 and is usable."""
+    control = control_point_grid(np.array([[0.0, 0.0, 0.0], np.subtract(GRID, 1) * SPACING_MM]), 20.0, 10.0)
+    rng = np.random.default_rng(2)
+    momenta = {"s0": None}
+    for subject in ("s1", "s2"):
+        momenta[subject] = rng.normal(0, 6.0, control.shape) * np.array([1.0, 1.0, 0.2])
+    template_points = np.random.default_rng(0).uniform([12, 12, 5], [48, 48, 25], size=(60, 3))
+    flows = write_flows(workdir, momenta, template_points)
+    fixed_points, moving_points = (flows[s].transform_points(template_points) for s in ("s1", "s2"))
+    spline = fit_ebs(fixed_points, moving_points - fixed_points).on_grid(GRID, SPACING_MM)
+    assert (fields.jacobian_det(spline) <= 0).sum() > 10  # the spline folds
+    assert fields.jacobian_det(composed(flows, "s2", "s1")).min() > 0.05  # the composition does not
+    run_references(workdir, subjects=["s1", "s2"], workers=1, progress=False)
+    record = next(r for r in ReferenceStore(workdir).records() if (r["moving"], r["fixed"]) == ("s2", "s1"))
+    assert record["folds"] == 0 and record["excluded"] is None
+
+
+def test_lddmm_references_need_the_flows(workdir):
+    write_landmarks(workdir, ["s0", "s1", "s2", "s3"], np.random.default_rng(9))  # landmarks without momenta
+    with pytest.raises(FileNotFoundError, match="config.json not found: run `svfnet shapes`"):
+        run_references(workdir, workers=1, progress=False)
+    write_flows(workdir, random_momenta(9, 3.0), np.random.default_rng(9).uniform(10, 40, size=(60, 3)))
+    without = WorkDir(workdir).shapes / "landmarks" / "s2.npz"
+    _write_landmarks(without, np.random.default_rng(9).uniform(10, 40, (60, 3)), {}, {})
+    with pytest.raises(ValueError, match="no LDDMM momenta for subject 's2'"):
         run_references(workdir, workers=1, progress=False)

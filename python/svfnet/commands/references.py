@@ -18,6 +18,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("workdir", help="work folder with prepared subjects and landmarks (svfnet shapes)")
     parser.add_argument("--subjects", nargs="+", metavar="ID", help="subjects to pair (default: train + val of the split)")
+    parser.add_argument("--deformation", choices=("lddmm", "ebs"), default="lddmm",
+                        help="how a pair's displacement is made: 'lddmm' composes the shapes stage's flows "
+                        "(φ_moving ∘ φ_fixed⁻¹), 'ebs' spreads the landmark displacements with an elastic body spline "
+                        "(default lddmm)")
     parser.add_argument("--nu", type=float, default=0.25, help="Poisson's ratio of the spline (default 0.25)")
     parser.add_argument("--smoothing", type=float, default=0.0, help="spline smoothing λ (default 0: interpolate)")
     parser.add_argument("--log-tol", type=float, default=0.1,
@@ -38,8 +42,9 @@ def run(args: argparse.Namespace) -> int:
     from svfnet.references import ReferenceParameters, run_references
 
     parameters = ReferenceParameters(
-        nu=args.nu, smoothing=args.smoothing, log_tol=args.log_tol, log_tol_mean=args.log_tol_mean,
-        log_max_iter=args.log_max_iter, dtype=args.dtype, moving_per_task=args.moving_per_task,
+        deformation=args.deformation, nu=args.nu, smoothing=args.smoothing, log_tol=args.log_tol,
+        log_tol_mean=args.log_tol_mean, log_max_iter=args.log_max_iter, dtype=args.dtype,
+        moving_per_task=args.moving_per_task,
     )
     summary = run_references(
         args.workdir,
