@@ -91,6 +91,7 @@ DEFAULTS: dict[str, dict[str, tuple[Any, str]]] = {
         "max_iterations": (100, "L-BFGS iterations per subject at most"),
     },
     "references": {
+        "deformation": ("lddmm", '"lddmm" composes the shapes stage\'s flows, "ebs" spreads the landmarks by a spline'),
         "nu": (0.25, "Poisson's ratio of the elastic body spline"),
         "smoothing": (0.0, "spline smoothing (0 interpolates the landmarks)"),
         "log_tol": (0.1, "logarithm tolerance on max|exp(v) - u|, voxels"),
@@ -157,6 +158,7 @@ _CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("data", "layout"): ("", "plain", "nnunet", "acdc"),
     ("data", "phase"): ("", "ED", "ES"),
     ("data", "long_axis"): ("slices", "labels"),
+    ("references", "deformation"): ("lddmm", "ebs"),
     ("references", "dtype"): ("float16", "float32"),
     ("model", "norm"): ("instance", "batch", "group", "none"),
     ("model", "activation"): ("leaky_relu", "relu", "elu"),
@@ -770,7 +772,9 @@ def _check_resources(ctx: _Context, stages: tuple[str, ...]) -> None:
                           f"the reference SVFs of {pairs_subjects:,} subjects' {pairs_subjects * (pairs_subjects - 1):,} pairs",
                           "use fewer subjects, a smaller grid or [references] dtype = \"float16\"")
         workers = ctx.workers or os.cpu_count() or 1
-        limits.check_memory(limits.references_memory_bytes(config["shapes"]["landmarks"], grid, workers),
+        limits.check_memory(limits.references_memory_bytes(config["shapes"]["landmarks"], grid, workers,
+                                                           deformation=config["references"]["deformation"],
+                                                           subjects=pairs_subjects),
                             f"the references stage with {config['shapes']['landmarks']:,} landmarks on {workers} workers",
                             "use fewer [shapes] landmarks or [run] workers")
     if "train" in stages:
