@@ -11,10 +11,12 @@ from svfnet.commands.guard import guarded
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "references",
-        help="elastic body spline + logarithm: a reference SVF for every ordered pair of subjects",
-        description="For every ordered pair (moving, fixed) of training and validation subjects, spread the "
-        "shapes stage's landmark displacements over the fixed grid with an elastic body spline and take the "
-        "logarithm. Resumes: a fixed subject already written from the same landmarks, grid and subject list is kept.",
+        help="composed shape deformations + logarithm: a reference SVF for every ordered pair of subjects",
+        description="For every ordered pair (moving, fixed) of training and validation subjects, compose the "
+        "shapes stage's LDDMM deformations into one from the fixed subject to the moving one on the fixed grid "
+        "(or, with --deformation ebs, spread the landmark displacements with an elastic body spline) and take "
+        "the logarithm. Prints how many pairs are usable for training and why the others are left out. "
+        "Resumes: a fixed subject already written from the same shapes, grid and subject list is kept.",
     )
     parser.add_argument("workdir", help="work folder with prepared subjects and landmarks (svfnet shapes)")
     parser.add_argument("--subjects", nargs="+", metavar="ID", help="subjects to pair (default: train + val of the split)")
