@@ -327,12 +327,6 @@ class ReferencesSummary:
         return self.usable / self.pairs if self.pairs else float("nan")
 
 
-def _landmarks(workdir: Path, subject: str) -> np.ndarray:
-    from svfnet.shapes.stage import read_landmarks
-
-    return np.asarray(read_landmarks(workdir, subject)["landmarks_mm"], dtype=np.float64)
-
-
 def run_references(
     workdir: str | Path,
     *,
@@ -381,14 +375,17 @@ def run_references(
             raise ValueError(
                 f"{config_path} was written with other parameters {previous}: remove {folder} to recompute"
             )
-    landmarks = {subject: _checked_landmarks(workdir, subject) for subject in subjects}
+    from svfnet.shapes.stage import read_landmarks
+
+    stored = {subject: read_landmarks(workdir, subject) for subject in subjects}  # names a missing shapes stage
+    landmarks = {subject: _checked_landmarks(subject, stored[subject]) for subject in subjects}
     counts = {subject: len(points) for subject, points in landmarks.items()}
     if len(set(counts.values())) != 1:
         by_count: dict[int, list[str]] = {}
         for subject, count in counts.items():
             by_count.setdefault(count, []).append(subject)
         raise ValueError(f"subjects have different landmark counts {by_count}: re-run `svfnet shapes`")
-    flows, lddmm = _checked_flows(workdir, subjects) if parameters.deformation == "lddmm" else ({}, {})
+    flows, lddmm = _checked_flows(workdir, stored) if parameters.deformation == "lddmm" else ({}, {})
     first = read_prepared(workdir, subjects[0])
     shape, spacing = first.image.shape, first.spacing_mm
     write_json(config_path, {**asdict(parameters), "format": STORE_FORMAT})
@@ -479,9 +476,9 @@ def run_references(
     return _summary(folder, subjects, len(todo), len(subjects) - len(todo), elapsed, computed)
 
 
-def _checked_landmarks(workdir: Path, subject: str) -> np.ndarray:
-    """A subject's landmarks, with the checks the spline needs, naming the subject."""
-    points = _landmarks(workdir, subject)  # a clear error if the shapes stage has not run
+def _checked_landmarks(subject: str, stored: dict[str, Any]) -> np.ndarray:
+    """A subject's landmarks (from its shapes record), with the checks the spline needs, naming it."""
+    points = np.asarray(stored["landmarks_mm"], dtype=np.float64)
     problem = None
     if points.ndim != 2 or points.shape[1] != 3 or len(points) < 4:
         problem = f"must be (K >= 4, 3) points, got shape {points.shape}"
@@ -520,11 +517,9 @@ def _tabulate_flows(subjects, flows, lddmm, shape, spacing, workers, scheduler, 
     return {subject: (inverse[subject], tables[subject]) for subject in subjects}, table
 
 
-def _checked_flows(workdir: Path, subjects: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Each subject's LDDMM flow as the shapes stage stored it, ``(control_points_mm, momenta)``
-    (None for the template, mapped onto itself by the identity), and the flow's parameters."""
-    from svfnet.shapes.stage import read_landmarks
-
+def _checked_flows(workdir: Path, stored: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Each subject's LDDMM flow from its shapes record ``stored[subject]``, ``(control_points_mm,
+    momenta)`` (None for the template, mapped onto itself by the identity), and the flow's parameters."""
     config_path = WorkDir(workdir).shapes / "config.json"
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path} not found: run `svfnet shapes` for this work folder first")
@@ -532,17 +527,16 @@ def _checked_flows(workdir: Path, subjects: list[str]) -> tuple[dict[str, Any], 
     settings = config.get("lddmm", {})
     lddmm = {key: settings[key] for key in ("sigma_v_mm", "time_steps", "integrator", "dtype") if key in settings}
     flows: dict[str, Any] = {}
-    for subject in subjects:
-        stored = read_landmarks(workdir, subject)
-        if "momenta" not in stored or "control_points_mm" not in stored:
+    for subject, record in stored.items():
+        if "momenta" not in record or "control_points_mm" not in record:
             if subject == config.get("template"):
                 flows[subject] = None
                 continue
             raise ValueError(
                 f"the shapes stage stored no LDDMM momenta for subject {subject!r}: re-run `svfnet shapes`"
             )
-        control_points = np.asarray(stored["control_points_mm"], dtype=np.float64)
-        momenta = np.asarray(stored["momenta"], dtype=np.float64)
+        control_points = np.asarray(record["control_points_mm"], dtype=np.float64)
+        momenta = np.asarray(record["momenta"], dtype=np.float64)
         if control_points.ndim != 2 or control_points.shape[1] != 3 or momenta.shape != control_points.shape:
             raise ValueError(f"the LDDMM momenta of subject {subject!r} are malformed: re-run `svfnet shapes`")
         if not (np.isfinite(control_points).all() and np.isfinite(momenta).all()):
