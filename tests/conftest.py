@@ -68,3 +68,12 @@ def as_numpy(x) -> np.ndarray:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny tensors: one thread is several times faster than two on a busy machine, and reproducible."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

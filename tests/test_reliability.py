@@ -28,12 +28,7 @@ from tests.pipeline_fixtures import GRID, SPACING_MM, deformed_cohort, write_exa
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:

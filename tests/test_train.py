@@ -24,13 +24,7 @@ from tests.pipeline_fixtures import GRID, deformed_cohort, write_exact_reference
 SMALL = SVFNetConfig(widths=(8, 16, 16, 16), grid=GRID, spacing_mm=(4.0, 4.0, 10.0))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread is several times faster than two on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture
@@ -383,7 +377,7 @@ def test_non_finite_or_negative_settings_are_refused_up_front(workdir, capsys):
             TrainConfig(**{name: value})
     for flag, value, wanted in [("--lr", "nan", "a finite number > 0"), ("--lr", "inf", "a finite number > 0"),
                                 ("--lr", "0", "a finite number > 0"), ("--seed", "-1", "an integer >= 0"),
-                                ("--steps", "0", "a positive integer"), ("--shift", "-1", "an integer >= 0")]:
+                                ("--steps", "0", "an integer >= 1"), ("--shift", "-1", "an integer >= 0")]:
         with pytest.raises(SystemExit) as exited:
             main(["train", str(workdir), "--no-progress", flag, value])
         assert exited.value.code == 2

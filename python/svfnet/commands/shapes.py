@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from svfnet.commands.argument_types import positive_int
 from svfnet.commands.guard import guarded
 
 
@@ -11,12 +12,9 @@ def _landmarks(text: str) -> int | None:
     if text == "all":
         return None
     try:
-        value = int(text)
-    except ValueError:
+        return positive_int(text)
+    except argparse.ArgumentTypeError:
         raise argparse.ArgumentTypeError(f"expected a positive integer or 'all', got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer or 'all', got {text!r}")
-    return value
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

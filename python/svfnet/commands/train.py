@@ -3,40 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import math
 
+from svfnet.commands.argument_types import non_negative_int, positive_finite, positive_int
 from svfnet.commands.guard import guarded
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
-    return value
-
-
-def _positive_finite(text: str) -> float:
-    """A float that is finite and > 0 (Python's float() reads 'nan' and 'inf' without complaint)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
-    return value
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -52,20 +21,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--run", default="svfnet", help="run name, a folder under WORKDIR/models (default svfnet)")
     parser.add_argument("--resume", action="store_true", help="continue the run from its last checkpoint")
     # defaults are None here and TrainConfig's below: with --resume only the flags given count
-    parser.add_argument("--steps", type=_positive_int, help="optimiser steps (default 2000; with --resume, may grow)")
-    parser.add_argument("--batch-size", type=_positive_int, help="pairs per step (default 4)")
-    parser.add_argument("--lr", type=_positive_finite, help="Adam learning rate (default 1e-3)")
+    parser.add_argument("--steps", type=positive_int, help="optimiser steps (default 2000; with --resume, may grow)")
+    parser.add_argument("--batch-size", type=positive_int, help="pairs per step (default 4)")
+    parser.add_argument("--lr", type=positive_finite, help="Adam learning rate (default 1e-3)")
     parser.add_argument("--targets", choices=("references", "random"), help="training targets (default references)")
-    parser.add_argument("--shift", type=_non_negative_int,
+    parser.add_argument("--shift", type=non_negative_int,
                         help="largest in-plane augmentation shift, voxels (default 3)")
     parser.add_argument("--loss-mask", choices=("heart", "none"),
                         help="where the loss counts: near the fixed labels (default heart) or the whole grid")
-    parser.add_argument("--widths", type=_positive_int, nargs=4, metavar="W", help="channels of the four levels")
+    parser.add_argument("--widths", type=positive_int, nargs=4, metavar="W", help="channels of the four levels")
     parser.add_argument("--norm", choices=("instance", "batch", "group", "none"))
     parser.add_argument("--activation", choices=("leaky_relu", "relu", "elu"))
-    parser.add_argument("--validate-every", type=_positive_int, help="steps between validations (default 100)")
-    parser.add_argument("--checkpoint-every", type=_positive_int, help="steps between checkpoints (default 50)")
-    parser.add_argument("--seed", type=_non_negative_int, help="seed (default 0)")
+    parser.add_argument("--validate-every", type=positive_int, help="steps between validations (default 100)")
+    parser.add_argument("--checkpoint-every", type=positive_int, help="steps between checkpoints (default 50)")
+    parser.add_argument("--seed", type=non_negative_int, help="seed (default 0)")
     parser.add_argument("--tensorboard", action="store_true", help="also log to TensorBoard")
     parser.add_argument("--no-progress", action="store_true")
     parser.set_defaults(func=guarded(run, writes="workdir"))

@@ -18,15 +18,11 @@ import numpy as np
 from svfnet.data.labels import label_values
 from svfnet.data.nifti import read_geometry, read_nifti
 from svfnet.data.readers import Dataset, SubjectFiles, load_subject
+from svfnet.workdir import REGIONS
 
 __all__ = ["RegionSummary", "SubjectInspection", "inspect_dataset", "inspect_subject", "summarise"]
 
-REGION_NAMES: dict[int, str] = {
-    1: "LV blood pool",
-    2: "LV myocardium",
-    3: "RV blood pool",
-    4: "RV myocardium",
-}
+REGION_NAMES = REGIONS  # svfnet's regions by label value (one home: svfnet.workdir)
 
 
 @dataclass(frozen=True)
