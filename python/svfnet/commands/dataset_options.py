@@ -30,6 +30,17 @@ def add_dataset_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_long_axis_option(parser: argparse.ArgumentParser) -> None:
+    """``--long-axis``: how ``svfnet prepare`` (and ``svfnet inspect``, which mirrors it) finds each
+    subject's long axis."""
+    parser.add_argument(
+        "--long-axis",
+        choices=("slices", "labels"),
+        default="slices",
+        help="long axis from the slice normal of the short-axis stack (default) or from the LV labels",
+    )
+
+
 def dataset_from_options(args: argparse.Namespace):
     """The :class:`svfnet.data.readers.Dataset` that ``args.dataset`` and the options name."""
     from svfnet.data.labels import parse_label_mapping

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from svfnet.commands.dataset_options import add_dataset_options, dataset_from_options
+from svfnet.commands.dataset_options import add_dataset_options, add_long_axis_option, dataset_from_options
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -21,12 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("dataset", metavar="DATASET", help="dataset folder")
     add_dataset_options(parser)
-    parser.add_argument(
-        "--long-axis",
-        choices=("slices", "labels"),
-        default="slices",
-        help="long axis as `svfnet prepare --long-axis` would take it (default: slices)",
-    )
+    add_long_axis_option(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON document (subjects and summary)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from svfnet.commands.dataset_options import add_dataset_options, dataset_from_options
+from svfnet.commands.dataset_options import add_dataset_options, add_long_axis_option, dataset_from_options
 from svfnet.commands.guard import guarded
 
 
@@ -43,12 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="MM",
         help="margin around the hearts when the spacing is fitted (default 10 mm)",
     )
-    parser.add_argument(
-        "--long-axis",
-        choices=("slices", "labels"),
-        default="slices",
-        help="long axis from the slice normal of the short-axis stack (default) or from the LV labels",
-    )
+    add_long_axis_option(parser)
     parser.add_argument("--force", action="store_true", help="replace an existing OUT/prepared/")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=guarded(run, writes="out"))
