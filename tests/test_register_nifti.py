@@ -453,3 +453,31 @@ def test_force_replaces_the_whole_set_of_outputs(data, tmp_path):
     assert _register(data, prefix, "--force") == 0
     assert not with_labels["warped_labels"].exists() and not with_labels["warped_labels_original"].exists()
     assert all(path.exists() for path in output_paths(prefix, with_labels=False).values())
+
+
+def test_acdc_headers_register_in_their_true_geometry_and_the_record_names_every_file(data, tmp_path):
+    """Files as ACDC publishes them (sform without voxel size): read with pixdim's voxel size, and the
+    registration's record lists the header problem of each image and label map."""
+    import shutil
+    import warnings
+
+    from svfnet.data.nifti import HeaderWarning, read_geometry
+    from tests.data_fixtures import to_acdc_header
+
+    for name in ("s0", "s0_gt", "s1", "s1_gt"):
+        shutil.copy(data / f"{name}.nii.gz", tmp_path / f"{name}.nii.gz")
+        spacing = tuple(float(s) for s in np.linalg.norm(read_geometry(data / f"{name}.nii.gz")[0].affine[:3, :3], axis=0))
+        to_acdc_header(tmp_path / f"{name}.nii.gz", spacing)
+    (tmp_path / "model.pt").symlink_to(data / "model.pt")
+    labels = ("--moving-labels", str(tmp_path / "s0_gt.nii.gz"), "--fixed-labels", str(tmp_path / "s1_gt.nii.gz"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", HeaderWarning)
+        assert _register(tmp_path, str(tmp_path / "out" / "pair"), *labels) == 0
+    metadata = json.loads(output_paths(tmp_path / "out" / "pair", with_labels=True)["metadata"].read_text())
+    for name in ("s0", "s0_gt", "s1", "s1_gt"):
+        assert any(f"{name}.nii.gz: the sform gives voxels of 1 × 1 × 1 mm" in w for w in metadata["warnings"]), name
+    warped, affine, _ = _load(output_paths(tmp_path / "out" / "pair", with_labels=True)["warped_original"])
+    np.testing.assert_allclose(
+        np.linalg.norm(affine[:3, :3], axis=0), np.linalg.norm(read_geometry(tmp_path / "s1.nii.gz")[0].affine[:3, :3], axis=0)
+    )
+    assert np.isfinite(warped).all()

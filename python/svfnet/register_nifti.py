@@ -892,7 +892,9 @@ def _register_nifti(
     for warning in warnings:
         logger.warning("%s", warning)
     for original in (moving_original, fixed_original):  # the reader warned of these already
-        warnings += list(read_geometry(original.path)[0].problems)
+        for path in (original.path, original.labels_path):
+            if path is not None:
+                warnings += list(read_geometry(path)[0].problems)
 
     metadata: dict[str, Any] = {
         "format": "svfnet-registration-1",
