@@ -73,6 +73,21 @@ PYBIND11_MODULE(_core, m) {
       py::arg("image").noconvert(), py::arg("disp").noconvert(), py::arg("out").noconvert(), py::arg("order"),
       py::arg("fill"), py::arg("threads"));
   m.def(
+      "warp_disp_vjp_cpu",
+      [](const FloatArray& image, const FloatArray& disp, const FloatArray& grad_out, FloatArray& grad_disp, float fill,
+         int threads) {
+        const Batch s = batch_of(image, "image"), d = batch_of(disp, "disp");
+        require_channels(d, "disp", 3); require_same_grid(s, "image", d, "disp");
+        if (s.batch != d.batch) throw std::invalid_argument("'image' and 'disp' must have the same batch size");
+        require_same_shape(s, "image", batch_of(grad_out, "grad_out"), "grad_out");
+        require_same_shape(d, "disp", batch_of(grad_disp, "grad_disp"), "grad_disp");
+        py::gil_scoped_release release;
+        warp_disp_vjp_cpu(image.data(), disp.data(), grad_out.data(), grad_disp.mutable_data(), s, fill, threads);
+      },
+      py::arg("image").noconvert(), py::arg("disp").noconvert(), py::arg("grad_out").noconvert(),
+      py::arg("grad_disp").noconvert(), py::arg("fill"), py::arg("threads"),
+      "Gradient of a trilinear warp in its displacement: sum over channels of grad_out * grad(image)(x + disp(x)).");
+  m.def(
       "warp_labels_cpu",
       [](const IntArray& labels, const FloatArray& disp, IntArray& out, bool onehot, int32_t fill_label, int threads) {
         const Batch s = batch_of(labels, "labels"), d = batch_of(disp, "disp");
@@ -223,6 +238,11 @@ PYBIND11_MODULE(_core, m) {
   m.def("cuda_device_count", &cuda_device_count);
   m.def("warp_cuda", [](Address image, Address disp, Address out, const Shape& shape, int order, float fill, Address stream) {
     warp_cuda(at<const float>(image), at<const float>(disp), at<float>(out), batch_of_shape(shape), order, fill, stream);
+  });
+  m.def("warp_disp_vjp_cuda", [](Address image, Address disp, Address grad_out, Address grad_disp, const Shape& shape,
+                                 float fill, Address stream) {
+    warp_disp_vjp_cuda(at<const float>(image), at<const float>(disp), at<const float>(grad_out), at<float>(grad_disp),
+                       batch_of_shape(shape), fill, stream);
   });
   m.def("warp_labels_cuda", [](Address labels, Address disp, Address out, const Shape& shape, bool onehot,
                                int32_t fill_label, Address stream) {

@@ -8,6 +8,10 @@
 //   order  1 trilinear, 0 nearest;  fill: the value read outside the grid
 //   onehot false: nearest label; true: argmax of the trilinearly interpolated indicators
 //   fill_label: the label outside the grid
+//
+// warp_disp_vjp: the gradient of a trilinear warp in its displacement,
+//   grad_disp(x) = Σ_c grad_out_c(x) · ∇image_c(x + disp(x)),
+//   grad_out like image, grad_disp like disp (both allocated by the caller).
 #pragma once
 
 #include <cstdint>
@@ -20,12 +24,16 @@ void warp_cpu(const float* image, const float* disp, float* out, const Batch& sh
               int threads);
 void warp_labels_cpu(const int32_t* labels, const float* disp, int32_t* out, const Batch& shape, bool onehot,
                      int32_t fill_label, int threads);
+void warp_disp_vjp_cpu(const float* image, const float* disp, const float* grad_out, float* grad_disp,
+                       const Batch& shape, float fill, int threads);
 
 #ifdef SVFNET_WITH_CUDA
 void warp_cuda(const float* image, const float* disp, float* out, const Batch& shape, int order, float fill,
                std::uintptr_t stream);
 void warp_labels_cuda(const int32_t* labels, const float* disp, int32_t* out, const Batch& shape, bool onehot,
                       int32_t fill_label, std::uintptr_t stream);
+void warp_disp_vjp_cuda(const float* image, const float* disp, const float* grad_out, float* grad_disp,
+                        const Batch& shape, float fill, std::uintptr_t stream);
 #endif
 
 }  // namespace svfnet

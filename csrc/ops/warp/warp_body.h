@@ -25,6 +25,38 @@ struct WarpLinearBody {
   }
 };
 
+// The adjoint of WarpLinearBody in the displacement (a gather, no scatter: voxel x's displacement
+// moves only out(x)): grad_disp(x) = Σ_c grad_out_c(x) · ∇image_c(x + disp(x)), walked per pair.
+struct WarpDispGradientBody {
+  const float* image;
+  const float* disp;
+  const float* grad_out;
+  float* grad_disp;
+  int64_t channels;
+  svfcore::Grid grid;
+  float fill;
+
+  SVF_HOST_DEVICE void operator()(int64_t b, int i, int j, int k) const {
+    const int64_t n = grid.size();
+    const int v = grid.index(i, j, k);
+    const svfcore::Position p = svfcore::displaced(disp + b * 3 * n, grid, i, j, k);
+    const svfcore::FillStencil s = svfcore::fill_stencil(grid, p.x, p.y, p.z);
+    float gi = 0.f, gj = 0.f, gk = 0.f;
+    for (int64_t c = 0; c < channels; ++c) {
+      const int64_t volume = b * channels + c;
+      const float weight = grad_out[volume * n + v];
+      const svfcore::PositionGradient d = svfcore::interpolate_fill_gradient(image + volume * n, grid, s, fill);
+      gi += weight * d.i;
+      gj += weight * d.j;
+      gk += weight * d.k;
+    }
+    float* out = grad_disp + b * 3 * n + v;
+    out[0] = gi;
+    out[n] = gj;
+    out[2 * n] = gk;
+  }
+};
+
 struct WarpNearestBody {
   const float* image;
   const float* disp;

@@ -19,4 +19,10 @@ void warp_labels_cpu(const int32_t* labels, const float* disp, int32_t* out, con
   for_each_voxel(shape.batch, shape.grid, threads, WarpLabelsBody{labels, disp, out, shape.grid, onehot, fill_label});
 }
 
+void warp_disp_vjp_cpu(const float* image, const float* disp, const float* grad_out, float* grad_disp,
+                       const Batch& shape, float fill, int threads) {
+  for_each_voxel(shape.batch, shape.grid, threads,
+                 WarpDispGradientBody{image, disp, grad_out, grad_disp, shape.channels, shape.grid, fill});
+}
+
 }  // namespace svfnet

@@ -19,4 +19,10 @@ void warp_labels_cuda(const int32_t* labels, const float* disp, int32_t* out, co
                 "warp_labels");
 }
 
+void warp_disp_vjp_cuda(const float* image, const float* disp, const float* grad_out, float* grad_disp,
+                        const Batch& shape, float fill, std::uintptr_t stream) {
+  launch_voxels(shape.batch, shape.grid, stream,
+                WarpDispGradientBody{image, disp, grad_out, grad_disp, shape.channels, shape.grid, fill}, "warp_disp_vjp");
+}
+
 }  // namespace svfnet

@@ -121,6 +121,7 @@ struct FillAxis {
   int lower, upper;
   float lower_weight, upper_weight;
   float t;  // the geometric weight of the upper corner, inside the grid or not
+  float lower_inside, upper_inside;  // 1 where that corner lies in the grid: the weights' derivatives in x
 };
 
 SVF_HOST_DEVICE float inside_mask(int x, int n) { return (x >= 0) & (x < n) ? 1.f : 0.f; }
@@ -137,8 +138,10 @@ SVF_HOST_DEVICE FillAxis fill_axis(float x, int n) {
   FillAxis a;
   a.lower = clamp_to(x0, 0, n - 1);
   a.upper = clamp_to(x0 + 1, 0, n - 1);
-  a.lower_weight = (1.f - t) * inside_mask(x0, n);
-  a.upper_weight = t * inside_mask(x0 + 1, n);
+  a.lower_inside = inside_mask(x0, n);
+  a.upper_inside = inside_mask(x0 + 1, n);
+  a.lower_weight = (1.f - t) * a.lower_inside;
+  a.upper_weight = t * a.upper_inside;
   a.t = t;
   return a;
 }
@@ -168,6 +171,35 @@ SVF_HOST_DEVICE float interpolate_fill(const float* f, const Grid& g, const Fill
   const float sum = wi0 * (wj0 * r00 + wj1 * r01) + wi1 * (wj0 * r10 + wj1 * r11);
   const float covered = (wi0 + wi1) * (wj0 + wj1) * (wk0 + wk1);
   return sum + fill * (1.f - covered);
+}
+
+// Derivative of `interpolate_fill(f, g, s, fill)` with respect to the position, one value per axis:
+// the adjoint a loss needs to move a displacement (warp's gradient in `disp`). Writing the value
+// as fill + Σ_corners w·(f − fill), only the weights depend on the position, and along each axis
+// d(lower weight)/dx = −(lower corner inside), d(upper weight)/dx = +(upper corner inside). So the
+// fill enters as f − fill, corners outside the grid contribute nothing, and positions beyond the
+// last half voxel (all corners outside, or limited by fill_axis) have a zero gradient. At an
+// integer position the derivative is the one of the cell above (t = 0), as torch's grid_sample.
+SVF_HOST_DEVICE PositionGradient interpolate_fill_gradient(const float* f, const Grid& g, const FillStencil& s,
+                                                           float fill) {
+  const float wi0 = s.i.lower_weight, wi1 = s.i.upper_weight, di0 = -s.i.lower_inside, di1 = s.i.upper_inside;
+  const float wj0 = s.j.lower_weight, wj1 = s.j.upper_weight, dj0 = -s.j.lower_inside, dj1 = s.j.upper_inside;
+  const float wk0 = s.k.lower_weight, wk1 = s.k.upper_weight, dk0 = -s.k.lower_inside, dk1 = s.k.upper_inside;
+  const int row00 = (s.i.lower * g.nj + s.j.lower) * g.nk, row01 = (s.i.lower * g.nj + s.j.upper) * g.nk;
+  const int row10 = (s.i.upper * g.nj + s.j.lower) * g.nk, row11 = (s.i.upper * g.nj + s.j.upper) * g.nk;
+  const int k0 = s.k.lower, k1 = s.k.upper;
+  const float a00 = f[row00 + k0] - fill, b00 = f[row00 + k1] - fill, a01 = f[row01 + k0] - fill,
+              b01 = f[row01 + k1] - fill;
+  const float a10 = f[row10 + k0] - fill, b10 = f[row10 + k1] - fill, a11 = f[row11 + k0] - fill,
+              b11 = f[row11 + k1] - fill;
+  // each row's value along k, and its derivative along k
+  const float r00 = wk0 * a00 + wk1 * b00, r01 = wk0 * a01 + wk1 * b01;
+  const float r10 = wk0 * a10 + wk1 * b10, r11 = wk0 * a11 + wk1 * b11;
+  const float q00 = dk0 * a00 + dk1 * b00, q01 = dk0 * a01 + dk1 * b01;
+  const float q10 = dk0 * a10 + dk1 * b10, q11 = dk0 * a11 + dk1 * b11;
+  return PositionGradient{di0 * (wj0 * r00 + wj1 * r01) + di1 * (wj0 * r10 + wj1 * r11),
+                          wi0 * (dj0 * r00 + dj1 * r01) + wi1 * (dj0 * r10 + dj1 * r11),
+                          wi0 * (wj0 * q00 + wj1 * q01) + wi1 * (wj0 * q10 + wj1 * q11)};
 }
 
 // Nearest voxel of a position (halves round up), clamped into the grid; `inside` is 1 when the
