@@ -82,13 +82,38 @@ class SVFNetConfig:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
 
+class _Float32Norm:
+    """A normalisation that computes in float32 under autocast (the parameter names stay those of
+    the torch layer, so checkpoints are unchanged). Its statistics over a few voxels (the coarsest
+    level holds 8 × 8 × 2 of them on the default grid) lose too much in bfloat16: training in
+    bfloat16 with the norms in bfloat16 met non-finite gradients (tests/test_train.py)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.is_autocast_enabled(x.device.type):
+            return super().forward(x)
+        with torch.autocast(x.device.type, enabled=False):
+            return super().forward(x.float())
+
+
+class _InstanceNorm(_Float32Norm, nn.InstanceNorm3d):
+    pass
+
+
+class _BatchNorm(_Float32Norm, nn.BatchNorm3d):
+    pass
+
+
+class _GroupNorm(_Float32Norm, nn.GroupNorm):
+    pass
+
+
 def _norm(kind: str, channels: int) -> nn.Module:
     if kind == "instance":
-        return nn.InstanceNorm3d(channels, affine=True)
+        return _InstanceNorm(channels, affine=True)
     if kind == "batch":
-        return nn.BatchNorm3d(channels)
+        return _BatchNorm(channels)
     if kind == "group":
-        return nn.GroupNorm(math.gcd(8, channels), channels)
+        return _GroupNorm(math.gcd(8, channels), channels)
     return nn.Identity()
 
 
@@ -138,14 +163,28 @@ class SVFNet(nn.Module):
         skips = []
         x = pair
         for level, encoder in enumerate(self.encoders):
-            x = encoder(x)
+            x = _run_level(encoder, x, level)
             if level < 3:
                 skips.append(x)
                 x = F.max_pool3d(x, _POOL[level])
         for level in (2, 1, 0):
             x = F.interpolate(x, scale_factor=_POOL[level], mode="nearest")
-            x = self.decoders[level](torch.cat([x, skips[level]], dim=1))
+            x = _run_level(self.decoders[level], torch.cat([x, skips[level]], dim=1), level)
         return self.head(x)
+
+
+def _run_level(block: nn.Module, x: torch.Tensor, level: int) -> torch.Tensor:
+    """One level's block; under autocast the 3D levels compute in float32.
+
+    Why: on the CPU (torch 2.13, oneDNN) the bfloat16 weight gradients of the 3D convolutions on a
+    small grid (2 x 2 x 2 voxels at level four of a 16 x 16 x 4 input) came out non-finite at random,
+    in 5 of 300 steps, finite again when the same step was recomputed; the in-plane levels never
+    did. The 3D levels hold few voxels, so float32 there costs little of what bfloat16 saves.
+    """
+    if _IN_PLANE[level] or not torch.is_autocast_enabled(x.device.type):
+        return block(x)
+    with torch.autocast(x.device.type, enabled=False):
+        return block(x.float())
 
 
 def save_checkpoint(path: str | Path, model: SVFNet, **extra) -> None:

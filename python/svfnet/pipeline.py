@@ -112,6 +112,12 @@ DEFAULTS: dict[str, dict[str, tuple[Any, str]]] = {
         "targets": ("references", '"references" (the shapes pipeline) or "random" (smooth random SVFs)'),
         "shift_vox": (3, "largest in-plane augmentation shift, voxels"),
         "loss_mask": ("heart", '"heart" (voxels near the fixed labels) or "none" (whole grid)'),
+        "recipe": ("paper", '"paper" (squared difference to the reference SVF) or "overlap" (plus a soft Dice term '
+                   "on the labels warped by the prediction)"),
+        "overlap_weight": (1.0, 'weight of the soft Dice term of the "overlap" recipe'),
+        "intensity_augmentation": (False, "draw a bias field, gamma, contrast and noise per image"),
+        "rotation_deg": (0.0, "largest in-plane rotation of a pair and its target, degrees (0: none)"),
+        "precision": ("float32", '"float32", "bfloat16" (autocast) or "auto" (bfloat16 where the CPU or GPU has it)'),
         "validate_every": (100, "steps between validations"),
         "checkpoint_every": (50, "steps between checkpoints"),
         "seed": (0, "seed of initialisation, sampling and augmentation"),
@@ -149,6 +155,8 @@ LIMITS: dict[tuple[str, str], tuple[float, float, bool, bool]] = {
     ("train", "batch_size"): (1, limits.MAX_BATCH, False, False),
     ("train", "learning_rate"): (0.0, 1.0, True, False),
     ("train", "shift_vox"): (0, 512, False, False),  # and at most half the in-plane grid
+    ("train", "overlap_weight"): (0.0, 1000.0, False, False),
+    ("train", "rotation_deg"): (0.0, 180.0, False, False),
     ("train", "validate_every"): (1, limits.MAX_STEPS, False, False),
     ("train", "checkpoint_every"): (1, limits.MAX_STEPS, False, False),
     ("train", "seed"): (0, limits.MAX_SEED, False, False),
@@ -164,6 +172,8 @@ _CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("model", "activation"): ("leaky_relu", "relu", "elu"),
     ("train", "targets"): ("references", "random"),
     ("train", "loss_mask"): ("heart", "none"),
+    ("train", "recipe"): ("paper", "overlap"),
+    ("train", "precision"): ("float32", "bfloat16", "auto"),
 }
 # what the lists accept, for the printed configuration
 _LIST_LIMITS = {

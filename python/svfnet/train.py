@@ -25,6 +25,7 @@ the checkpoint on disk stays the last good one.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import json
@@ -43,6 +44,8 @@ from scipy.ndimage import binary_dilation, gaussian_filter
 
 from svfnet import fields
 from svfnet._io import atomic_path, write_json
+from svfnet.augment import augment_intensity, rotate_in_plane
+from svfnet.losses import label_overlap_loss, masked_mse, one_hot_regions
 from svfnet.model import SVFNet, SVFNetConfig, check_grid, read_checkpoint, save_checkpoint
 from svfnet.split import subject_split
 from svfnet.workdir import REGIONS, WorkDir, read_prepared
@@ -53,6 +56,11 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+
+# The training losses (TrainConfig.recipe; svfnet.losses): the paper's, and the paper's with a label-overlap term.
+RECIPES = ("paper", "overlap")
+PRECISIONS = ("float32", "bfloat16", "auto")
 
 
 @dataclass(frozen=True)
@@ -72,6 +80,21 @@ class TrainConfig:
             "none" (whole grid). Far from the heart a reference is the spline's extrapolation,
             large at the corners and not to be read from the images; fitting it there costs the
             network accuracy on the heart (docs/pipeline.md has the measurement).
+        recipe: the loss. "paper": the squared difference to the reference SVF (the paper's);
+            "overlap": that plus ``overlap_weight`` times the soft Dice loss of the moving labels
+            warped by exp(prediction) against the fixed labels (:mod:`svfnet.losses`).
+        overlap_weight: weight of the label-overlap term in the "overlap" recipe (the SVF term
+            is in voxel², the overlap term in [0, 1]).
+        intensity_augmentation: draw a bias field, a gamma, a contrast change and noise for
+            each image of a pair, independently (:func:`svfnet.augment.augment_intensity`);
+            the target is unchanged.
+        rotation_deg: largest in-plane rotation of a pair and its target, degrees (0: none;
+            :func:`svfnet.augment.rotate_in_plane`).
+        precision: the arithmetic of the network's forward and backward passes: "float32", or
+            "bfloat16" (torch autocast: convolutions in bfloat16, norms, losses and the weights
+            in float32), or "auto": bfloat16 where the device computes it natively (a CPU with
+            AVX-512 BF16 or AMX, a GPU of compute capability 8.0 or more), float32 elsewhere.
+            Registration always runs in float32.
         validate_every: steps between validations (loss and Dice on the validation pairs).
         validation_pairs: at most this many validation pairs.
         checkpoint_every: steps between checkpoints.
@@ -87,6 +110,11 @@ class TrainConfig:
     random_smoothness_vox: float = 6.0
     shift_vox: int = 3
     loss_mask: str = "heart"
+    recipe: str = "paper"
+    overlap_weight: float = 1.0
+    intensity_augmentation: bool = False
+    rotation_deg: float = 0.0
+    precision: str = "float32"
     validate_every: int = 100
     validation_pairs: int = 16
     checkpoint_every: int = 50
@@ -112,6 +140,37 @@ class TrainConfig:
             raise ValueError(f"TrainConfig: 'targets' must be 'references' or 'random', got {self.targets!r}")
         if self.loss_mask not in ("none", "heart"):
             raise ValueError(f"TrainConfig: 'loss_mask' must be 'none' or 'heart', got {self.loss_mask!r}")
+        if self.recipe not in RECIPES:
+            raise ValueError(f"TrainConfig: 'recipe' must be one of {', '.join(map(repr, RECIPES))}, got {self.recipe!r}")
+        for name, high in (("overlap_weight", 1000.0), ("rotation_deg", 180.0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= high:
+                raise ValueError(f"TrainConfig: '{name}' must be a number from 0 to {high:g}, got {value!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(
+                f"TrainConfig: 'precision' must be one of {', '.join(map(repr, PRECISIONS))}, got {self.precision!r}"
+            )
+        if not isinstance(self.intensity_augmentation, bool):
+            raise ValueError(
+                f"TrainConfig: 'intensity_augmentation' must be true or false, got {self.intensity_augmentation!r}"
+            )
+
+    def summary(self) -> str:
+        """What trained a model, in one line (the evaluation report states it)."""
+        loss = "the paper's (squared difference to the reference SVF)"
+        if self.recipe == "overlap":
+            loss = f"overlap (the paper's plus {self.overlap_weight:g} x soft Dice of the warped labels)"
+        augmentations = [f"shifts up to {self.shift_vox} voxels"] if self.shift_vox else []
+        if self.rotation_deg:
+            augmentations.append(f"rotations up to {self.rotation_deg:g} degrees")
+        if self.intensity_augmentation:
+            augmentations.append("bias field, gamma, contrast and noise")
+        return (
+            f"recipe {loss}; {self.steps:,} steps of {self.batch_size} pairs, learning rate {self.learning_rate:g}, "
+            f"loss counted {'near the heart' if self.loss_mask == 'heart' else 'on the whole grid'}; augmentation: "
+            f"{', '.join(augmentations) or 'none'}; precision {self.precision}; widths "
+            f"{'-'.join(map(str, self.model.widths))}"
+        )
 
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)
@@ -120,7 +179,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> TrainConfig:
-        data = dict(data)
+        data = dict(data)  # a run saved before a key existed trained with that key's default
         data["model"] = SVFNetConfig.from_dict(data.get("model", {}))
         return cls(**data)
 
@@ -383,6 +442,43 @@ def shift_in_plane(batch: Batch, shifts: np.ndarray) -> Batch:
     return out
 
 
+def augment(batch: Batch, rng: np.random.Generator, config: TrainConfig, spacing_mm) -> Batch:
+    """The configured augmentations of a drawn batch, each keeping its target exact: in-plane
+    shifts, then in-plane rotations (pair and target rotated alike), then intensity changes (the
+    geometry untouched). Draws from ``rng`` only for the augmentations that are on, so a run
+    without them draws what runs before them drew."""
+    size = len(batch.moving)
+    if config.shift_vox:
+        batch = shift_in_plane(batch, rng.integers(-config.shift_vox, config.shift_vox + 1, size=(size, 2)))
+    if config.rotation_deg:
+        angles = np.deg2rad(rng.uniform(-config.rotation_deg, config.rotation_deg, size=size))
+        rotated = rotate_in_plane(batch.moving, batch.fixed, batch.target, batch.moving_labels, batch.fixed_labels,
+                                  angles, spacing_mm)
+        batch = Batch(*rotated)
+    if config.intensity_augmentation:
+        batch = dataclasses.replace(batch, moving=augment_intensity(batch.moving, rng),
+                                    fixed=augment_intensity(batch.fixed, rng))
+    return batch
+
+
+def step_loss(
+    prediction: torch.Tensor, target: torch.Tensor, batch: Batch, config: TrainConfig, device: torch.device
+) -> dict[str, torch.Tensor]:
+    """The recipe's loss of one batch: ``{"loss", "svf_loss"[, "overlap_loss"]}`` (scalars).
+
+    A prediction that is not finite has no exponential: its loss is then the SVF term alone
+    (itself not finite), which stops the run at this step, naming it.
+    """
+    svf_loss = masked_mse(prediction, target, _loss_weights(batch, config.loss_mask, device))
+    terms = {"loss": svf_loss, "svf_loss": svf_loss}
+    if config.recipe == "overlap" and bool(torch.isfinite(prediction.detach()).all()):
+        overlap = label_overlap_loss(
+            prediction.float(), one_hot_regions(batch.moving_labels, device), one_hot_regions(batch.fixed_labels, device)
+        )
+        terms.update(loss=svf_loss + config.overlap_weight * overlap, overlap_loss=overlap)
+    return terms
+
+
 def dice_per_region(warped: np.ndarray, target: np.ndarray) -> dict[int, float]:
     """Dice of each region present in either label map (``REGIONS``)."""
     scores = {}
@@ -450,14 +546,6 @@ def _loss_weights(batch: Batch, mask: str, device: torch.device) -> torch.Tensor
     if mask == "none":
         return None
     return torch.from_numpy(heart_mask(batch.fixed_labels)[:, None].astype(np.float32)).to(device)
-
-
-def masked_mse(prediction: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
-    """Mean squared difference (voxel²): the paper's sum of squared differences up to a constant factor."""
-    squared = (prediction - target).pow(2)
-    if weights is None:
-        return squared.mean()
-    return (squared * weights).sum() / (weights.sum() * squared.shape[1]).clamp_min(1.0)
 
 
 def validate(model: SVFNet, batch: Batch, device: torch.device, loss_mask: str = "none") -> dict[str, float]:
@@ -631,8 +719,6 @@ def train(
     Outputs in ``WORKDIR/models/<run>/``: ``checkpoint.pt`` (latest), ``config.json``, ``log.csv``,
     ``refused.csv`` (pairs left out, with the reason).
     """
-    import contextlib
-
     from svfnet.limits import check_run_name, check_train_config
     from svfnet.locks import folder_lock
 
@@ -738,6 +824,11 @@ def _train(
         if broken:  # written before checkpoints were checked
             raise ValueError(f"{checkpoint_path} cannot be resumed: {broken}; start another run")
     trained = torch.nn.parallel.DistributedDataParallel(model) if where.world > 1 else model
+    precision = resolved_precision(config.precision, where.device)
+    autocast = (torch.autocast(where.device.type, dtype=torch.bfloat16) if precision == "bfloat16"
+                else contextlib.nullcontext())
+    if where.main:
+        log.info("training in %s (precision %r)", precision, config.precision)
 
     writer = _Log(log_path, step, tensorboard) if where.main else None
     if where.main:
@@ -751,11 +842,12 @@ def _train(
     last_checkpoint = int(saved["step"]) if saved is not None else None
     try:
         while step < config.steps:
-            batch = source.sample(rng, config.batch_size)
-            if config.shift_vox:
-                batch = shift_in_plane(batch, rng.integers(-config.shift_vox, config.shift_vox + 1, size=(config.batch_size, 2)))
+            batch = augment(source.sample(rng, config.batch_size), rng, config, train_cohort.spacing_mm)
             pair, target = _inputs(batch, where.device)
-            loss = masked_mse(trained(pair), target, _loss_weights(batch, config.loss_mask, where.device))
+            with autocast:
+                prediction = trained(pair)
+            terms = step_loss(prediction.float(), target, batch, config, where.device)
+            loss = terms["loss"]
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             # a non-finite loss or gradient is never applied: the weights stay those of the last step
@@ -763,7 +855,8 @@ def _train(
             if problem is None:
                 optimizer.step()
             step += 1
-            row = {"step": step, "loss": float(loss.detach()), "seconds": time.perf_counter() - started}
+            row = {"step": step, "seconds": time.perf_counter() - started,
+                   **{name: float(value.detach()) for name, value in terms.items()}}
             if problem is None and (step % config.validate_every == 0 or step == config.steps):
                 if where.main:
                     try:
@@ -795,6 +888,21 @@ def _train(
         if writer is not None:
             writer.close()
     return TrainResult(checkpoint_path, model.eval(), step)
+
+
+def native_bfloat16(device: torch.device) -> bool:
+    """Whether ``device`` computes bfloat16 convolutions natively (else autocast emulates them, slower)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_capability(device) >= (8, 0)
+    cpu = torch.cpu
+    return any(getattr(cpu, name, lambda: False)() for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+
+
+def resolved_precision(precision: str, device: torch.device) -> str:
+    """``TrainConfig.precision`` on ``device``: "float32" or "bfloat16" ("auto" decided by :func:`native_bfloat16`)."""
+    if precision == "auto":
+        return "bfloat16" if native_bfloat16(device) else "float32"
+    return precision
 
 
 def _stopped(step: int, problem: str, last_checkpoint: int | None, path: Path, config: TrainConfig) -> str:
@@ -838,7 +946,7 @@ def _checkpoint(path: Path, model: SVFNet, optimizer, step: int, rng, config: Tr
 class _Log:
     """log.csv (rows up to the resumed step kept, later ones dropped) and optional TensorBoard."""
 
-    COLUMNS = ("step", "loss", "val_loss", "val_dice", "identity_dice", "seconds", "error")
+    COLUMNS = ("step", "loss", "val_loss", "val_dice", "identity_dice", "seconds", "error", "svf_loss", "overlap_loss")
 
     def __init__(self, path: Path, resumed_step: int, tensorboard: bool) -> None:
         kept = []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from svfnet.commands.argument_types import non_negative_int, positive_finite, positive_int
+from svfnet.commands.argument_types import non_negative_finite, non_negative_int, positive_finite, positive_int
 from svfnet.commands.guard import guarded
 
 
@@ -29,6 +29,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="largest in-plane augmentation shift, voxels (default 3)")
     parser.add_argument("--loss-mask", choices=("heart", "none"),
                         help="where the loss counts: near the fixed labels (default heart) or the whole grid")
+    parser.add_argument("--recipe", choices=("paper", "overlap"),
+                        help="the loss: paper (squared difference to the reference SVF; default) or overlap (plus a "
+                        "soft Dice term on the moving labels warped by the prediction)")
+    parser.add_argument("--overlap-weight", type=non_negative_finite,
+                        help="weight of the overlap recipe's soft Dice term (default 1)")
+    parser.add_argument("--intensity-augmentation", action=argparse.BooleanOptionalAction, default=None,
+                        help="draw a bias field, gamma, contrast and noise for each image (default off)")
+    parser.add_argument("--rotation", type=non_negative_finite, metavar="DEGREES",
+                        help="largest in-plane rotation of a pair and its target (default 0: none)")
+    parser.add_argument("--precision", choices=("float32", "bfloat16", "auto"),
+                        help="network arithmetic while training: float32 (default), bfloat16 (autocast), or auto "
+                        "(bfloat16 where the CPU or GPU computes it natively)")
     parser.add_argument("--widths", type=positive_int, nargs=4, metavar="W", help="channels of the four levels")
     parser.add_argument("--norm", choices=("instance", "batch", "group", "none"))
     parser.add_argument("--activation", choices=("leaky_relu", "relu", "elu"))
@@ -43,7 +55,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 _TRAIN_FLAGS = {  # flag -> TrainConfig field
     "steps": "steps", "batch_size": "batch_size", "lr": "learning_rate", "targets": "targets", "shift": "shift_vox",
     "loss_mask": "loss_mask", "validate_every": "validate_every", "checkpoint_every": "checkpoint_every",
-    "seed": "seed",
+    "seed": "seed", "recipe": "recipe", "overlap_weight": "overlap_weight",
+    "intensity_augmentation": "intensity_augmentation", "rotation": "rotation_deg", "precision": "precision",
 }
 
 
