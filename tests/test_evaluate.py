@@ -45,8 +45,12 @@ CHROMIUM = next(
 
 
 def _tiny_checkpoint(path: Path) -> Path:
+    from svfnet.train import TrainConfig
+
     torch.manual_seed(0)
-    save_checkpoint(path, SVFNet(SVFNetConfig(widths=(4, 8, 8, 8), grid=GRID, spacing_mm=SPACING_MM)))
+    config = SVFNetConfig(widths=(4, 8, 8, 8), grid=GRID, spacing_mm=SPACING_MM)
+    trained_with = TrainConfig(steps=7, recipe="overlap", overlap_weight=2.5, rotation_deg=10.0, model=config)
+    save_checkpoint(path, SVFNet(config), train_config=trained_with.to_dict())
     return path
 
 
@@ -133,6 +137,9 @@ def test_writes_tables_report_and_figures(evaluated):
     assert 2 <= len(examples) <= 2 * (len(methods) - 1) + 1
     assert report.count('<img src="data:image/png;base64,') == len(figures)
     assert "LV myocardium" in report and "Welch" in report and "LCC Log-Demons" in report
+    # the settings name how the model was trained, from its checkpoint
+    assert "recipe overlap (the paper&#x27;s plus 2.5 x soft Dice of the warped labels); 7 steps" in report
+    assert "rotations up to 10 degrees" in report
     assert result["report"] == str(folder / "report.html")
     assert any(
         "LV myocardium" in line and "SVF-Net" in line and "identity" in line for line in result["headline"]

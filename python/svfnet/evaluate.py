@@ -1026,6 +1026,7 @@ def run_evaluation(
                 ReportInputs(
                     workdir=str(workdir),
                     checkpoint=str(checkpoint) if "svfnet" in methods else "",
+                    training=_training_summary(checkpoint) if "svfnet" in methods else "",
                     subject_set=subject_set,
                     subjects=tuple(subject_ids),
                     pair_count=len(pairs),
@@ -1056,6 +1057,20 @@ def run_evaluation(
     }
     write_json(folder / "evaluation.json", result)
     return result
+
+
+def _training_summary(checkpoint: Path) -> str:
+    """How the checkpoint's model was trained (its recipe, steps, augmentation), or "" where it does not say."""
+    from svfnet.model import read_checkpoint
+    from svfnet.train import TrainConfig
+
+    saved = read_checkpoint(checkpoint).get("train_config")
+    if not isinstance(saved, dict):
+        return ""
+    try:
+        return TrainConfig.from_dict(saved).summary()
+    except (TypeError, ValueError):  # written by another version: say nothing rather than guess
+        return ""
 
 
 def _check_model_grid(checkpoint: Path, model: Any, subjects: Mapping[str, Any]) -> None:

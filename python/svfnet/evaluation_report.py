@@ -100,6 +100,7 @@ class ReportInputs:
     headline: tuple[str, ...]
     method_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     failed: int = 0
+    training: str = ""  # how the SVF-Net model was trained (TrainConfig.summary), where its checkpoint says
 
 
 # ------------------------------------------------------------------------------------------ figures
@@ -585,7 +586,8 @@ def _settings_section(inputs: ReportInputs) -> str:
         for method, params in inputs.method_params.items()
     ]
     if inputs.checkpoint:
-        rows.insert(0, ["SVF-Net", f"checkpoint {inputs.checkpoint}"])
+        trained = f"; trained with {inputs.training}" if inputs.training else ""
+        rows.insert(0, ["SVF-Net", f"checkpoint {inputs.checkpoint}{trained}"])
     return _table(["method", "settings"], rows, text_columns=2) if rows else ""
 
 
