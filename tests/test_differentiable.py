@@ -1,25 +1,29 @@
-"""svfnet.differentiable: exp and warp for torch autograd, against torch autograd through grid_sample in float64."""
+"""svfnet.differentiable: exp and warp for torch autograd, against autograd through grid_sample in float64."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-from tests.conftest import DEVICES, smooth_field
-from tests.test_fields import torch_exp
 
 from svfnet import differentiable, fields
+from tests.conftest import DEVICES, smooth_field
+from tests.test_fields import torch_exp
 
 devices = pytest.mark.parametrize("device", DEVICES)
 
 
 def torch_warp(image: torch.Tensor, disp: torch.Tensor, fill: float) -> torch.Tensor:
-    """``image(x + disp(x))`` with grid_sample (zeros outside, shifted by ``fill``), float64, differentiable."""
+    """``image(x + disp(x))`` by grid_sample (zeros outside, shifted by ``fill``), float64, differentiable."""
     grid = image.shape[2:]
-    base = torch.stack(torch.meshgrid(*[torch.arange(n, dtype=disp.dtype) for n in grid], indexing="ij"))[None]
+    base = torch.stack(torch.meshgrid(*[torch.arange(n, dtype=disp.dtype) for n in grid], indexing="ij"))[
+        None
+    ]
     extent = torch.tensor([n - 1 for n in grid], dtype=disp.dtype).view(1, 3, 1, 1, 1)
     position = (2 * (base + disp) / extent - 1).permute(0, 2, 3, 4, 1).flip(-1)  # (x, y, z) = (k, j, i)
-    return fill + torch.nn.functional.grid_sample(image - fill, position, padding_mode="zeros", align_corners=True)
+    return fill + torch.nn.functional.grid_sample(
+        image - fill, position, padding_mode="zeros", align_corners=True
+    )
 
 
 def off_cell_edges(disp: np.ndarray, margin: float = 1e-3) -> np.ndarray:
@@ -47,7 +51,9 @@ def test_warp_gradient_in_the_displacement_matches_torch_autograd(rng, device, f
     (out_ref * torch.tensor(weights, dtype=torch.float64)).sum().backward()
 
     np.testing.assert_allclose(out.detach().cpu().numpy(), out_ref.detach().numpy(), atol=1e-5, rtol=0)
-    np.testing.assert_array_equal(out.detach().cpu().numpy(), fields.warp(image, disp, fill=fill))  # the same warp
+    np.testing.assert_array_equal(
+        out.detach().cpu().numpy(), fields.warp(image, disp, fill=fill)
+    )  # the same warp
     away = np.broadcast_to(off_cell_edges(disp)[:, None], disp.shape)
     assert away.mean() > 0.9
     grad, expected = disp_t.grad.cpu().numpy(), disp_ref.grad.numpy()
@@ -87,7 +93,9 @@ def test_exp_then_warp_chain_matches_finite_differences(rng):
     image = torch.tensor(onehot)
 
     def loss(field: np.ndarray) -> float:
-        return float((differentiable.warp(image, differentiable.exp(torch.tensor(field))) * weights).double().sum())
+        return float(
+            (differentiable.warp(image, differentiable.exp(torch.tensor(field))) * weights).double().sum()
+        )
 
     v_t = torch.tensor(v, requires_grad=True)
     (differentiable.warp(image, differentiable.exp(v_t)) * weights).sum().backward()

@@ -109,11 +109,13 @@ def warp(image: torch.Tensor, disp: torch.Tensor, *, fill: float = 0.0) -> torch
     _check("warp", "image", image)
     _check("warp", "disp", disp, 3)
     if image.requires_grad:
-        raise ValueError("warp(): 'image' requires grad, but gradients flow to 'disp' only; pass image.detach()")
+        raise ValueError(
+            "warp(): 'image' requires grad, but gradients flow to 'disp' only; pass image.detach()"
+        )
     if image.shape[0] != disp.shape[0] or tuple(image.shape[2:]) != tuple(disp.shape[2:]):
         raise ValueError(
-            f"warp(): 'image' {shape_text(tuple(image.shape))} and 'disp' {shape_text(tuple(disp.shape))} must have "
-            "the same batch size and grid"
+            f"warp(): 'image' {shape_text(tuple(image.shape))} and 'disp' {shape_text(tuple(disp.shape))} "
+            "must have the same batch size and grid"
         )
     fill = float(fill)
     if fill != fill or fill in (float("inf"), float("-inf")):
