@@ -71,8 +71,9 @@ def demons_rows(workdir: Path) -> dict[tuple[str, str, int], tuple[float, float]
     return rows
 
 
-def measure(model: SVFNet, subjects: dict, demons: dict) -> dict[str, float]:
-    """Mean Dice and 95% Hausdorff per region over the ordered test pairs, and the win fractions."""
+def measure(model: SVFNet, subjects: dict, demons: dict, symmetric: bool = True) -> dict[str, float]:
+    """Mean Dice and 95% Hausdorff per region over the ordered test pairs, and the win fractions
+    (``symmetric``: registration's default two-direction average, else one forward pass)."""
     scores = {
         region: {"dice": [], "hd95": [], "dice_win": [], "hd95_win": [], "both_win": []} for region in REGIONS
     }
@@ -82,7 +83,7 @@ def measure(model: SVFNet, subjects: dict, demons: dict) -> dict[str, float]:
             if moving_id == fixed_id:
                 continue
             started = time.perf_counter()
-            out = register(moving.image, fixed.image, model)
+            out = register(moving.image, fixed.image, model, symmetric=symmetric)
             seconds.append(time.perf_counter() - started)
             rows = evaluate_pair(
                 moving.image,
@@ -107,7 +108,7 @@ def measure(model: SVFNet, subjects: dict, demons: dict) -> dict[str, float]:
                     scores[region]["dice_win"].append(d > demons_dice)
                     scores[region]["hd95_win"].append(hd_win)
                     scores[region]["both_win"].append(d > demons_dice and hd_win)
-    result = {"seconds_per_pair": float(np.median(seconds))}
+    result = {"seconds_per_pair": float(np.median(seconds)), "symmetric": symmetric}
     for region, name in REGIONS.items():
         key = name.replace(" ", "_")
         for metric, values in scores[region].items():
@@ -162,8 +163,10 @@ def report(workdir: Path) -> None:
     )
     print("|---" * (3 + 3 * len(names)) + "|")
     for row in rows:
+        # rows measured before registration averaged both directions have no "symmetric" column
+        one_way = "" if row.get("symmetric") == "True" else " (one way)"
         print(
-            f"| {row['variant']} | {row['step']} | {float(row['train_seconds']) / 60:.1f} | "
+            f"| {row['variant']}{one_way} | {row['step']} | {float(row['train_seconds']) / 60:.1f} | "
             + " | ".join(f"{float(row[f'dice_{n}']):.3f}" for n in names)
             + " | "
             + " | ".join(f"{float(row[f'hd95_{n}']):.2f}" for n in names)
@@ -195,6 +198,11 @@ def main() -> None:
     parser.add_argument("--at", default="", help="steps at which to measure (default: the last)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--report", action="store_true", help="print the measured variants' table")
+    parser.add_argument(
+        "--one-way",
+        action="store_true",
+        help="register with one forward pass (default: both directions averaged)",
+    )
     args = parser.parse_args()
     if args.report:
         report(args.workdir)
@@ -231,7 +239,7 @@ def main() -> None:
             "variant": args.variant,
             "step": step,
             "train_seconds": round(train_seconds, 1),
-            **measure(model.eval(), subjects, demons),
+            **measure(model.eval(), subjects, demons, symmetric=not args.one_way),
         }
         rows.append(row)
         write_rows(curve_path, rows)

@@ -21,23 +21,45 @@ def model():
     return net.eval()
 
 
-def test_register_composes_network_exp_and_warp(model):
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_register_composes_network_exp_and_warp(model, symmetric):
+    """The SVF is the network's (symmetric: averaged with the negated SVF of the reversed pair,
+    each direction run on its own here), then exp and warp of it."""
     image, labels = heart()
     moving, fixed = image, np.roll(image, 1, axis=0)
-    result = register(moving, fixed, model, moving_labels=labels)
+    result = register(moving, fixed, model, moving_labels=labels, symmetric=symmetric)
     with torch.no_grad():
         svf = model(torch.from_numpy(np.stack([moving, fixed])[None]))[0].numpy()
-    np.testing.assert_allclose(result.svf, svf, atol=1e-6)
-    np.testing.assert_allclose(result.displacement, fields.exp(svf), atol=1e-6)
-    np.testing.assert_allclose(result.warped, fields.warp(moving, fields.exp(svf)), atol=1e-6)
-    np.testing.assert_array_equal(result.warped_labels, fields.warp_labels(labels, fields.exp(svf), mode="onehot"))
+        if symmetric:
+            svf = (svf - model(torch.from_numpy(np.stack([fixed, moving])[None]))[0].numpy()) / 2
+    np.testing.assert_allclose(result.svf, svf, atol=1e-5)
+    np.testing.assert_allclose(result.displacement, fields.exp(result.svf), atol=1e-6)
+    np.testing.assert_allclose(result.warped, fields.warp(moving, fields.exp(result.svf)), atol=1e-6)
+    np.testing.assert_array_equal(
+        result.warped_labels, fields.warp_labels(labels, fields.exp(result.svf), mode="onehot")
+    )
     assert result.warped_labels.dtype == labels.dtype and result.seconds > 0
+
+
+def test_the_symmetric_registration_of_the_reversed_pair_is_the_inverse(model):
+    """Symmetric by construction: the reversed pair's SVF is the negation, so its exponential is the
+    inverse map (exp(-v) = exp(v)^-1); one direction alone is not (a network is not antisymmetric)."""
+    image, _ = heart()
+    moving, fixed = image, np.roll(image, 2, axis=1)
+    there, back = register(moving, fixed, model), register(fixed, moving, model)
+    np.testing.assert_allclose(back.svf, -there.svf, atol=1e-6)
+    assert np.abs(there.svf).max() > 0.01
+    one_way = register(moving, fixed, model, symmetric=False).svf
+    other_way = register(fixed, moving, model, symmetric=False).svf
+    assert np.abs(one_way + other_way).max() > 1e-3
 
 
 def test_register_loads_a_checkpoint(model, tmp_path):
     image, _ = heart()
     save_checkpoint(tmp_path / "m.pt", model)
-    np.testing.assert_allclose(register(image, image, tmp_path / "m.pt").svf, register(image, image, model).svf, atol=1e-6)
+    np.testing.assert_allclose(
+        register(image, image, tmp_path / "m.pt").svf, register(image, image, model).svf, atol=1e-6
+    )
 
 
 def test_register_bad_inputs(model):

@@ -19,7 +19,7 @@ import torch
 from svfnet import fields
 from svfnet.model import SVFNet, load
 
-__all__ = ["ModelGridWarning", "Registration", "register"]
+__all__ = ["ModelGridWarning", "Registration", "predict_both_directions", "predict_svf", "register"]
 
 
 class ModelGridWarning(UserWarning):
@@ -47,6 +47,31 @@ class Registration:
     seconds: float
 
 
+def predict_svf(
+    model: SVFNet, moving: torch.Tensor, fixed: torch.Tensor, *, symmetric: bool = True
+) -> torch.Tensor:
+    """The SVF registering each ``moving`` to its ``fixed`` (``(N, I, J, K)`` each): ``(N, 3, I, J, K)``.
+
+    ``symmetric``: ``(net(moving, fixed) − net(fixed, moving)) / 2``, both directions in one batch.
+    The reversed pair's SVF is that of the inverse map (``exp(−v) = exp(v)⁻¹``) on the same voxel
+    grid, so its negation estimates the same field; the average cancels what the network gets
+    wrong in opposite ways in the two directions. Measured on the demo's 30 test pairs (overlap
+    recipe, 1,000 steps): Dice 0.784 → 0.793 (LV myocardium), 0.714 → 0.728 (RV blood pool), 0.318
+    → 0.336 (RV myocardium), LV blood pool unchanged, for a second forward pass (README.md).
+    """
+    if not symmetric:
+        return model(torch.stack([moving, fixed], dim=1))
+    forward, backward = predict_both_directions(model, torch.stack([moving, fixed], dim=1))
+    return (forward - backward) / 2
+
+
+def predict_both_directions(model: SVFNet, pairs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The network's SVFs for ``pairs`` ``(N, 2, I, J, K)`` (moving, fixed) and for the reversed
+    pairs, in one batch: ``(net(moving, fixed), net(fixed, moving))``."""
+    both = model(torch.cat([pairs, pairs.flip(1)]))
+    return both[: len(pairs)], both[len(pairs) :]
+
+
 def _device_of(model: SVFNet) -> torch.device:
     return next(model.parameters()).device
 
@@ -58,8 +83,12 @@ def register(
     *,
     moving_labels: np.ndarray | None = None,
     spacing_mm: tuple[float, float, float] | None = None,
+    symmetric: bool = True,
 ) -> Registration:
     """Registers ``moving`` to ``fixed`` with SVF-Net (both ``(I, J, K)`` on one model-compatible grid).
+
+    The SVF is :func:`predict_svf`'s: by default the network's prediction for the pair averaged
+    with the negated prediction for the reversed pair (``symmetric``).
 
     Args:
         moving, fixed: float images on the same grid, intensities normalised as in preparation
@@ -67,6 +96,7 @@ def register(
         model: a loaded :class:`SVFNet` (on CPU or CUDA) or the path of a checkpoint.
         moving_labels: optional integer label map of the moving image, warped along.
         spacing_mm: the images' voxel size, when known: compared with the model's.
+        symmetric: average the two directions (see :func:`predict_svf`); False runs the network once.
 
     Warns:
         ModelGridWarning: the images' grid (or ``spacing_mm``) is not the one the model was
@@ -78,7 +108,9 @@ def register(
 
         model = load(model, default_device())
     if not isinstance(model, SVFNet):
-        raise TypeError(f"register(): 'model' must be an SVFNet or a checkpoint path, got {type(model).__name__}")
+        raise TypeError(
+            f"register(): 'model' must be an SVFNet or a checkpoint path, got {type(model).__name__}"
+        )
     moving = np.asarray(moving, dtype=np.float32)
     fixed = np.asarray(fixed, dtype=np.float32)
     if moving.ndim != 3 or moving.shape != fixed.shape:
@@ -89,7 +121,9 @@ def register(
         if not np.isfinite(image).all():
             raise ValueError(f"register(): '{name}' has non-finite values")
     if moving_labels is not None and np.shape(moving_labels) != moving.shape:
-        raise ValueError(f"register(): 'moving_labels' {np.shape(moving_labels)} must match 'moving' {moving.shape}")
+        raise ValueError(
+            f"register(): 'moving_labels' {np.shape(moving_labels)} must match 'moving' {moving.shape}"
+        )
     from svfnet.model import check_grid
 
     check_grid(moving.shape, "register()")
@@ -111,8 +145,12 @@ def register(
     device = _device_of(model)
     started = time.perf_counter()
     with torch.no_grad():
-        pair = torch.from_numpy(np.stack([moving, fixed])[None]).to(device)
-        svf = model.eval()(pair)[0]
+        svf = predict_svf(
+            model.eval(),
+            torch.from_numpy(moving[None]).to(device),
+            torch.from_numpy(fixed[None]).to(device),
+            symmetric=symmetric,
+        )[0]
         displacement = fields.exp(svf)
         warped = fields.warp(torch.from_numpy(moving).to(device), displacement)
     seconds = time.perf_counter() - started

@@ -47,6 +47,7 @@ from svfnet._io import atomic_path, write_json
 from svfnet.augment import augment_intensity, rotate_in_plane
 from svfnet.losses import label_overlap_loss, masked_mse, one_hot_regions
 from svfnet.model import SVFNet, SVFNetConfig, check_grid, read_checkpoint, save_checkpoint
+from svfnet.registration import predict_both_directions
 from svfnet.split import subject_split
 from svfnet.workdir import REGIONS, WorkDir, read_prepared
 
@@ -550,7 +551,8 @@ def _loss_weights(batch: Batch, mask: str, device: torch.device) -> torch.Tensor
 
 def validate(model: SVFNet, batch: Batch, device: torch.device, loss_mask: str = "none") -> dict[str, float]:
     """Validation loss (with the training's ``loss_mask``) and mean Dice (moving labels warped by
-    exp of the prediction) vs identity.
+    exp of the SVF registration computes, :func:`svfnet.registration.predict_svf`'s symmetric
+    average) vs identity.
 
     Raises :class:`TrainingDiverged` where the prediction or the loss is not finite (a NaN field
     has no exponential): the model is broken, and no Dice can say how much.
@@ -559,18 +561,19 @@ def validate(model: SVFNet, batch: Batch, device: torch.device, loss_mask: str =
     try:
         with torch.no_grad():
             pair, target = _inputs(batch, device)
-            prediction = model(pair).float()
-            bad = int((~torch.isfinite(prediction)).sum())
+            prediction, reversed_prediction = (p.float() for p in predict_both_directions(model, pair))
+            bad = int((~torch.isfinite(prediction)).sum() + (~torch.isfinite(reversed_prediction)).sum())
             if bad:
                 raise TrainingDiverged(
                     f"validate(): the network's prediction on the {len(pair)} validation pairs has {bad} non-finite "
-                    f"values (of {prediction.numel()}): the model's weights or activations overflowed"
+                    f"values (of {2 * prediction.numel()}, both directions): the model's weights or activations "
+                    "overflowed"
                 )
             loss = float(masked_mse(prediction, target, _loss_weights(batch, loss_mask, device)))
             if not math.isfinite(loss):
                 raise TrainingDiverged(f"validate(): the validation loss is {loss} (the prediction reaches "
                                        f"{float(prediction.abs().max()):.3g} voxels)")
-            disp = fields.exp(prediction.cpu())
+            disp = fields.exp(((prediction - reversed_prediction) / 2).cpu())
     finally:
         model.train()
     warped = fields.warp_labels(batch.moving_labels, disp.numpy(), mode="onehot")
