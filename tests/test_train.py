@@ -483,8 +483,9 @@ def test_recipe_settings_are_checked():
         TrainConfig(precision="float16")
     with pytest.raises(ValueError, match="'intensity_augmentation' must be true or false"):
         TrainConfig(intensity_augmentation=1)
-    # a run saved before these keys existed trained with their defaults
-    saved = TrainConfig().to_dict()
+    # a run saved before these keys existed trained with the paper's loss, whatever today's default
+    saved = TrainConfig(recipe="overlap", overlap_weight=2.0, rotation_deg=5.0).to_dict()
     for key in ("recipe", "overlap_weight", "intensity_augmentation", "rotation_deg", "precision"):
         saved.pop(key)
-    assert TrainConfig.from_dict(saved) == TrainConfig()
+    old = TrainConfig.from_dict(saved)
+    assert (old.recipe, old.rotation_deg, old.intensity_augmentation, old.precision) == ("paper", 0.0, False, "float32")

@@ -112,8 +112,8 @@ DEFAULTS: dict[str, dict[str, tuple[Any, str]]] = {
         "targets": ("references", '"references" (the shapes pipeline) or "random" (smooth random SVFs)'),
         "shift_vox": (3, "largest in-plane augmentation shift, voxels"),
         "loss_mask": ("heart", '"heart" (voxels near the fixed labels) or "none" (whole grid)'),
-        "recipe": ("paper", '"paper" (squared difference to the reference SVF) or "overlap" (plus a soft Dice term '
-                   "on the labels warped by the prediction)"),
+        "recipe": ("overlap", '"overlap" (squared difference to the reference SVF plus a soft Dice term on the '
+                   'labels warped by the prediction) or "paper" (the first term alone)'),
         "overlap_weight": (1.0, 'weight of the soft Dice term of the "overlap" recipe'),
         "intensity_augmentation": (False, "draw a bias field, gamma, contrast and noise per image"),
         "rotation_deg": (0.0, "largest in-plane rotation of a pair and its target, degrees (0: none)"),

@@ -30,8 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--loss-mask", choices=("heart", "none"),
                         help="where the loss counts: near the fixed labels (default heart) or the whole grid")
     parser.add_argument("--recipe", choices=("paper", "overlap"),
-                        help="the loss: paper (squared difference to the reference SVF; default) or overlap (plus a "
-                        "soft Dice term on the moving labels warped by the prediction)")
+                        help="the loss: overlap (default: squared difference to the reference SVF plus a soft Dice "
+                        "term on the moving labels warped by the prediction) or paper (the first term alone)")
     parser.add_argument("--overlap-weight", type=non_negative_finite,
                         help="weight of the overlap recipe's soft Dice term (default 1)")
     parser.add_argument("--intensity-augmentation", action=argparse.BooleanOptionalAction, default=None,
