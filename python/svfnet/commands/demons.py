@@ -1,7 +1,13 @@
-"""``svfnet demons --moving M --fixed F --out OUT``: register two NIfTI images with LCC Log-Demons.
+"""``svfnet demons``: LCC Log-Demons on the command line, in two modes.
 
-Writes into the folder ``OUT`` (each file atomically, in the layout of ``svfnet register``'s
-prepared-grid outputs, docs/register.md):
+``svfnet demons --tune WORKDIR [--pairs N] [--grid NAME=V[,V...]]... [--workers N] [--no-progress]``
+tunes the method's parameters on the work folder's training pairs
+(:func:`svfnet.baselines.tuning.tune_lcc_demons`), writes ``WORKDIR/evaluation/demons_tuning.json``
+and prints the table of the configurations; the registration flags below are refused with it.
+
+``svfnet demons --moving M --fixed F --out OUT`` registers two NIfTI images. It writes into the
+folder ``OUT`` (each file atomically, in the layout of ``svfnet register``'s prepared-grid
+outputs, docs/register.md):
 
 - ``svf.nii.gz``: the stationary velocity field ``v`` on the fixed grid, 4D ``(I, J, K, 3)``
   float32 with the fixed image's affine, ``intent_name`` ``svf vox ijk``. **Components are
@@ -22,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import shutil
 import tempfile
@@ -29,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from svfnet.commands.argument_types import positive_int
 from svfnet.commands.guard import guarded
 
 SVF_FILE = "svf.nii.gz"
@@ -40,21 +48,76 @@ DISPLACEMENT_INTENT_NAME = "disp vox ijk"
 DISPLACEMENT_FILE = "displacement.nii.gz"
 
 
+# the flags of each mode, as (attribute, flag): each is refused in the other mode
+_REGISTER_FLAGS = (
+    ("moving", "--moving"),
+    ("fixed", "--fixed"),
+    ("out", "--out"),
+    ("moving_labels", "--moving-labels"),
+    ("levels", "--levels"),
+    ("iterations", "--iterations"),
+    ("sigma_lcc", "--sigma-lcc"),
+    ("sigma_fluid", "--sigma-fluid"),
+    ("sigma_elastic", "--sigma-elastic"),
+    ("sigma_i", "--sigma-i"),
+    ("no_symmetric", "--no-symmetric"),
+    ("force", "--force"),
+)
+_TUNE_FLAGS = (
+    ("pairs", "--pairs"),
+    ("grid", "--grid"),
+    ("workers", "--workers"),
+    ("no_progress", "--no-progress"),
+)
+DEFAULT_TUNING_PAIRS = 12
+
+
+def _grid_entry(text: str) -> tuple[str, list]:
+    """``NAME=V[,V...]`` -> (name, values): ints, floats, or true/false."""
+    name, sep, values = text.partition("=")
+    name = name.strip()
+    if not sep or not name or not values.strip():
+        raise argparse.ArgumentTypeError(f"must be NAME=VALUE[,VALUE...], got {text!r}")
+    parsed: list = []
+    for item in values.split(","):
+        item = item.strip()
+        if item.lower() in ("true", "false"):
+            parsed.append(item.lower() == "true")
+            continue
+        try:
+            parsed.append(int(item))
+            continue
+        except ValueError:
+            pass
+        try:
+            value = float(item)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{name}: {item!r} is not a finite number (nor true/false)")
+        parsed.append(value)
+    return name, parsed
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     # parameters default to None, meaning LCCDemonsParams' tuned defaults (listed in docs/evaluation.md):
     # importing the method here would load SciPy for every `svfnet --help`
     parser = subparsers.add_parser(
         "demons",
-        help="register two images with LCC Log-Demons (the optimisation baseline)",
+        help="register two images with LCC Log-Demons (the optimisation baseline), or tune it on a work "
+        "folder's training pairs (--tune)",
         description="Registers MOVING to FIXED with symmetric log-domain demons and the local correlation "
         "criterion (Lorenzi et al. 2013). Writes OUT/svf.nii.gz (the SVF on the fixed grid, components "
         "(v_i, v_j, v_k) in voxels), OUT/warped.nii.gz, OUT/demons.json, and OUT/warped_labels.nii.gz with "
         "--moving-labels. Lengths are in mm; parameters left out take the tuned defaults of "
-        "svfnet.baselines.lcc_demons.LCCDemonsParams (docs/evaluation.md).",
+        "svfnet.baselines.lcc_demons.LCCDemonsParams (docs/evaluation.md). "
+        "With --tune WORKDIR instead: a grid search of the parameters on pairs of the work folder's "
+        "training subjects (never validation or test), scored by the mean Dice among configurations that "
+        "fold nowhere; writes WORKDIR/evaluation/demons_tuning.json and prints the table.",
     )
-    parser.add_argument("--moving", required=True, type=Path, metavar="M.nii.gz", help="moving image")
-    parser.add_argument("--fixed", required=True, type=Path, metavar="F.nii.gz", help="fixed image")
-    parser.add_argument("--out", required=True, type=Path, metavar="OUT", help="output folder")
+    parser.add_argument("--moving", type=Path, metavar="M.nii.gz", help="moving image (without --tune)")
+    parser.add_argument("--fixed", type=Path, metavar="F.nii.gz", help="fixed image (without --tune)")
+    parser.add_argument("--out", type=Path, metavar="OUT", help="output folder (without --tune)")
     parser.add_argument("--moving-labels", type=Path, metavar="L.nii.gz", help="also warp this label map")
     parser.add_argument("--levels", type=int, help="resolution levels (default 3)")
     parser.add_argument(
@@ -79,7 +142,88 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--no-symmetric", action="store_true", help="forward forces only")
     parser.add_argument("--force", action="store_true", help="replace results already in OUT")
-    parser.set_defaults(func=guarded(run, writes="out", what="output folder", recover=False))
+    tuning = parser.add_argument_group(
+        "tuning on a work folder (svfnet demons --tune WORKDIR; none of the flags above goes with it)"
+    )
+    tuning.add_argument(
+        "--tune",
+        type=Path,
+        metavar="WORKDIR",
+        help="search the parameters on WORKDIR's training pairs; writes "
+        "WORKDIR/evaluation/demons_tuning.json",
+    )
+    tuning.add_argument(
+        "--pairs",
+        type=positive_int,
+        metavar="N",
+        help=f"at most N ordered training pairs (default {DEFAULT_TUNING_PAIRS})",
+    )
+    tuning.add_argument(
+        "--grid",
+        type=_grid_entry,
+        action="append",
+        metavar="NAME=V[,V...]",
+        help="search these values of the LCCDemonsParams field NAME (repeatable; given at all, the grid is "
+        "exactly the fields given, e.g. --grid sigma_lcc_mm=4,5,6.5 --grid sigma_i=0.3,0.5; default: "
+        "svfnet.baselines.tuning.DEFAULT_GRID, 18 configurations)",
+    )
+    tuning.add_argument("--workers", type=int, metavar="N", help="local processes (default: one per core)")
+    tuning.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(func=dispatch)
+
+
+_register_command = guarded(lambda args: run(args), writes="out", what="output folder", recover=False)
+_tune_command = guarded(lambda args: run_tune(args), writes="tune", what="work folder")
+
+
+def _given(args: argparse.Namespace, flags: tuple[tuple[str, str], ...]) -> list[str]:
+    return [flag for name, flag in flags if getattr(args, name, None) not in (None, False)]
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    """Runs the mode the flags ask for; a flag of the other mode is one clear error, before any work."""
+    if args.tune is not None:
+        refused = _given(args, _REGISTER_FLAGS)
+        if refused:
+            raise ValueError(
+                f"--tune searches the parameters on a work folder's training pairs: {', '.join(refused)} "
+                "cannot be given with it (choose what it searches with --grid NAME=V[,V...])"
+            )
+        return _tune_command(args)
+    refused = _given(args, _TUNE_FLAGS)
+    if refused:
+        raise ValueError(f"{', '.join(refused)} only go(es) with --tune WORKDIR")
+    missing = [flag for name, flag in _REGISTER_FLAGS[:3] if getattr(args, name) is None]
+    if missing:
+        raise ValueError(
+            f"the following arguments are required: {', '.join(missing)} "
+            "(or --tune WORKDIR to tune the parameters on a work folder)"
+        )
+    return _register_command(args)
+
+
+def run_tune(args: argparse.Namespace) -> int:
+    """``svfnet demons --tune WORKDIR``: the grid search, its table on stdout, the record's path."""
+    from svfnet.baselines.tuning import summary_lines, tune_lcc_demons
+
+    grid = None
+    if args.grid:
+        grid = {}
+        for name, values in args.grid:
+            if name in grid:
+                raise ValueError(f"--grid {name} is given twice: give its values once, comma-separated")
+            grid[name] = values
+    result = tune_lcc_demons(
+        args.tune,
+        pairs=args.pairs if args.pairs is not None else DEFAULT_TUNING_PAIRS,
+        grid=grid,
+        workers=args.workers,
+        progress=not args.no_progress,
+    )
+    for line in summary_lines(result):
+        print(line)
+    print(f"\nwrote {result.path}")
+    return 0 if result.selected is not None else 1
 
 
 def params_from_args(args: argparse.Namespace):
