@@ -116,7 +116,7 @@ class TrainConfig:
     shift_vox: int = 3
     loss_mask: str = "heart"
     recipe: str = "overlap"
-    overlap_weight: float = 1.0
+    overlap_weight: float = 3.0
     intensity_augmentation: bool = False
     rotation_deg: float = 0.0
     precision: str = "float32"

@@ -33,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="the loss: overlap (default: squared difference to the reference SVF plus a soft Dice "
                         "term on the moving labels warped by the prediction) or paper (the first term alone)")
     parser.add_argument("--overlap-weight", type=non_negative_finite,
-                        help="weight of the overlap recipe's soft Dice term (default 1)")
+                        help="weight of the overlap recipe's soft Dice term (default 3)")
     parser.add_argument("--intensity-augmentation", action=argparse.BooleanOptionalAction, default=None,
                         help="draw a bias field, gamma, contrast and noise for each image (default off)")
     parser.add_argument("--rotation", type=non_negative_finite, metavar="DEGREES",
