@@ -227,3 +227,49 @@ def test_the_command_line_writes_the_record_and_prints_the_table(cohort, capsys)
         holder.kill()
         holder.wait()
         holder.stdout.close()
+
+
+def test_evaluation_runs_the_demons_with_the_parameters_tuned_on_the_training_pairs(tmp_path):
+    from svfnet.evaluate import run_evaluation
+
+    workdir = tmp_path / "work"
+    deformed_cohort(workdir, count=6)
+    write_split(workdir, train=TRAIN, test=["s4", "s5"])
+    quick = {"iterations": 5}  # the tuned configuration but fewer iterations
+    before = run_evaluation(workdir, None, methods=("lcc_demons",), workers=1, progress=False, report=False)
+    assert (
+        before["demons_params_source"].startswith("the defaults")
+        and "no `svfnet demons --tune`" in (before["demons_params_source"])
+    )
+    tune_lcc_demons(workdir, pairs=2, grid=GRID, workers=1, progress=False)
+    selected = read_tuned_params(workdir)
+    assert selected is not None and selected["sigma_i"] != lcc_demons.LCCDemonsParams().sigma_i
+    result = run_evaluation(workdir, None, methods=("lcc_demons",), workers=1, progress=False)
+    assert result["computed"] == {"lcc_demons": 2}  # other settings than the defaults': run again
+    assert result["demons_params_source"].startswith("tuned on this cohort's training pairs")
+    rows = [r for r in _read_rows(workdir / "evaluation" / "pairs.csv") if r["moving"] == "s4"]
+    region_dice = [
+        float(r["dice"]) for r in rows if r["name"] != "whole grid" and r["dice"] != ""
+    ]  # RV myocardium: nan
+    independent = _dice_of(workdir, selected, "s4", "s5")
+    assert math.isclose(float(np.nanmean(region_dice)), independent, abs_tol=1e-6)
+    report = (workdir / "evaluation" / "report.html").read_text()
+    assert any(f"tuned on this cohort{q}s training pairs" in report for q in ("'", "&#x27;"))
+    # explicit parameters win over the tuned ones, and the defaults can be asked for
+    explicit = run_evaluation(
+        workdir, None, methods=("lcc_demons",), workers=1, progress=False, demons_params=quick, report=False
+    )
+    assert explicit["computed"] == {"lcc_demons": 2}
+    assert explicit["demons_params_source"].endswith("given explicitly: iterations")
+    untuned = run_evaluation(
+        workdir, None, methods=("lcc_demons",), workers=1, progress=False, tuned_demons=False, report=False
+    )
+    assert untuned["computed"] == {"lcc_demons": 2}  # a pair keeps the record of its last settings
+    assert untuned["demons_params_source"].startswith("the defaults (tuning not used")
+
+
+def _read_rows(path: Path) -> list[dict[str, str]]:
+    import csv
+
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))

@@ -22,8 +22,8 @@ report then says) with each method, scores every pair and region with
   what :func:`run_evaluation` returns.
 
 SVF-Net and the identity run in this process (one forward pass each: fast); LCC Log-Demons and the
-optional SimpleITK peer run as tasks of :func:`svfnet.parallel.run_tasks` (local processes or a Dask
-cluster), after SVF-Net so that the timings do not compete for the cores.
+optional peers (SimpleITK's demons, ANTs SyN) run as tasks of :func:`svfnet.parallel.run_tasks` (local
+processes or a Dask cluster), after SVF-Net so that the timings do not compete for the cores.
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ import hashlib
 import json
 import logging
 import math
+import os
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -58,15 +60,16 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 # Method keys, in the order tables and figures show them, and their display names.
-METHODS = ("svfnet", "lcc_demons", "sitk_demons", "identity")
+METHODS = ("svfnet", "lcc_demons", "sitk_demons", "ants_syn", "identity")
 METHOD_NAMES = {
     "svfnet": "SVF-Net",
     "lcc_demons": "LCC Log-Demons",
     "sitk_demons": "SimpleITK demons",
+    "ants_syn": "ANTs SyN (CC)",
     "identity": "identity",
 }
 # Methods run as parallel tasks (optimisation: seconds per pair), the others in this process.
-TASK_METHODS = ("lcc_demons", "sitk_demons")
+TASK_METHODS = ("lcc_demons", "sitk_demons", "ants_syn")
 # Bumped when what a record holds changes: older records are then recomputed.
 RECORD_VERSION = 1
 # Region 0 of evaluate_pair: the whole grid (LCC, log-Jacobian spread and folding only).
@@ -79,6 +82,22 @@ FOLDING_LIMIT = 0.01
 TIE_TOLERANCE = 1e-12
 # SimpleITK's diffeomorphic demons (sum of squared differences): iterations, update smoothing (voxels).
 SITK_DEFAULTS = {"iterations": 50, "smoothing_sigma_vox": 1.5}
+# ANTs SyN, deformable stage only (the pairs are rigidly aligned by preparation), neighbourhood
+# cross-correlation: iterations per level, coarsest first (three levels, shrunk in plane by 4, 2, 1
+# and never across the thick slices, Gaussian smoothing 2, 1, 0 voxels); the correlation window's
+# radius in voxels, the same along every axis in ANTs: 2 (5 voxels: 9 mm in plane, 36-40 mm across
+# slices) rather than SyNCC's 4, whose 9 voxels span 9 of 16 slices, scored lower on synthetic
+# 64x64x16 pairs and takes twice as long; SyN's gradient step (voxels), update and total field
+# variances (voxels²); the random seed. See docs/experiment.md for the measurements.
+ANTS_DEFAULTS = {
+    "iterations": [60, 40, 20],
+    "cc_radius": 2,
+    "grad_step": 0.2,
+    "flow_sigma": 3.0,
+    "total_sigma": 0.0,
+    "random_seed": 1,
+}
+ANTS_INSTALL = "pip install antspyx (or the extra: pip install 'svfnet[ants]')"
 
 
 @dataclass(frozen=True)
@@ -199,7 +218,7 @@ class PairTask:
     Dask workers need not see the work folder).
 
     Attributes:
-        method: a key of :data:`METHODS` run as a task (``"lcc_demons"`` or ``"sitk_demons"``).
+        method: a key of :data:`METHODS` run as a task (one of :data:`TASK_METHODS`).
         moving_id, fixed_id: subject ids.
         moving_image, fixed_image: ``(I, J, K)`` float32.
         moving_labels, fixed_labels: ``(I, J, K)`` uint8.
@@ -314,6 +333,45 @@ def _demons_settings(demons_params: Mapping[str, Any] | None) -> dict[str, Any]:
     }
 
 
+def _ants_settings(ants_params: Mapping[str, Any] | None) -> dict[str, Any]:
+    """ANTs SyN's settings: :data:`ANTS_DEFAULTS` with ``ants_params`` replacing some, checked."""
+    func = "run_evaluation"
+    overrides = dict(ants_params or {})
+    unknown = set(overrides) - set(ANTS_DEFAULTS)
+    if unknown:
+        raise ValueError(f"{func}(): unknown 'ants_params' {sorted(unknown)}; known: {sorted(ANTS_DEFAULTS)}")
+    settings = {**ANTS_DEFAULTS, **overrides}
+    iterations = settings["iterations"]
+    if isinstance(iterations, int | np.integer) and not isinstance(iterations, bool):
+        iterations = [iterations]
+    if (
+        not isinstance(iterations, Sequence)
+        or not iterations
+        or any(isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 0 for n in iterations)
+    ):
+        raise ValueError(
+            f"{func}(): 'ants_params' iterations must be non-negative integers per level, got {iterations!r}"
+        )
+    settings["iterations"] = [int(n) for n in iterations]
+    radius = settings["cc_radius"]
+    if isinstance(radius, bool) or not isinstance(radius, int | np.integer) or radius < 1:
+        raise ValueError(f"{func}(): 'ants_params' cc_radius must be an integer >= 1, got {radius!r}")
+    for name in ("grad_step", "flow_sigma", "total_sigma"):
+        value = settings[name]
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise ValueError(f"{func}(): 'ants_params' {name} must be a finite number, got {value!r}")
+        if value < 0 or (name == "grad_step" and value == 0):
+            bound = "> 0" if name == "grad_step" else ">= 0"
+            raise ValueError(f"{func}(): 'ants_params' {name} must be {bound}, got {value!r}")
+        settings[name] = float(value)
+    seed = settings["random_seed"]
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int | np.integer)):
+        raise ValueError(f"{func}(): 'ants_params' random_seed must be an integer or None, got {seed!r}")
+    settings["random_seed"] = None if seed is None else int(seed)
+    settings["cc_radius"] = int(radius)
+    return settings
+
+
 # ------------------------------------------------------------------------------------------ methods
 def _sitk_demons(
     moving: np.ndarray,
@@ -350,6 +408,150 @@ def _sitk_demons(
     return np.ascontiguousarray(disp_mm / spacing, dtype=np.float32)
 
 
+def _require_ants() -> Any:
+    """The ``ants`` module (antspyx), or an ImportError that says how to install it."""
+    try:
+        import ants
+    except ImportError as error:
+        raise ImportError(
+            f"ANTs SyN (--ants, include_ants=True) needs the package antspyx, which is not importable "
+            f"({error}): {ANTS_INSTALL}"
+        ) from error
+    return ants
+
+
+# The thread count this process's ITK (antspyx's own copy) was started with: ITK reads
+# ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS once, at its first multithreaded filter, and keeps it.
+_ants_threads: int | None = None
+
+
+def _pin_ants_threads(threads: int) -> None:
+    """Gives antspyx's ITK ``threads`` threads (the worker's share of the cores), before its first use."""
+    global _ants_threads
+    if _ants_threads is None:
+        for name in ("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "ITK_NUMBER_OF_THREADS"):
+            os.environ[name] = str(int(threads))
+        _ants_threads = int(threads)
+    elif _ants_threads != threads:
+        logger.warning(
+            "ANTs already runs on %d threads in this process; %d were asked for", _ants_threads, threads
+        )
+
+
+def _ants_syn(
+    moving: np.ndarray,
+    fixed: np.ndarray,
+    spacing_mm: Sequence[float],
+    *,
+    iterations: Sequence[int] = (60, 40, 20),
+    cc_radius: int = 2,
+    grad_step: float = 0.2,
+    flow_sigma: float = 3.0,
+    total_sigma: float = 0.0,
+    random_seed: int | None = 1,
+) -> np.ndarray:
+    """ANTs SyN with the neighbourhood cross-correlation (antspyx); displacement ``(3, I, J, K)`` in voxels.
+
+    One deformable stage (``type_of_transform="SyNOnly"``, identity initial transform: the pairs
+    are rigidly aligned by preparation), ``n = len(iterations)`` levels shrunk by ``2^(n-1) ... 1``
+    (ANTs shrinks an axis of larger voxels less: ``[4, 4, 1], [2, 2, 1], [1, 1, 1]`` at
+    1.96 × 1.96 × 7.1 mm) with Gaussian smoothing ``n-1 ... 0`` voxels, metric
+    ``CC[fixed, moving, 1, cc_radius]`` (window ``2 cc_radius + 1`` voxels along each axis),
+    transform ``SyN[grad_step, flow_sigma, total_sigma]``.
+
+    Geometry: ``ants.from_numpy`` keeps the array's axis order, so with origin 0, identity
+    direction and ``spacing_mm`` the physical point of voxel ``(i, j, k)`` is
+    ``(i s_i, j s_j, k s_k)`` mm. ANTs' forward warp (``fwdtransforms[0]``, what
+    ``ants.apply_transforms(fixed, moving, fwdtransforms)`` uses to resample the moving image onto
+    the fixed grid) holds at each fixed voxel the physical displacement to the moving point: our
+    pull-back convention, ``fixed(x) ≈ moving(x + d(x))``; its millimetres are divided by the spacing.
+
+    Args:
+        moving, fixed: ``(I, J, K)`` images on the same grid.
+        spacing_mm: voxel size along ``(i, j, k)``.
+        iterations: iterations per level, coarsest first.
+        cc_radius: radius of the correlation window, in voxels.
+        grad_step: SyN's gradient step (largest update per iteration, voxels).
+        flow_sigma, total_sigma: variances (voxels²) of the Gaussian smoothing of the update and of
+            the total field (0: none).
+        random_seed: ANTs' ``--random-seed`` (the dense CC metric samples nothing at random; the
+            result is deterministic for a given thread count); None leaves ANTs' default.
+
+    Returns:
+        float32 ``(3, I, J, K)`` displacement in voxels of the fixed grid.
+    """
+    import torch
+
+    _pin_ants_threads(torch.get_num_threads())  # the worker's share of the cores, before ITK starts
+    ants = _require_ants()
+    moving, fixed = np.asarray(moving), np.asarray(fixed)
+    if moving.ndim != 3 or moving.shape != fixed.shape:
+        raise ValueError(
+            f"_ants_syn(): 'moving' and 'fixed' must be (I, J, K) images of one grid, got {moving.shape} "
+            f"and {fixed.shape}"
+        )
+    spacing = tuple(float(s) for s in spacing_mm)
+
+    def to_ants(volume: np.ndarray) -> Any:
+        return ants.from_numpy(
+            np.ascontiguousarray(volume, dtype=np.float32),
+            origin=(0.0, 0.0, 0.0),
+            spacing=spacing,
+            direction=np.eye(3),
+        )
+
+    settings = {
+        "type_of_transform": "SyNOnly",
+        "initial_transform": "Identity",
+        "syn_metric": "CC",
+        "syn_sampling": int(cc_radius),
+        "reg_iterations": tuple(int(n) for n in iterations),
+        "grad_step": float(grad_step),
+        "flow_sigma": float(flow_sigma),
+        "total_sigma": float(total_sigma),
+    }
+    config = getattr(ants, "config", None)  # ants.registration reads its seed from there
+    seeded = random_seed is not None and hasattr(config, "_random_seed")
+    previous_seed = config._random_seed if seeded else None
+    with tempfile.TemporaryDirectory(prefix="svfnet-ants-") as folder:
+        try:
+            if seeded:
+                config._random_seed = int(random_seed)
+            result = ants.registration(
+                to_ants(fixed), to_ants(moving), outprefix=os.path.join(folder, "syn_"), **settings
+            )
+        finally:
+            if seeded:
+                config._random_seed = previous_seed
+        transforms = list(result["fwdtransforms"])
+        warps = [path for path in transforms if path.endswith("Warp.nii.gz")]
+        others = [path for path in transforms if path not in warps]
+        if len(warps) != 1:
+            raise RuntimeError(f"_ants_syn(): expected one forward warp from ANTs, got {transforms}")
+        for path in others:  # the identity initial transform, written as an affine
+            matrix = np.asarray(ants.read_transform(path).parameters, dtype=np.float64)
+            if not np.allclose(matrix, [1, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0], atol=1e-6):
+                raise RuntimeError(f"_ants_syn(): ANTs' initial transform {path} is not the identity")
+        warp = ants.image_read(warps[0])
+        if tuple(warp.shape) != fixed.shape or warp.components != 3:
+            raise RuntimeError(
+                f"_ants_syn(): ANTs' warp is {tuple(warp.shape)} with {warp.components} components, "
+                f"expected {fixed.shape} with 3"
+            )
+        if not (
+            np.allclose(warp.spacing, spacing, rtol=1e-5)
+            and np.allclose(warp.origin, 0.0, atol=1e-5)
+            and np.allclose(warp.direction, np.eye(3), atol=1e-6)
+        ):
+            raise RuntimeError(
+                f"_ants_syn(): ANTs' warp has spacing {warp.spacing}, origin {warp.origin}, direction "
+                f"{np.asarray(warp.direction).tolist()}: not the fixed grid"
+            )
+        disp_mm = np.moveaxis(np.asarray(warp.numpy(), dtype=np.float64), -1, 0)  # (I, J, K, 3) -> (3, ...)
+    scale = np.asarray(spacing, dtype=np.float64).reshape(3, 1, 1, 1)
+    return np.ascontiguousarray(disp_mm / scale, dtype=np.float32)
+
+
 def _task_displacement(task: PairTask) -> tuple[np.ndarray, float]:
     """Runs an optimisation method on a pair: ``(displacement (3, I, J, K) in voxels, seconds)``.
 
@@ -368,6 +570,8 @@ def _task_displacement(task: PairTask) -> tuple[np.ndarray, float]:
         disp = np.asarray(fields.exp(svf))
     elif task.method == "sitk_demons":
         disp = _sitk_demons(task.moving_image, task.fixed_image, task.spacing_mm, **task.params)
+    elif task.method == "ants_syn":
+        disp = _ants_syn(task.moving_image, task.fixed_image, task.spacing_mm, **task.params)
     else:
         raise ValueError(f"_task_displacement(): {task.method!r} is not run as a task")
     return disp, time.perf_counter() - started
@@ -858,9 +1062,12 @@ def run_evaluation(
     progress: bool = True,
     methods: Sequence[str] = ("svfnet", "lcc_demons", "identity"),
     include_sitk: bool = False,
+    include_ants: bool = False,
     max_pairs: int | None = None,
     demons_params: Mapping[str, Any] | None = None,
     sitk_params: Mapping[str, Any] | None = None,
+    ants_params: Mapping[str, Any] | None = None,
+    tuned_demons: bool = True,
     report: bool = True,
 ) -> dict[str, Any]:
     """Runs the experiment on the work folder's test pairs and writes its tables and report.
@@ -872,12 +1079,19 @@ def run_evaluation(
         workers: local processes for the optimisation methods (default: one per core).
         scheduler: address of a Dask scheduler to run them on instead.
         progress: show progress bars.
-        methods: among ``"svfnet"``, ``"lcc_demons"``, ``"identity"``, ``"sitk_demons"``.
+        methods: among ``"svfnet"``, ``"lcc_demons"``, ``"identity"``, ``"sitk_demons"``, ``"ants_syn"``.
         include_sitk: add SimpleITK's diffeomorphic demons as a peer.
+        include_ants: add ANTs SyN with cross-correlation as a peer (needs antspyx: the optional
+            extra ``svfnet[ants]``; tens of seconds a pair).
         max_pairs: evaluate at most this many pairs, evenly spread over all ordered pairs.
         demons_params: fields of :class:`svfnet.baselines.lcc_demons.LCCDemonsParams` replacing
-            the defaults (e.g. ``{"levels": 1, "iterations": 5}``).
+            the defaults (e.g. ``{"levels": 1, "iterations": 5}``) and those tuned on the cohort.
+        tuned_demons: run LCC Log-Demons with the parameters ``svfnet demons --tune`` selected on
+            this folder's training pairs (:func:`svfnet.baselines.tuning.read_tuned_params`) where
+            a current record exists, as the paper tuned its baseline; False: the defaults. The
+            report and ``evaluation.json`` say which (``demons_params_source``).
         sitk_params: ``iterations`` and ``smoothing_sigma_vox`` of SimpleITK's demons.
+        ants_params: keys of :data:`ANTS_DEFAULTS` replacing those defaults (see :func:`_ants_syn`).
         report: write ``report.html`` and its figures.
 
     Returns:
@@ -893,12 +1107,15 @@ def run_evaluation(
             checkpoint that is not an SVF-Net one (or has non-finite weights), or a model trained on
             another grid or voxel size than the work folder's subjects.
         FileNotFoundError: no prepared subjects, or no checkpoint.
+        ImportError: ANTs SyN asked for without antspyx installed (before any work).
     """
     func = "run_evaluation"
     workdir = Path(workdir)
     methods = list(dict.fromkeys(methods))
     if include_sitk and "sitk_demons" not in methods:
         methods.append("sitk_demons")
+    if include_ants and "ants_syn" not in methods:
+        methods.append("ants_syn")
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
         raise ValueError(f"{func}(): unknown or no methods {unknown or methods}; known: {', '.join(METHODS)}")
@@ -907,6 +1124,8 @@ def run_evaluation(
         isinstance(max_pairs, bool) or not isinstance(max_pairs, int) or max_pairs < 1
     ):
         raise ValueError(f"{func}(): 'max_pairs' must be a positive integer, got {max_pairs!r}")
+    if "ants_syn" in methods:
+        _require_ants()  # a missing package is said once, before any work, not once per pair
 
     keys: dict[str, str] = {}
     params: dict[str, dict[str, Any]] = {}
@@ -921,9 +1140,14 @@ def run_evaluation(
         checkpoint = Path(checkpoint)
         model = load(checkpoint, "cuda" if torch.cuda.is_available() else "cpu")
         keys["svfnet"] = _settings_key("svfnet", {"checkpoint_sha256": _file_digest(checkpoint)})
+    demons_source = ""
     if "lcc_demons" in methods:
-        params["lcc_demons"] = _demons_settings(demons_params)
+        from svfnet.baselines.tuning import read_tuned_params, record_path
+
+        tuned = read_tuned_params(workdir) if tuned_demons else None
+        params["lcc_demons"] = _demons_settings({**(tuned or {}), **dict(demons_params or {})})
         keys["lcc_demons"] = _settings_key("lcc_demons", params["lcc_demons"])
+        demons_source = _demons_source(tuned, demons_params, record_path(workdir), tuned_demons)
     if "sitk_demons" in methods:
         unknown_sitk = set(sitk_params or {}) - set(SITK_DEFAULTS)
         if unknown_sitk:
@@ -932,6 +1156,9 @@ def run_evaluation(
             )
         params["sitk_demons"] = {**SITK_DEFAULTS, **dict(sitk_params or {})}
         keys["sitk_demons"] = _settings_key("sitk_demons", params["sitk_demons"])
+    if "ants_syn" in methods:
+        params["ants_syn"] = _ants_settings(ants_params)
+        keys["ants_syn"] = _settings_key("ants_syn", params["ants_syn"])
     if "identity" in methods:
         keys["identity"] = _settings_key("identity", {})
 
@@ -1038,6 +1265,7 @@ def run_evaluation(
                     gallery=gallery,
                     headline=tuple(headline),
                     method_params=params,
+                    method_sources={"lcc_demons": demons_source} if demons_source else {},
                     failed=failed,
                 ),
             )
@@ -1053,10 +1281,35 @@ def run_evaluation(
         "computed": computed,
         "failed": failed,
         "outliers": len(outliers),
+        "demons_params_source": demons_source,
         "files": {name: str(path) for name, path in files.items()},
     }
     write_json(folder / "evaluation.json", result)
     return result
+
+
+def _demons_source(
+    tuned: Mapping[str, Any] | None,
+    explicit: Mapping[str, Any] | None,
+    record: Path,
+    tuned_demons: bool,
+) -> str:
+    """Where LCC Log-Demons' parameters came from, in one sentence for the report."""
+    if tuned is not None:
+        source = f"tuned on this cohort's training pairs ({record.name}, `svfnet demons --tune`)"
+    elif not tuned_demons:
+        source = "the defaults (tuning not used: tuned_demons=False / --demons-defaults)"
+    elif record.is_file():
+        source = (
+            f"the defaults ({record.name} is stale or selected nothing: run `svfnet demons --tune` again)"
+        )
+    else:
+        source = (
+            "the defaults, tuned on the synthetic cohort (no `svfnet demons --tune` record for this folder)"
+        )
+    if explicit:
+        source += f"; given explicitly: {', '.join(sorted(explicit))}"
+    return source
 
 
 def _training_summary(checkpoint: Path) -> str:

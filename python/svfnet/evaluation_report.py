@@ -54,6 +54,7 @@ METHOD_COLOURS = {
     "svfnet": "#1f77b4",
     "lcc_demons": "#ff7f0e",
     "sitk_demons": "#2ca02c",
+    "ants_syn": "#9467bd",
     "identity": "#8c8c8c",
 }
 # Outline colours of the examples: the target (fixed) and the registered (warped moving) myocardium.
@@ -99,6 +100,7 @@ class ReportInputs:
     gallery: list[dict[str, Any]]
     headline: tuple[str, ...]
     method_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    method_sources: dict[str, str] = field(default_factory=dict)  # where a method's settings came from
     failed: int = 0
     training: str = ""  # how the SVF-Net model was trained (TrainConfig.summary), where its checkpoint says
 
@@ -582,7 +584,11 @@ def _statistics_section(inputs: ReportInputs) -> str:
 
 def _settings_section(inputs: ReportInputs) -> str:
     rows = [
-        [METHOD_NAMES.get(method, method), ", ".join(f"{k} = {v}" for k, v in sorted(params.items()))]
+        [
+            METHOD_NAMES.get(method, method),
+            ", ".join(f"{k} = {v}" for k, v in sorted(params.items()))
+            + (f" ({inputs.method_sources[method]})" if method in inputs.method_sources else ""),
+        ]
         for method, params in inputs.method_params.items()
     ]
     if inputs.checkpoint:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from svfnet.commands.guard import guarded
@@ -13,8 +14,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "evaluate",
         help="compare SVF-Net with LCC Log-Demons and the identity on the test pairs (tables, HTML report)",
         description="Registers every ordered pair of the work folder's test subjects (split.json) with "
-        "SVF-Net, LCC Log-Demons and the identity (and SimpleITK's demons with --sitk), scores each pair and "
-        "region (Dice, Hausdorff, local correlation, log-Jacobian spread, folding) and writes "
+        "SVF-Net, LCC Log-Demons and the identity (and SimpleITK's demons with --sitk, ANTs SyN with "
+        "--ants), scores each pair and region (Dice, Hausdorff, local correlation, log-Jacobian spread, "
+        "folding) and writes "
         "WORKDIR/evaluation/: pairs.csv, summary.csv, statistics.csv, outliers.csv, report.html, figures/. "
         "An interrupted run resumes: finished pairs are kept.",
     )
@@ -33,6 +35,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--sitk", action="store_true", help="add SimpleITK's diffeomorphic demons as a peer")
     parser.add_argument(
+        "--ants",
+        action="store_true",
+        help="add ANTs SyN with cross-correlation as a peer; needs the optional extra "
+        "(pip install 'svfnet[ants]', i.e. antspyx); slow: tens of seconds a pair on 2 cores",
+    )
+    parser.add_argument(
+        "--demons-defaults",
+        action="store_true",
+        help="run LCC Log-Demons with its defaults even where `svfnet demons --tune WORKDIR` recorded "
+        "parameters tuned on this folder's training pairs (used by default)",
+    )
+    parser.add_argument(
         "--max-pairs", type=int, metavar="N", help="at most N pairs, evenly spread over all of them"
     )
     parser.add_argument("--no-report", action="store_true", help="write the CSV tables only")
@@ -49,18 +63,26 @@ def run(args: argparse.Namespace) -> int:
     if args.max_pairs is not None and args.max_pairs < 1:
         raise ValueError(f"--max-pairs must be at least 1, got {args.max_pairs}")
     checkpoint = args.model or WorkDir(args.workdir).models / "svfnet" / "checkpoint.pt"
-    result = run_evaluation(
-        args.workdir,
-        checkpoint,
-        workers=args.workers,
-        scheduler=args.scheduler,
-        progress=not args.no_progress,
-        include_sitk=args.sitk,
-        max_pairs=args.max_pairs,
-        report=not args.no_report,
-    )
+    try:
+        result = run_evaluation(
+            args.workdir,
+            checkpoint,
+            workers=args.workers,
+            scheduler=args.scheduler,
+            progress=not args.no_progress,
+            include_sitk=args.sitk,
+            include_ants=args.ants,
+            max_pairs=args.max_pairs,
+            tuned_demons=not args.demons_defaults,
+            report=not args.no_report,
+        )
+    except ImportError as error:  # --ants without antspyx: one clear line, said before any work
+        print(f"svfnet evaluate: error: {error}", file=sys.stderr)
+        return 2
     for line in result["headline"]:
         print(line)
+    if result["demons_params_source"]:
+        print(f"LCC Log-Demons parameters: {result['demons_params_source']}")
     computed = ", ".join(f"{method} {count}" for method, count in result["computed"].items())
     print(f"registered now: {computed} (of {result['pairs']} pairs each; the rest were on disk)")
     if result["failed"]:
