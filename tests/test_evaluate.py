@@ -494,3 +494,18 @@ def test_statistics_compare_the_methods_on_the_same_pairs():
     assert row["svfnet_better"] == 1.0
     np.testing.assert_allclose(row["svfnet_mean"] - row["baseline_mean"], 0.02, atol=1e-12)
     assert row["welch_t"] > 0
+
+
+def test_a_gpu_machine_with_a_cpu_only_build_evaluates_on_the_cpu(tmp_path, monkeypatch):
+    """torch sees a GPU but svfnet's CUDA launchers cannot run (a CPU-only build): every stage takes the
+    CPU by one rule (svfnet.default_device); the network on the GPU would have failed every pair."""
+    import svfnet
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(svfnet, "cuda_available", lambda: False)
+    assert svfnet.default_device() == torch.device("cpu")
+    checkpoint = _cohort(tmp_path)
+    result = run_evaluation(tmp_path, checkpoint, workers=1, progress=False, methods=("svfnet",), report=False)
+    assert result["failed"] == 0 and result["computed"] == {"svfnet": 6}
+    monkeypatch.setattr(svfnet, "cuda_available", lambda: True)
+    assert svfnet.default_device() == torch.device("cuda")

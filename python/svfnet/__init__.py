@@ -16,7 +16,7 @@ _SUBMODULES = (
     "references", "register_nifti", "registration", "shapes", "split", "train", "workdir",
 )
 
-__all__ = ["__version__", "build_info", "cuda_available", "register", *_SUBMODULES]
+__all__ = ["__version__", "build_info", "cuda_available", "default_device", "register", *_SUBMODULES]
 
 
 def register(moving: Any, fixed: Any, model: Any, *, moving_labels: Any = None) -> Any:
@@ -42,6 +42,18 @@ def cuda_available() -> bool:
     from svfnet import _core
 
     return bool(_core.build_info()["cuda"]) and _core.cuda_device_count() > 0
+
+
+def default_device() -> Any:
+    """The ``torch.device`` every stage computes on by default (training, registration, evaluation).
+
+    CUDA only where torch sees a device *and* svfnet's CUDA launchers are built and see one too: a
+    CPU-only build on a GPU machine would otherwise move tensors to the GPU that its kernels cannot
+    take. The one home of this rule.
+    """
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() and cuda_available() else "cpu")
 
 
 def __getattr__(name: str) -> Any:

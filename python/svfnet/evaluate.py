@@ -45,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+import svfnet
 from svfnet._io import atomic_path, write_json
 from svfnet.metrics import METRIC_KEYS
 from svfnet.workdir import REGIONS, WorkDir
@@ -1133,12 +1134,10 @@ def run_evaluation(
     if "svfnet" in methods:
         if checkpoint is None:
             raise ValueError(f"{func}(): 'checkpoint' is needed to evaluate SVF-Net")
-        import torch
-
         from svfnet.model import load
 
         checkpoint = Path(checkpoint)
-        model = load(checkpoint, "cuda" if torch.cuda.is_available() else "cpu")
+        model = load(checkpoint, svfnet.default_device())
         keys["svfnet"] = _settings_key("svfnet", {"checkpoint_sha256": _file_digest(checkpoint)})
     demons_source = ""
     if "lcc_demons" in methods:

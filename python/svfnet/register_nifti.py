@@ -42,6 +42,7 @@ import numpy as np
 import torch
 from scipy.ndimage import map_coordinates
 
+from svfnet import default_device
 from svfnet._io import atomic_path, write_json
 from svfnet.data.labels import IDENTITY_LABELS, LabelMapping, format_label_mapping
 from svfnet.data.nifti import nifti_image, nifti_stem, read_geometry, read_nifti, vector_image
@@ -746,13 +747,6 @@ class NiftiRegistration:
     def path(self) -> str:
         """``"labels"`` or ``"intensity"``: how the pair was put on the grid."""
         return self.prepared.path
-
-
-def default_device() -> torch.device:
-    """CUDA when a device and svfnet's CUDA launchers are there, else the CPU."""
-    import svfnet
-
-    return torch.device("cuda" if torch.cuda.is_available() and svfnet.cuda_available() else "cpu")
 
 
 def _load_model(model: SVFNet | str | os.PathLike, device: str | torch.device | None) -> SVFNet:

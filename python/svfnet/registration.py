@@ -104,7 +104,7 @@ def register(
             exactly that grid.
     """
     if isinstance(model, (str, Path)):
-        from svfnet.register_nifti import default_device  # CUDA only where svfnet's launchers are built too
+        from svfnet import default_device  # CUDA only where svfnet's launchers are built too
 
         model = load(model, default_device())
     if not isinstance(model, SVFNet):

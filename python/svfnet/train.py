@@ -42,6 +42,7 @@ import torch
 import torch.distributed as dist
 from scipy.ndimage import binary_dilation, gaussian_filter
 
+import svfnet
 from svfnet import fields
 from svfnet._io import atomic_path, write_json
 from svfnet.augment import augment_intensity, rotate_in_plane
@@ -526,11 +527,11 @@ class _Dist:
 def _distributed() -> _Dist:
     """Joins the torchrun process group when launched by torchrun; a single process otherwise."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    on_gpu = svfnet.default_device().type == "cuda"  # the one rule: torch's device and svfnet's launchers
     if world > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
+        dist.init_process_group("nccl" if on_gpu else "gloo")
     rank = dist.get_rank() if dist.is_initialized() else 0
-    if torch.cuda.is_available():
+    if on_gpu:
         local = int(os.environ.get("LOCAL_RANK", "0"))
         torch.cuda.set_device(local)
         device = torch.device("cuda", local)

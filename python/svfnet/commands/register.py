@@ -78,12 +78,12 @@ def run(args: argparse.Namespace) -> int:
     _check_arguments(args)
     import torch
 
-    import svfnet
+    from svfnet import default_device
     from svfnet.data.labels import parse_label_mapping
-    from svfnet.register_nifti import PairFiles, default_device, read_pairs, register_pairs
+    from svfnet.register_nifti import PairFiles, read_pairs, register_pairs
 
     mapping = parse_label_mapping(args.labels) if args.labels is not None else None
-    if args.device == "cuda" and not (torch.cuda.is_available() and svfnet.cuda_available()):
+    if args.device == "cuda" and default_device().type != "cuda":
         raise ValueError(
             "--device cuda: no usable CUDA device (torch sees none, or svfnet was built without its CUDA launchers)"
         )
