@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 BUILD_INPUTS := pyproject.toml CMakeLists.txt $(shell find csrc svfcore -type f 2>/dev/null)
 
-.PHONY: install test demo demo-quick bench cpu-only-build wheel wheel-smoke clean
+.PHONY: install test demo demo-quick bench gpu-check gpu-wheels cpu-only-build wheel wheel-smoke clean
 
 $(VENV)/.svfnet-installed: $(BUILD_INPUTS)
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -29,6 +29,26 @@ demo-quick: install
 
 bench: install
 	$(PY) -m pytest benchmarks --benchmark-only --benchmark-columns=median,iqr,rounds --benchmark-sort=name
+
+# On a GPU machine: builds the CUDA launchers (SVFNET_CUDA=ON, architectures SVFNET_CUDA_ARCHITECTURES,
+# default 90) into build/gpu-site, prints build_info() and cuda_available(), runs the CUDA tests
+# (pytest -m cuda) and the GPU benchmark against torch on the same device (benchmarks/gpu.py); logs
+# and results in OUT (default build/gpu-check). Uses the machine's python3 and what it has installed
+# (no venv, no network): missing pure-Python dependencies come as wheels in .whl/ (docs/performance.md).
+gpu-check:
+	bash benchmarks/gpu_check.sh
+
+# Here, with the package registries in reach: the wheels the GPU machine lacks (Python 3.12, x86-64),
+# into .whl/ (ignored by git), for gpu-check to install with --no-index. torch, SciPy, scikit-image,
+# matplotlib, tqdm, rich, pytest and pytest-benchmark are already there.
+GPU_WHEELS ?= nibabel==5.4.2 meshio==5.3.5 SimpleITK==2.5.7
+gpu-wheels:
+	mkdir -p .whl
+	grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
+	python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+	  --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d .whl $(GPU_WHEELS)
+	ls -l .whl
 
 # Proves the extension builds, installs and imports with the CUDA launchers switched off, and
 # runs the field tests on it with the CPU loops built for the baseline ISA only (the path that

@@ -18,7 +18,9 @@ class SpatialTransformer(torch.nn.Module):
         super().__init__()
         vectors = [torch.arange(0, s, dtype=torch.float32) for s in grid]
         self.register_buffer("identity", torch.stack(torch.meshgrid(vectors, indexing="ij"))[None])
-        self.scale = torch.tensor([2.0 / (s - 1) for s in grid]).view(1, 3, 1, 1, 1)
+        # a buffer, so that .to(device) moves it with the identity grid
+        scale = torch.tensor([2.0 / (s - 1) for s in grid]).view(1, 3, 1, 1, 1)
+        self.register_buffer("scale", scale, persistent=False)
         self.padding_mode = padding_mode
 
     def forward(self, image: torch.Tensor, disp: torch.Tensor) -> torch.Tensor:

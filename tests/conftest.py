@@ -23,7 +23,21 @@ if "cuda" in DEVICES:
         KINDS.append(("cupy", "cuda"))
     except ImportError:
         pass
-requires_cuda = pytest.mark.skipif(not svfnet.cuda_available(), reason="needs a CUDA device and the CUDA launchers")
+_skip_without_cuda = pytest.mark.skipif(not svfnet.cuda_available(), reason="needs a CUDA device and the CUDA launchers")
+
+
+def requires_cuda(test):
+    """Skipped without a usable CUDA device; selected by ``pytest -m cuda`` (``make gpu-check``)."""
+    return pytest.mark.cuda(_skip_without_cuda(test))
+
+
+def pytest_collection_modifyitems(config, items):
+    """``pytest -m cuda`` selects every test that runs on a CUDA device: those marked, and the cases of
+    the tests parametrized over :data:`DEVICES` or :data:`KINDS` whose device is ``"cuda"``."""
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if any(isinstance(value, str) and value == "cuda" for value in params.values()):
+            item.add_marker(pytest.mark.cuda)
 
 
 def smooth_field(rng: np.random.Generator, grid, amplitude: float, sigma: float = 2.0, batch: int | None = None):

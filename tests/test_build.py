@@ -24,6 +24,7 @@ def test_build_info_describes_the_extension():
         assert info["cuda_architectures"] and "native" not in info["cuda_architectures"]
 
 
+@pytest.mark.cuda  # on the GPU machine too: make gpu-check selects it
 @pytest.mark.skipif(
     os.environ.get("SVFNET_EXPECT_CUDA_BUILD") != "1",
     reason="set SVFNET_EXPECT_CUDA_BUILD=1 where the build had nvcc (.ci/run does when nvcc is on PATH)",
@@ -34,6 +35,7 @@ def test_cuda_launchers_compiled_where_nvcc_was_found():
     assert hasattr(_core, "warp_cuda") and hasattr(_core, "exp_cuda")
 
 
+@pytest.mark.cuda  # on the GPU machine too: make gpu-check selects it
 def test_cuda_available_means_launchers_and_a_device():
     expected = svfnet.build_info()["cuda"] and _core.cuda_device_count() > 0
     assert svfnet.cuda_available() == expected

@@ -112,6 +112,7 @@ def test_ebs_on_grid_is_the_spline_at_voxel_positions_in_voxels(rng, landmarks):
     np.testing.assert_allclose(grid, expected, rtol=1e-6, atol=1e-5)
 
 
+@pytest.mark.cuda  # on the GPU machine too: make gpu-check selects it
 def test_ebs_on_grid_on_a_cuda_device_matches_the_cpu(rng, landmarks):
     """The same svfcore body through the CUDA launcher (where a device is usable; else the clear
     error that says why not)."""
