@@ -200,8 +200,11 @@ def test_rerun_skips_finished_pairs_and_redoes_changed_ones(evaluated, tmp_path)
     relabelled = np.where(subject.labels == 1, 0, subject.labels).astype(subject.labels.dtype)
     write_prepared_subject(copy, "s3", subject.image, relabelled, subject.spacing_mm, {"kind": "test"})
     again = run_evaluation(copy, checkpoint, workers=1, progress=False, methods=("identity",), report=False)
-    pairs_with_s3 = sum(1 for m, f in {(r["moving"], r["fixed"]) for r in _read_csv(copy / "evaluation" / "pairs.csv")}
-                        if "s3" in (m, f))
+    pairs_with_s3 = sum(
+        1
+        for m, f in {(r["moving"], r["fixed"]) for r in _read_csv(copy / "evaluation" / "pairs.csv")}
+        if "s3" in (m, f)
+    )
     assert again["computed"] == {"identity": pairs_with_s3} and pairs_with_s3 > 0
 
 
@@ -435,8 +438,15 @@ def test_statistics_in_plain_words():
         "svfnet_worse": 0.0,
         "p_value": math.nan,
     }
-    (first, sentences), (second, same_sentences) = statistics_sentences([row, same])
-    assert first == "lcc_demons" and second == "identity"
+    refined = {**row, "method": "svfnet_refined", "svfnet_better": 0.95, "svfnet_worse": 0.05}
+    (first, sentences), (second, same_sentences), (third, refined_sentences) = statistics_sentences(
+        [row, same, refined]
+    )
+    assert first == ("svfnet", "lcc_demons") and second == ("svfnet", "identity")
+    assert third == ("svfnet_refined", "lcc_demons")
+    assert refined_sentences[0].startswith(
+        "For the LV myocardium, SVF-Net + refinement had a higher Dice (better overlap) than LCC Log-Demons in 95%"
+    )
     assert sentences == [
         "For the LV myocardium, SVF-Net had a higher Dice (better overlap) than LCC Log-Demons in 82% "
         "of the 1369 pairs, LCC Log-Demons in 18%; on average 0.812 against 0.781 (Welch's t-test "
@@ -484,8 +494,15 @@ def test_statistics_compare_the_methods_on_the_same_pairs():
     for n, dice in enumerate(difficulty):
         for method, value in (("svfnet", dice + 0.02), ("lcc_demons", dice)):
             failed = method == "lcc_demons" and n < 20  # the baseline fails on the 20 hardest pairs
-            row = {"moving": f"m{n}", "fixed": f"f{n}", "method": method, "region": 1, "name": "LV",
-                   "status": "failed" if failed else "ok", **{key: float("nan") for key in METRIC_KEYS}}
+            row = {
+                "moving": f"m{n}",
+                "fixed": f"f{n}",
+                "method": method,
+                "region": 1,
+                "name": "LV",
+                "status": "failed" if failed else "ok",
+                **{key: float("nan") for key in METRIC_KEYS},
+            }
             if not failed:
                 row["dice"] = value
             rows.append(row)
@@ -505,7 +522,49 @@ def test_a_gpu_machine_with_a_cpu_only_build_evaluates_on_the_cpu(tmp_path, monk
     monkeypatch.setattr(svfnet, "cuda_available", lambda: False)
     assert svfnet.default_device() == torch.device("cpu")
     checkpoint = _cohort(tmp_path)
-    result = run_evaluation(tmp_path, checkpoint, workers=1, progress=False, methods=("svfnet",), report=False)
+    result = run_evaluation(
+        tmp_path, checkpoint, workers=1, progress=False, methods=("svfnet",), report=False
+    )
     assert result["failed"] == 0 and result["computed"] == {"svfnet": 6}
     monkeypatch.setattr(svfnet, "cuda_available", lambda: True)
     assert svfnet.default_device() == torch.device("cuda")
+
+
+def test_svfnet_with_refinement_is_a_method_of_every_table(tmp_path):
+    from svfnet import fields, metrics
+    from svfnet.registration import register
+
+    checkpoint = _cohort(tmp_path)
+    quick = {"iterations": (2, 3)}
+    result = run_evaluation(
+        tmp_path,
+        checkpoint,
+        workers=1,
+        progress=False,
+        methods=("svfnet", "lcc_demons"),
+        include_refinement=True,
+        refine_params=quick,
+        demons_params={"levels": 2, "iterations": (3, 3)},
+    )
+    assert result["methods"] == ["svfnet", "svfnet_refined", "lcc_demons"] and result["failed"] == 0
+    assert result["computed"] == {"svfnet": 6, "svfnet_refined": 6, "lcc_demons": 6}
+    folder = tmp_path / "evaluation"
+    rows = [r for r in _read_csv(folder / "pairs.csv") if r["method"] == "svfnet_refined"]
+    # the pair's Dice is that of svfnet.register(..., refine=) with the same demons parameters
+    moving, fixed = read_prepared(tmp_path, "s1"), read_prepared(tmp_path, "s2")
+    refined = register(
+        moving.image, fixed.image, checkpoint, moving_labels=moving.labels, refine={"levels": 2, **quick}
+    )
+    warped = np.asarray(fields.warp_labels(moving.labels, refined.displacement))
+    row = next(r for r in rows if (r["moving"], r["fixed"], r["name"]) == ("s1", "s2", "LV myocardium"))
+    assert float(row["dice"]) == pytest.approx(metrics.dice(warped == 2, fixed.labels == 2), abs=1e-6)
+    network = [r for r in _read_csv(folder / "pairs.csv") if r["method"] == "svfnet"]
+    assert float(row["seconds"]) > float(next(r for r in network if r["moving"] == "s1")["seconds"])
+    statistics = _read_csv(folder / "statistics.csv")
+    assert {(r["method"], r["baseline"]) for r in statistics} == {
+        ("svfnet", "svfnet_refined"),
+        ("svfnet", "lcc_demons"),
+        ("svfnet_refined", "lcc_demons"),
+    }
+    report = (folder / "report.html").read_text()
+    assert "SVF-Net + refinement against LCC Log-Demons" in report

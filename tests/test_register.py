@@ -74,3 +74,37 @@ def test_register_bad_inputs(model):
         register(np.zeros((12, 16, 4), np.float32), np.zeros((12, 16, 4), np.float32), model)
     with pytest.raises(TypeError, match="'model'"):
         register(image, image, object())
+
+
+def test_refinement_is_lcc_demons_started_from_the_network_svf(model):
+    from svfnet.baselines import lcc_demons
+    from svfnet.registration import REFINEMENT
+
+    image, labels = heart()
+    moving, fixed = image, np.roll(image, 1, axis=0)
+    plain = register(moving, fixed, model)
+    spacing = tuple(model.config.spacing_mm)
+    for refine, overrides in (
+        (True, REFINEMENT),
+        ({"iterations": (2, 3)}, {**REFINEMENT, "iterations": (2, 3)}),
+    ):
+        refined = register(moving, fixed, model, moving_labels=labels, refine=refine)
+        expected = lcc_demons.register(moving, fixed, spacing=spacing, initial_svf=plain.svf, **overrides)
+        np.testing.assert_array_equal(refined.svf, expected)
+        assert not np.allclose(refined.svf, plain.svf, atol=1e-3)  # the demons moved it
+        np.testing.assert_allclose(refined.displacement, fields.exp(expected), atol=1e-6)
+        np.testing.assert_array_equal(
+            refined.warped_labels, fields.warp_labels(labels, fields.exp(expected), mode="onehot")
+        )
+        assert 0 < refined.refinement_seconds < refined.seconds
+    assert plain.refinement_seconds == 0.0
+
+
+def test_bad_refinement_settings_are_refused_before_any_work(model, monkeypatch):
+    from svfnet import registration
+
+    image, _ = heart()
+    monkeypatch.setattr(registration, "predict_svf", lambda *a, **k: pytest.fail("the network ran"))
+    for refine, error in (("yes", TypeError), ({"sigma": 1.0}, TypeError), ({"iterations": -1}, ValueError)):
+        with pytest.raises(error, match="'refine'"):
+            register(image, image, model, refine=refine)

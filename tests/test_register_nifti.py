@@ -481,3 +481,42 @@ def test_acdc_headers_register_in_their_true_geometry_and_the_record_names_every
         np.linalg.norm(affine[:3, :3], axis=0), np.linalg.norm(read_geometry(tmp_path / "s1.nii.gz")[0].affine[:3, :3], axis=0)
     )
     assert np.isfinite(warped).all()
+
+
+def test_refine_runs_lcc_demons_from_the_network_svf_and_says_so(data, tmp_path, capsys):
+    from svfnet.baselines import lcc_demons
+    from svfnet.register_nifti import register_nifti
+    from svfnet.registration import REFINEMENT
+
+    labels = ("--moving-labels", str(data / "s0_gt.nii.gz"), "--fixed-labels", str(data / "s1_gt.nii.gz"))
+    prefix = tmp_path / "refined" / "pair"
+    assert _register(data, str(prefix), *labels, "--refine", "--refine-iterations", "2", "3") == 0
+    assert "+ refinement" in capsys.readouterr().out
+    metadata = json.loads(output_paths(prefix, with_labels=True)["metadata"].read_text())
+    assert metadata["refinement"] == {**REFINEMENT, "levels": 2, "iterations": [2, 3]}
+    assert metadata["timings_s"]["refinement"] > 0
+    # the written SVF is the demons' from the network's SVF on the prepared pair
+    plain = register_nifti(
+        data / "s0.nii.gz", data / "s1.nii.gz", data / "model.pt", None,
+        moving_labels=data / "s0_gt.nii.gz", fixed_labels=data / "s1_gt.nii.gz",
+    )
+    prepared = plain.prepared
+    expected = lcc_demons.register(
+        prepared.moving, prepared.fixed, spacing=SPACING_MM, initial_svf=plain.registration.svf,
+        levels=2, iterations=(2, 3),
+    )
+    written = np.moveaxis(_load(output_paths(prefix, with_labels=True)["svf"])[0], -1, 0)
+    np.testing.assert_allclose(written, expected, atol=1e-6)
+    assert metadata.get("refinement") is not None and plain.metadata["refinement"] is None
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [(["--refine-iterations", "3"], "--refine-iterations applies with --refine only"),
+     (["--refine", "--refine-iterations", "-1"], "--refine-iterations must be non-negative")],
+)
+def test_bad_refinement_flags_fail_before_any_work(data, tmp_path, capsys, extra, message):
+    prefix = tmp_path / "out" / "pair"
+    assert _register(data, str(prefix), *extra) == 2
+    assert message in capsys.readouterr().err
+    assert not prefix.parent.exists()

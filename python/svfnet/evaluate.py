@@ -61,16 +61,17 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 # Method keys, in the order tables and figures show them, and their display names.
-METHODS = ("svfnet", "lcc_demons", "sitk_demons", "ants_syn", "identity")
+METHODS = ("svfnet", "svfnet_refined", "lcc_demons", "sitk_demons", "ants_syn", "identity")
 METHOD_NAMES = {
     "svfnet": "SVF-Net",
+    "svfnet_refined": "SVF-Net + refinement",
     "lcc_demons": "LCC Log-Demons",
     "sitk_demons": "SimpleITK demons",
     "ants_syn": "ANTs SyN (CC)",
     "identity": "identity",
 }
 # Methods run as parallel tasks (optimisation: seconds per pair), the others in this process.
-TASK_METHODS = ("lcc_demons", "sitk_demons", "ants_syn")
+TASK_METHODS = ("svfnet_refined", "lcc_demons", "sitk_demons", "ants_syn")
 # Bumped when what a record holds changes: older records are then recomputed.
 RECORD_VERSION = 1
 # Region 0 of evaluate_pair: the whole grid (LCC, log-Jacobian spread and folding only).
@@ -189,6 +190,7 @@ SUMMARY_COLUMNS = (
     "max",
 )
 STATISTICS_COLUMNS = (
+    "method",
     "baseline",
     "region",
     "name",
@@ -226,6 +228,8 @@ class PairTask:
         spacing_mm: voxel size along ``(i, j, k)``.
         params: the method's parameters (keyword arguments).
         scores: compute the metrics (``True``) or return the displacement (``False``, the gallery).
+        initial_svf: SVF-Net + refinement: the network's SVF the demons start from.
+        network_seconds: SVF-Net + refinement: the network's time, counted in the pair's time.
     """
 
     method: str
@@ -238,6 +242,8 @@ class PairTask:
     spacing_mm: tuple[float, float, float]
     params: dict[str, Any]
     scores: bool = True
+    initial_svf: np.ndarray | None = None
+    network_seconds: float = 0.0
 
 
 def _pair_name(moving_id: str, fixed_id: str) -> str:
@@ -561,12 +567,17 @@ def _task_displacement(task: PairTask) -> tuple[np.ndarray, float]:
     from svfnet import fields
 
     started = time.perf_counter()
-    if task.method == "lcc_demons":
+    if task.method in ("lcc_demons", "svfnet_refined"):
         from svfnet.baselines import lcc_demons
 
         params = dict(task.params)
         if isinstance(params.get("iterations"), list):
             params["iterations"] = tuple(params["iterations"])
+        if task.method == "svfnet_refined":
+            if task.initial_svf is None:
+                raise ValueError("_task_displacement(): SVF-Net + refinement needs the network's SVF")
+            params["initial_svf"] = task.initial_svf
+            started -= task.network_seconds  # the user waits for the network, then the demons
         svf = lcc_demons.register(task.moving_image, task.fixed_image, spacing=task.spacing_mm, **params)
         disp = np.asarray(fields.exp(svf))
     elif task.method == "sitk_demons":
@@ -855,7 +866,8 @@ def _welch(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
 
 
 def statistics_rows(rows: Sequence[Mapping[str, Any]], methods: Sequence[str]) -> list[dict[str, Any]]:
-    """``statistics.csv``: SVF-Net against every other method, per region and metric.
+    """``statistics.csv``: SVF-Net (and SVF-Net + refinement, when evaluated) against every other
+    method, per region and metric; ``method`` names the compared one, ``svfnet_*`` its values.
 
     Everything is taken over the pairs where both methods have the metric (``pairs``): a method
     that fails or loses a region on the hard pairs must not be averaged over the easy ones only.
@@ -863,15 +875,16 @@ def statistics_rows(rows: Sequence[Mapping[str, Any]], methods: Sequence[str]) -
     direction; means, medians and the t-test (Welch: unequal variances) compare the two methods on
     them. ``n_svfnet`` / ``n_baseline`` count the pairs where each method has the metric at all.
     """
-    if "svfnet" not in methods:
-        return []
+    compared = [m for m in ("svfnet", "svfnet_refined") if m in methods]
     out = []
     regions = _region_names(rows)
     groups = group_rows(rows)
-    for baseline in (m for m in methods if m != "svfnet"):
+    for method, baseline in (
+        (m, b) for m in compared for b in methods if b not in compared[: compared.index(m) + 1]
+    ):
         for region, name in regions.items():
             for metric in METRICS:
-                ours = finite_values(groups, "svfnet", region, metric.key)
+                ours = finite_values(groups, method, region, metric.key)
                 theirs = finite_values(groups, baseline, region, metric.key)
                 if not ours or not theirs:
                     continue
@@ -885,6 +898,7 @@ def statistics_rows(rows: Sequence[Mapping[str, Any]], methods: Sequence[str]) -
                 t_value, p_value = _welch(ours_common, theirs_common)
                 out.append(
                     {
+                        "method": method,
                         "baseline": baseline,
                         "region": region,
                         "name": name,
@@ -1064,11 +1078,13 @@ def run_evaluation(
     methods: Sequence[str] = ("svfnet", "lcc_demons", "identity"),
     include_sitk: bool = False,
     include_ants: bool = False,
+    include_refinement: bool = False,
     max_pairs: int | None = None,
     demons_params: Mapping[str, Any] | None = None,
     sitk_params: Mapping[str, Any] | None = None,
     ants_params: Mapping[str, Any] | None = None,
     tuned_demons: bool = True,
+    refine_params: Mapping[str, Any] | None = None,
     report: bool = True,
 ) -> dict[str, Any]:
     """Runs the experiment on the work folder's test pairs and writes its tables and report.
@@ -1084,6 +1100,10 @@ def run_evaluation(
         include_sitk: add SimpleITK's diffeomorphic demons as a peer.
         include_ants: add ANTs SyN with cross-correlation as a peer (needs antspyx: the optional
             extra ``svfnet[ants]``; tens of seconds a pair).
+        include_refinement: add "SVF-Net + refinement": LCC Log-Demons started from SVF-Net's SVF
+            (:func:`svfnet.registration.register` with ``refine``), with LCC Log-Demons' parameters
+            of this run and the levels and iterations of
+            :data:`svfnet.registration.REFINEMENT` (``refine_params`` replacing some).
         max_pairs: evaluate at most this many pairs, evenly spread over all ordered pairs.
         demons_params: fields of :class:`svfnet.baselines.lcc_demons.LCCDemonsParams` replacing
             the defaults (e.g. ``{"levels": 1, "iterations": 5}``) and those tuned on the cohort.
@@ -1093,6 +1113,7 @@ def run_evaluation(
             report and ``evaluation.json`` say which (``demons_params_source``).
         sitk_params: ``iterations`` and ``smoothing_sigma_vox`` of SimpleITK's demons.
         ants_params: keys of :data:`ANTS_DEFAULTS` replacing those defaults (see :func:`_ants_syn`).
+        refine_params: fields of ``LCCDemonsParams`` for the refinement (e.g. ``{"iterations": (5, 10)}``).
         report: write ``report.html`` and its figures.
 
     Returns:
@@ -1117,6 +1138,8 @@ def run_evaluation(
         methods.append("sitk_demons")
     if include_ants and "ants_syn" not in methods:
         methods.append("ants_syn")
+    if include_refinement and "svfnet_refined" not in methods:
+        methods.append("svfnet_refined")
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
         raise ValueError(f"{func}(): unknown or no methods {unknown or methods}; known: {', '.join(METHODS)}")
@@ -1131,7 +1154,7 @@ def run_evaluation(
     keys: dict[str, str] = {}
     params: dict[str, dict[str, Any]] = {}
     model = None
-    if "svfnet" in methods:
+    if "svfnet" in methods or "svfnet_refined" in methods:
         if checkpoint is None:
             raise ValueError(f"{func}(): 'checkpoint' is needed to evaluate SVF-Net")
         from svfnet.model import load
@@ -1140,13 +1163,21 @@ def run_evaluation(
         model = load(checkpoint, svfnet.default_device())
         keys["svfnet"] = _settings_key("svfnet", {"checkpoint_sha256": _file_digest(checkpoint)})
     demons_source = ""
-    if "lcc_demons" in methods:
+    if "lcc_demons" in methods or "svfnet_refined" in methods:
         from svfnet.baselines.tuning import read_tuned_params, record_path
+        from svfnet.registration import REFINEMENT
 
         tuned = read_tuned_params(workdir) if tuned_demons else None
-        params["lcc_demons"] = _demons_settings({**(tuned or {}), **dict(demons_params or {})})
-        keys["lcc_demons"] = _settings_key("lcc_demons", params["lcc_demons"])
+        demons = {**(tuned or {}), **dict(demons_params or {})}
         demons_source = _demons_source(tuned, demons_params, record_path(workdir), tuned_demons)
+        if "lcc_demons" in methods:
+            params["lcc_demons"] = _demons_settings(demons)
+            keys["lcc_demons"] = _settings_key("lcc_demons", params["lcc_demons"])
+        if "svfnet_refined" in methods:
+            params["svfnet_refined"] = _demons_settings({**demons, **REFINEMENT, **dict(refine_params or {})})
+            keys["svfnet_refined"] = _settings_key(
+                "svfnet_refined", {**params["svfnet_refined"], "checkpoint_sha256": _file_digest(checkpoint)}
+            )
     if "sitk_demons" in methods:
         unknown_sitk = set(sitk_params or {}) - set(SITK_DEFAULTS)
         if unknown_sitk:
@@ -1203,6 +1234,7 @@ def run_evaluation(
         records,
         keys,
         params,
+        model,
         workers=workers,
         scheduler=scheduler,
         progress=progress,
@@ -1264,7 +1296,9 @@ def run_evaluation(
                     gallery=gallery,
                     headline=tuple(headline),
                     method_params=params,
-                    method_sources={"lcc_demons": demons_source} if demons_source else {},
+                    method_sources={
+                        m: demons_source for m in ("lcc_demons", "svfnet_refined") if m in params
+                    },
                     failed=failed,
                 ),
             )
@@ -1423,8 +1457,14 @@ def _torch_threads() -> int:
 
 
 def _make_task(
-    method: str, moving: Any, fixed: Any, params: Mapping[str, Any], *, scores: bool = True
+    method: str, moving: Any, fixed: Any, params: Mapping[str, Any], model: Any, *, scores: bool = True
 ) -> PairTask:
+    initial_svf, network_seconds = None, 0.0
+    if method == "svfnet_refined":  # the network here (fast, maybe on the GPU); the demons in the task
+        from svfnet.registration import register
+
+        registration = register(moving.image, fixed.image, model, spacing_mm=tuple(moving.spacing_mm))
+        initial_svf, network_seconds = registration.svf, float(registration.seconds)
     return PairTask(
         method,
         moving.id,
@@ -1436,6 +1476,8 @@ def _make_task(
         tuple(fixed.spacing_mm),
         dict(params),
         scores,
+        initial_svf,
+        network_seconds,
     )
 
 
@@ -1446,6 +1488,7 @@ def _run_as_tasks(
     records: _Records,
     keys: Mapping[str, str],
     params: Mapping[str, Mapping[str, Any]],
+    model: Any,
     *,
     workers: int | None,
     scheduler: str | None,
@@ -1462,7 +1505,11 @@ def _run_as_tasks(
         if problem is not None:
             records.write(method, moving_id, fixed_id, keys[method], error=problem)
             continue
-        tasks.append(_make_task(method, subjects[moving_id], subjects[fixed_id], params[method]))
+        try:
+            tasks.append(_make_task(method, subjects[moving_id], subjects[fixed_id], params[method], model))
+        except Exception as error:  # the network failed on this pair: reported in the tables
+            records.write(method, moving_id, fixed_id, keys[method], error=_error_text(error))
+            continue
         owners.append((method, moving_id, fixed_id))
     description = " + ".join(dict.fromkeys(METHOD_NAMES[m] for m, _, _ in owners))
     for outcome in run_tasks(
@@ -1571,7 +1618,9 @@ def _gallery(
                 elif method == "svfnet":
                     disp, _ = _svfnet_displacement(model, moving, fixed)
                 else:
-                    missing_tasks.append(_make_task(method, moving, fixed, params[method], scores=False))
+                    missing_tasks.append(
+                        _make_task(method, moving, fixed, params[method], model, scores=False)
+                    )
                     missing_owner.append((pair, method))
                     continue
                 warped_of[(pair, method)] = warp_pair(moving.image, moving.labels, disp)

@@ -52,6 +52,7 @@ __all__ = [
 # One colour per method, in every figure.
 METHOD_COLOURS = {
     "svfnet": "#1f77b4",
+    "svfnet_refined": "#17becf",
     "lcc_demons": "#ff7f0e",
     "sitk_demons": "#2ca02c",
     "ants_syn": "#9467bd",
@@ -336,6 +337,7 @@ def _p_text(p_value: float) -> str:
 
 def _sentence(row: Mapping[str, Any], where: str) -> str:
     metric, name = row["metric"], METHOD_NAMES.get(row["baseline"], row["baseline"])
+    method = METHOD_NAMES.get(row.get("method", "svfnet"), row.get("method", "svfnet"))
     label = next(m.label for m in METRICS if m.key == metric)
     ours, theirs = (
         _value_text(metric, as_float(row["svfnet_mean"])),
@@ -344,11 +346,11 @@ def _sentence(row: Mapping[str, Any], where: str) -> str:
     tied = as_float(row["tied"])
     if tied >= 1.0:
         return (
-            f"{where}, SVF-Net and {name} gave the same {label} in all {row['pairs']} pairs "
+            f"{where}, {method} and {name} gave the same {label} in all {row['pairs']} pairs "
             f"(on average {ours})."
         )
     return (
-        f"{where}, SVF-Net had a {BETTER_PHRASES[metric]} than {name} in "
+        f"{where}, {method} had a {BETTER_PHRASES[metric]} than {name} in "
         f"{_percent(as_float(row['svfnet_better']))} of the {row['pairs']} pairs, {name} in "
         f"{_percent(as_float(row['svfnet_worse']))}"
         + (f", neither (equal) in {_percent(tied)}" if tied > 0 else "")
@@ -356,8 +358,11 @@ def _sentence(row: Mapping[str, Any], where: str) -> str:
     )
 
 
-def statistics_sentences(statistics: Sequence[Mapping[str, Any]]) -> list[tuple[str, list[str]]]:
-    """The main statistics in plain sentences, per compared method: ``[(baseline, sentences)]``.
+def statistics_sentences(
+    statistics: Sequence[Mapping[str, Any]],
+) -> list[tuple[tuple[str, str], list[str]]]:
+    """The main statistics in plain sentences, per compared pair of methods:
+    ``[((method, baseline), sentences)]`` (method: SVF-Net, or SVF-Net + refinement).
 
     Per region, Dice and the outline distance (Hausdorff 95%), e.g. "For the LV myocardium, SVF-Net
     had a higher Dice (better overlap) than LCC Log-Demons in 82% of the 1369 pairs, LCC Log-Demons in
@@ -365,27 +370,28 @@ def statistics_sentences(statistics: Sequence[Mapping[str, Any]]) -> list[tuple[
     against the other registration methods, the smoothness and folding over the whole grid. Every
     region and metric is in :func:`statistics_table` and ``statistics.csv``.
     """
-    groups: dict[str, list[str]] = {}
+    groups: dict[tuple[str, str], list[str]] = {}
     for row in statistics:
         if not row["pairs"]:
             continue
         region, metric = int(row["region"]), row["metric"]
+        pair = (row.get("method", "svfnet"), row["baseline"])
         if region != WHOLE_GRID and metric in SENTENCE_REGION_METRICS:
-            groups.setdefault(row["baseline"], []).append(_sentence(row, f"For the {row['name']}"))
+            groups.setdefault(pair, []).append(_sentence(row, f"For the {row['name']}"))
         elif region == WHOLE_GRID and metric in SENTENCE_GRID_METRICS and row["baseline"] != "identity":
-            groups.setdefault(row["baseline"], []).append(_sentence(row, "Over the whole image"))
+            groups.setdefault(pair, []).append(_sentence(row, "Over the whole image"))
     return list(groups.items())
 
 
 def statistics_table(
-    statistics: Sequence[Mapping[str, Any]], baseline: str
+    statistics: Sequence[Mapping[str, Any]], baseline: str, method: str = "svfnet"
 ) -> tuple[list[str], list[list[str]]]:
-    """Header and rows: per region and metric, "better / equal / worse (p)" of SVF-Net vs ``baseline``."""
-    metrics = [
-        m for m in METRICS if any(r["metric"] == m.key and r["baseline"] == baseline for r in statistics)
-    ]
-    by_key = {(r["name"], r["metric"]): r for r in statistics if r["baseline"] == baseline}
-    regions = list(dict.fromkeys(r["name"] for r in statistics if r["baseline"] == baseline))
+    """Header and rows: per region and metric, "better / equal / worse (p)" of ``method`` (SVF-Net by
+    default) vs ``baseline``."""
+    chosen = [r for r in statistics if r["baseline"] == baseline and r.get("method", "svfnet") == method]
+    metrics = [m for m in METRICS if any(r["metric"] == m.key for r in chosen)]
+    by_key = {(r["name"], r["metric"]): r for r in chosen}
+    regions = list(dict.fromkeys(r["name"] for r in chosen))
     rows = []
     for region in regions:
         cells = [region]
@@ -566,17 +572,17 @@ def _statistics_section(inputs: ReportInputs) -> str:
         "they are not independent: the p-values are optimistic and are a guide rather than proof. The "
         "percentages of pairs describe what happened without that assumption.</p>",
     ]
-    for baseline, sentences in groups:
-        name = METHOD_NAMES.get(baseline, baseline)
+    for (method, baseline), sentences in groups:
+        name, ours = METHOD_NAMES.get(baseline, baseline), METHOD_NAMES.get(method, method)
         parts.append(
-            f"<h3>SVF-Net against {_e(name)}</h3><ul>"
+            f"<h3>{_e(ours)} against {_e(name)}</h3><ul>"
             + "".join(f"<li>{_e(s)}</li>" for s in sentences)
             + "</ul>"
         )
-        header, rows = statistics_table(inputs.statistics, baseline)
+        header, rows = statistics_table(inputs.statistics, baseline, method)
         parts.append(
-            f"<p>Every region and measure: share of the pairs where SVF-Net was better / equal / worse than "
-            f"{_e(name)} (Welch's t-test p-value).</p>"
+            f"<p>Every region and measure: share of the pairs where {_e(ours)} was better / equal / worse "
+            f"than {_e(name)} (Welch's t-test p-value).</p>"
         )
         parts.append(_table(header, rows, text_columns=len(header)))
     return "\n".join(parts)

@@ -33,6 +33,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,7 +63,7 @@ from svfnet.data.readers import Subject, SubjectFiles, load_subject, refuse_comp
 from svfnet.data.transform import PreparedTransform, original_positions, resample_labels
 from svfnet.locks import prefix_lock
 from svfnet.model import SVFNet, load
-from svfnet.registration import Registration, register
+from svfnet.registration import Registration, refinement_params, register
 
 __all__ = [
     "BatchResult",
@@ -770,6 +771,7 @@ def register_nifti(
     overwrite: bool = False,
     device: str | torch.device | None = None,
     checkpoint: str | os.PathLike | None = None,
+    refine: bool | Mapping[str, Any] = False,
 ) -> NiftiRegistration:
     """Registers two NIfTI images in their original geometry and writes the results.
 
@@ -786,6 +788,8 @@ def register_nifti(
             are written beside the old ones and take their names only once all are written.
         device: where to load a checkpoint (default CUDA when available, else CPU).
         checkpoint: the checkpoint a loaded ``model`` came from, for the metadata.
+        refine: refine SVF-Net's SVF with LCC Log-Demons started from it, on the prepared grid
+            (see :func:`svfnet.registration.register`; True or a mapping of demons parameters).
 
     Returns:
         The result; ``outputs`` and ``metadata`` list what was written.
@@ -801,6 +805,7 @@ def register_nifti(
             prepared; a bad checkpoint. Nothing is written then.
     """
     started = time.perf_counter()
+    refinement_params(refine, "register_nifti()")  # checked before any work
     pair = PairFiles(
         Path(moving),
         Path(fixed),
@@ -818,7 +823,7 @@ def register_nifti(
         if out_prefix is not None:  # one writer per output prefix (:mod:`svfnet.locks`)
             stack.enter_context(prefix_lock(pair.out_prefix))
         _check_pair(pair, outputs, overwrite)
-        return _register_nifti(pair, model, outputs, mapping, rigid_initial, device, checkpoint, started)
+        return _register_nifti(pair, model, outputs, mapping, rigid_initial, device, checkpoint, started, refine)
 
 
 def _register_nifti(
@@ -830,6 +835,7 @@ def _register_nifti(
     device: str | torch.device | None,
     checkpoint: str | os.PathLike | None,
     started: float,
+    refine: bool | Mapping[str, Any] = False,
 ) -> NiftiRegistration:
     net = _load_model(model, device)
     timings: dict[str, float] = {}
@@ -859,8 +865,17 @@ def _register_nifti(
         prepared.record["frame_from"],
     )
 
-    result = register(prepared.moving, prepared.fixed, net, moving_labels=prepared.moving_labels)
-    timings["network_exp_warp"] = result.seconds
+    result = register(
+        prepared.moving,
+        prepared.fixed,
+        net,
+        moving_labels=prepared.moving_labels,
+        spacing_mm=tuple(net.config.spacing_mm),
+        refine=refine,
+    )
+    timings["network_exp_warp"] = result.seconds - result.refinement_seconds
+    if result.refinement_seconds:
+        timings["refinement"] = result.refinement_seconds
 
     tick = time.perf_counter()
     fixed_t, moving_t = prepared.fixed_transform, prepared.moving_transform
@@ -912,6 +927,7 @@ def _register_nifti(
         "rigid_fixed_to_moving_world": prepared.rigid_fixed_to_moving_world.tolist(),
         "fixed_original_affine": fixed_original.affine.tolist(),
         "fixed_original_shape": list(fixed_original.image.shape),
+        "refinement": refinement_params(refine, "register_nifti()"),  # LCC Log-Demons' overrides, or None
         "svf_max_vox": float(np.abs(result.svf).max()),
         "displacement_max_vox": float(np.abs(result.displacement).max()),
         "warnings": warnings,
@@ -996,6 +1012,7 @@ def register_pairs(
     keep_going: bool = False,
     device: str | torch.device | None = None,
     progress: bool = True,
+    refine: bool | Mapping[str, Any] = False,
 ) -> BatchResult:
     """Registers many pairs with one loaded model (see :func:`register_nifti`).
 
@@ -1008,8 +1025,9 @@ def register_pairs(
         model: a loaded :class:`SVFNet` or a checkpoint path (loaded once).
         keep_going: on a bad pair, record it and go on (default: raise, keeping the pairs done).
         progress: show a tqdm bar.
-        label_mapping, rigid_initial, overwrite, device: as in :func:`register_nifti`.
+        label_mapping, rigid_initial, overwrite, device, refine: as in :func:`register_nifti`.
     """
+    refinement_params(refine, "register_pairs()")  # checked before any work
     planned: dict[Path, int] = {}
     for number, pair in enumerate(pairs, start=1):
         outputs = output_paths(pair.out_prefix, with_labels=pair.moving_labels is not None)
@@ -1025,10 +1043,14 @@ def register_pairs(
         if not keep_going:
             for pair in pairs:
                 _check_pair(pair, output_paths(pair.out_prefix, with_labels=pair.moving_labels is not None), overwrite)
-        return _register_batch(pairs, model, label_mapping, rigid_initial, overwrite, keep_going, device, progress)
+        return _register_batch(
+            pairs, model, label_mapping, rigid_initial, overwrite, keep_going, device, progress, refine
+        )
 
 
-def _register_batch(pairs, model, label_mapping, rigid_initial, overwrite, keep_going, device, progress) -> BatchResult:
+def _register_batch(
+    pairs, model, label_mapping, rigid_initial, overwrite, keep_going, device, progress, refine
+) -> BatchResult:
     from tqdm.auto import tqdm
 
     net = _load_model(model, device)
@@ -1047,6 +1069,7 @@ def _register_batch(pairs, model, label_mapping, rigid_initial, overwrite, keep_
                     rigid_initial=rigid_initial,
                     overwrite=overwrite,
                     checkpoint=model if isinstance(model, (str, os.PathLike)) else None,
+                    refine=refine,
                 )
             )
         except (ValueError, FileNotFoundError, FileExistsError) as error:

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,7 +21,19 @@ import torch
 from svfnet import fields
 from svfnet.model import SVFNet, load
 
-__all__ = ["ModelGridWarning", "Registration", "predict_both_directions", "predict_svf", "register"]
+__all__ = [
+    "REFINEMENT",
+    "ModelGridWarning",
+    "Registration",
+    "predict_both_directions",
+    "predict_svf",
+    "register",
+]
+
+# LCC Log-Demons started from SVF-Net's SVF (register(..., refine=True)): the two finest levels and
+# few iterations, since the start is already close; the other parameters are the demons' own
+# (LCCDemonsParams). Chosen by measurement on the demo's test pairs (docs/register.md).
+REFINEMENT: dict[str, Any] = {"levels": 2, "iterations": (10, 15)}
 
 
 class ModelGridWarning(UserWarning):
@@ -37,7 +51,8 @@ class Registration:
             maps a fixed voxel to its position in the moving image.
         warped: the moving image resampled onto the fixed grid, ``(I, J, K)``.
         warped_labels: the moving labels warped likewise (one-hot), or None.
-        seconds: wall time of network + exponential + warp.
+        seconds: wall time of network + exponential + warp (+ refinement).
+        refinement_seconds: the part of ``seconds`` the refinement took (0 without it).
     """
 
     svf: np.ndarray
@@ -45,6 +60,7 @@ class Registration:
     warped: np.ndarray
     warped_labels: np.ndarray | None
     seconds: float
+    refinement_seconds: float = 0.0
 
 
 def predict_svf(
@@ -72,6 +88,37 @@ def predict_both_directions(model: SVFNet, pairs: torch.Tensor) -> tuple[torch.T
     return both[: len(pairs)], both[len(pairs) :]
 
 
+def refinement_params(refine: Any, func: str) -> dict[str, Any] | None:
+    """The demons' overrides for ``refine`` (False/None: no refinement, True: :data:`REFINEMENT`, a
+    mapping: :data:`REFINEMENT` updated by it), checked before any work; TypeError/ValueError naming
+    ``refine`` otherwise."""
+    if refine is None or refine is False:
+        return None
+    if refine is True:
+        overrides = dict(REFINEMENT)
+    elif isinstance(refine, Mapping):
+        overrides = {**REFINEMENT, **dict(refine)}
+    else:
+        raise TypeError(
+            f"{func}: 'refine' must be a bool or a mapping of LCCDemonsParams fields, got {refine!r}"
+        )
+    import dataclasses
+
+    from svfnet.baselines.lcc_demons import LCCDemonsParams
+
+    try:
+        dataclasses.replace(LCCDemonsParams(), **overrides).checked()
+    except TypeError as error:
+        raise TypeError(
+            f"{func}: bad 'refine' {dict(refine) if isinstance(refine, Mapping) else refine!r}: {error}"
+        ) from None
+    except ValueError as error:
+        raise ValueError(
+            f"{func}: bad 'refine' {dict(refine) if isinstance(refine, Mapping) else refine!r}: {error}"
+        ) from None
+    return overrides
+
+
 def _device_of(model: SVFNet) -> torch.device:
     return next(model.parameters()).device
 
@@ -84,6 +131,7 @@ def register(
     moving_labels: np.ndarray | None = None,
     spacing_mm: tuple[float, float, float] | None = None,
     symmetric: bool = True,
+    refine: bool | Mapping[str, Any] = False,
 ) -> Registration:
     """Registers ``moving`` to ``fixed`` with SVF-Net (both ``(I, J, K)`` on one model-compatible grid).
 
@@ -97,6 +145,12 @@ def register(
         moving_labels: optional integer label map of the moving image, warped along.
         spacing_mm: the images' voxel size, when known: compared with the model's.
         symmetric: average the two directions (see :func:`predict_svf`); False runs the network once.
+        refine: refine SVF-Net's SVF with LCC Log-Demons started from it
+            (:func:`svfnet.baselines.lcc_demons.register` with ``initial_svf``), with the
+            parameters :data:`REFINEMENT` (True) or those updated by a mapping of
+            :class:`~svfnet.baselines.lcc_demons.LCCDemonsParams` fields (e.g.
+            ``{"iterations": (5, 10)}``). It runs on the CPU, at the images' voxel size
+            (``spacing_mm``, else the model's).
 
     Warns:
         ModelGridWarning: the images' grid (or ``spacing_mm``) is not the one the model was
@@ -124,6 +178,7 @@ def register(
         raise ValueError(
             f"register(): 'moving_labels' {np.shape(moving_labels)} must match 'moving' {moving.shape}"
         )
+    overrides = refinement_params(refine, "register()")
     from svfnet.model import check_grid
 
     check_grid(moving.shape, "register()")
@@ -151,6 +206,22 @@ def register(
             torch.from_numpy(fixed[None]).to(device),
             symmetric=symmetric,
         )[0]
+    refinement_seconds = 0.0
+    if overrides is not None:
+        from svfnet.baselines import lcc_demons
+
+        refine_started = time.perf_counter()
+        svf = torch.from_numpy(
+            lcc_demons.register(
+                moving,
+                fixed,
+                spacing=tuple(spacing_mm if spacing_mm is not None else model.config.spacing_mm),
+                initial_svf=svf.cpu().numpy(),
+                **overrides,
+            )
+        ).to(device)
+        refinement_seconds = time.perf_counter() - refine_started
+    with torch.no_grad():
         displacement = fields.exp(svf)
         warped = fields.warp(torch.from_numpy(moving).to(device), displacement)
     seconds = time.perf_counter() - started
@@ -159,5 +230,10 @@ def register(
         labels = np.asarray(moving_labels)
         warped_labels = fields.warp_labels(labels, displacement.cpu().numpy(), mode="onehot")
     return Registration(
-        svf.cpu().numpy(), displacement.cpu().numpy(), warped.cpu().numpy(), warped_labels, seconds
+        svf.cpu().numpy(),
+        displacement.cpu().numpy(),
+        warped.cpu().numpy(),
+        warped_labels,
+        seconds,
+        refinement_seconds,
     )

@@ -49,7 +49,14 @@ import numpy as np
 from scipy.ndimage import gaussian_filter, map_coordinates
 
 from svfnet import fields
-from svfnet.metrics import GAUSSIAN_TRUNCATE, checked_spacing, gaussian_sigma_vox, local_moments, smooth, standardised
+from svfnet.metrics import (
+    GAUSSIAN_TRUNCATE,
+    checked_spacing,
+    gaussian_sigma_vox,
+    local_moments,
+    smooth,
+    standardised,
+)
 
 __all__ = ["LCCDemonsInfo", "LCCDemonsParams", "LevelInfo", "register"]
 
@@ -271,6 +278,40 @@ def _upsample_field(field: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return out
 
 
+def _downsample_field(field: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """A ``(3, ...)`` field in fine voxels onto the coarser ``shape``, in the coarse grid's voxels
+    (each component prefiltered as :func:`_downsample` does, then scaled by ``(n_c − 1) / (n − 1)``)."""
+    out = np.empty((3, *shape), dtype=np.float32)
+    for a in range(3):
+        scale = (shape[a] - 1) / (field.shape[a + 1] - 1) if field.shape[a + 1] > 1 else 1.0
+        out[a] = _downsample(field[a], shape) * np.float32(scale)
+    return out
+
+
+def _as_initial_svf(x: Any, shape: tuple[int, ...]) -> np.ndarray:
+    """A checked ``(3, I, J, K)`` starting velocity as float32 NumPy (voxels of the fixed grid)."""
+    func = "lcc_demons.register"
+    if hasattr(x, "detach") and hasattr(x, "cpu"):
+        x = x.detach().cpu().numpy()
+    if not isinstance(x, np.ndarray):
+        raise TypeError(
+            f"{func}(): 'initial_svf' must be a NumPy array or a torch tensor, got {type(x).__name__}"
+        )
+    if tuple(x.shape) != (3, *shape):
+        raise ValueError(
+            f"{func}(): 'initial_svf' must be (3, {', '.join(map(str, shape))}) like the images, "
+            f"got {tuple(x.shape)}"
+        )
+    if not np.issubdtype(x.dtype, np.floating):
+        raise ValueError(f"{func}(): 'initial_svf' must be a float field (voxels), got dtype {x.dtype}")
+    svf = np.ascontiguousarray(x, dtype=np.float32)
+    if not np.all(np.isfinite(svf)):
+        raise ValueError(
+            f"{func}(): 'initial_svf' holds {int(np.count_nonzero(~np.isfinite(svf)))} non-finite values"
+        )
+    return svf
+
+
 # ----------------------------------------------------------------------------- the force
 def _gradient_mm(volume: np.ndarray, spacing: Sequence[float]) -> list[np.ndarray]:
     """Central differences (one-sided at the border) per mm along each axis; 0 along flat axes."""
@@ -335,6 +376,7 @@ def register(
     *,
     spacing: Sequence[float] = (1.0, 1.0, 1.0),
     params: LCCDemonsParams | None = None,
+    initial_svf: Any = None,
     return_info: bool = False,
     **overrides: Any,
 ) -> Any:
@@ -346,6 +388,10 @@ def register(
         spacing: voxel size in mm along ``(i, j, k)`` (e.g. ``(1.8, 1.8, 8.0)`` for short-axis
             stacks with ``k`` the slice axis).
         params: an :class:`LCCDemonsParams`; default ``LCCDemonsParams()``.
+        initial_svf: the velocity to start from, ``(3, I, J, K)`` in voxels of the grid (an SVF
+            another method found, e.g. SVF-Net's: refinement); None starts from zero. It is carried
+            to the coarsest level that runs (prefiltered, in that level's voxels); a zero field gives
+            exactly the registration from zero.
         return_info: also return an :class:`LCCDemonsInfo`.
         **overrides: fields of :class:`LCCDemonsParams` replacing those of ``params``
             (e.g. ``sigma_elastic_mm=4.0``).
@@ -380,6 +426,7 @@ def register(
             f"{func}(): unknown parameter(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
         )
     params = dataclasses.replace(params, **overrides).checked()
+    initial = None if initial_svf is None else _as_initial_svf(initial_svf, fixed_np.shape)
 
     moving_np, fixed_np = standardised(moving_np), standardised(fixed_np)
     grids = _pyramid(fixed_np.shape, spacing_mm, params.levels, params.min_size)[::-1]  # coarsest first
@@ -399,9 +446,12 @@ def register(
     for (shape, level_spacing), budget in zip(grids, iterations, strict=True):
         fixed_level = _downsample(fixed_np, shape)
         moving_level = _downsample(moving_np, shape)
-        velocity = (
-            np.zeros((3, *shape), dtype=np.float32) if velocity is None else _upsample_field(velocity, shape)
-        )
+        if velocity is not None:
+            velocity = _upsample_field(velocity, shape)
+        elif initial is not None:
+            velocity = initial.copy() if shape == fixed_np.shape else _downsample_field(initial, shape)
+        else:
+            velocity = np.zeros((3, *shape), dtype=np.float32)
         factor = max(ls / s for ls, s in zip(level_spacing, spacing_mm, strict=True))
         info = _register_level(
             moving_level,

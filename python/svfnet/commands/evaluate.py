@@ -41,6 +41,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(pip install 'svfnet[ants]', i.e. antspyx); slow: tens of seconds a pair on 2 cores",
     )
     parser.add_argument(
+        "--refine",
+        action="store_true",
+        help="add SVF-Net + refinement: LCC Log-Demons started from SVF-Net's SVF (the two finest levels)",
+    )
+    parser.add_argument(
         "--demons-defaults",
         action="store_true",
         help="run LCC Log-Demons with its defaults even where `svfnet demons --tune WORKDIR` recorded "
@@ -72,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             include_sitk=args.sitk,
             include_ants=args.ants,
+            include_refinement=args.refine,
             max_pairs=args.max_pairs,
             tuned_demons=not args.demons_defaults,
             report=not args.no_report,

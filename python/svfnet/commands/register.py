@@ -53,6 +53,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: CUDA if available"
     )
+    parser.add_argument(
+        "--refine",
+        action="store_true",
+        help="refine SVF-Net's SVF with LCC Log-Demons started from it (the two finest levels, a few "
+        "iterations: about a third of the demons' time alone)",
+    )
+    parser.add_argument(
+        "--refine-iterations",
+        type=int,
+        nargs="+",
+        metavar="N",
+        help="with --refine: iterations per level, coarsest first (one number per level; default: "
+        "svfnet.registration.REFINEMENT)",
+    )
     parser.add_argument("--force", action="store_true", help="replace existing outputs")
     parser.add_argument("--keep-going", action="store_true", help="--pairs: go on past a failing pair")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -74,8 +88,19 @@ def _check_arguments(args: argparse.Namespace) -> None:
         raise ValueError("--keep-going applies to --pairs only")
 
 
+def _refinement(args: argparse.Namespace) -> bool | dict:
+    if args.refine_iterations is None:
+        return bool(args.refine)
+    if not args.refine:
+        raise ValueError("--refine-iterations applies with --refine only")
+    if any(n < 0 for n in args.refine_iterations):
+        raise ValueError(f"--refine-iterations must be non-negative, got {args.refine_iterations}")
+    return {"levels": len(args.refine_iterations), "iterations": tuple(args.refine_iterations)}
+
+
 def run(args: argparse.Namespace) -> int:
     _check_arguments(args)
+    refine = _refinement(args)
     import torch
 
     from svfnet import default_device
@@ -113,6 +138,7 @@ def run(args: argparse.Namespace) -> int:
             keep_going=args.keep_going,
             progress=not args.no_progress and len(pairs) > 1,
             device=device,
+            refine=refine,
         )
     except ImportError as error:  # SimpleITK missing: one clear line
         print(f"svfnet register: error: {error}", file=sys.stderr)
@@ -123,7 +149,8 @@ def run(args: argparse.Namespace) -> int:
             f"registered {metadata['inputs']['moving']} → {metadata['inputs']['fixed']} "
             f"(preparation: {done.path}, frames from {done.prepared.record['frame_from']}; "
             f"network + exp + warp {1000 * timings['network_exp_warp']:.0f} ms "
-            f"on {metadata['model']['device']}, "
+            + (f"+ refinement {timings['refinement']:.1f} s " if "refinement" in timings else "")
+            + f"on {metadata['model']['device']}, "
             f"total {timings['total']:.1f} s): {done.outputs['metadata']}"
         )
         for warning in done.metadata["warnings"]:
