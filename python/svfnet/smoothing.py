@@ -7,7 +7,7 @@ kernel of an axis SciPy's (radius ``int(truncate σ + 0.5)``, weights ``exp(−t
 normalised), the border replicated however wide the kernel, σ = 0 on an axis leaving it alone.
 Each pass is rounded to float32, as SciPy's float32 passes are; the sums accumulate in float32
 (within 2.5e-7 of SciPy relative to the data's range, 2.2–2.6× faster than float64 sums:
-docs/performance.md).
+README.md, Performance).
 
 :func:`local_moments` gives the windowed means, variances and covariance of two images and their
 local correlation coefficient in one call whose passes smooth the five products ``a, b, a², b², ab``

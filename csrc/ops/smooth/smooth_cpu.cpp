@@ -13,7 +13,7 @@
 namespace svfnet {
 
 namespace {
-// The accumulators (docs/performance.md, Gaussian smoothing): smooth sums in float32, 2.2-2.6x faster
+// The accumulators (README.md, Performance: Gaussian smoothing): smooth sums in float32, 2.2-2.6x faster
 // than float64 here and within 2.5e-7 of the data's range from SciPy (which sums in float64);
 // local_moments in float64, so that a constant patch has a variance of exactly 0 (in float32 the
 // sums of a² and a differ by ~1e-7 c², which the variance floor turns into Λ ~ 1e-3 there).
