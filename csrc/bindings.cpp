@@ -13,6 +13,7 @@
 #include "ops/gauss/gauss_binding.h"
 #include "ops/jacobian/jacobian.h"
 #include "ops/reduce/reduce.h"
+#include "ops/smooth/smooth_binding.h"
 #include "ops/warp/warp.h"
 
 namespace py = pybind11;
@@ -232,6 +233,15 @@ PYBIND11_MODULE(_core, m) {
         py::arg("threads"));
   m.def("gauss_cpu_isa", &gauss_cpu_isa, "Instruction set the Gaussian kernel sums run with on this CPU.");
 
+  // ---- Gaussian smoothing of volumes and the local moments of two images (svfnet/smoothing.py)
+  m.def("smooth_taps", &smooth_taps, py::arg("sigma"), py::arg("truncate"), py::arg("extent"),
+        "Folded half taps (float64) of a Gaussian of `sigma` voxels cut at `truncate` sigmas, on an axis of `extent`.");
+  m.def("smooth_cpu", &smooth_cpu_entry, py::arg("in").noconvert(), py::arg("out").noconvert(),
+        py::arg("scratch").noconvert(), py::arg("taps").noconvert(), py::arg("radii"), py::arg("threads"));
+  m.def("local_moments_cpu", &local_moments_cpu_entry, py::arg("a").noconvert(), py::arg("b").noconvert(),
+        py::arg("out").noconvert(), py::arg("scratch").noconvert(), py::arg("taps").noconvert(), py::arg("radii"),
+        py::arg("floor_a"), py::arg("floor_b"), py::arg("threads"));
+
 #ifdef SVFNET_WITH_CUDA
   // ---- CUDA: device addresses (torch data_ptr(), CuPy .data.ptr), the shape (N, C, I, J, K) of the
   // first argument, and the stream (torch.cuda.current_stream().cuda_stream, CuPy stream.ptr).
@@ -288,6 +298,8 @@ PYBIND11_MODULE(_core, m) {
     return count_nonfinite_cuda(at<const float>(data), count, stream);
   });
   m.def("gauss_cuda_float32", &gauss_cuda_entry<float>);
+  m.def("smooth_cuda", &smooth_cuda_entry);
+  m.def("local_moments_cuda", &local_moments_cuda_entry);
   m.def("gauss_cuda_float64", &gauss_cuda_entry<double>);
 #endif
 }

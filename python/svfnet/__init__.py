@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 # submodules reachable as attributes (svfnet.fields, ...), imported on first use
 _SUBMODULES = (
     "baselines", "data", "ebs", "evaluate", "fields", "kernels", "metrics", "model", "parallel", "pipeline",
-    "references", "register_nifti", "registration", "shapes", "split", "train", "workdir",
+    "references", "register_nifti", "registration", "shapes", "smoothing", "split", "train", "workdir",
 )
 
 __all__ = ["__version__", "build_info", "cuda_available", "default_device", "register", *_SUBMODULES]

@@ -40,7 +40,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy.ndimage import binary_erosion, distance_transform_edt, gaussian_filter, generate_binary_structure
+from scipy.ndimage import binary_erosion, distance_transform_edt, generate_binary_structure
+
+from svfnet import smoothing
+from svfnet.smoothing import GAUSSIAN_TRUNCATE
 
 __all__ = [
     "DEFAULT_LCC_SIGMA_MM",
@@ -64,8 +67,6 @@ __all__ = [
 
 # Gaussian window of the local correlation, standard deviation in mm (LCC Log-Demons' default too).
 DEFAULT_LCC_SIGMA_MM = 5.0
-# Gaussian kernels are cut at this many standard deviations (scipy's ``truncate``).
-GAUSSIAN_TRUNCATE = 3.0
 # Each local variance is regularised by this fraction of the image's global variance, so that the
 # LCC of flat patches (background, outside the field of view) is 0 instead of 0/0.
 LCC_VARIANCE_FLOOR = 1e-4
@@ -274,9 +275,14 @@ def gaussian_sigma_vox(sigma_mm: float, spacing: Sequence[float]) -> tuple[float
     return tuple(float(sigma_mm) / float(s) for s in spacing)  # type: ignore[return-value]
 
 
-def smooth(volume: np.ndarray, sigma_vox: Sequence[float]) -> np.ndarray:
-    """Gaussian smoothing of an ``(I, J, K)`` volume (per-axis sigma in voxels, border replicated)."""
-    return gaussian_filter(volume, sigma=tuple(sigma_vox), mode="nearest", truncate=GAUSSIAN_TRUNCATE)
+def smooth(volume: Any, sigma_vox: Sequence[float]) -> np.ndarray:
+    """Gaussian smoothing of an ``(I, J, K)`` volume, or of each volume of a ``(..., I, J, K)`` stack.
+
+    Per-axis sigma in voxels, cut at ``GAUSSIAN_TRUNCATE`` sigmas, border replicated: SciPy's
+    ``gaussian_filter(volume, sigma_vox, mode="nearest", truncate=GAUSSIAN_TRUNCATE)``, computed by
+    svfnet's compiled kernels (:func:`svfnet.smoothing.smooth`). Returns float32 NumPy.
+    """
+    return np.asarray(smoothing.smooth(_as_numpy("smooth", "volume", volume), sigma_vox))
 
 
 def local_moments(
@@ -298,29 +304,35 @@ def local_moments(
     of intensity of either image (bias fields, scanner gain), and it is 0, not 0/0, on flat
     patches thanks to the variance floors.
 
+    The five windowed sums ``G * a, G * b, G * a², G * b², G * (a b)`` are computed together, in
+    float32 passes of svfnet's compiled Gaussian (:func:`svfnet.smoothing.local_moments`), and the
+    moments from them in float32 (the rounding negatives of ``G * a² − mean_a²`` clamped to 0 before
+    the floor).
+
     Args:
-        a, b: ``(I, J, K)`` float32 images of one grid, best standardised (:func:`standardised`).
+        a, b: ``(I, J, K)`` images of one grid (NumPy or torch, any real dtype, computed in float32),
+            best standardised (:func:`standardised`).
         sigma_vox: window standard deviation in voxels along ``(i, j, k)``.
         floor_a, floor_b: added to the local variances; None: ``LCC_VARIANCE_FLOOR`` × the global
             variance of the image (a constant image gets 1e-12).
 
     Returns:
-        The :class:`LocalMoments`.
+        The :class:`LocalMoments` (float32 NumPy views of one array).
 
     References:
         Lorenzi et al., NeuroImage 2013 (the criterion of LCC-Demons, section 2).
     """
+    func = "local_moments"
+    a = _as_numpy(func, "a", a)
+    b = _as_numpy(func, "b", b)
     if floor_a is None:
         floor_a = max(LCC_VARIANCE_FLOOR * float(np.var(a)), 1e-12)
     if floor_b is None:
         floor_b = max(LCC_VARIANCE_FLOOR * float(np.var(b)), 1e-12)
-    mean_a, mean_b = smooth(a, sigma_vox), smooth(b, sigma_vox)
-    # local second moments minus squared means; clamp the rounding negatives before the floor
-    var_a = np.maximum(smooth(a * a, sigma_vox) - mean_a * mean_a, 0.0) + np.float32(floor_a)
-    var_b = np.maximum(smooth(b * b, sigma_vox) - mean_b * mean_b, 0.0) + np.float32(floor_b)
-    cov = smooth(a * b, sigma_vox) - mean_a * mean_b
-    lcc = np.clip(cov / np.sqrt(var_a * var_b), -1.0, 1.0)
-    return LocalMoments(mean_a, mean_b, var_a, var_b, cov, lcc.astype(np.float32, copy=False))
+    # the five windowed sums in shared passes, then (in float32) the rounding negatives of the
+    # variances clamped before the floors
+    m = np.asarray(smoothing.local_moments(a, b, sigma_vox, floor_a=floor_a, floor_b=floor_b))
+    return LocalMoments(*(m[..., c, :, :, :] for c in range(len(smoothing.LOCAL_MOMENT_NAMES))))
 
 
 def local_correlation(

@@ -46,17 +46,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy.ndimage import gaussian_filter, map_coordinates
+from scipy.ndimage import map_coordinates
 
 from svfnet import fields
-from svfnet.metrics import (
-    GAUSSIAN_TRUNCATE,
-    checked_spacing,
-    gaussian_sigma_vox,
-    local_moments,
-    smooth,
-    standardised,
-)
+from svfnet.metrics import checked_spacing, gaussian_sigma_vox, local_moments, smooth, standardised
 
 __all__ = ["LCCDemonsInfo", "LCCDemonsParams", "LevelInfo", "register"]
 
@@ -266,7 +259,7 @@ def _downsample(image: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """``image`` on a coarser ``shape``, Gaussian-prefiltered along the shrunk axes (σ = factor / 2)."""
     factors = [(n - 1) / max(c - 1, 1) for n, c in zip(image.shape, shape, strict=True)]
     sigma = [f / 2.0 if f > 1.0 else 0.0 for f in factors]
-    return _resample(gaussian_filter(image, sigma, mode="nearest", truncate=GAUSSIAN_TRUNCATE), shape)
+    return _resample(smooth(image, sigma), shape)
 
 
 def _upsample_field(field: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -324,7 +317,7 @@ def _gradient_mm(volume: np.ndarray, spacing: Sequence[float]) -> list[np.ndarra
 def _smooth_field(field: np.ndarray, sigma_vox: Sequence[float]) -> np.ndarray:
     if max(sigma_vox) <= 0:
         return field
-    return np.stack([smooth(component, sigma_vox) for component in field])
+    return smooth(field, sigma_vox)  # the three components in one call
 
 
 def _demons_update(
@@ -351,8 +344,9 @@ def _demons_update(
     grad_var_t, grad_var_s = _gradient_mm(m.var_a, spacing), _gradient_mm(m.var_b, spacing)
     norm = 1.0 / np.sqrt(m.var_a * m.var_b)
     grad_lcc = np.empty((3, *target.shape), dtype=np.float32)
+    targets_times_grad_source = smooth(target * np.stack(source_gradient), sigma_vox)  # one call, 3 volumes
     for a in range(3):
-        target_times_grad_source = smooth(target * source_gradient[a], sigma_vox)
+        target_times_grad_source = targets_times_grad_source[a]
         # d cov / du with the source moved by +u/2 and the target by −u/2 (the two one-sided
         # derivatives averaged: an ESM-like symmetric gradient)
         d_cov = (
