@@ -30,6 +30,8 @@ from svfnet.metrics import dice
 from svfnet.model import load
 from svfnet.register_nifti import OriginalImage, read_original
 from svfnet.segmentation import (
+    DEFAULT_REFERENCES,
+    DEFAULT_SHARPNESS,
     _argmax_labels,
     _to_original,
     fuse,
@@ -44,8 +46,9 @@ from svfnet.segmentation import (
 )
 
 REGION_VALUES = (1, 2, 3, 4)
-SHARPNESS = (1.0, 3.0, 10.0, 30.0, 100.0)
-SIGMAS_MM = (3.0, 5.0, 8.0)
+SHARPNESS = (3.0, 10.0, 30.0, 100.0, 300.0)
+SIGMAS_MM = (2.0, 3.0, 5.0, 8.0)
+REFERENCES = (1, 3, 5)
 COUNTS = (4, 8, 12)
 
 
@@ -117,9 +120,14 @@ def main() -> None:
     for target in targets:
         original = read_original("image", workdir / "raw" / f"{target}.nii.gz", None, dict(IDENTITY_LABELS))
         truth = read_nifti(workdir / "raw" / f"{target}_gt.nii.gz", kind="labels")[0]
-        tick = time.perf_counter()
-        prepared = prepare_target(original, atlases)
-        align_s = time.perf_counter() - tick
+        offsets, align_s = {}, {}
+        for count in REFERENCES:
+            tick = time.perf_counter()
+            candidate = prepare_target(original, atlases, references=count)
+            align_s[count] = time.perf_counter() - tick
+            offsets[count] = _lv_centre_offset_mm(candidate, truth, atlases)
+            if count == DEFAULT_REFERENCES:
+                prepared = candidate
         images = np.stack([a.image for a in atlases.atlases])
         ncc = image_similarity(prepared.image, images, prepared.inside)
         rigid_lcc = local_correlations(images, prepared.image, atlases.grid.spacing_mm, 5.0)
@@ -129,7 +137,7 @@ def main() -> None:
             "role": "val" if target in split["val"] else "test",
             "align_s": align_s,
             "register_s": registrations.seconds,
-            "lv_centre_offset_mm": _lv_centre_offset_mm(prepared, truth, atlases),
+            "lv_centre_offset_mm": offsets,
             "best_ncc": float(ncc.max()),
             "top8_same_by_ncc_and_lcc": len(set(np.argsort(-ncc)[:8]) & set(np.argsort(-mean_lcc)[:8])),
         }
@@ -151,17 +159,17 @@ def main() -> None:
         lcc5 = local_correlations(registrations.warped_images, prepared.image, atlases.grid.spacing_mm, 5.0)
         for count in [c for c in COUNTS if c < len(atlases)]:
             chosen = np.argsort(-ncc)[:count]
-            fused = fuse(registrations.probabilities[chosen], lcc_weights(lcc5[chosen], 10.0))
+            fused = fuse(registrations.probabilities[chosen], lcc_weights(lcc5[chosen], DEFAULT_SHARPNESS))
             row[f"top {count} by NCC"] = _dices(_labels_of(fused, prepared, values), truth)
             draws = []
             for _ in range(5):
                 pick = rng.choice(len(atlases), count, replace=False)
-                fused = fuse(registrations.probabilities[pick], lcc_weights(lcc5[pick], 10.0))
+                fused = fuse(registrations.probabilities[pick], lcc_weights(lcc5[pick], DEFAULT_SHARPNESS))
                 draws.append(_dices(_labels_of(fused, prepared, values), truth))
             row[f"random {count}"] = np.mean(draws, axis=0).tolist()
         # uncertainty and volumes of the default (weighted, all atlases)
         probabilities = _to_original(
-            fuse(registrations.probabilities, lcc_weights(lcc5, 10.0)), prepared.transform
+            fuse(registrations.probabilities, lcc_weights(lcc5, DEFAULT_SHARPNESS)), prepared.transform
         )
         labels = _argmax_labels(probabilities, values)
         uncertainty = normalised_entropy(probabilities)
@@ -186,6 +194,12 @@ def main() -> None:
             true_ml = np.count_nonzero(truth == value) * voxel_ml
             inside.append(bool(low <= true_ml <= high))
         row["true_volume_in_interval"] = inside
+        # one direction only (half the network passes)
+        one_way = register_atlases(net, prepared.image, atlases, batch_size=8, symmetric=False)
+        row["one_way_register_s"] = one_way.seconds
+        lcc_one = local_correlations(one_way.warped_images, prepared.image, atlases.grid.spacing_mm, 5.0)
+        fused = fuse(one_way.probabilities, lcc_weights(lcc_one, DEFAULT_SHARPNESS))
+        row["weighted, one direction"] = _dices(_labels_of(fused, prepared, values), truth)
         rows[target] = row
         print(
             target,
@@ -201,7 +215,10 @@ def main() -> None:
 
     # images without a heart: the best correlation with any atlas after the rigid alignment
     no_heart = {}
-    for name, image in _no_heart_images(workdir, targets[-1], rng).items():
+    cases = {}
+    for target in targets:
+        cases.update({f"{target} {k}": v for k, v in _no_heart_images(workdir, target, rng).items()})
+    for name, image in cases.items():
         try:
             prepared = prepare_target(image, atlases)
             no_heart[name] = float(

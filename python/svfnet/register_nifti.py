@@ -381,9 +381,7 @@ def rigid_prealignment(
             patient frame).
         mask_radius_mm: radius of the metric's region.
         seed: metric sampling seed.
-        threads: SimpleITK threads for this registration (default: its global default). One thread
-            makes the result reproducible: with several, the metric's sums are accumulated in an
-            order that varies from run to run, and the optimiser's path with them.
+        threads: SimpleITK threads for this registration (default: its global default).
 
     Returns:
         The transform from fixed world to moving world, with the optimiser's report.

@@ -9,9 +9,11 @@ from pathlib import Path
 from svfnet.commands.argument_types import positive_int
 from svfnet.commands.guard import guarded
 
-# svfnet.segmentation's FUSIONS and DEFAULT_FUSION, spelt out: `svfnet --help` must not import torch
+# svfnet.segmentation's FUSIONS, DEFAULT_FUSION and DEFAULT_MIN_CORRELATION, spelt out: `svfnet --help`
+# must not import torch (tests/test_segmentation.py checks that they agree)
 FUSIONS = ("majority", "weighted")
 DEFAULT_FUSION = "weighted"
+DEFAULT_MIN_CORRELATION = 0.4
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -64,6 +66,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "coordinates",
     )
     parser.add_argument(
+        "--min-correlation",
+        type=float,
+        default=DEFAULT_MIN_CORRELATION,
+        metavar="R",
+        help="refuse the image (no heart in view) when no atlas correlates with it better than R after the "
+        f"rigid alignment (default {DEFAULT_MIN_CORRELATION}; docs/segment.md)",
+    )
+    parser.add_argument(
+        "--symmetric",
+        action="store_true",
+        help="average both registration directions per atlas (twice the network time; no gain measured "
+        "after the fusion)",
+    )
+    parser.add_argument(
         "--batch-size", type=positive_int, default=8, metavar="B", help="atlases per network call"
     )
     parser.add_argument(
@@ -101,6 +117,8 @@ def run(args: argparse.Namespace) -> int:
             atlas_count=args.atlas_count,
             fusion=args.fusion,
             rigid_initial=args.rigid_init,
+            min_correlation=args.min_correlation,
+            symmetric=args.symmetric,
             batch_size=args.batch_size,
             device=device,
             overwrite=args.force,
