@@ -139,7 +139,8 @@ def run(args: argparse.Namespace) -> int:
         low, high = region["interval_ml"]
         uncertainty = region["mean_uncertainty"]
         print(
-            f"  {name}: {region['volume_ml']:.1f} ml (atlases {low:.1f}–{high:.1f} ml), mean uncertainty "
+            f"  {name}: {region['volume_ml']:.1f} ml (expected {region['expected_volume_ml']:.1f} ml, "
+            f"atlases {low:.1f}–{high:.1f} ml), mean uncertainty "
             + (f"{uncertainty:.2f}" if uncertainty is not None else "—")
         )
     for warning in record["warnings"]:
