@@ -245,7 +245,9 @@ def test_uncertainty_is_higher_where_the_fusion_is_wrong(data, segmented):
 
 
 def test_atlas_count_takes_the_most_correlated_atlases(data, segmented):
-    result = segment(data / "new.nii.gz", data / "model.pt", data / "work", atlas_count=3)
+    import svfnet
+
+    result = svfnet.segment(data / "new.nii.gz", data / "model.pt", data / "work", atlas_count=3)
     atlases = read_atlases(data / "work")
     prepared = segmented["majority"].prepared
     # the same alignment every time (up to rounding: SimpleITK sums in a varying order)
