@@ -16,7 +16,9 @@ _SUBMODULES = (
     "references", "register_nifti", "registration", "segmentation", "shapes", "split", "train", "workdir",
 )
 
-__all__ = ["__version__", "build_info", "cuda_available", "default_device", "register", "segment", *_SUBMODULES]
+__all__ = [
+    "__version__", "build_info", "cuda_available", "default_device", "register", "segment", *_SUBMODULES,
+]
 
 
 def register(moving: Any, fixed: Any, model: Any, *, moving_labels: Any = None) -> Any:

@@ -93,11 +93,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    import svfnet
-    from svfnet.register_nifti import default_device
+    from svfnet import default_device
     from svfnet.segmentation import segment
 
-    if args.device == "cuda" and not (torch.cuda.is_available() and svfnet.cuda_available()):
+    if args.device == "cuda" and default_device().type != "cuda":
         raise ValueError(
             "--device cuda: no usable CUDA device (torch sees none, or svfnet was built without its CUDA "
             "launchers)"
