@@ -13,10 +13,13 @@ __version__ = "0.1.0"
 # submodules reachable as attributes (svfnet.fields, ...), imported on first use
 _SUBMODULES = (
     "baselines", "data", "ebs", "evaluate", "fields", "kernels", "metrics", "model", "parallel", "pipeline",
-    "references", "register_nifti", "registration", "shapes", "smoothing", "split", "train", "workdir",
+    "references", "register_nifti", "registration", "segmentation", "shapes", "smoothing", "split", "train",
+    "workdir",
 )
 
-__all__ = ["__version__", "build_info", "cuda_available", "default_device", "register", *_SUBMODULES]
+__all__ = [
+    "__version__", "build_info", "cuda_available", "default_device", "register", "segment", *_SUBMODULES,
+]
 
 
 def register(moving: Any, fixed: Any, model: Any, *, moving_labels: Any = None) -> Any:
@@ -28,6 +31,16 @@ def register(moving: Any, fixed: Any, model: Any, *, moving_labels: Any = None) 
     from svfnet.registration import register as register_arrays
 
     return register_arrays(moving, fixed, model, moving_labels=moving_labels)
+
+
+def segment(image: Any, model: Any, atlases: Any, **options: Any) -> Any:
+    """Segments a new image from the labelled subjects of a work folder (multi-atlas with SVF-Net; see
+    :func:`svfnet.segmentation.segment`): ``image`` a NIfTI path or an ``(array, affine)`` pair, ``model``
+    a checkpoint, ``atlases`` a work folder. The result has ``.labels``, ``.uncertainty``,
+    ``.probabilities`` (on the image's grid) and ``.volumes``; ``out_prefix=`` writes them."""
+    from svfnet.segmentation import segment as segment_image
+
+    return segment_image(image, model, atlases, **options)
 
 
 def build_info() -> dict[str, Any]:

@@ -28,6 +28,7 @@ COMMAND_MODULES: list[str] = [
     "svfnet.commands.run",
     "svfnet.commands.demons",
     "svfnet.commands.register",
+    "svfnet.commands.segment",
 ]
 
 

@@ -363,6 +363,7 @@ def rigid_prealignment(
     initial: str = "geometry",
     mask_radius_mm: float = 50.0,
     seed: int = 0,
+    threads: int | None = None,
 ) -> RigidAlignment:
     """Rigidly aligns ``moving`` to ``fixed`` by mutual information (SimpleITK, Euler 3D).
 
@@ -380,6 +381,7 @@ def rigid_prealignment(
             patient frame).
         mask_radius_mm: radius of the metric's region.
         seed: metric sampling seed.
+        threads: SimpleITK threads for this registration (default: its global default).
 
     Returns:
         The transform from fixed world to moving world, with the optimiser's report.
@@ -399,6 +401,8 @@ def rigid_prealignment(
     mask.CopyInformation(fixed_image)
 
     method = sitk.ImageRegistrationMethod()
+    if threads is not None:
+        method.SetNumberOfThreads(int(threads))
     method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
     method.SetMetricSamplingStrategy(method.RANDOM)
     method.SetMetricSamplingPercentage(0.25, seed)

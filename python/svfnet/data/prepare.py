@@ -89,6 +89,19 @@ class CanonicalFrame:
         """Canonical coordinates of world points; ``(N, 3)`` → ``(N, 3)`` mm."""
         return (np.asarray(world_mm, dtype=np.float64) - self.centre_mm) @ self.axes
 
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> CanonicalFrame:
+        """The frame of a :meth:`record` (a prepared subject's ``transform["frame"]``)."""
+        axes = np.stack([np.asarray(record["axes_world"][n], np.float64) for n in ("i", "j", "k")], axis=1)
+        return cls(
+            np.asarray(record["centre_world_mm"], np.float64),
+            axes,
+            str(record["long_axis_from"]),
+            str(record["apex_from"]),
+            str(record["in_plane_from"]),
+            str(record["centre_from"]),
+        )
+
     def record(self) -> dict[str, Any]:
         return {
             "centre_world_mm": [float(v) for v in self.centre_mm],
@@ -192,6 +205,15 @@ class CommonGrid:
     shape: tuple[int, int, int]
     spacing_mm: tuple[float, float, float]
     origin_mm: tuple[float, float, float]
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> CommonGrid:
+        """The grid of a :meth:`record` (``subjects.json``'s ``"grid"``)."""
+        return cls(
+            tuple(int(n) for n in record["shape"]),  # type: ignore[arg-type]
+            tuple(float(s) for s in record["spacing_mm"]),  # type: ignore[arg-type]
+            tuple(float(o) for o in record["origin_canonical_mm"]),  # type: ignore[arg-type]
+        )
 
     def record(self) -> dict[str, Any]:
         return {
