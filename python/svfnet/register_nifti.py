@@ -362,7 +362,7 @@ def rigid_prealignment(
     *,
     initial: str = "geometry",
     mask_radius_mm: float = 50.0,
-    seed: int = 0,
+    seed: int = 1,
     threads: int | None = None,
 ) -> RigidAlignment:
     """Rigidly aligns ``moving`` to ``fixed`` by mutual information (SimpleITK, Euler 3D).
@@ -380,7 +380,8 @@ def rigid_prealignment(
             world frames); ``"world"`` starts from the scanner coordinates (both images in one
             patient frame).
         mask_radius_mm: radius of the metric's region.
-        seed: metric sampling seed.
+        seed: metric sampling seed, at least 1 (SimpleITK reads 0 as "seed from the wall clock",
+            which made two runs of one pair differ: the default was 0 until 2026-12-02).
         threads: SimpleITK threads for this registration (default: its global default).
 
     Returns:
@@ -391,6 +392,10 @@ def rigid_prealignment(
     """
     if initial not in RIGID_INITS:
         raise ValueError(f"rigid_prealignment(): 'initial' must be one of {RIGID_INITS}, got {initial!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 1:
+        raise ValueError(
+            f"rigid_prealignment(): 'seed' must be an integer >= 1 (0 is SimpleITK's wall clock), got {seed!r}"
+        )
     sitk = _simpleitk()
     started = time.perf_counter()
     fixed_image = _to_sitk(sitk, fixed, fixed_affine)
