@@ -27,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="the whole method on the built-in synthetic cohort, sized for a 2-core laptop",
         description="Synthetic cohort -> shapes -> references -> SVF-Net -> evaluation against LCC Log-Demons.",
     )
-    demo_parser.add_argument("--quick", action="store_true", help="8 subjects and 120 training steps: about a minute instead of a quarter of an hour")
+    demo_parser.add_argument("--quick", action="store_true", help="8 subjects and 120 training steps: about a minute instead of about 19 minutes")
     demo_parser.add_argument(
         "--realistic",
         action="store_true",
