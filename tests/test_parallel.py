@@ -115,6 +115,9 @@ def _start_driver(folder: Path) -> tuple[subprocess.Popen, set[int]]:
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,  # its own process group, as a command started from a shell
+        # Ctrl-C as a terminal's foreground job sees it: a suite run in the background of a
+        # non-interactive shell (`pytest ... &`) inherits SIGINT ignored, and so would the driver
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     markers = [folder / f"started_{n}" for n in range(2)]
     try:
