@@ -44,6 +44,7 @@ from scipy.ndimage import binary_erosion, distance_transform_edt, generate_binar
 
 from svfnet import smoothing
 from svfnet.smoothing import GAUSSIAN_TRUNCATE
+from svfnet.smoothing import positive_number as _positive
 
 __all__ = [
     "DEFAULT_LCC_SIGMA_MM",
@@ -143,16 +144,6 @@ def checked_spacing(func: str, spacing: Any) -> tuple[float, float, float]:
     if len(values) != 3 or not all(math.isfinite(s) and s > 0 for s in values):
         raise ValueError(f"{func}(): 'spacing' must be three positive numbers (mm), got {spacing!r}")
     return values  # type: ignore[return-value]
-
-
-def _positive(func: str, name: str, value: Any) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{func}(): '{name}' must be a positive number, got {value!r}") from None
-    if not (math.isfinite(number) and number > 0):
-        raise ValueError(f"{func}(): '{name}' must be a positive number, got {value!r}")
-    return number
 
 
 def _field(func: str, name: str, x: Any, grid: tuple[int, ...], grid_of: str) -> np.ndarray:

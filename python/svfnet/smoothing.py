@@ -53,14 +53,15 @@ def _sigmas(func: str, sigma_vox: Any) -> tuple[float, float, float]:
     return values  # type: ignore[return-value]
 
 
-def _truncate(func: str, truncate: Any) -> float:
+def positive_number(func: str, name: str, value: Any) -> float:
+    """``value`` as a finite float > 0, or ValueError naming ``name`` (shared with svfnet.metrics)."""
     try:
-        value = float(truncate)
+        number = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{func}(): 'truncate' must be a positive number, got {truncate!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{func}(): 'truncate' must be a positive number, got {truncate!r}")
-    return value
+        raise ValueError(f"{func}(): '{name}' must be a positive number, got {value!r}") from None
+    if not (math.isfinite(number) and number > 0):
+        raise ValueError(f"{func}(): '{name}' must be a positive number, got {value!r}")
+    return number
 
 
 @functools.lru_cache(maxsize=256)
@@ -122,7 +123,7 @@ def smooth(x: Array, sigma_vox: Any, *, truncate: float = GAUSSIAN_TRUNCATE) -> 
     func = "smooth"
     backend = backend_of(func, x=x)
     sigmas = _sigmas(func, sigma_vox)
-    truncate = _truncate(func, truncate)
+    truncate = positive_number(func, "truncate", truncate)
     data, shape = _volumes(func, "x", backend, x)
     taps, radii = _taps(backend, sigmas, truncate, shape[-3:])
     out = backend.empty(data.shape, "float32")
@@ -165,7 +166,7 @@ def local_moments(
             "must have the same shape"
         )
     sigmas = _sigmas(func, sigma_vox)
-    truncate = _truncate(func, truncate)
+    truncate = positive_number(func, "truncate", truncate)
     floors = []
     for name, value in (("floor_a", floor_a), ("floor_b", floor_b)):
         try:
