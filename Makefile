@@ -4,9 +4,12 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
-BUILD_INPUTS := pyproject.toml CMakeLists.txt $(shell find csrc svfcore -type f 2>/dev/null)
+# the Python sources count too: the editable install maps the package's files when it is made, so a module
+# added or moved is only found after a reinstall (seconds: the C++ build is cached)
+BUILD_INPUTS := pyproject.toml CMakeLists.txt $(shell find csrc svfcore -type f 2>/dev/null) \
+  $(shell find python -name '*.py' 2>/dev/null)
 
-.PHONY: install test demo demo-quick bench gpu-check gpu-wheels cpu-only-build wheel wheel-smoke clean
+.PHONY: install lint format test demo demo-quick bench gpu-check gpu-wheels cpu-only-build wheel wheel-smoke clean
 
 $(VENV)/.svfnet-installed: $(BUILD_INPUTS)
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -20,6 +23,24 @@ install: $(VENV)/.svfnet-installed
 
 test: install
 	$(PY) -m pytest
+
+# Lint: ruff (rules and formatting from pyproject.toml) on the Python, clang-format (.clang-format) on
+# the C++ and CUDA sources; `make format` rewrites what `make lint` would refuse. CI runs `make lint`.
+CXX_SOURCES = $(shell git ls-files 'svfcore/*' 'csrc/*' | grep -E '\.(h|cpp|cu|cuh)$$')
+$(VENV)/.svfnet-lint: pyproject.toml | install
+	# pinned: a formatter's output changes between releases
+	$(PY) -m pip install --quiet "ruff==0.17.6" "clang-format==19.1.7"
+	touch $@
+
+lint: $(VENV)/.svfnet-lint
+	$(VENV)/bin/ruff check python tests benchmarks
+	$(VENV)/bin/ruff format --check python tests benchmarks
+	$(VENV)/bin/clang-format --dry-run -Werror $(CXX_SOURCES)
+
+format: $(VENV)/.svfnet-lint
+	$(VENV)/bin/ruff check --fix python tests benchmarks
+	$(VENV)/bin/ruff format python tests benchmarks
+	$(VENV)/bin/clang-format -i $(CXX_SOURCES)
 
 demo: install
 	$(PY) -m svfnet.cli demo --workdir svfnet-demo

@@ -21,7 +21,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from svfnet import fields, metrics
+from svfnet.ops import fields
+from svfnet.evaluation import metrics
 from svfnet.baselines import lcc_demons
 
 ITERATIONS = 50

@@ -11,7 +11,7 @@ import torch
 from scipy.ndimage import gaussian_filter, map_coordinates
 
 from benchmarks.peers import SpatialTransformer, VecInt
-from svfnet import fields
+from svfnet.ops import fields
 
 GRIDS = {"64x64x16": (64, 64, 16), "128^3": (128, 128, 128)}
 EXP_STEPS = 7
@@ -80,7 +80,7 @@ def test_exp(bench, case, peer):
 def test_exp_gradient(bench, case, peer):
     """exp and its gradient (what each polishing step of the logarithm needs): our levels and
     adjoint kernels against autograd through VoxelMorph's scaling and squaring."""
-    from svfnet._backend import backend_of
+    from svfnet.ops.backend import backend_of
 
     name, grid, _, velocity = case
     grad_exp = smooth_field(grid, amplitude=1.0, seed=2)
@@ -91,8 +91,8 @@ def test_exp_gradient(bench, case, peer):
         v5, g5 = velocity[None], grad_exp[None]
 
         def run():
-            levels, _, steps = fields._exp5_levels(backend, v5)
-            return fields._exp_vjp5(backend, v5, levels, g5, steps)[0]
+            levels, _, steps = fields.exp_batched_with_levels(backend, v5)
+            return fields.exp_batched_vjp(backend, v5, levels, g5, steps)[0]
 
         out = bench(group, peer, run)
     else:

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from svfnet import kernels
+from svfnet.ops import kernels
 
 SIZES = {"2k": 2_000, "20k": 20_000}
 SIGMA = 0.5
@@ -126,7 +126,7 @@ def cohort_pair(tmp_path_factory):
     """Two subjects of the built-in synthetic cohort, prepared on the 64×64×16 grid."""
     from svfnet import cli
     from svfnet.shapes.surfaces import surfaces_from_labels
-    from svfnet.workdir import read_prepared
+    from svfnet.common.workdir import read_prepared
 
     root = tmp_path_factory.mktemp("cohort")
     if cli.main(["synth", str(root / "raw"), "--subjects", "2", "--seed", "7"]) != 0:

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from svfnet.references import ReferenceParameters, ReferenceStore, run_references
-from svfnet.shapes.stage import _write_landmarks
-from svfnet.workdir import WorkDir, write_prepared_subject, write_subjects
+from svfnet.references.stage import ReferenceParameters, ReferenceStore, run_references
+from svfnet.shapes.stage import write_landmarks
+from svfnet.common.workdir import WorkDir, write_prepared_subject, write_subjects
 
 GRID, SPACING_MM = (64, 64, 16), (2.04, 2.04, 8.06)
 SUBJECTS, LANDMARKS = 32, 1000
@@ -49,7 +49,7 @@ def cohort(folder) -> None:
     ids = [f"b{n:02d}" for n in range(SUBJECTS)]
     for subject in ids:
         write_prepared_subject(folder, subject, empty, empty.astype(np.uint8), SPACING_MM, {"kind": "benchmark"})
-        _write_landmarks(WorkDir(folder).shapes / "landmarks" / f"{subject}.npz", subject_points(rng, template),
+        write_landmarks(WorkDir(folder).shapes / "landmarks" / f"{subject}.npz", subject_points(rng, template),
                          {"benchmark": True}, {})
     write_subjects(folder, {"subjects": [{"id": s} for s in ids], "shape": list(GRID), "spacing_mm": list(SPACING_MM)})
 

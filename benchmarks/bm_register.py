@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from benchmarks.peers import SpatialTransformer, VecInt
-from svfnet import fields
-from svfnet.model import SVFNet, SVFNetConfig
-from svfnet.registration import register
+from svfnet.ops import fields
+from svfnet.training.model import SVFNet, SVFNetConfig
+from svfnet.registration.arrays import register
 
 GRID = (64, 64, 16)
 

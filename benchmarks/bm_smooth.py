@@ -7,7 +7,7 @@ The window is LCC Log-Demons' default (σ = 5 mm on the 1.93 × 1.93 × 6.85 mm 
 - ``smooth field``: the three components of a (3, I, J, K) field (SciPy: one call a component, as
   the demons did);
 - ``local moments``: mean, variance and covariance of two images (SciPy: five smoothings of a, b,
-  a², b², ab plus the NumPy arithmetic, as ``svfnet.metrics.local_moments`` did).
+  a², b², ab plus the NumPy arithmetic, as ``svfnet.evaluation.metrics.local_moments`` did).
 
 ``svfnet 1 thread`` is the same call with torch (hence svfnet) on one thread, as SciPy runs: on a
 busy 2-core machine every OpenMP region of the 2-thread entry waits for a descheduled thread.
@@ -24,7 +24,7 @@ import pytest
 import torch
 from scipy.ndimage import gaussian_filter
 
-from svfnet import smoothing
+from svfnet.ops import smoothing
 
 GRIDS = {"64x64x16": (64, 64, 16), "128^3": (128, 128, 128)}
 SIGMA = (5.0 / 1.93, 5.0 / 1.93, 5.0 / 6.85)
@@ -36,7 +36,7 @@ def scipy_smooth(volume):
 
 
 def scipy_moments(a, b, floor_a, floor_b):
-    """svfnet.metrics.local_moments before the compiled smoothing (SciPy and NumPy, float32)."""
+    """svfnet.evaluation.metrics.local_moments before the compiled smoothing (SciPy and NumPy, float32)."""
     mean_a, mean_b = scipy_smooth(a), scipy_smooth(b)
     var_a = np.maximum(scipy_smooth(a * a) - mean_a * mean_a, 0.0) + np.float32(floor_a)
     var_b = np.maximum(scipy_smooth(b * b) - mean_b * mean_b, 0.0) + np.float32(floor_b)

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from svfnet.model import SVFNet, SVFNetConfig
-from svfnet.train import TrainConfig, train
+from svfnet.training.model import SVFNet, SVFNetConfig
+from svfnet.training.train import TrainConfig, train
 
 
 def main() -> None:

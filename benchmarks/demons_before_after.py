@@ -35,7 +35,8 @@ def worker(data: Path, pairs: int) -> None:
     import torch
 
     torch.set_num_threads(int(os.environ["SVFNET_BENCH_THREADS"]))
-    from svfnet import fields, metrics
+    from svfnet.ops import fields
+    from svfnet.evaluation import metrics
     from svfnet.baselines import lcc_demons
 
     with np.load(data) as subjects:

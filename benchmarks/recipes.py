@@ -1,10 +1,10 @@
 """Training recipes side by side: each trained on one work folder, then measured on its test pairs
 against LCC Log-Demons (issue 14's criterion).
 
-A variant is a named set of :class:`svfnet.train.TrainConfig` changes (``VARIANTS`` below). Each
+A variant is a named set of :class:`svfnet.training.train.TrainConfig` changes (``VARIANTS`` below). Each
 trains its own run ``WORKDIR/models/recipe-<variant>`` (resumed where a run was killed) and, at the
 steps given with ``--at``, registers every ordered test pair with that step's checkpoint and
-scores it as ``svfnet evaluate`` does (:func:`svfnet.metrics.evaluate_pair`, labels one-hot):
+scores it as ``svfnet evaluate`` does (:func:`svfnet.evaluation.metrics.evaluate_pair`, labels one-hot):
 per region the mean Dice and 95% Hausdorff distance, and the fraction of pairs where the variant
 beats LCC Log-Demons on Dice, on the Hausdorff distance, and on both. The LCC Log-Demons results
 are read from the folder's evaluation (``WORKDIR/evaluation/pairs.csv``: run ``svfnet evaluate``
@@ -29,11 +29,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from svfnet.metrics import evaluate_pair
-from svfnet.model import SVFNet, SVFNetConfig, read_checkpoint
-from svfnet.registration import register
-from svfnet.train import TrainConfig, run_folder, train
-from svfnet.workdir import REGIONS, read_prepared
+from svfnet.evaluation.metrics import evaluate_pair
+from svfnet.training.model import SVFNet, SVFNetConfig, read_checkpoint
+from svfnet.registration.arrays import register
+from svfnet.training.train import TrainConfig, run_folder, train
+from svfnet.common.workdir import REGIONS, read_prepared
 
 # name -> TrainConfig changes (on top of the defaults and --steps)
 VARIANTS: dict[str, dict] = {

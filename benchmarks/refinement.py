@@ -16,7 +16,7 @@ import statistics as st
 import sys
 from pathlib import Path
 
-from svfnet.evaluate import run_evaluation
+from svfnet.evaluation.evaluate import run_evaluation
 
 
 def main():

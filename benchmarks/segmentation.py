@@ -1,4 +1,4 @@
-"""Multi-atlas segmentation measured on a demo work folder: how the defaults of svfnet.segmentation
+"""Multi-atlas segmentation measured on a demo work folder: how the defaults of svfnet.segmentation.multi_atlas
 were chosen (docs/segment.md).
 
 Every validation and test subject of WORKDIR (split.json) is segmented from the training subjects
@@ -26,24 +26,25 @@ import torch
 from svfnet.data.labels import IDENTITY_LABELS
 from svfnet.data.nifti import read_nifti
 from svfnet.data.transform import resample_labels
-from svfnet.metrics import dice
-from svfnet.model import load
-from svfnet.register_nifti import OriginalImage, read_original
-from svfnet.segmentation import (
+from svfnet.evaluation.metrics import dice
+from svfnet.training.model import load
+from svfnet.registration.prepare import OriginalImage, read_original
+from svfnet.segmentation.multi_atlas import (
     DEFAULT_REFERENCES,
-    DEFAULT_SHARPNESS,
-    _argmax_labels,
-    _to_original,
-    fuse,
-    image_similarity,
-    lcc_weights,
+    probabilities_to_original,
     local_correlations,
-    normalised_entropy,
     prepare_target,
-    read_atlases,
     register_atlases,
     segment,
 )
+from svfnet.segmentation.fusion import (
+    DEFAULT_SHARPNESS,
+    argmax_labels,
+    fuse,
+    lcc_weights,
+    normalised_entropy,
+)
+from svfnet.segmentation.atlases import image_similarity, read_atlases
 
 REGION_VALUES = (1, 2, 3, 4)
 SHARPNESS = (3.0, 10.0, 30.0, 100.0, 300.0)
@@ -57,7 +58,7 @@ def _dices(labels: np.ndarray, truth: np.ndarray) -> list[float]:
 
 
 def _labels_of(probabilities: np.ndarray, prepared, values) -> np.ndarray:
-    return _argmax_labels(_to_original(probabilities, prepared.transform), values)
+    return argmax_labels(probabilities_to_original(probabilities, prepared.transform), values)
 
 
 def _lv_centre_offset_mm(prepared, truth: np.ndarray, atlases) -> float:
@@ -168,10 +169,10 @@ def main() -> None:
                 draws.append(_dices(_labels_of(fused, prepared, values), truth))
             row[f"random {count}"] = np.mean(draws, axis=0).tolist()
         # uncertainty and volumes of the default (weighted, all atlases)
-        probabilities = _to_original(
+        probabilities = probabilities_to_original(
             fuse(registrations.probabilities, lcc_weights(lcc5, DEFAULT_SHARPNESS)), prepared.transform
         )
-        labels = _argmax_labels(probabilities, values)
+        labels = argmax_labels(probabilities, values)
         uncertainty = normalised_entropy(probabilities)
         wrong = labels != truth
         row["uncertainty_wrong"] = float(uncertainty[wrong].mean())

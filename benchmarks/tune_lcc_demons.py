@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from tests.demons_fixtures import prepared_subjects
 
-    from svfnet._io import write_json
+    from svfnet.common.atomic import write_json
     from svfnet.baselines.tuning import search_lcc_demons, summary_lines
 
     with tempfile.TemporaryDirectory() as folder:

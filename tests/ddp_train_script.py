@@ -5,8 +5,8 @@ import sys
 import torch
 import torch.distributed as dist
 
-from svfnet.model import SVFNetConfig
-from svfnet.train import TrainConfig, train
+from svfnet.training.model import SVFNetConfig
+from svfnet.training.train import TrainConfig, train
 
 if __name__ == "__main__":
     workdir, out = sys.argv[1], sys.argv[2]

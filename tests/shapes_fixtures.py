@@ -1,6 +1,6 @@
 """Small synthetic hearts and prepared work folders for the shapes tests.
 
-``write_prepared`` writes the prepared layout of svfnet.workdir directly with nibabel (affine
+``write_prepared`` writes the prepared layout of svfnet.common.workdir directly with nibabel (affine
 ``diag(spacing)``, ``prepared/subjects.json``); it stands in for the data stage's writer.
 """
 

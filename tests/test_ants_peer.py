@@ -16,8 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from svfnet import fields
-from svfnet.evaluate import ANTS_DEFAULTS, METHOD_NAMES, METHODS, run_evaluation
+from svfnet.ops import fields
+from svfnet.baselines.peers import ANTS_DEFAULTS
+from svfnet.evaluation.tables import METHOD_NAMES, METHODS
+from svfnet.evaluation.evaluate import run_evaluation
 
 NEEDS_ANTS = "antspyx is not installed (optional extra: pip install 'svfnet[ants]')"
 
@@ -47,7 +49,7 @@ def _blob(centre_vox: np.ndarray) -> np.ndarray:
 
 def test_ants_syn_displacement_is_ours_voxels_pull_back(monkeypatch):
     ants = _ants()
-    from svfnet.evaluate import _ants_syn
+    from svfnet.baselines.peers import ants_syn
 
     outputs = []
     registration = ants.registration
@@ -60,7 +62,7 @@ def test_ants_syn_displacement_is_ours_voxels_pull_back(monkeypatch):
     monkeypatch.setattr(ants, "registration", keeping)
     centre = np.array([15.5, 15.5, 3.5])
     moving, fixed = _blob(centre), _blob(centre - SHIFT_VOX)
-    disp = _ants_syn(moving, fixed, SPACING_MM, **FAST)
+    disp = ants_syn(moving, fixed, SPACING_MM, **FAST)
     assert disp.shape == (3, *GRID) and disp.dtype == np.float32 and np.isfinite(disp).all()
 
     # our warp through the converted field is ANTs' warped moving image: axes, signs and millimetres
@@ -80,7 +82,7 @@ def test_ants_syn_displacement_is_ours_voxels_pull_back(monkeypatch):
     assert mean[1] == pytest.approx(SHIFT_VOX[1], abs=0.15), mean
     assert abs(mean[2]) < 0.1, mean
     # seeded, on a fixed thread count: the same field again
-    np.testing.assert_array_equal(_ants_syn(moving, fixed, SPACING_MM, **FAST), disp)
+    np.testing.assert_array_equal(ants_syn(moving, fixed, SPACING_MM, **FAST), disp)
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:
@@ -172,10 +174,10 @@ def test_missing_antspyx_is_said_before_any_work(tmp_path, monkeypatch, capsys):
 
 def test_ants_settings_are_checked():
     assert "ants_syn" in METHODS and METHODS.index("ants_syn") < METHODS.index("identity")
-    from svfnet.evaluate import _ants_settings
+    from svfnet.baselines.peers import ants_settings
 
-    assert _ants_settings(None) == {**ANTS_DEFAULTS, "iterations": list(ANTS_DEFAULTS["iterations"])}
-    assert _ants_settings({"iterations": 7})["iterations"] == [7]
+    assert ants_settings(None) == {**ANTS_DEFAULTS, "iterations": list(ANTS_DEFAULTS["iterations"])}
+    assert ants_settings({"iterations": 7})["iterations"] == [7]
     for bad in (
         {"radius": 2},
         {"iterations": []},
@@ -186,4 +188,4 @@ def test_ants_settings_are_checked():
         {"random_seed": "one"},
     ):
         with pytest.raises(ValueError, match="ants_params"):
-            _ants_settings(bad)
+            ants_settings(bad)

@@ -1,4 +1,4 @@
-"""svfnet.augment: intensity augmentation and in-plane rotation of pairs with their target SVF.
+"""svfnet.training.augment: intensity augmentation and in-plane rotation of pairs with their target SVF.
 
 References are independent of the module: SciPy resampling in float64 with the rotation written
 out here, np.rot90 for quarter turns, and the registration identity f ≈ warp(m, exp(v)) itself.
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from scipy.ndimage import gaussian_filter, map_coordinates
 
-from svfnet import fields
-from svfnet.augment import augment_intensity, rotate_in_plane
+from svfnet.ops import fields
+from svfnet.training.augment import augment_intensity, rotate_in_plane
 
 ZERO = {"bias": 0.0, "gamma": 0.0, "noise": 0.0, "contrast": 0.0}
 

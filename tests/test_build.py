@@ -10,7 +10,9 @@ import pytest
 import torch
 
 import svfnet
-from svfnet import _backend, _core, fields
+from svfnet import _core
+from svfnet.ops import backend as _backend
+from svfnet.ops import fields
 from tests.conftest import requires_cuda, smooth_field
 
 
@@ -36,11 +38,22 @@ def test_cuda_launchers_compiled_where_nvcc_was_found():
 
 
 @pytest.mark.cuda  # on the GPU machine too: make gpu-check selects it
-def test_cuda_available_means_launchers_and_a_device():
-    expected = svfnet.build_info()["cuda"] and _core.cuda_device_count() > 0
-    assert svfnet.cuda_available() == expected
-    if not svfnet.build_info()["cuda"]:
+def test_cuda_available_means_launchers_and_a_device(monkeypatch):
+    # against torch's own view of the machine where the launchers are built (an independent count)
+    if svfnet.build_info()["cuda"]:
+        assert svfnet.cuda_available() == torch.cuda.is_available()
+    else:
         assert not svfnet.cuda_available()
+    # each half of the rule alone is not enough: launchers without a device, a device without launchers
+    built = dict(_core.build_info())
+    monkeypatch.setattr(_core, "build_info", lambda: {**built, "cuda": True})
+    monkeypatch.setattr(_core, "cuda_device_count", lambda: 0)
+    assert svfnet.cuda_available() is False
+    monkeypatch.setattr(_core, "build_info", lambda: {**built, "cuda": False})
+    monkeypatch.setattr(_core, "cuda_device_count", lambda: 1)
+    assert svfnet.cuda_available() is False
+    monkeypatch.setattr(_core, "build_info", lambda: {**built, "cuda": True})
+    assert svfnet.cuda_available() is True
 
 
 def test_cpu_launchers_use_torch_thread_count(rng):

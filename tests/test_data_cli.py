@@ -7,7 +7,7 @@ import json
 import pytest
 
 from svfnet.cli import main
-from svfnet.workdir import WorkDir, read_prepared, subject_ids
+from svfnet.common.workdir import WorkDir, read_prepared, subject_ids
 from tests.data_fixtures import SUNNYBROOK, write_acdc
 
 

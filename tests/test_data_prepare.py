@@ -22,7 +22,7 @@ from svfnet.data.prepare import (
 from svfnet.data.readers import Subject, SubjectFiles, load_subject, read_dataset
 from svfnet.data.synthetic import generate_subject, write_synthetic_dataset
 from svfnet.data.transform import original_positions, read_transform, resample_labels, to_original
-from svfnet.workdir import WorkDir, read_prepared, subject_ids
+from svfnet.common.workdir import WorkDir, read_prepared, subject_ids
 from tests.data_fixtures import SUNNYBROOK, write_foreign_nifti
 
 

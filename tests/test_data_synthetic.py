@@ -434,7 +434,7 @@ def test_synth_cli_realistic(tmp_path, capsys):
     assert "--header-style needs --realistic" in capsys.readouterr().err
     assert main(["synth", str(tmp_path / "x"), "--max-voxels", "500000", "--no-progress"]) == 2
     assert not (tmp_path / "x").exists()
-    assert synth_command._HEADER_STYLES == HEADER_STYLES
+    assert synth_command.HEADER_STYLES == HEADER_STYLES
 
 
 @pytest.mark.parametrize(

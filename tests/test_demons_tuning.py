@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from svfnet import fields, metrics
+from svfnet.ops import fields
+from svfnet.evaluation import metrics
 from svfnet.baselines import lcc_demons
 from svfnet.baselines.tuning import (
     DEFAULT_GRID,
@@ -27,7 +28,7 @@ from svfnet.baselines.tuning import (
     select_configuration,
     tune_lcc_demons,
 )
-from svfnet.workdir import REGIONS, read_prepared, write_prepared_subject
+from svfnet.common.workdir import REGIONS, read_prepared, write_prepared_subject
 from tests.pipeline_fixtures import SPACING_MM, deformed_cohort, write_split
 
 REPO = Path(__file__).resolve().parents[1]
@@ -178,7 +179,7 @@ def test_bad_inputs_are_refused_before_any_work(cohort, tmp_path):
 def _hold_lock(folder: Path) -> subprocess.Popen:
     code = textwrap.dedent(f"""
         import time
-        from svfnet.locks import folder_lock
+        from svfnet.common.locks import folder_lock
         with folder_lock({str(folder)!r}):
             print("held", flush=True)
             time.sleep(300)
@@ -230,7 +231,7 @@ def test_the_command_line_writes_the_record_and_prints_the_table(cohort, capsys)
 
 
 def test_evaluation_runs_the_demons_with_the_parameters_tuned_on_the_training_pairs(tmp_path):
-    from svfnet.evaluate import run_evaluation
+    from svfnet.evaluation.evaluate import run_evaluation
 
     workdir = tmp_path / "work"
     deformed_cohort(workdir, count=6)

@@ -1,4 +1,4 @@
-"""svfnet.differentiable: exp and warp for torch autograd, against autograd through grid_sample in float64."""
+"""svfnet.ops.differentiable: exp and warp for torch autograd, against autograd through grid_sample in float64."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from svfnet import differentiable, fields
+from svfnet.ops import differentiable
+from svfnet.ops import fields
 from tests.conftest import DEVICES, smooth_field
 from tests.test_fields import torch_exp
 
@@ -66,7 +67,7 @@ def test_warp_gradient_in_the_displacement_matches_torch_autograd(rng, device, f
 
 @devices
 def test_exp_matches_the_fields_exponential_and_autograd(rng, device):
-    """Forward equal to svfnet.fields.exp; gradient against autograd through a grid_sample exponential."""
+    """Forward equal to svfnet.ops.fields.exp; gradient against autograd through a grid_sample exponential."""
     v = (rng.standard_normal((2, 3, 7, 6, 5)) * 2.0).astype(np.float32)
     weights = rng.standard_normal(v.shape).astype(np.float32)
     v_t = torch.tensor(v, device=device, requires_grad=True)

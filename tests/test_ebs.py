@@ -1,11 +1,11 @@
-"""svfnet.ebs against a dense float64 NumPy EBS written from the formula, and analytic cases."""
+"""svfnet.ops.ebs against a dense float64 NumPy EBS written from the formula, and analytic cases."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from svfnet import ebs
+from svfnet.ops import ebs
 
 
 def reference_ebs(source, displacement, points, nu=0.25, smoothing_mm=0.0):

@@ -1,4 +1,4 @@
-"""The experiment (svfnet.evaluate) and its report (svfnet.evaluation_report) on a tiny cohort.
+"""The experiment (svfnet.evaluation.evaluate) and its report (svfnet.evaluation.report) on a tiny cohort.
 
 Three test subjects on a 16×16×4 grid (6 ordered pairs), an untrained tiny SVF-Net, a few LCC
 Log-Demons iterations: the whole run takes seconds. Subject s3 lacks the RV blood pool, and no
@@ -20,16 +20,10 @@ import pytest
 import torch
 from scipy.stats import ttest_ind
 
-from svfnet.evaluate import (
-    METRICS,
-    _ordered_pairs,
-    outlier_rows,
-    run_evaluation,
-    statistics_rows,
-    summary_rows,
-)
-from svfnet.model import SVFNet, SVFNetConfig, save_checkpoint
-from svfnet.workdir import read_prepared, write_prepared_subject
+from svfnet.evaluation.tables import METRICS, outlier_rows, statistics_rows, summary_rows
+from svfnet.evaluation.evaluate import ordered_pairs, run_evaluation
+from svfnet.training.model import SVFNet, SVFNetConfig, save_checkpoint
+from svfnet.common.workdir import read_prepared, write_prepared_subject
 from tests.pipeline_fixtures import GRID, SPACING_MM, deformed_cohort, write_split
 
 # few iterations, one level, large steps: the demons move in a fraction of a second per pair
@@ -45,7 +39,7 @@ CHROMIUM = next(
 
 
 def _tiny_checkpoint(path: Path) -> Path:
-    from svfnet.train import TrainConfig
+    from svfnet.training.train import TrainConfig
 
     torch.manual_seed(0)
     config = SVFNetConfig(widths=(4, 8, 8, 8), grid=GRID, spacing_mm=SPACING_MM)
@@ -194,7 +188,7 @@ def test_rerun_skips_finished_pairs_and_redoes_changed_ones(evaluated, tmp_path)
         _read_csv(workdir / "evaluation" / "pairs.csv")
     )
     # a subject prepared again (same id, new labels): every pair it is in is computed again
-    from svfnet.workdir import read_prepared, write_prepared_subject
+    from svfnet.common.workdir import read_prepared, write_prepared_subject
 
     subject = read_prepared(copy, "s3")
     relabelled = np.where(subject.labels == 1, 0, subject.labels).astype(subject.labels.dtype)
@@ -257,8 +251,8 @@ def test_bad_arguments(tmp_path):
 
 def test_max_pairs_spreads_over_all_pairs():
     subjects = [f"s{n}" for n in range(5)]
-    assert len(_ordered_pairs(subjects, None)) == 20
-    chosen = _ordered_pairs(subjects, 5)
+    assert len(ordered_pairs(subjects, None)) == 20
+    chosen = ordered_pairs(subjects, 5)
     assert len(chosen) == 5 and len({moving for moving, _ in chosen}) == 5
 
 
@@ -415,7 +409,7 @@ def test_report_renders_in_headless_chromium(evaluated, tmp_path):
 
 
 def test_statistics_in_plain_words():
-    from svfnet.evaluation_report import statistics_sentences
+    from svfnet.evaluation.report import statistics_sentences
 
     row = {
         "baseline": "lcc_demons",
@@ -461,7 +455,8 @@ def test_pipeline_stage_gets_report_and_headline(evaluated, tmp_path, monkeypatc
     """The contract with `svfnet run`: its evaluate stage calls run_evaluation and prints these keys."""
     import functools
 
-    from svfnet import evaluate, pipeline
+    from svfnet import pipeline
+    from svfnet.evaluation import evaluate
 
     # the fixture's quick demons parameters, so that every record on disk is reused; no report (the
     # main test checks it), which keeps this test to the contract: the keys the pipeline prints
@@ -477,7 +472,7 @@ def test_pipeline_stage_gets_report_and_headline(evaluated, tmp_path, monkeypatc
     (copy / "models" / "svfnet").mkdir(parents=True)
     shutil.copy(checkpoint, copy / "models" / "svfnet" / "checkpoint.pt")
     config = pipeline.load_config(overrides={"run": {"workers": 1}})
-    result = pipeline._STAGE_FUNCTIONS["evaluate"](pipeline._Context(copy, config, False), False)
+    result = pipeline.STAGE_FUNCTIONS["evaluate"](pipeline.StageContext(copy, config, False), False)
     json.dumps(result)
     assert isinstance(result["report"], str) and result["headline"]
     assert any("LV myocardium" in line for line in result["headline"])
@@ -487,7 +482,7 @@ def test_pipeline_stage_gets_report_and_headline(evaluated, tmp_path, monkeypatc
 def test_statistics_compare_the_methods_on_the_same_pairs():
     """A baseline that fails on the hard pairs must not look better on average: means, medians and
     the test are taken over the pairs both methods have."""
-    from svfnet.evaluate import METRIC_KEYS
+    from svfnet.evaluation.metrics import METRIC_KEYS
 
     difficulty = np.linspace(0.5, 0.95, 40)
     rows = []
@@ -531,8 +526,9 @@ def test_a_gpu_machine_with_a_cpu_only_build_evaluates_on_the_cpu(tmp_path, monk
 
 
 def test_svfnet_with_refinement_is_a_method_of_every_table(tmp_path):
-    from svfnet import fields, metrics
-    from svfnet.registration import register
+    from svfnet.ops import fields
+    from svfnet.evaluation import metrics
+    from svfnet.registration.arrays import register
 
     checkpoint = _cohort(tmp_path)
     quick = {"iterations": (2, 3)}
@@ -558,8 +554,9 @@ def test_svfnet_with_refinement_is_a_method_of_every_table(tmp_path):
     warped = np.asarray(fields.warp_labels(moving.labels, refined.displacement))
     row = next(r for r in rows if (r["moving"], r["fixed"], r["name"]) == ("s1", "s2", "LV myocardium"))
     assert float(row["dice"]) == pytest.approx(metrics.dice(warped == 2, fixed.labels == 2), abs=1e-6)
-    network = [r for r in _read_csv(folder / "pairs.csv") if r["method"] == "svfnet"]
-    assert float(row["seconds"]) > float(next(r for r in network if r["moving"] == "s1")["seconds"])
+    # its time (network + demons) is recorded; comparing it with the plain network's time would be a timing
+    # assertion: under load a cold forward pass took 1.2 s against 0.3 s for the whole refined pair
+    assert 0.0 < float(row["seconds"]) < math.inf
     statistics = _read_csv(folder / "statistics.csv")
     assert {(r["method"], r["baseline"]) for r in statistics} == {
         ("svfnet", "svfnet_refined"),

@@ -1,4 +1,4 @@
-"""svfnet.fields against independent float64 references (SciPy, NumPy, RK4 flows, analytic cases)."""
+"""svfnet.ops.fields against independent float64 references (SciPy, NumPy, RK4 flows, analytic cases)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 from scipy.integrate import solve_ivp
 from scipy.ndimage import map_coordinates
 
-from svfnet import fields
+from svfnet.ops import fields
 from tests.conftest import GRIDS, KINDS, as_numpy, grid_positions, sample_clamped, smooth_field, to_kind
 
 kinds = pytest.mark.parametrize("kind,device", KINDS, ids=[f"{k}-{d}" for k, d in KINDS])
@@ -222,13 +222,13 @@ def torch_exp(v: torch.Tensor, steps: int) -> torch.Tensor:
 
 def exp_and_gradient(kind, device, v: np.ndarray, grad_exp: np.ndarray):
     """Our exp(v) and ∂L/∂v for L = <grad_exp, exp(v)>, through the compiled levels and adjoint."""
-    from svfnet._backend import backend_of
+    from svfnet.ops.backend import backend_of
 
     backend = backend_of("test", v=to_kind(v, kind, device))
     v5 = backend.to_compute("test", "v", to_kind(v, kind, device), "float32")
     g5 = backend.to_compute("test", "g", to_kind(grad_exp, kind, device), "float32")
-    levels, exp_v, steps = fields._exp5_levels(backend, v5)
-    return as_numpy(exp_v), as_numpy(fields._exp_vjp5(backend, v5, levels, g5, steps)), steps
+    levels, exp_v, steps = fields.exp_batched_with_levels(backend, v5)
+    return as_numpy(exp_v), as_numpy(fields.exp_batched_vjp(backend, v5, levels, g5, steps)), steps
 
 
 @kinds

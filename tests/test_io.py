@@ -11,11 +11,11 @@ import textwrap
 
 import pytest
 
-from svfnet._io import _host_token, atomic_path, remove_stale_temporaries, write_json
+from svfnet.common.atomic import host_token, atomic_path, remove_stale_temporaries, write_json
 
 KILLED_WRITER = """
 import os, signal, sys
-from svfnet._io import atomic_path
+from svfnet.common.atomic import atomic_path
 with atomic_path(sys.argv[1]) as temporary:
     temporary.write_bytes(b"half written")
     print(temporary.name, flush=True)
@@ -40,7 +40,7 @@ def test_a_killed_writer_s_temporary_file_is_removed_by_the_next_writer(tmp_path
     assert writer.returncode == -signal.SIGKILL, writer.stderr
     left = target.parent / writer.stdout.strip()
     assert left.is_file() and not target.exists()
-    assert left.name.startswith(f".model.pt.{_host_token()}-") and left.name.endswith(".tmp.pt")
+    assert left.name.startswith(f".model.pt.{host_token()}-") and left.name.endswith(".tmp.pt")
 
     write_json(target.parent / "summary.json", {"done": True})  # another file of the folder
 
@@ -49,7 +49,7 @@ def test_a_killed_writer_s_temporary_file_is_removed_by_the_next_writer(tmp_path
 
 
 def test_only_temporary_files_of_gone_writers_on_this_machine_are_removed(tmp_path):
-    host, dead = _host_token(), _dead_pid()
+    host, dead = host_token(), _dead_pid()
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     try:
         names = {

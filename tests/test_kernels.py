@@ -1,4 +1,4 @@
-"""svfnet.kernels against float64 NumPy references and torch.autograd's numerical checks."""
+"""svfnet.ops.kernels against float64 NumPy references and torch.autograd's numerical checks."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from svfnet import kernels
+from svfnet.ops import kernels
 from tests.conftest import requires_cuda
 
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from svfnet import fields, metrics
+from svfnet.ops import fields
+from svfnet.evaluation import metrics
 from svfnet.baselines import lcc_demons
 from svfnet.baselines.lcc_demons import LCCDemonsParams
 from tests.demons_fixtures import deformed_copy, known_svf, prepared_subjects
@@ -93,7 +94,7 @@ def test_torch_in_torch_out_and_parameter_overrides(subjects):
     ],
 )
 def test_pyramid_respects_anisotropy_and_minimum_size(shape, spacing, expected):
-    grids = lcc_demons._pyramid(shape, spacing, 3, 8)
+    grids = lcc_demons.pyramid(shape, spacing, 3, 8)
     assert [g[0] for g in grids] == expected
     for (n, s), (n_coarse, s_coarse) in zip(grids, grids[1:], strict=False):
         for a in range(3):  # the coarse grid spans the same extent, corners aligned
@@ -129,7 +130,7 @@ def test_demons_command_writes_the_svf_and_warped_images(cohort, tmp_path, capsy
     from svfnet.cli import main
     from svfnet.commands.demons import read_field
     from svfnet.data.nifti import read_nifti
-    from svfnet.workdir import WorkDir
+    from svfnet.common.workdir import WorkDir
 
     workdir, subjects = cohort
     folder = WorkDir(workdir)

@@ -1,4 +1,4 @@
-"""svfnet.metrics against hand-computed cases, brute-force float64 references and SimpleITK."""
+"""svfnet.evaluation.metrics against hand-computed cases, brute-force float64 references and SimpleITK."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import torch
 from scipy.ndimage import binary_erosion, generate_binary_structure
 from scipy.spatial.distance import cdist
 
-from svfnet import fields, metrics
+from svfnet.ops import fields
+from svfnet.evaluation import metrics
 
 SPACING = (1.5, 1.2, 4.0)  # anisotropic, unequal in every axis: catches axis mix-ups
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from svfnet import model as model_module
-from svfnet.model import SVFNet, SVFNetConfig, load, save_checkpoint
+from svfnet.training import model as model_module
+from svfnet.training.model import SVFNet, SVFNetConfig, load, save_checkpoint
 
 
 @pytest.mark.parametrize("grid", [(16, 16, 4), (64, 64, 16), (24, 40, 6)])

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from svfnet.parallel import run_tasks
+from svfnet.common.parallel import run_tasks
 
 pytestmark = pytest.mark.skipif(
     not Path("/proc/self/stat").exists(), reason="reads processes from /proc (Linux)"
@@ -44,7 +44,7 @@ def task(marker):
 # a subcommand added through cli.COMMAND_MODULES, as every svfnet command is, whose work is a pool
 # of two sleeping tasks
 COMMAND_MODULE = """
-from svfnet.parallel import run_tasks
+from svfnet.common.parallel import run_tasks
 
 import slow_task
 

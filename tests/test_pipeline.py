@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+
 import json
 
 import pytest
@@ -91,7 +93,21 @@ def test_demo_quick_end_to_end_then_skips_everything(tmp_path, capsys):
     out = capsys.readouterr().out
     report = workdir / "evaluation" / "report.html"
     assert report.is_file() and f"report: {report}" in out
-    assert "LV myocardium: SVF-Net" in out and "median time per registration" in out
+    # the printed headline carries the summary's values, not only its words
+    summary = {
+        (row["method"], row["name"], row["metric"]): row
+        for row in csv.DictReader((workdir / "evaluation" / "summary.csv").open())
+    }
+    for line in out.splitlines():
+        if line.startswith("  LV myocardium: "):
+            printed = dict(part.rsplit(" ", 1) for part in line.split(": ", 1)[1].split(", "))
+            break
+    else:
+        raise AssertionError(f"no LV myocardium line in:\n{out}")
+    assert float(printed["SVF-Net"]) == pytest.approx(float(summary[("svfnet", "LV myocardium", "dice")]["mean"]), abs=5e-4)
+    lcc = float(summary[("lcc_demons", "LV myocardium", "dice")]["mean"])
+    assert float(printed["LCC Log-Demons"]) == pytest.approx(lcc, abs=5e-4) and 0.0 < lcc <= 1.0
+    assert "median time per registration" in out
     for stage in ("data", "prepare", "split", "shapes", "references", "train", "evaluate"):
         assert f"[{stage}] ran" in out
     assert main(["demo", "--quick", "--workdir", str(workdir), "--no-progress"]) == 0
@@ -100,7 +116,7 @@ def test_demo_quick_end_to_end_then_skips_everything(tmp_path, capsys):
 
 
 def test_pipeline_killed_during_training_resumes(tmp_path, monkeypatch):
-    import svfnet.train as train_module
+    import svfnet.training.train as train_module
     from svfnet.pipeline import demo_config
 
     config = demo_config(quick=True)

@@ -6,14 +6,13 @@ import json
 
 import numpy as np
 import pytest
-from scipy.ndimage import gaussian_filter
 
-from svfnet import fields
-from svfnet.ebs import fit_ebs
-from svfnet.references import ReferenceParameters, ReferenceStore, run_references
+from svfnet.ops import fields
+from svfnet.ops.ebs import fit_ebs
+from svfnet.references.stage import ReferenceParameters, ReferenceStore, run_references
 from svfnet.shapes.lddmm import LddmmParameters, control_point_grid, geodesic_flow
-from svfnet.shapes.stage import _write_landmarks
-from svfnet.workdir import WorkDir
+from svfnet.shapes.stage import write_landmarks
+from svfnet.common.workdir import WorkDir
 from tests.test_fields import lands_inside
 from tests.pipeline_fixtures import GRID, SPACING_MM, deformed_cohort, write_split
 
@@ -21,14 +20,14 @@ from tests.pipeline_fixtures import GRID, SPACING_MM, deformed_cohort, write_spl
 EBS = ReferenceParameters(deformation="ebs")  # the elastic body spline through the landmarks
 
 
-def write_landmarks(workdir, subjects, rng):
+def write_cohort_landmarks(workdir, subjects, rng):
     """Landmarks spread over the heart region, moved smoothly per subject (mm)."""
     base = rng.uniform([12, 12, 5], [48, 48, 25], size=(60, 3))
     points = {}
     for n, subject in enumerate(subjects):
         shift = 2.0 * np.sin(base[:, [1, 0, 2]] / 15.0 + n) * np.array([1.0, 1.0, 0.2]) if n else 0.0
         points[subject] = base + shift
-        _write_landmarks(WorkDir(workdir).shapes / "landmarks" / f"{subject}.npz", points[subject], {"test": True}, {})
+        write_landmarks(WorkDir(workdir).shapes / "landmarks" / f"{subject}.npz", points[subject], {"test": True}, {})
     return points
 
 
@@ -36,7 +35,7 @@ def write_flows(workdir, momenta, landmarks_template_mm):
     """The shapes stage's output for known LDDMM flows: ``momenta`` {subject: (Q, 3) or None for the
     template} on a control grid over the test grid, landmarks flowed from ``landmarks_template_mm``.
     Returns {subject: GeodesicFlow or None}."""
-    from svfnet._io import write_json
+    from svfnet.common.atomic import write_json
 
     parameters = LddmmParameters()
     control = control_point_grid(np.array([[0.0, 0.0, 0.0], np.subtract(GRID, 1) * SPACING_MM]), 20.0, 10.0)
@@ -49,10 +48,10 @@ def write_flows(workdir, momenta, landmarks_template_mm):
         path = WorkDir(workdir).shapes / "landmarks" / f"{subject}.npz"
         if p is None:  # the template: its own landmarks, no momenta (as the shapes stage writes it)
             flows[subject] = None
-            _write_landmarks(path, landmarks_template_mm, {}, {})
+            write_landmarks(path, landmarks_template_mm, {}, {})
             continue
         flows[subject] = geodesic_flow(control, p, parameters)
-        _write_landmarks(path, flows[subject].transform_points(landmarks_template_mm), {},
+        write_landmarks(path, flows[subject].transform_points(landmarks_template_mm), {},
                          {"momenta": p, "control_points_mm": control})
     return flows
 
@@ -83,7 +82,7 @@ def workdir(tmp_path):
 
 
 def test_references_for_all_ordered_pairs_match_the_splines(workdir):
-    points = write_landmarks(workdir, ["s0", "s1", "s2", "s3"], np.random.default_rng(0))
+    points = write_cohort_landmarks(workdir, ["s0", "s1", "s2", "s3"], np.random.default_rng(0))
     summary = run_references(workdir, parameters=EBS, workers=1, progress=False)
     assert summary.pairs == 12 and summary.fixed_done == 4 and summary.folded == 0
     store = ReferenceStore(workdir)
@@ -107,7 +106,7 @@ def test_references_for_all_ordered_pairs_match_the_splines(workdir):
 
 
 def test_references_resume_and_refuse_mixed_parameters(workdir):
-    write_landmarks(workdir, ["s0", "s1", "s2", "s3"], np.random.default_rng(1))
+    write_cohort_landmarks(workdir, ["s0", "s1", "s2", "s3"], np.random.default_rng(1))
     first = run_references(workdir, subjects=["s0", "s1", "s2"], parameters=EBS, workers=1, progress=False)
     assert first.fixed_done == 3
     svf_file = WorkDir(workdir).references / "svf" / "s0.npy"
@@ -122,7 +121,7 @@ def test_references_resume_and_refuse_mixed_parameters(workdir):
 def test_references_recompute_what_changed(workdir):
     """A record is kept only for the same moving subjects and the same landmarks: another subject
     list or a re-run of the shapes stage recomputes the fixed subjects concerned, and only those."""
-    points = write_landmarks(workdir, ["s0", "s1", "s2", "s3"], np.random.default_rng(2))
+    points = write_cohort_landmarks(workdir, ["s0", "s1", "s2", "s3"], np.random.default_rng(2))
     run_references(workdir, subjects=["s0", "s1", "s2"], parameters=EBS, workers=1, progress=False)
     wider = run_references(workdir, subjects=["s0", "s1", "s2", "s3"], parameters=EBS, workers=1, progress=False)
     assert wider.fixed_done == 4 and wider.pairs == 12  # every fixed subject gained a moving one
@@ -130,7 +129,7 @@ def test_references_recompute_what_changed(workdir):
     assert sorted(store.pairs()) == sorted((m, f) for m in points for f in points if m != f)
     # new landmarks for s3 change the pairs of every fixed subject (s3 is a moving one of each)
     moved = points["s3"] + np.array([1.5, -1.0, 0.5])
-    _write_landmarks(WorkDir(workdir).shapes / "landmarks" / "s3.npz", moved, {"test": True}, {})
+    write_landmarks(WorkDir(workdir).shapes / "landmarks" / "s3.npz", moved, {"test": True}, {})
     again = run_references(workdir, subjects=["s0", "s1", "s2", "s3"], parameters=EBS, workers=1, progress=False)
     assert again.fixed_done == 4 and again.fixed_skipped == 0
     u = fit_ebs(points["s0"], moved - points["s0"]).on_grid(GRID, SPACING_MM)
@@ -150,12 +149,12 @@ def test_references_recompute_what_changed(workdir):
     ("nan", "subject 's1' have non-finite"),
 ])
 def test_references_check_inputs_before_any_work(workdir, problem, message):
-    points = write_landmarks(workdir, ["s0", "s1", "s2", "s3"], np.random.default_rng(3))
+    points = write_cohort_landmarks(workdir, ["s0", "s1", "s2", "s3"], np.random.default_rng(3))
     subjects = ["s0", "s1", "s2", "s3"]
     if problem == "unknown":
         subjects.append("nobody")
     elif problem == "count":
-        _write_landmarks(WorkDir(workdir).shapes / "landmarks" / "s2.npz", points["s2"][:59], {}, {})
+        write_landmarks(WorkDir(workdir).shapes / "landmarks" / "s2.npz", points["s2"][:59], {}, {})
     else:
         broken = points["s1"].copy()
         if problem == "repeat":
@@ -164,7 +163,7 @@ def test_references_check_inputs_before_any_work(workdir, problem, message):
             broken[:, 2] = 10.0
         else:
             broken[3, 1] = np.nan
-        _write_landmarks(WorkDir(workdir).shapes / "landmarks" / "s1.npz", broken, {}, {})
+        write_landmarks(WorkDir(workdir).shapes / "landmarks" / "s1.npz", broken, {}, {})
     with pytest.raises(ValueError, match=message):
         run_references(workdir, subjects=subjects, parameters=ReferenceParameters(deformation="ebs", nu=0.3),
                        workers=1, progress=False)
@@ -178,7 +177,7 @@ def test_references_report_folds(workdir):
     crossed = base.copy()
     crossed[:, 0] = 60 - crossed[:, 0]  # a mirror: id + u must fold
     for subject, pts in (("s0", base), ("s1", crossed)):
-        _write_landmarks(WorkDir(workdir).shapes / "landmarks" / f"{subject}.npz", pts, {}, {})
+        write_landmarks(WorkDir(workdir).shapes / "landmarks" / f"{subject}.npz", pts, {}, {})
     summary = run_references(workdir, subjects=["s0", "s1"], parameters=EBS, workers=1, progress=False)
     assert summary.folded == 2 and summary.usable == 0 and summary.excluded["folded"] == 2
     store = ReferenceStore(workdir)
@@ -199,7 +198,7 @@ def test_references_on_dask_equal_the_local_ones(workdir, tmp_path, deformation)
 
     def shapes(folder):
         if deformation == "ebs":
-            write_landmarks(folder, ["s0", "s1", "s2", "s3"], np.random.default_rng(4))
+            write_cohort_landmarks(folder, ["s0", "s1", "s2", "s3"], np.random.default_rng(4))
         else:
             write_flows(folder, random_momenta(4, 3.0), np.random.default_rng(4).uniform(12, 40, size=(60, 3)))
 
@@ -221,7 +220,7 @@ def test_references_on_dask_equal_the_local_ones(workdir, tmp_path, deformation)
 
 def test_shared_arrays_are_scattered_once():
     """Tasks sharing a subject's landmarks send them to a Dask cluster once (not once per task)."""
-    from svfnet.parallel import _scatter_shared_arrays
+    from svfnet.common.parallel import scatter_shared_arrays
 
     class RecordingClient:
         def __init__(self):
@@ -234,7 +233,7 @@ def test_shared_arrays_are_scattered_once():
     shared, own = np.zeros(3), np.ones(2)
     tasks = [{"fixed": shared, "moving": [own, shared], "n": 1}, {"fixed": shared, "moving": (np.ones(1),), "n": 2}]
     client = RecordingClient()
-    out = _scatter_shared_arrays(client, tasks)
+    out = scatter_shared_arrays(client, tasks)
     assert len(client.scattered) == 1 and client.scattered[0] is shared
     assert out[0] == {"fixed": "future-0", "moving": [own, "future-0"], "n": 1}
     assert out[1]["fixed"] == "future-0" and isinstance(out[1]["moving"], tuple) and out[1]["n"] == 2
@@ -248,7 +247,7 @@ def test_the_store_refuses_what_float16_cannot_hold(workdir, tmp_path):
     points = {"s0": base, "s1": base + np.array([1.0, -2.0, 0.5]),
               "s2": base + 70_000.0 * np.array(SPACING_MM) * np.array([1.0, 0.0, 0.0])}
     for subject, pts in points.items():
-        _write_landmarks(WorkDir(workdir).shapes / "landmarks" / f"{subject}.npz", pts, {}, {})
+        write_landmarks(WorkDir(workdir).shapes / "landmarks" / f"{subject}.npz", pts, {}, {})
     summary = run_references(workdir, subjects=["s0", "s1", "s2"], parameters=EBS, workers=1, progress=False)
     assert summary.pairs == 6 and summary.usable == 2 and summary.excluded["out of range"] == 4
     store = ReferenceStore(workdir)
@@ -264,7 +263,7 @@ def test_the_store_refuses_what_float16_cannot_hold(workdir, tmp_path):
     as_float32 = tmp_path / "float32"
     deformed_cohort(as_float32, count=3)
     for subject, pts in points.items():
-        _write_landmarks(WorkDir(as_float32).shapes / "landmarks" / f"{subject}.npz", pts, {}, {})
+        write_landmarks(WorkDir(as_float32).shapes / "landmarks" / f"{subject}.npz", pts, {}, {})
     float32 = ReferenceParameters(deformation="ebs", dtype="float32")
     summary = run_references(as_float32, subjects=["s0", "s2"], parameters=float32, workers=1, progress=False)
     assert summary.usable == 2 and summary.excluded["out of range"] == 0
@@ -273,7 +272,7 @@ def test_the_store_refuses_what_float16_cannot_hold(workdir, tmp_path):
 
 @pytest.mark.parametrize("case", ["non-finite", "not converged", "usable"])
 def test_each_reason_is_recorded_and_only_storable_svfs_are_stored(case):
-    from svfnet.references import _reference
+    from svfnet.references.stage import reference_svf
     from tests.pipeline_fixtures import smooth_svf
 
     v = smooth_svf(np.random.default_rng(6), 2.0)
@@ -282,7 +281,7 @@ def test_each_reason_is_recorded_and_only_storable_svfs_are_stored(case):
     if case == "non-finite":
         u[0, 3, 4, 1] = np.inf
     out = np.zeros(u.shape, np.float16)
-    record = _reference(u, parameters, out)
+    record = reference_svf(u, parameters, out)
     assert record["excluded"] == (None if case == "usable" else case)
     assert np.isfinite(out).all()
     if case == "non-finite":
@@ -321,7 +320,7 @@ def test_stores_of_the_previous_format_read_with_reasons_and_are_not_extended(wo
     assert store.pairs(max_residual_vox=2.0) == [("s1", "s0"), ("s4", "s0")]
     with pytest.raises(ValueError, match="non-finite values.*run `svfnet references` again"):
         store.svf("s2", "s0")
-    write_landmarks(workdir, ["s0", "s1", "s2", "s3"], np.random.default_rng(7))
+    write_cohort_landmarks(workdir, ["s0", "s1", "s2", "s3"], np.random.default_rng(7))
     with pytest.raises(ValueError, match="older svfnet.*store format 1"):
         run_references(workdir, workers=1, progress=False)
 
@@ -370,11 +369,11 @@ def test_lddmm_references_hold_where_the_spline_folds(workdir):
 
 
 def test_lddmm_references_need_the_flows(workdir):
-    write_landmarks(workdir, ["s0", "s1", "s2", "s3"], np.random.default_rng(9))  # landmarks without momenta
+    write_cohort_landmarks(workdir, ["s0", "s1", "s2", "s3"], np.random.default_rng(9))  # landmarks without momenta
     with pytest.raises(FileNotFoundError, match="config.json not found: run `svfnet shapes`"):
         run_references(workdir, workers=1, progress=False)
     write_flows(workdir, random_momenta(9, 3.0), np.random.default_rng(9).uniform(10, 40, size=(60, 3)))
     without = WorkDir(workdir).shapes / "landmarks" / "s2.npz"
-    _write_landmarks(without, np.random.default_rng(9).uniform(10, 40, (60, 3)), {}, {})
+    write_landmarks(without, np.random.default_rng(9).uniform(10, 40, (60, 3)), {}, {})
     with pytest.raises(ValueError, match="no LDDMM momenta for subject 's2'"):
         run_references(workdir, workers=1, progress=False)

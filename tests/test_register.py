@@ -1,4 +1,4 @@
-"""svfnet.register (svfnet.registration): one pass, one exponential, one warp, with checked inputs."""
+"""svfnet.register (svfnet.registration.arrays): one pass, one exponential, one warp, with checked inputs."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from svfnet import fields
-from svfnet.model import SVFNet, SVFNetConfig, save_checkpoint
-from svfnet.registration import register
+from svfnet.ops import fields
+from svfnet.training.model import SVFNet, SVFNetConfig, save_checkpoint
+from svfnet.registration.arrays import register
 from tests.pipeline_fixtures import heart
 
 
@@ -78,7 +78,7 @@ def test_register_bad_inputs(model):
 
 def test_refinement_is_lcc_demons_started_from_the_network_svf(model):
     from svfnet.baselines import lcc_demons
-    from svfnet.registration import REFINEMENT
+    from svfnet.registration.arrays import REFINEMENT
 
     image, labels = heart()
     moving, fixed = image, np.roll(image, 1, axis=0)
@@ -101,7 +101,7 @@ def test_refinement_is_lcc_demons_started_from_the_network_svf(model):
 
 
 def test_bad_refinement_settings_are_refused_before_any_work(model, monkeypatch):
-    from svfnet import registration
+    from svfnet.registration import arrays as registration
 
     image, _ = heart()
     monkeypatch.setattr(registration, "predict_svf", lambda *a, **k: pytest.fail("the network ran"))

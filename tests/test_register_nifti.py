@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -14,12 +13,14 @@ import pytest
 import torch
 from scipy.ndimage import map_coordinates
 
-from svfnet import fields
+from svfnet.ops import fields
 from svfnet.cli import main
 from svfnet.data.nifti import write_nifti
 from svfnet.data.synthetic import generate_subject
-from svfnet.model import SVFNet, SVFNetConfig, save_checkpoint
-from svfnet.register_nifti import output_paths, read_pairs, rigid_prealignment
+from svfnet.training.model import SVFNet, SVFNetConfig, save_checkpoint
+from svfnet.registration.files import output_paths
+from svfnet.registration.pairs import read_pairs
+from svfnet.registration.rigid import rigid_prealignment
 from tests.conftest import requires_cuda
 
 GRID = (64, 64, 16)
@@ -83,7 +84,7 @@ def _load(path: Path) -> tuple[np.ndarray, np.ndarray, nib.Nifti1Header]:
     return np.asanyarray(image.dataobj), image.affine, image.header
 
 
-def _world(affine: np.ndarray, voxels: np.ndarray) -> np.ndarray:
+def world_points(affine: np.ndarray, voxels: np.ndarray) -> np.ndarray:
     """World mm of voxel positions ``(3, ...)``."""
     flat = voxels.reshape(3, -1)
     return (affine[:3, :3] @ flat + affine[:3, 3:]).reshape(voxels.shape)
@@ -92,7 +93,7 @@ def _world(affine: np.ndarray, voxels: np.ndarray) -> np.ndarray:
 def _sample_world(path: Path, world: np.ndarray) -> np.ndarray:
     """Trilinear samples of a NIfTI volume at world points ``(3, ...)`` (its own affine; 0 outside)."""
     volume, affine, _ = _load(path)
-    voxels = _world(np.linalg.inv(affine), world)
+    voxels = world_points(np.linalg.inv(affine), world)
     return map_coordinates(volume.astype(np.float64), voxels, order=1, mode="constant", cval=0.0)
 
 
@@ -143,13 +144,13 @@ def test_outputs_sit_where_their_affines_say(data, runs, path):
     outputs = output_paths(runs[path], with_labels=path == "labels")
     prepared_affine = _load(outputs["fixed_prepared"])[1]
     inner = np.indices(GRID, dtype=np.float64)[:, 8:-8, 8:-8, 2:-2]
-    world = _world(prepared_affine, inner)
+    world = world_points(prepared_affine, inner)
     # the prepared fixed image is the fixed original read at its voxels' world positions
     fixed_prepared = _load(outputs["fixed_prepared"])[0][8:-8, 8:-8, 2:-2]
     assert _correlation(fixed_prepared, _sample_world(data / "s1.nii.gz", world)) > 0.9
     # likewise the prepared moving image, on the moving image's own prepared grid
     moving_prepared, moving_affine, _ = _load(outputs["moving_prepared"])
-    moving_world = _world(moving_affine, inner)
+    moving_world = world_points(moving_affine, inner)
     assert (
         _correlation(moving_prepared[8:-8, 8:-8, 2:-2], _sample_world(data / "s0.nii.gz", moving_world)) > 0.9
     )
@@ -163,12 +164,12 @@ def test_outputs_sit_where_their_affines_say(data, runs, path):
     assert _correlation(pulled[8:-8, 8:-8, 2:-2], warped) > 0.99
     # the world-mm displacement on the original grid reads the moving original into warped_original
     fixed, fixed_affine, _ = _load(data / "s1.nii.gz")
-    grid_world = _world(fixed_affine, np.indices(fixed.shape, dtype=np.float64))
+    grid_world = world_points(fixed_affine, np.indices(fixed.shape, dtype=np.float64))
     moved = grid_world + np.moveaxis(_load(outputs["displacement_original"])[0], -1, 0)
     warped_original = _load(outputs["warped_original"])[0]
     sampled = _sample_world(data / "s0.nii.gz", moved)
     moving_shape = np.array(_load(data / "s0.nii.gz")[0].shape, np.float64).reshape(3, 1, 1, 1)
-    moved_voxels = _world(np.linalg.inv(_load(data / "s0.nii.gz")[1]), moved)
+    moved_voxels = world_points(np.linalg.inv(_load(data / "s0.nii.gz")[1]), moved)
     covered = np.all((moved_voxels >= 0) & (moved_voxels <= moving_shape - 1), axis=0)  # away from the border
     assert covered.mean() > 0.5
     np.testing.assert_allclose(sampled[covered], warped_original[covered], atol=1e-3 * float(fixed.max()))
@@ -176,7 +177,7 @@ def test_outputs_sit_where_their_affines_say(data, runs, path):
     svf = np.moveaxis(_load(outputs["svf"])[0], -1, 0).astype(np.float64)
     svf_world = np.moveaxis(_load(outputs["svf_original"])[0], -1, 0)
     centre = np.array([n // 2 for n in fixed.shape], dtype=np.float64)
-    at_prepared = _world(np.linalg.inv(prepared_affine), _world(fixed_affine, centre[:, None]))
+    at_prepared = world_points(np.linalg.inv(prepared_affine), world_points(fixed_affine, centre[:, None]))
     expected = prepared_affine[:3, :3] @ np.array([map_coordinates(c, at_prepared, order=1)[0] for c in svf])
     np.testing.assert_allclose(svf_world[(slice(None), *centre.astype(int))], expected, atol=1e-3)
 
@@ -218,7 +219,7 @@ def test_image_preparation_without_labels_is_the_training_preparation():
     from svfnet.data.labels import IDENTITY_LABELS
     from svfnet.data.prepare import canonical_frame, cohort_grid, heart_extent, prepare_subject
     from svfnet.data.readers import Subject, SubjectFiles
-    from svfnet.register_nifti import OriginalImage, _prepare_image
+    from svfnet.registration.prepare import OriginalImage, prepare_image
 
     synthetic = generate_subject(3, 1)
     files = SubjectFiles("s", Path("s.nii.gz"), Path("s_gt.nii.gz"), IDENTITY_LABELS, "files")
@@ -234,7 +235,7 @@ def test_image_preparation_without_labels_is_the_training_preparation():
     grid = cohort_grid([heart_extent(subject, frame)], GRID, SPACING_MM)
     expected = prepare_subject(subject, frame, grid)
     original = OriginalImage(subject.image, subject.affine, None, None, Path("s.nii.gz"), None)
-    image, record = _prepare_image(original, frame, grid, "fixed")
+    image, record = prepare_image(original, frame, grid, "fixed")
     np.testing.assert_array_equal(image, expected.image)
     np.testing.assert_allclose(
         record["prepared_to_original_voxel"], expected.transform["prepared_to_original_voxel"]
@@ -242,7 +243,7 @@ def test_image_preparation_without_labels_is_the_training_preparation():
 
 
 def test_batch_registers_pairs_with_one_loaded_model(data, tmp_path, monkeypatch):
-    import svfnet.register_nifti as module
+    import svfnet.training.model as module  # as_model, the one place a checkpoint path becomes a model
 
     loads = []
     original_load = module.load
@@ -386,8 +387,8 @@ def test_existing_outputs_are_kept_without_force(data, runs, capsys):
 
 
 def test_python_api_matches_the_prepared_registration(data):
-    from svfnet.registration import register
-    from svfnet.register_nifti import register_nifti
+    from svfnet.registration.arrays import register
+    from svfnet.registration.files import register_nifti
 
     result = register_nifti(
         data / "s0.nii.gz",
@@ -485,8 +486,8 @@ def test_acdc_headers_register_in_their_true_geometry_and_the_record_names_every
 
 def test_refine_runs_lcc_demons_from_the_network_svf_and_says_so(data, tmp_path, capsys):
     from svfnet.baselines import lcc_demons
-    from svfnet.register_nifti import register_nifti
-    from svfnet.registration import REFINEMENT
+    from svfnet.registration.files import register_nifti
+    from svfnet.registration.arrays import REFINEMENT
 
     labels = ("--moving-labels", str(data / "s0_gt.nii.gz"), "--fixed-labels", str(data / "s1_gt.nii.gz"))
     prefix = tmp_path / "refined" / "pair"

@@ -17,12 +17,13 @@ import numpy as np
 import pytest
 import torch
 
-from svfnet import fields, limits
+from svfnet.ops import fields
+from svfnet.common import limits
 from svfnet.cli import main
-from svfnet.locks import LOCK_NAME, FolderLocked, folder_lock, lock_holder, prefix_lock
+from svfnet.common.locks import LOCK_NAME, FolderLocked, folder_lock, lock_holder, prefix_lock
 from svfnet.pipeline import load_config, render_config, run_pipeline
-from svfnet.staging import load_npy, recover_workdir, replace_tree
-from svfnet.workdir import WorkDir, prepared_digests, subject_ids
+from svfnet.common.staging import load_npy, recover_workdir, replace_tree
+from svfnet.common.workdir import WorkDir, prepared_digests, subject_ids
 from tests.pipeline_fixtures import GRID, SPACING_MM, deformed_cohort, write_exact_references, write_split
 
 REPO = Path(__file__).resolve().parents[1]
@@ -146,7 +147,7 @@ def test_shapes_refuses_bad_workers_before_touching_the_landmarks(tmp_path, caps
 
 # ------------------------------------------------------------------------ interrupted replacements
 def test_a_changed_training_is_written_beside_the_old_model_and_swapped_when_done(trained, monkeypatch):
-    import svfnet.train as train_module
+    import svfnet.training.train as train_module
 
     live = trained / "models" / "svfnet"
     before = snapshot(live)
@@ -197,7 +198,7 @@ def _fake_landmarks(workdir: Path, subjects, count: int = 24) -> None:
 
 
 def test_references_with_other_parameters_replace_the_old_store_only_when_complete(tmp_path, monkeypatch):
-    import svfnet.references as references_module
+    import svfnet.references.stage as references_module
 
     workdir = tmp_path / "w"
     deformed_cohort(workdir, count=4)
@@ -208,7 +209,7 @@ def test_references_with_other_parameters_replace_the_old_store_only_when_comple
     live = WorkDir(workdir).references
     before = snapshot(live)
     assert len(list(live.glob("pairs/*.json"))) == 4
-    real_task, calls = references_module._references_task, []
+    real_task, calls = references_module.references_task, []
 
     def fails_on_the_third(task):
         calls.append(1)
@@ -216,13 +217,13 @@ def test_references_with_other_parameters_replace_the_old_store_only_when_comple
             raise MemoryError("killed")
         return real_task(task)
 
-    monkeypatch.setattr(references_module, "_references_task", fails_on_the_third)
+    monkeypatch.setattr(references_module, "references_task", fails_on_the_third)
     changed = tiny_config(references={"log_max_iter": 5, "nu": 0.3})
     with pytest.raises(RuntimeError, match="references for fixed subject"):
         run_pipeline(workdir, changed, stages=("references",), progress=False)
     assert snapshot(live) == before  # the old store, as it was
     assert len(list((workdir / ".staging" / "references" / "references" / "pairs").glob("*.json"))) == 2
-    monkeypatch.setattr(references_module, "_references_task", real_task)
+    monkeypatch.setattr(references_module, "references_task", real_task)
     outcomes = run_pipeline(workdir, changed, stages=("references",), progress=False)
     assert [o.status for o in outcomes] == ["resumed"] and outcomes[0].result["pairs"] == 12
     assert json.loads((live / "config.json").read_text())["nu"] == 0.3
@@ -279,7 +280,7 @@ def _hold(lock: str, target: str) -> subprocess.Popen:
     """A process that holds a lock (``folder`` or ``prefix``) until killed."""
     code = textwrap.dedent(f"""
         import sys, time
-        from svfnet.locks import folder_lock, prefix_lock
+        from svfnet.common.locks import folder_lock, prefix_lock
         with {lock}_lock({target!r}):
             print("held", flush=True)
             time.sleep(300)
@@ -319,7 +320,8 @@ def test_a_second_writer_of_a_work_folder_is_refused_naming_the_holder(trained, 
 
 def test_two_registrations_into_one_prefix_cannot_mix(tmp_path):
     """Reproduction: two `svfnet register --out conc/t1` started together both wrote t1_*."""
-    from svfnet.register_nifti import PairFiles, register_pairs
+    from svfnet.registration.pairs import PairFiles
+    from svfnet.registration.files import register_pairs
 
     prefix = str(tmp_path / "conc" / "t1")
     holder = _hold("prefix", prefix)
@@ -457,9 +459,9 @@ def test_exp_refuses_steps_that_underflow():
 
 
 def test_a_model_of_another_grid_or_spacing_is_named(trained, tmp_path):
-    from svfnet.evaluate import run_evaluation
-    from svfnet.model import SVFNet, SVFNetConfig, save_checkpoint
-    from svfnet.registration import ModelGridWarning, register
+    from svfnet.evaluation.evaluate import run_evaluation
+    from svfnet.training.model import SVFNet, SVFNetConfig, save_checkpoint
+    from svfnet.registration.arrays import ModelGridWarning, register
 
     other = tmp_path / "other.pt"
     save_checkpoint(other, SVFNet(SVFNetConfig(widths=(4, 8, 8, 8), grid=GRID, spacing_mm=(2.0, 2.0, 7.0))))
@@ -472,8 +474,8 @@ def test_a_model_of_another_grid_or_spacing_is_named(trained, tmp_path):
 
 
 def test_a_checkpoint_with_nan_weights_is_named(trained, tmp_path):
-    from svfnet.model import load
-    from svfnet.registration import register
+    from svfnet.training.model import load
+    from svfnet.registration.arrays import register
 
     payload = torch.load(trained / "models" / "svfnet" / "checkpoint.pt", weights_only=True)
     payload["model"]["head.bias"][0] = float("nan")
@@ -499,7 +501,7 @@ def test_a_truncated_npy_is_named(tmp_path):
 def test_a_truncated_reference_store_is_named_and_recomputed(tmp_path, caplog):
     """Reproduction: a truncated reference .npy failed with "mmap length is greater than file size"
     naming no file, and re-running `svfnet references` did not repair it."""
-    from svfnet.references import ReferenceParameters, ReferenceStore, run_references
+    from svfnet.references.stage import ReferenceParameters, ReferenceStore, run_references
 
     workdir = tmp_path / "w"
     deformed_cohort(workdir, count=3)
@@ -527,7 +529,7 @@ def test_a_run_name_stays_inside_the_work_folder(tmp_path, capsys):
 
 
 def test_an_unwritable_folder_is_one_clear_line(tmp_path, capsys, monkeypatch):
-    from svfnet import locks
+    from svfnet.common import locks
 
     def denied(path, what):
         raise PermissionError(13, "Permission denied", str(path))

@@ -20,22 +20,18 @@ from svfnet.cli import main
 from svfnet.data import prepare_dataset, read_dataset, write_synthetic_dataset
 from svfnet.data.nifti import read_nifti, write_nifti
 from svfnet.data.synthetic import generate_subject
-from svfnet.metrics import dice
-from svfnet.model import SVFNet, SVFNetConfig, save_checkpoint
-from svfnet.registration import register
-from svfnet.segmentation import (
-    _argmax_labels,
-    _to_original,
-    fuse,
-    image_similarity,
-    lcc_weights,
-    normalised_entropy,
+from svfnet.evaluation.metrics import dice
+from svfnet.training.model import SVFNet, SVFNetConfig, save_checkpoint
+from svfnet.registration.arrays import register
+from svfnet.segmentation.fusion import argmax_labels, fuse, lcc_weights, normalised_entropy
+from svfnet.segmentation.multi_atlas import (
+    probabilities_to_original,
     output_paths,
-    read_atlases,
     register_atlases,
     segment,
     warped_probabilities,
 )
+from svfnet.segmentation.atlases import image_similarity, read_atlases
 from tests.conftest import grid_positions, smooth_field
 
 SEED = 11
@@ -110,7 +106,7 @@ def test_majority_vote_of_three_atlases_by_hand():
     two_to_one = -(2 / 3 * math.log(2 / 3) + 1 / 3 * math.log(1 / 3)) / math.log(3)
     np.testing.assert_allclose(normalised_entropy(fused), [0.0, two_to_one, 1.0, two_to_one], atol=1e-6)
     # argmax, ties to the smaller label: the uniform voxel is background
-    np.testing.assert_array_equal(_argmax_labels(fused, (0, 1, 2)), [1, 1, 0, 0])
+    np.testing.assert_array_equal(argmax_labels(fused, (0, 1, 2)), [1, 1, 0, 0])
 
 
 def test_weighted_vote_with_known_weights_by_hand():
@@ -118,7 +114,7 @@ def test_weighted_vote_with_known_weights_by_hand():
     weights = np.array([0.5, 0.25, 0.25])[:, None].repeat(3, axis=1)
     fused = fuse(votes, weights)
     np.testing.assert_allclose(fused, [[0, 0, 0.5], [1, 0.75, 0.25], [0, 0.25, 0.25]], atol=1e-6)
-    np.testing.assert_array_equal(_argmax_labels(fused, (0, 1, 2)), [1, 1, 0])
+    np.testing.assert_array_equal(argmax_labels(fused, (0, 1, 2)), [1, 1, 0])
     # unnormalised weights give the same; all-zero weights fall back to the equal vote
     np.testing.assert_allclose(fuse(votes, 4 * weights), fused, atol=1e-6)
     np.testing.assert_allclose(fuse(votes, np.zeros((3, 3))), fuse(votes), atol=1e-6)
@@ -191,7 +187,7 @@ def test_warped_probabilities_against_scipy_reference(data, rng):
 
 def test_batched_registration_equals_one_pair_at_a_time(data):
     atlases = read_atlases(data / "work")
-    from svfnet.model import load
+    from svfnet.training.model import load
 
     net = load(data / "model.pt")
     target = atlases.atlases[2].image
@@ -207,7 +203,7 @@ def test_batched_registration_equals_one_pair_at_a_time(data):
 
 
 def test_the_command_spells_the_library_defaults():
-    from svfnet import segmentation
+    from svfnet.segmentation import multi_atlas as segmentation
     from svfnet.commands import segment as command
 
     assert command.FUSIONS == segmentation.FUSIONS
@@ -222,7 +218,7 @@ def test_segmenting_beats_the_average_single_atlas(data, segmented, fusion):
     truth = _truth(data, "new")
     assert result.atlas_ids and len(result.atlas_ids) == ATLASES
     singles = [
-        _mean_dice(_argmax_labels(_to_original(p, result.prepared.transform), result.label_values), truth)
+        _mean_dice(argmax_labels(probabilities_to_original(p, result.prepared.transform), result.label_values), truth)
         for p in result.registrations.probabilities
     ]
     fused = _mean_dice(result.labels, truth)

@@ -12,7 +12,7 @@ from svfnet.shapes import stage
 from svfnet.shapes.parameters import LddmmParameters
 from svfnet.shapes.stage import farthest_points, read_landmarks, run_shapes
 from svfnet.shapes.surfaces import load_surfaces
-from svfnet.workdir import WorkDir
+from svfnet.common.workdir import WorkDir
 from tests.shapes_fixtures import heart_labels, small_cohort, write_prepared
 
 FAST = LddmmParameters(max_iterations=15)

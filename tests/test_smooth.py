@@ -1,4 +1,4 @@
-"""svfnet.smoothing: the compiled Gaussian smoothing against scipy.ndimage.gaussian_filter, and the
+"""svfnet.ops.smoothing: the compiled Gaussian smoothing against scipy.ndimage.gaussian_filter, and the
 local moments against a float64 NumPy/SciPy reference."""
 
 from __future__ import annotations
@@ -8,7 +8,9 @@ import pytest
 import torch
 from scipy.ndimage import gaussian_filter
 
-from svfnet import _core, metrics, smoothing
+from svfnet import _core
+from svfnet.evaluation import metrics
+from svfnet.ops import smoothing
 from tests.conftest import requires_cuda
 
 TRUNCATE = smoothing.GAUSSIAN_TRUNCATE

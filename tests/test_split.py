@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from svfnet.split import patient_of, subject_split
+from svfnet.data.split import patient_of, subject_split
 from tests.shapes_fixtures import heart_labels, write_prepared
 
 
@@ -75,13 +75,13 @@ def test_a_stored_split_that_tests_a_trained_patient_is_kept_and_said(tmp_path, 
     folder = _folder(tmp_path, ids)
     stored = {"train": ["a_ED", "b_ED", "b_ES"], "val": ["c_ED"], "test": ["a_ES"], "seed": 0}
     (folder / "split.json").write_text(json.dumps(stored))
-    with caplog.at_level("WARNING", logger="svfnet.split"):
+    with caplog.at_level("WARNING", logger="svfnet.data.split"):
         split = subject_split(folder)
     assert split.test == ("a_ES",)
     assert any("train/validation (a)" in record.getMessage() for record in caplog.records), caplog.text
     caplog.clear()
     (folder / "split.json").unlink()
-    with caplog.at_level("WARNING", logger="svfnet.split"):
+    with caplog.at_level("WARNING", logger="svfnet.data.split"):
         subject_split(folder)
         subject_split(folder)
     assert not caplog.records

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-from svfnet import fields
-from svfnet.model import SVFNetConfig, load
-from svfnet.train import Cohort, TrainConfig, dice_per_region, shift_in_plane, train
+from svfnet.ops import fields
+from svfnet.training.model import SVFNetConfig, load
+from svfnet.training.train import Cohort, TrainConfig, dice_per_region, shift_in_plane, train
 from tests.pipeline_fixtures import GRID, deformed_cohort, write_exact_references, write_split
 
 SMALL = SVFNetConfig(widths=(8, 16, 16, 16), grid=GRID, spacing_mm=(4.0, 4.0, 10.0))
@@ -81,7 +81,7 @@ def test_resume_after_a_kill_reaches_the_same_weights(workdir):
 
 def test_shift_keeps_the_pair_and_target_consistent(workdir):
     cohort = Cohort.load(workdir, ["s0", "s1"])
-    from svfnet.train import ReferenceTargets
+    from svfnet.training.train import ReferenceTargets
 
     batch = ReferenceTargets(workdir, cohort).batch([0])
     shifted = shift_in_plane(batch, np.array([[2, -1]]))
@@ -99,7 +99,7 @@ def test_the_configured_augmentations_keep_each_pair_registered_by_its_target(wo
     labels onto the fixed ones, and the images changed. Rotation is exact up to interpolation: on
     this 16x16 grid of 4 mm voxels the two label maps' resampling costs about 0.07 of agreement
     (0.93-0.97 unrotated, 0.86-0.98 rotated by up to 20 degrees, against 0.50-0.77 unregistered)."""
-    from svfnet.train import ReferenceTargets, augment
+    from svfnet.training.train import ReferenceTargets, augment
 
     cohort = Cohort.load(workdir, ["s0", "s1", "s2", "s3"])
     batch = ReferenceTargets(workdir, cohort).batch([0, 1, 2])
@@ -152,8 +152,13 @@ def test_command_line_resume_keeps_the_saved_flags(workdir):
     assert main([*common, "--steps", "2", "--checkpoint-every", "1", "--lr", "0.002"]) == 0
     # --resume alone continues with the saved flags (not the defaults); --steps may extend it
     assert main(["train", str(workdir), "--run", "c", "--no-progress", "--resume", "--steps", "3"]) == 0
-    assert load(workdir / "models" / "c" / "checkpoint.pt") is not None
-    from svfnet.train import saved_config
+    resumed = workdir / "models" / "c" / "checkpoint.pt"
+    stored = torch.load(resumed, weights_only=True)
+    assert stored["step"] == 3  # continued from step 2, not restarted
+    loaded = load(resumed).state_dict()
+    assert loaded.keys() == stored["model"].keys()
+    assert all(torch.equal(loaded[name], stored["model"][name]) for name in loaded)
+    from svfnet.training.train import saved_config
 
     saved = saved_config(workdir, "c")
     assert saved.steps == 3 and saved.learning_rate == 0.002 and saved.model.widths == (8, 16, 16, 16)
@@ -181,8 +186,8 @@ def test_the_checkpoint_records_how_the_long_axis_was_found(workdir):
     """Registration prepares new images as the training subjects were: the rule is recorded."""
     import json
 
-    from svfnet.split import subject_split
-    from svfnet.workdir import WorkDir
+    from svfnet.data.split import subject_split
+    from svfnet.common.workdir import WorkDir
 
     path = WorkDir(workdir).transform(subject_split(workdir).train[0])
     record = json.loads(path.read_text()) if path.is_file() else {}
@@ -206,15 +211,15 @@ def poison_reference(workdir: Path, fixed: str, moving: str, edit) -> None:
 
 
 def refusals(caplog) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "svfnet.train" and "refused" in r.getMessage()]
+    return [r.getMessage() for r in caplog.records if r.name == "svfnet.training.train" and "refused" in r.getMessage()]
 
 
 def test_broken_reference_pairs_are_refused_named_once_and_training_goes_on(workdir, caplog, monkeypatch):
     """inf (a float16 overflow), NaN and a 500-voxel value near the heart are refused, each pair
     named once with its reason; a 500-voxel value where the heart mask does not count is kept under
     the heart mask and refused when the whole grid counts. Nothing refused reaches the loss."""
-    import svfnet.train as train_module
-    from svfnet.train import ReferenceTargets, heart_mask
+    import svfnet.training.train as train_module
+    from svfnet.training.train import ReferenceTargets, heart_mask
 
     cohort = Cohort.load(workdir, ["s0", "s1", "s2", "s3"])
     near = tuple(np.argwhere(cohort.labels[2] == 2)[0])  # fixed s2's myocardium
@@ -232,7 +237,7 @@ def test_broken_reference_pairs_are_refused_named_once_and_training_goes_on(work
         return real_loss(prediction, target, weights)
 
     monkeypatch.setattr(train_module, "masked_mse", spy)
-    caplog.set_level("WARNING", logger="svfnet.train")
+    caplog.set_level("WARNING", logger="svfnet.training.train")
     config = TrainConfig(steps=6, batch_size=2, shift_vox=1, validate_every=3, checkpoint_every=3,
                          validation_pairs=6, loss_mask="heart", model=SMALL)
     result = train(workdir, config, progress=False)
@@ -272,13 +277,13 @@ def test_every_pair_refused_is_a_clear_error_before_training(workdir):
 
 
 def test_a_non_finite_image_refuses_its_pairs(workdir, caplog):
-    from svfnet.train import RandomTargets, ReferenceTargets
+    from svfnet.training.train import RandomTargets, ReferenceTargets
 
     cohort = Cohort.load(workdir, ["s0", "s1", "s2", "s3"])
     images = cohort.images.copy()
     images[3, 4, 4, 1] = np.nan
     cohort = dataclasses.replace(cohort, images=images)
-    caplog.set_level("WARNING", logger="svfnet.train")
+    caplog.set_level("WARNING", logger="svfnet.training.train")
     references = ReferenceTargets(workdir, cohort)
     assert {(m, f) for m, f, _ in references.refused} == {("s0", "s3"), ("s3", "s0")}
     assert all(why == "the image of 's3' has 1 non-finite values" for _, _, why in references.refused)
@@ -295,8 +300,8 @@ def test_a_non_finite_step_stops_the_run_and_keeps_the_last_good_checkpoint(work
     """A NaN loss (step 5), a NaN gradient with a finite loss (step 5), or a NaN weight after an
     optimiser step (step 6, caught before its checkpoint): the run stops naming the step, its log
     row says why, and checkpoint.pt is the one of step 3, finite, loadable."""
-    import svfnet.train as train_module
-    from svfnet.train import TrainingDiverged
+    import svfnet.training.train as train_module
+    from svfnet.training.train import TrainingDiverged
 
     calls = {"loss": 0, "step": 0}
     real_loss, real_step = train_module.masked_mse, torch.optim.Adam.step
@@ -331,7 +336,8 @@ def test_a_non_finite_step_stops_the_run_and_keeps_the_last_good_checkpoint(work
     saved = torch.load(checkpoint, weights_only=True)
     assert saved["step"] == 3
     assert all(torch.isfinite(tensor).all() for tensor in saved["model"].values())
-    assert load(checkpoint) is not None
+    loaded = load(checkpoint).state_dict()  # the kept checkpoint loads, with the step-3 weights
+    assert all(torch.equal(loaded[name], saved["model"][name]) for name in saved["model"])
     rows = read_log(workdir / "models" / "svfnet" / "log.csv")
     assert [int(r["step"]) for r in rows] == list(range(1, failing + 1))
     assert all(not r["error"] for r in rows[:-1])
@@ -341,7 +347,7 @@ def test_a_non_finite_step_stops_the_run_and_keeps_the_last_good_checkpoint(work
 
 
 def test_a_stopped_run_is_one_clear_line_on_the_command_line(workdir, monkeypatch, capsys):
-    import svfnet.train as train_module
+    import svfnet.training.train as train_module
     from svfnet.cli import main
 
     real_loss = train_module.masked_mse
@@ -357,8 +363,8 @@ def test_a_stopped_run_is_one_clear_line_on_the_command_line(workdir, monkeypatc
 def test_validation_never_takes_exp_of_a_non_finite_prediction(workdir, monkeypatch):
     """validate() says the prediction is not finite (never exp()'s error from deep inside); in
     training that stops the run at the validation's step and keeps the checkpoint before it."""
-    from svfnet.model import SVFNet
-    from svfnet.train import ReferenceTargets, TrainingDiverged, validate
+    from svfnet.training.model import SVFNet
+    from svfnet.training.train import ReferenceTargets, TrainingDiverged, validate
 
     cohort = Cohort.load(workdir, ["s0", "s1", "s2", "s3"])
     batch = ReferenceTargets(workdir, cohort).validation(3)

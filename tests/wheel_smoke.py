@@ -51,7 +51,7 @@ def main(executable: str) -> None:
     print(run(executable, "info").rstrip())
 
     # the compiled core, through the public API: an exponential of a smooth field
-    from svfnet import fields
+    from svfnet.ops import fields
 
     grid = np.indices((16, 18, 8), dtype=np.float32)
     velocity = 0.8 * np.sin(grid / 5.0).astype(np.float32)
@@ -59,7 +59,7 @@ def main(executable: str) -> None:
     assert displacement.shape == velocity.shape and np.isfinite(displacement).all()
 
     # local worker processes start from the installed package (spawn) and stop
-    from svfnet.parallel import run_tasks
+    from svfnet.common.parallel import run_tasks
 
     outcomes = sorted(run_tasks(math.sqrt, [4.0, 9.0], workers=2, progress=False), key=lambda o: o.index)
     assert [o.value for o in outcomes] == [2.0, 3.0], outcomes
@@ -69,7 +69,7 @@ def main(executable: str) -> None:
 
     import torch
 
-    from svfnet.model import SVFNet, SVFNetConfig, save_checkpoint
+    from svfnet.training.model import SVFNet, SVFNetConfig, save_checkpoint
 
     torch.manual_seed(0)
     model = SVFNet(SVFNetConfig(widths=(4, 8, 8, 8), grid=(64, 64, 16), spacing_mm=(2.2, 2.2, 8.0)))

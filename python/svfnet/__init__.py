@@ -1,6 +1,6 @@
 """svfnet: diffeomorphic registration of 3D cardiac images learned from shapes (SVF-Net).
 
-Nothing heavy happens at import: submodules (``svfnet.fields``, ...) load on first use.
+Nothing heavy happens at import: submodules (``svfnet.ops.fields``, ...) load on first use.
 """
 
 from __future__ import annotations
@@ -10,11 +10,10 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-# submodules reachable as attributes (svfnet.fields, ...), imported on first use
+# submodules reachable as attributes (svfnet.ops.fields, ...), imported on first use
 _SUBMODULES = (
-    "baselines", "data", "ebs", "evaluate", "fields", "kernels", "metrics", "model", "parallel", "pipeline",
-    "references", "register_nifti", "registration", "segmentation", "shapes", "smoothing", "split", "train",
-    "workdir",
+    "baselines", "commands", "common", "data", "evaluation", "ops", "pipeline", "references", "registration",
+    "segmentation", "shapes", "training",
 )
 
 __all__ = [
@@ -23,22 +22,22 @@ __all__ = [
 
 
 def register(moving: Any, fixed: Any, model: Any, *, moving_labels: Any = None) -> Any:
-    """Registers ``moving`` to ``fixed`` with a trained SVF-Net (see :func:`svfnet.registration.register`).
+    """Registers ``moving`` to ``fixed`` with a trained SVF-Net (see :func:`svfnet.registration.arrays.register`).
 
     Arrays on the model's grid; the result has ``.svf``, ``.displacement``, ``.warped`` and
-    ``.warped_labels``. For NIfTI images in their own geometry: :mod:`svfnet.register_nifti`.
+    ``.warped_labels``. For NIfTI images in their own geometry: :mod:`svfnet.registration.files`.
     """
-    from svfnet.registration import register as register_arrays
+    from svfnet.registration.arrays import register as register_arrays
 
     return register_arrays(moving, fixed, model, moving_labels=moving_labels)
 
 
 def segment(image: Any, model: Any, atlases: Any, **options: Any) -> Any:
     """Segments a new image from the labelled subjects of a work folder (multi-atlas with SVF-Net; see
-    :func:`svfnet.segmentation.segment`): ``image`` a NIfTI path or an ``(array, affine)`` pair, ``model``
+    :func:`svfnet.segmentation.multi_atlas.segment`): ``image`` a NIfTI path or an ``(array, affine)`` pair, ``model``
     a checkpoint, ``atlases`` a work folder. The result has ``.labels``, ``.uncertainty``,
     ``.probabilities`` (on the image's grid) and ``.volumes``; ``out_prefix=`` writes them."""
-    from svfnet.segmentation import segment as segment_image
+    from svfnet.segmentation.multi_atlas import segment as segment_image
 
     return segment_image(image, model, atlases, **options)
 

@@ -6,9 +6,9 @@ Stages, in order: ``data`` (the built-in synthetic cohort, or a dataset on disk)
 **Everything is checked before anything is touched.** The whole configuration (every section,
 each key against its range: :data:`LIMITS`, printed by ``svfnet config --defaults``), the inputs
 each requested stage needs (present, or made by a stage before it in this run), the cohort's size
-and the memory and disk the stages will need (:mod:`svfnet.limits`) are checked first; a run that
+and the memory and disk the stages will need (:mod:`svfnet.common.limits`) are checked first; a run that
 fails a check stops with an error before it deletes, overwrites or starts anything. The work folder
-is locked for the whole run (:mod:`svfnet.locks`).
+is locked for the whole run (:mod:`svfnet.common.locks`).
 
 **Fingerprints by content.** Each stage records in ``WORKDIR/stages/<stage>.json`` the fingerprint
 of what it was run with, when it starts and when it finishes: its configuration section(s) and
@@ -25,7 +25,7 @@ checkpoint). A stage's fingerprint does not depend on which other stages this ru
   read them.
 
 **Outputs are replaced, never deleted first.** A stage that recomputes writes beside its old
-outputs (``WORKDIR/.staging/<stage>/``, :mod:`svfnet.staging`) and swaps the new ones in when they
+outputs (``WORKDIR/.staging/<stage>/``, :mod:`svfnet.common.staging`) and swaps the new ones in when they
 are complete; a refused, failed or killed run leaves the old ones as they were.
 
 Every parameter, with its default and range, is in :data:`DEFAULTS` and :data:`LIMITS`;
@@ -42,15 +42,16 @@ import math
 import os
 import shutil
 import time
-import tomllib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from svfnet import limits
-from svfnet._io import atomic_path, write_json
-from svfnet.workdir import WorkDir
+import tomllib
+
+from svfnet.common import limits
+from svfnet.common.atomic import atomic_path, write_json
+from svfnet.common.workdir import WorkDir
 
 __all__ = [
     "DEFAULTS", "LIMITS", "STAGES", "demo_config", "load_config", "render_config", "run_pipeline", "stage_inputs",
@@ -375,8 +376,8 @@ def _shapes_parameters(config: dict):
 
 
 def _train_config(config: dict):
-    from svfnet.model import SVFNetConfig
-    from svfnet.train import TrainConfig
+    from svfnet.training.model import SVFNetConfig
+    from svfnet.training.train import TrainConfig
 
     model = config["model"]
     try:
@@ -388,7 +389,7 @@ def _train_config(config: dict):
 
 
 def _reference_parameters(config: dict):
-    from svfnet.references import ReferenceParameters
+    from svfnet.references.stage import ReferenceParameters
 
     try:
         return ReferenceParameters(**config["references"])
@@ -422,7 +423,7 @@ def demo_config(quick: bool = False, realistic: bool = False) -> dict[str, dict[
 
 # ---------------------------------------------------------------------------------- stages
 @dataclass
-class _Context:
+class StageContext:
     workdir: Path
     config: dict[str, dict[str, Any]]
     progress: bool
@@ -440,11 +441,11 @@ class _Context:
         return self.config["data"]["source"] == "synthetic"
 
 
-def _dataset_path(ctx: _Context) -> Path:
+def _dataset_path(ctx: StageContext) -> Path:
     return ctx.workdir / "raw" if ctx.synthetic else Path(ctx.config["data"]["source"])
 
 
-def _read_dataset(ctx: _Context):
+def _read_dataset(ctx: StageContext):
     from svfnet.data.labels import parse_label_mapping
     from svfnet.data.readers import read_dataset
 
@@ -455,15 +456,15 @@ def _read_dataset(ctx: _Context):
     return read_dataset(_dataset_path(ctx), layout, phase=phase, label_mapping=mapping)
 
 
-def _stage_data(ctx: _Context, fresh: bool) -> dict[str, Any]:
+def _stage_data(ctx: StageContext, fresh: bool) -> dict[str, Any]:
     data = ctx.config["data"]
     if not ctx.synthetic:
         source = Path(data["source"])
         if not source.exists():
             raise FileNotFoundError(f"[data] source {source} does not exist")
         return {"dataset": str(source)}
+    from svfnet.common.staging import STAGING, remove_staging, replace_tree
     from svfnet.data.synthetic import write_synthetic_dataset
-    from svfnet.staging import STAGING, remove_staging, replace_tree
 
     # the new cohort is written beside the old one and swapped in complete
     staging = ctx.workdir / STAGING / "data"
@@ -477,7 +478,7 @@ def _stage_data(ctx: _Context, fresh: bool) -> dict[str, Any]:
     return {"dataset": str(ctx.workdir / "raw")}
 
 
-def _stage_prepare(ctx: _Context, fresh: bool) -> dict[str, Any]:
+def _stage_prepare(ctx: StageContext, fresh: bool) -> dict[str, Any]:
     from svfnet.data.prepare import prepare_dataset
 
     data = ctx.config["data"]
@@ -486,9 +487,9 @@ def _stage_prepare(ctx: _Context, fresh: bool) -> dict[str, Any]:
     return {"subjects": len(report.entries), "missing_regions": report.with_missing_regions}
 
 
-def _stage_split(ctx: _Context, fresh: bool) -> dict[str, Any]:
-    from svfnet.split import plan_split, split_path
-    from svfnet.workdir import subject_ids
+def _stage_split(ctx: StageContext, fresh: bool) -> dict[str, Any]:
+    from svfnet.common.workdir import subject_ids
+    from svfnet.data.split import plan_split, split_path
 
     settings = ctx.config["split"]
     split = plan_split(subject_ids(ctx.workdir), **settings)
@@ -497,7 +498,7 @@ def _stage_split(ctx: _Context, fresh: bool) -> dict[str, Any]:
     return {"train": len(split.train), "val": len(split.val), "test": len(split.test)}
 
 
-def _stage_shapes(ctx: _Context, fresh: bool) -> dict[str, Any]:
+def _stage_shapes(ctx: StageContext, fresh: bool) -> dict[str, Any]:
     from svfnet.shapes.stage import run_shapes
 
     shapes = ctx.config["shapes"]
@@ -513,7 +514,7 @@ def _references_compatible(folder: Path, parameters: Any, subjects: list[str]) -
     """Whether the store in ``folder`` can be brought up to date in place: written with the same
     parameters and store format, and holding no fixed subject outside ``subjects`` (the store itself
     recomputes the fixed subjects whose landmarks or grid changed)."""
-    from svfnet.references import STORE_FORMAT
+    from svfnet.references.stage import STORE_FORMAT
 
     config_path = folder / "config.json"
     if not config_path.is_file():
@@ -525,9 +526,9 @@ def _references_compatible(folder: Path, parameters: Any, subjects: list[str]) -
     return {path.stem for path in folder.glob("pairs/*.json")} <= set(subjects)
 
 
-def _stage_references(ctx: _Context, fresh: bool) -> dict[str, Any]:
-    from svfnet.references import run_references
-    from svfnet.staging import STAGING, remove_staging, replace_tree, shadow_workdir
+def _stage_references(ctx: StageContext, fresh: bool) -> dict[str, Any]:
+    from svfnet.common.staging import STAGING, remove_staging, replace_tree, shadow_workdir
+    from svfnet.references.stage import run_references
 
     parameters = _reference_parameters(ctx.config)
     live = WorkDir(ctx.workdir).references
@@ -548,9 +549,9 @@ def _stage_references(ctx: _Context, fresh: bool) -> dict[str, Any]:
             "usable": summary.usable, "excluded": summary.excluded, "residual_mean": summary.residual_mean}
 
 
-def _stage_train(ctx: _Context, fresh: bool) -> dict[str, Any]:
-    from svfnet.staging import STAGING, remove_staging, replace_tree, shadow_workdir
-    from svfnet.train import run_folder, train
+def _stage_train(ctx: StageContext, fresh: bool) -> dict[str, Any]:
+    from svfnet.common.staging import STAGING, remove_staging, replace_tree, shadow_workdir
+    from svfnet.training.train import run_folder, train
 
     live = run_folder(ctx.workdir, "svfnet")
     staging = ctx.workdir / STAGING / "train"
@@ -570,15 +571,15 @@ def _stage_train(ctx: _Context, fresh: bool) -> dict[str, Any]:
     return {"checkpoint": str(live / "checkpoint.pt"), "steps": result.step}
 
 
-def _stage_evaluate(ctx: _Context, fresh: bool) -> dict[str, Any]:
-    from svfnet.evaluate import run_evaluation
+def _stage_evaluate(ctx: StageContext, fresh: bool) -> dict[str, Any]:
+    from svfnet.evaluation.evaluate import run_evaluation
 
     summary = run_evaluation(ctx.workdir, WorkDir(ctx.workdir).models / "svfnet" / "checkpoint.pt",
                              workers=ctx.workers, progress=ctx.progress)
     return summary
 
 
-_STAGE_FUNCTIONS: dict[str, Callable[[_Context, bool], dict[str, Any]]] = {
+STAGE_FUNCTIONS: dict[str, Callable[[StageContext, bool], dict[str, Any]]] = {
     "data": _stage_data,
     "prepare": _stage_prepare,
     "split": _stage_split,
@@ -591,7 +592,7 @@ _STAGE_FUNCTIONS: dict[str, Callable[[_Context, bool], dict[str, Any]]] = {
 
 # ---------------------------------------------------------------------------------- fingerprints
 def _read_split(workdir: Path) -> dict[str, list[str]]:
-    from svfnet.split import split_path
+    from svfnet.data.split import split_path
 
     data = json.loads(split_path(workdir).read_text())
     return {side: list(data.get(side, [])) for side in ("train", "val", "test")}
@@ -630,12 +631,12 @@ def stage_inputs(workdir: str | Path, config: dict[str, dict[str, Any]], stage: 
 
     Raises FileNotFoundError where an input is missing.
     """
-    from svfnet.staging import file_digest
-    from svfnet.workdir import prepared_digests, subject_ids
+    from svfnet.common.staging import file_digest
+    from svfnet.common.workdir import prepared_digests, subject_ids
 
     workdir = Path(workdir)
     folder = WorkDir(workdir)
-    ctx = _Context(workdir, config, False)
+    ctx = StageContext(workdir, config, False)
     if stage == "data":
         return {}
     if stage == "prepare":
@@ -713,7 +714,7 @@ _MADE = {
 }
 
 
-def _check_inputs(ctx: _Context, stages: tuple[str, ...]) -> None:
+def _check_inputs(ctx: StageContext, stages: tuple[str, ...]) -> None:
     """Every requested stage finds what it reads, on disk or made earlier in this run."""
     if not ctx.synthetic and ("data" in stages or "prepare" in stages):
         source = Path(ctx.config["data"]["source"])
@@ -731,11 +732,11 @@ def _check_inputs(ctx: _Context, stages: tuple[str, ...]) -> None:
             )
 
 
-def _check_resources(ctx: _Context, stages: tuple[str, ...]) -> None:
+def _check_resources(ctx: StageContext, stages: tuple[str, ...]) -> None:
     """The cohort's size, the memory and the disk the requested stages need, against the limits and
-    this machine (estimates: :mod:`svfnet.limits`)."""
-    from svfnet.split import split_sizes
-    from svfnet.workdir import subject_ids
+    this machine (estimates: :mod:`svfnet.common.limits`)."""
+    from svfnet.common.workdir import subject_ids
+    from svfnet.data.split import split_sizes
 
     config, workdir = ctx.config, ctx.workdir
     data = config["data"]
@@ -799,7 +800,7 @@ def _check_resources(ctx: _Context, stages: tuple[str, ...]) -> None:
         )
 
 
-def _warn_stale(ctx: _Context, stages: tuple[str, ...]) -> None:
+def _warn_stale(ctx: StageContext, stages: tuple[str, ...]) -> None:
     """Stages left out of this run whose outputs are older than the configuration or their inputs."""
     for stage in STAGES:
         if stage in stages:
@@ -836,12 +837,12 @@ def run_pipeline(
     """Runs the stages in order, skipping those up to date and resuming the interrupted one.
 
     Before any stage runs: the configuration is validated (:func:`validate_config`), the work folder
-    locked (:mod:`svfnet.locks`; a second run is refused, naming the holder), replacements a killed
+    locked (:mod:`svfnet.common.locks`; a second run is refused, naming the holder), replacements a killed
     run left half done are finished or undone, and every requested stage's inputs, the cohort's
     size, and the memory and disk the stages need are checked. Nothing is written before that.
     """
-    from svfnet.locks import folder_lock
-    from svfnet.staging import recover_workdir
+    from svfnet.common.locks import folder_lock
+    from svfnet.common.staging import recover_workdir
 
     unknown = set(stages) - set(STAGES)
     if unknown:
@@ -849,7 +850,7 @@ def run_pipeline(
     stages = tuple(stage for stage in STAGES if stage in stages)
     validate_config(config)
     workdir = Path(workdir)
-    ctx = _Context(workdir, config, progress)
+    ctx = StageContext(workdir, config, progress)
     with folder_lock(workdir, f"the work folder {workdir}"):
         recover_workdir(workdir)
         _check_inputs(ctx, stages)
@@ -871,7 +872,7 @@ def run_pipeline(
                 write_json(marker, {"fingerprint": fingerprint, "finished": False})
                 log.info("stage %s: %s", stage, "resuming" if resumed else "running")
                 started = time.perf_counter()
-                result = _STAGE_FUNCTIONS[stage](ctx, not resumed)
+                result = STAGE_FUNCTIONS[stage](ctx, not resumed)
                 seconds = time.perf_counter() - started
                 write_json(marker, {"fingerprint": fingerprint, "finished": True, "seconds": seconds, "result": result})
                 outcome = StageOutcome(stage, "resumed" if resumed else "ran", seconds, result)

@@ -3,7 +3,7 @@
 The registration of a moving image ``M`` to a fixed image ``F`` is the stationary velocity field
 (SVF) ``v`` whose exponential ``φ = exp(v)`` makes ``M ∘ φ`` look like ``F``, as measured by the
 local correlation coefficient Λ (Gaussian window; one definition for this method and the metric,
-:func:`svfnet.metrics.local_moments`). Each iteration, on each level of a multi-resolution pyramid:
+:func:`svfnet.evaluation.metrics.local_moments`). Each iteration, on each level of a multi-resolution pyramid:
 
 1. **Forward force** (fixed space): with ``W = M ∘ exp(v)``, the derivative ``∇Λ`` of the local
    correlation of ``(F, W)`` when ``W`` moves by ``+u/2`` and ``F`` by ``−u/2`` (a symmetric,
@@ -15,7 +15,7 @@ local correlation coefficient Λ (Gaussian window; one definition for this metho
 3. **Fluid-like regularisation**: both updates are smoothed by a Gaussian ``K_fluid``.
 4. **Symmetric BCH update**: ``v_f = Z(v, u_f)``, ``v_b = Z(−v, u_b)`` with the
    Baker–Campbell–Hausdorff approximation ``Z(v, u) = v + u + ½ [v, u]``
-   (``exp(v) ∘ exp(u) ≈ exp(Z(v, u))``, :func:`svfnet.fields.lie_bracket`), and
+   (``exp(v) ∘ exp(u) ≈ exp(Z(v, u))``, :func:`svfnet.ops.fields.lie_bracket`), and
    ``v ← (v_f − v_b) / 2``, so that registering ``F`` to ``M`` gives ``−v``.
 5. **Elastic-like regularisation**: ``v ← K_elastic * v``.
 
@@ -48,8 +48,8 @@ from typing import Any
 import numpy as np
 from scipy.ndimage import map_coordinates
 
-from svfnet import fields
-from svfnet.metrics import checked_spacing, gaussian_sigma_vox, local_moments, smooth, standardised
+from svfnet.evaluation.metrics import checked_spacing, gaussian_sigma_vox, local_moments, smooth, standardised
+from svfnet.ops import fields
 
 __all__ = ["LCCDemonsInfo", "LCCDemonsParams", "LevelInfo", "register"]
 
@@ -219,7 +219,7 @@ def _as_volume(name: str, x: Any) -> tuple[np.ndarray, str]:
 
 
 # ----------------------------------------------------------------------------- grids
-def _pyramid(
+def pyramid(
     shape: tuple[int, ...], spacing: tuple[float, ...], levels: int, min_size: int
 ) -> list[tuple[tuple[int, ...], tuple[float, ...]]]:
     """``(shape, spacing)`` of each level, finest first.
@@ -244,7 +244,7 @@ def _pyramid(
 
 
 def _resample(volume: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """Trilinear resampling of ``volume`` onto ``shape``, corners aligned (see :func:`_pyramid`)."""
+    """Trilinear resampling of ``volume`` onto ``shape``, corners aligned (see :func:`pyramid`)."""
     if tuple(volume.shape) == tuple(shape):
         return volume.copy()
     axes = [
@@ -423,7 +423,7 @@ def register(
     initial = None if initial_svf is None else _as_initial_svf(initial_svf, fixed_np.shape)
 
     moving_np, fixed_np = standardised(moving_np), standardised(fixed_np)
-    grids = _pyramid(fixed_np.shape, spacing_mm, params.levels, params.min_size)[::-1]  # coarsest first
+    grids = pyramid(fixed_np.shape, spacing_mm, params.levels, params.min_size)[::-1]  # coarsest first
     iterations = params.iterations_per_level()[-len(grids) :]  # dropped levels are the coarsest ones
     if len(grids) < params.levels:
         logger.info(
@@ -496,7 +496,7 @@ def _register_level(
     sigma_i: float,
 ) -> tuple[np.ndarray, LevelInfo]:
     """Runs the demons iterations of one level from ``velocity``; returns the new velocity and its info."""
-    from svfnet.metrics import LCC_VARIANCE_FLOOR
+    from svfnet.evaluation.metrics import LCC_VARIANCE_FLOOR
 
     # variance floors from the unwarped images, fixed for the level (a warp barely changes them)
     floor_fixed = LCC_VARIANCE_FLOOR * float(np.var(fixed))

@@ -9,10 +9,10 @@ same for a work folder, reproducibly:
    and as fixed, pairs of two patients first);
 2. every configuration of a parameter grid (default :data:`DEFAULT_GRID`, around the defaults of
    :class:`svfnet.baselines.lcc_demons.LCCDemonsParams`) registers every pair, as tasks of
-   :func:`svfnet.parallel.run_tasks` (local processes, one compute thread each);
+   :func:`svfnet.common.parallel.run_tasks` (local processes, one compute thread each);
 3. a configuration scores the mean Dice over the regions and the pairs
-   (:func:`svfnet.metrics.evaluate_pair`); one whose exponential folds on any pair (a voxel with
-   ``det J <= 0``, :func:`svfnet.fields.jacobian_det` of :func:`svfnet.fields.exp`), or that fails
+   (:func:`svfnet.evaluation.metrics.evaluate_pair`); one whose exponential folds on any pair (a voxel with
+   ``det J <= 0``, :func:`svfnet.ops.fields.jacobian_det` of :func:`svfnet.ops.fields.exp`), or that fails
    on a pair, cannot be selected; the selected configuration is the best of the others;
 4. the record goes to ``WORKDIR/evaluation/demons_tuning.json`` (atomically), with a fingerprint of
    what the search read (the training subjects' ids and their prepared contents), so that
@@ -177,10 +177,10 @@ def draw_pairs(subject_ids: Sequence[str], count: int, *, seed: int = PAIR_SEED)
     order, with the one ``d`` places after it (cyclically), so that a round of ``N`` pairs uses every
     subject once as moving and once as fixed, and the rounds together give every ordered pair once.
     Pairs of two patients come before pairs of two frames of one patient
-    (:func:`svfnet.split.patient_of`): the evaluation's pairs are almost all between patients. At
+    (:func:`svfnet.data.split.patient_of`): the evaluation's pairs are almost all between patients. At
     most ``N (N - 1)`` pairs exist.
     """
-    from svfnet.split import patient_of
+    from svfnet.data.split import patient_of
 
     ids = sorted(dict.fromkeys(subject_ids))
     order = [ids[i] for i in np.random.default_rng(seed).permutation(len(ids))]
@@ -216,10 +216,10 @@ def _scores(rows: Sequence[Mapping[str, Any]], regions: Sequence[int]) -> tuple[
 
 def _register_and_score(job: _PairJob) -> dict[str, Any]:
     """A worker's job: register the pair with the job's parameters and score it."""
-    from svfnet import fields
     from svfnet.baselines import lcc_demons
-    from svfnet.metrics import evaluate_pair
-    from svfnet.workdir import REGIONS
+    from svfnet.common.workdir import REGIONS
+    from svfnet.evaluation.metrics import evaluate_pair
+    from svfnet.ops import fields
 
     started = time.perf_counter()
     svf = lcc_demons.register(job.moving_image, job.fixed_image, spacing=job.spacing_mm, params=job.params)
@@ -251,14 +251,14 @@ def _nanmean(values: Any) -> float:
 
 
 def _per_region(dice: np.ndarray) -> dict[str, float]:
-    from svfnet.workdir import REGIONS
+    from svfnet.common.workdir import REGIONS
 
     return {name: _nanmean(dice[:, column]) for column, name in enumerate(REGIONS.values())}
 
 
 def _identity(subjects: Mapping[str, Any], pairs: Sequence[tuple[str, str]]) -> dict[str, Any]:
-    from svfnet.metrics import evaluate_pair
-    from svfnet.workdir import REGIONS
+    from svfnet.common.workdir import REGIONS
+    from svfnet.evaluation.metrics import evaluate_pair
 
     dice, hd95 = [], []
     for moving_id, fixed_id in pairs:
@@ -339,7 +339,7 @@ def search_lcc_demons(
     """Runs every configuration of ``grid`` on every pair and scores it (no file is read or written).
 
     Args:
-        subjects: subject id → :class:`svfnet.workdir.PreparedSubject` (image, labels, spacing).
+        subjects: subject id → :class:`svfnet.common.workdir.PreparedSubject` (image, labels, spacing).
         pairs: ``(moving, fixed)`` ids of ``subjects``, all on one grid.
         grid: parameter name (a field of :class:`LCCDemonsParams`) → list of values; every
             combination is a configuration, the other fields keep their defaults. Default
@@ -375,8 +375,8 @@ def _search(
     import os
 
     from svfnet.baselines.lcc_demons import LCCDemonsParams
-    from svfnet.parallel import run_tasks
-    from svfnet.workdir import REGIONS
+    from svfnet.common.parallel import run_tasks
+    from svfnet.common.workdir import REGIONS
 
     jobs = [
         _PairJob(
@@ -484,7 +484,7 @@ def _search(
 # ------------------------------------------------------------------------------------------ a work folder
 def record_path(workdir: str | Path) -> Path:
     """``WORKDIR/evaluation/demons_tuning.json``."""
-    from svfnet.workdir import WorkDir
+    from svfnet.common.workdir import WorkDir
 
     return WorkDir(workdir).evaluation / RECORD_FILE
 
@@ -540,8 +540,8 @@ def tune_lcc_demons(
     _check_count(func, "pairs", pairs)
     _check_count(func, "workers", workers, allow_none=True)
     grid_values, configurations = _checked_grid(func, grid)
-    from svfnet.split import split_path, subject_split
-    from svfnet.workdir import WorkDir, prepared_digests, read_prepared
+    from svfnet.common.workdir import WorkDir, prepared_digests, read_prepared
+    from svfnet.data.split import split_path, subject_split
 
     workdir = Path(workdir)
     if not WorkDir(workdir).subjects_json.is_file():
@@ -568,8 +568,8 @@ def tune_lcc_demons(
 
     result = _search(func, subjects, chosen, grid_values, configurations, workers=workers, progress=progress)
 
-    from svfnet._io import write_json
     from svfnet.baselines.lcc_demons import LCCDemonsParams
+    from svfnet.common.atomic import write_json
 
     selected = result.selected
     record = {
@@ -623,8 +623,8 @@ def read_tuned_params(workdir: str | Path) -> dict[str, Any] | None:
         exists but is not used is said in a logged warning.
     """
     from svfnet.baselines.lcc_demons import LCCDemonsParams
-    from svfnet.split import split_path
-    from svfnet.workdir import prepared_digests
+    from svfnet.common.workdir import prepared_digests
+    from svfnet.data.split import split_path
 
     path = record_path(workdir)
     if not path.is_file():
@@ -677,7 +677,7 @@ def read_tuned_params(workdir: str | Path) -> dict[str, Any] | None:
 def summary_lines(result: TuningResult, *, limit: int | None = None) -> list[str]:
     """A Markdown summary: the identity, the selected configuration, then one row per configuration,
     eligible ones first, by mean Dice (at most ``limit`` rows)."""
-    from svfnet.workdir import REGIONS
+    from svfnet.common.workdir import REGIONS
 
     identity = result.identity
     lines = [

@@ -251,12 +251,11 @@ def params_from_args(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     import time
 
-    from svfnet import fields
-    from svfnet._io import write_json
     from svfnet.baselines import lcc_demons
+    from svfnet.common.atomic import write_json
     from svfnet.data.nifti import read_nifti, write_nifti
-
     from svfnet.data.readers import refuse_complex
+    from svfnet.ops import fields
 
     params = params_from_args(args)  # bad parameters fail before any file is read
     refuse_complex(args.moving, "moving image")
@@ -371,7 +370,7 @@ def write_field(
     (:func:`svfnet.data.nifti.vector_image`)."""
     import nibabel as nib
 
-    from svfnet._io import atomic_path
+    from svfnet.common.atomic import atomic_path
     from svfnet.data.nifti import vector_image
 
     field = np.asarray(field, dtype=np.float32)

@@ -60,8 +60,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from svfnet.evaluate import run_evaluation
-    from svfnet.workdir import WorkDir
+    from svfnet.common.workdir import WorkDir
+    from svfnet.evaluation.evaluate import run_evaluation
 
     if args.workers is not None and args.workers < 1:
         raise ValueError(f"--workers must be at least 1, got {args.workers}")

@@ -4,10 +4,10 @@
 
 - the flags every command shares are checked first (``--workers``);
 - the folder named by ``args.<writes>`` is locked for the command's whole run
-  (:mod:`svfnet.locks`): a second writer is refused, naming the holder. Under torchrun only
+  (:mod:`svfnet.common.locks`): a second writer is refused, naming the holder. Under torchrun only
   rank 0 takes it (the other ranks write nothing);
 - a replacement that a killed run left half done in that folder is finished or undone
-  (:func:`svfnet.staging.recover_workdir`);
+  (:func:`svfnet.common.staging.recover_workdir`);
 - an operating-system error (a folder that cannot be written, a full disk) becomes one line naming
   the path, not a traceback.
 """
@@ -65,9 +65,9 @@ def guarded(
     """
 
     def command(args: argparse.Namespace) -> int:
-        from svfnet.limits import check_workers
-        from svfnet.locks import FolderLocked, folder_lock, hold_lock, prefix_lock_path
-        from svfnet.staging import recover_workdir
+        from svfnet.common.limits import check_workers
+        from svfnet.common.locks import FolderLocked, folder_lock, hold_lock, prefix_lock_path
+        from svfnet.common.staging import recover_workdir
 
         check_workers(getattr(args, "workers", None))
         folder = getattr(args, writes, None) if writes else None

@@ -50,8 +50,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from svfnet.common.workdir import REGIONS
     from svfnet.data.prepare import prepare_dataset
-    from svfnet.workdir import REGIONS
 
     dataset = dataset_from_options(args)
     report = prepare_dataset(

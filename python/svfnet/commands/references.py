@@ -41,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from svfnet.references import ReferenceParameters, run_references
+    from svfnet.references.stage import ReferenceParameters, run_references
 
     parameters = ReferenceParameters(
         deformation=args.deformation, nu=args.nu, smoothing=args.smoothing, log_tol=args.log_tol,

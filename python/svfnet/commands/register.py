@@ -65,7 +65,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         nargs="+",
         metavar="N",
         help="with --refine: iterations per level, coarsest first (one number per level; default: "
-        "svfnet.registration.REFINEMENT)",
+        "svfnet.registration.arrays.REFINEMENT)",
     )
     parser.add_argument("--force", action="store_true", help="replace existing outputs")
     parser.add_argument("--keep-going", action="store_true", help="--pairs: go on past a failing pair")
@@ -105,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
 
     from svfnet import default_device
     from svfnet.data.labels import parse_label_mapping
-    from svfnet.register_nifti import PairFiles, read_pairs, register_pairs
+    from svfnet.registration.files import register_pairs
+    from svfnet.registration.pairs import PairFiles, read_pairs
 
     mapping = parse_label_mapping(args.labels) if args.labels is not None else None
     if args.device == "cuda" and default_device().type != "cuda":

@@ -9,7 +9,7 @@ from pathlib import Path
 from svfnet.commands.argument_types import positive_int
 from svfnet.commands.guard import guarded
 
-# svfnet.segmentation's FUSIONS, DEFAULT_FUSION and DEFAULT_MIN_CORRELATION, spelt out: `svfnet --help`
+# svfnet.segmentation.multi_atlas's FUSIONS, DEFAULT_FUSION and DEFAULT_MIN_CORRELATION, spelt out: `svfnet --help`
 # must not import torch (tests/test_segmentation.py checks that they agree)
 FUSIONS = ("majority", "weighted")
 DEFAULT_FUSION = "weighted"
@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from svfnet import default_device
-    from svfnet.segmentation import segment
+    from svfnet.segmentation.multi_atlas import segment
 
     if args.device == "cuda" and default_device().type != "cuda":
         raise ValueError(

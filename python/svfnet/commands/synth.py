@@ -6,7 +6,7 @@ import argparse
 
 from svfnet.commands.guard import guarded
 
-_HEADER_STYLES = ("itk", "acdc", "qform-only", "sform-only", "disagree", "oblique")  # synthetic.HEADER_STYLES
+HEADER_STYLES = ("itk", "acdc", "qform-only", "sform-only", "disagree", "oblique")  # synthetic.HEADER_STYLES
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -43,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--header-style",
-        choices=_HEADER_STYLES,
+        choices=HEADER_STYLES,
         default=None,
         metavar="STYLE",
         help="with --realistic: write every subject's NIfTI header in this style (default: drawn per "
@@ -65,8 +65,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from svfnet.common.limits import MAX_SEED, MAX_SUBJECTS, check_disk, check_int, synthetic_disk_bytes
     from svfnet.data.synthetic import write_synthetic_dataset
-    from svfnet.limits import MAX_SEED, MAX_SUBJECTS, check_disk, check_int, synthetic_disk_bytes
 
     check_int(args.subjects, "--subjects", 1, MAX_SUBJECTS)  # 10^11 subjects wrote until the disk was full
     check_int(args.seed, "--seed", 0, MAX_SEED)

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from svfnet.commands.argument_types import non_negative_finite, non_negative_int, positive_finite, positive_int
+from svfnet.commands.argument_types import (
+    non_negative_finite,
+    non_negative_int,
+    positive_finite,
+    positive_int,
+)
 from svfnet.commands.guard import guarded
 
 
@@ -63,7 +68,7 @@ _TRAIN_FLAGS = {  # flag -> TrainConfig field
 def run(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from svfnet.train import TrainConfig, saved_config, train
+    from svfnet.training.train import TrainConfig, saved_config, train
 
     # a resumed run starts from its saved configuration; a new one from the defaults. The flags
     # given change it (train() refuses a resumed run whose flags change anything but --steps).

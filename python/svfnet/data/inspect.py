@@ -15,14 +15,14 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
+from svfnet.common.workdir import REGIONS
 from svfnet.data.labels import label_values
 from svfnet.data.nifti import read_geometry, read_nifti
 from svfnet.data.readers import Dataset, SubjectFiles, load_subject
-from svfnet.workdir import REGIONS
 
 __all__ = ["RegionSummary", "SubjectInspection", "inspect_dataset", "inspect_subject", "summarise"]
 
-REGION_NAMES = REGIONS  # svfnet's regions by label value (one home: svfnet.workdir)
+REGION_NAMES = REGIONS  # svfnet's regions by label value (one home: svfnet.common.workdir)
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from svfnet.workdir import REGIONS
+from svfnet.common.workdir import REGIONS
 
 LabelMapping = dict[int, int]
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from svfnet._io import atomic_path
+from svfnet.common.atomic import atomic_path
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 

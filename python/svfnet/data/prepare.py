@@ -43,10 +43,10 @@ from typing import Any
 import numpy as np
 from scipy.ndimage import binary_dilation, gaussian_filter, map_coordinates
 
+from svfnet.common.workdir import REGIONS, WorkDir
 from svfnet.data.labels import label_values
 from svfnet.data.readers import Dataset, Subject, load_subject
 from svfnet.data.transform import resample_labels
-from svfnet.workdir import REGIONS, WorkDir
 
 logger = logging.getLogger(__name__)
 
@@ -474,7 +474,7 @@ def _largest_volume(dataset: Dataset) -> int:
 def check_preparation(dataset: Dataset, shape: tuple[int, int, int]) -> None:
     """The cohort's size and the memory preparing it needs (one subject at a time: the grid and the
     largest image), against the limits and this machine; ValueError before anything is read."""
-    from svfnet.limits import MAX_SUBJECTS, check_memory, prepare_memory_bytes
+    from svfnet.common.limits import MAX_SUBJECTS, check_memory, prepare_memory_bytes
 
     if len(dataset) > MAX_SUBJECTS:
         raise ValueError(f"{dataset.root}: {len(dataset):,} subjects, above the limit of {MAX_SUBJECTS:,}")
@@ -501,9 +501,9 @@ def prepare_dataset(
     Every subject is read and checked, and every frame computed, before anything is written: a
     bad file stops the run with an error naming it and leaves the work folder as it was. The grid
     must suit SVF-Net (in-plane sizes divisible by 8, slices by 2) and the limits of
-    :mod:`svfnet.limits`, and the memory preparation needs (estimated from the grid and the largest
+    :mod:`svfnet.common.limits`, and the memory preparation needs (estimated from the grid and the largest
     image's header) must be available, else ValueError before anything is read. The work folder is
-    locked meanwhile (:mod:`svfnet.locks`). Each subject's content digests are recorded in
+    locked meanwhile (:mod:`svfnet.common.locks`). Each subject's content digests are recorded in
     ``subjects.json`` (``"digests"``): later stages' fingerprints are made of them.
 
     Args:
@@ -524,11 +524,11 @@ def prepare_dataset(
     Raises:
         FileExistsError: ``prepared/`` exists and ``overwrite`` is false.
         FileNotFoundError, ValueError: a bad input (named in the message).
-        svfnet.locks.FolderLocked: another process is writing the work folder.
+        svfnet.common.locks.FolderLocked: another process is writing the work folder.
     """
-    from svfnet.limits import check_grid_shape
-    from svfnet.locks import folder_lock
-    from svfnet.staging import STAGING, recover_replaced, remove_staging, replace_tree
+    from svfnet.common.limits import check_grid_shape
+    from svfnet.common.locks import folder_lock
+    from svfnet.common.staging import STAGING, recover_replaced, remove_staging, replace_tree
 
     shape = check_grid_shape(tuple(shape), "--shape")
     if spacing_mm is not None and (
@@ -578,7 +578,7 @@ def _prepare_into(
     """The two passes of :func:`prepare_dataset`, writing ``folder.prepared``."""
     from tqdm.auto import tqdm
 
-    from svfnet.workdir import write_prepared_subject, write_subjects
+    from svfnet.common.workdir import write_prepared_subject, write_subjects
 
     # pass 1: read and check everything, compute the frames (nothing written)
     frames: list[CanonicalFrame] = []

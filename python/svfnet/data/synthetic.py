@@ -1043,7 +1043,7 @@ def write_nifti_encoded(path: str | Path, data: np.ndarray, encoding: HeaderEnco
     """Writes a 3D volume atomically with the header ``encoding`` describes (not svfnet's own)."""
     import nibabel as nib
 
-    from svfnet._io import atomic_path
+    from svfnet.common.atomic import atomic_path
 
     data = np.asarray(data)
     if data.ndim != 3:
@@ -1246,7 +1246,7 @@ def write_synthetic_dataset(
     """
     from tqdm.auto import tqdm
 
-    from svfnet._io import write_json
+    from svfnet.common.atomic import write_json
     from svfnet.data.nifti import write_nifti
 
     out = Path(out)

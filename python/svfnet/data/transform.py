@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 from scipy.ndimage import map_coordinates
 
+from svfnet.common.workdir import WorkDir
 from svfnet.data.labels import label_values
-from svfnet.workdir import WorkDir
 
 
 @dataclass(frozen=True)
@@ -105,7 +105,7 @@ def read_transform(workdir: str | Path, subject_id: str) -> PreparedTransform:
     return PreparedTransform.from_record(json.loads(path.read_text()))
 
 
-def _original_grid_in_prepared(transform: PreparedTransform) -> np.ndarray:
+def original_grid_in_prepared(transform: PreparedTransform) -> np.ndarray:
     """Prepared voxel positions of every original voxel; ``(3, I0, J0, K0)``."""
     grid = np.indices(transform.original_shape, dtype=np.float64).reshape(3, -1)
     inverse = transform.original_to_prepared_voxel
@@ -134,7 +134,7 @@ def to_original(
         )
     if kind not in ("image", "labels"):
         raise ValueError(f"to_original(): 'kind' must be 'image' or 'labels', got {kind!r}")
-    positions = _original_grid_in_prepared(transform)
+    positions = original_grid_in_prepared(transform)
     if kind == "image":
         return map_coordinates(
             volume.astype(np.float32), positions, order=1, mode="constant", cval=fill
@@ -194,7 +194,7 @@ def original_positions(disp: np.ndarray, fixed: PreparedTransform, moving: Prepa
         raise ValueError(
             "original_positions(): the fixed and moving transforms are for different prepared grids"
         )
-    prepared = _original_grid_in_prepared(fixed)
+    prepared = original_grid_in_prepared(fixed)
     flat = prepared.reshape(3, -1)
     moved = flat + np.stack([map_coordinates(c, flat, order=1, mode="nearest") for c in disp])
     matrix = moving.prepared_to_original_voxel

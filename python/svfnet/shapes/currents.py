@@ -6,7 +6,7 @@ A triangulated surface ``S`` is represented by the centres ``c_f`` and area-weig
     ⟨S, T⟩ = Σ_f Σ_g exp(-|c_f - d_g|² / σ_W²) n_f · m_g,    d(S, T)² = ⟨S,S⟩ - 2⟨S,T⟩ + ⟨T,T⟩.
 
 Several regions (LV, RV...) are compared region by region and summed with weights. Everything is
-differentiable in the vertex positions (torch), through :func:`svfnet.kernels.gaussian_bilinear`.
+differentiable in the vertex positions (torch), through :func:`svfnet.ops.kernels.gaussian_bilinear`.
 Units: positions in mm, so normals in mm², inner products in mm⁴, distances in mm².
 
 References:
@@ -22,7 +22,7 @@ from typing import Any, Union
 import numpy as np
 import torch
 
-from svfnet.kernels import _Bilinear, valid_sigma
+from svfnet.ops.kernels import BilinearFormFunction, valid_sigma
 from svfnet.shapes.surfaces import Surface
 
 __all__ = [
@@ -67,7 +67,7 @@ def triangle_centres_normals(vertices: Any, faces: Any) -> tuple[Any, Any]:
     return centres.numpy(), normals.numpy()
 
 
-def _as_currents(
+def as_currents(
     func: str, name: str, surface: SurfaceLike, dtype: torch.dtype | None
 ) -> tuple[torch.Tensor, ...]:
     if isinstance(surface, Surface):
@@ -109,12 +109,12 @@ def currents_inner(
     func = "currents_inner"
     sigma = _sigma(func, sigma_mm)
     dtype = dtype or _common_dtype(a, b)
-    ca, na = _as_currents(func, "a", a, dtype)
+    ca, na = as_currents(func, "a", a, dtype)
     if a is b:  # a squared norm: one pass, both slots' gradients from it
-        value = _Bilinear.apply(ca, na, ca, na, sigma, True)
+        value = BilinearFormFunction.apply(ca, na, ca, na, sigma, True)
     else:
-        cb, nb = _as_currents(func, "b", b, dtype)
-        value = _Bilinear.apply(ca, na, cb, nb, sigma, False)
+        cb, nb = as_currents(func, "b", b, dtype)
+        value = BilinearFormFunction.apply(ca, na, cb, nb, sigma, False)
     return value if _any_torch(a, b) else float(value)
 
 
@@ -166,12 +166,12 @@ def currents_distance(
         weight = float(weights.get(region, 1.0)) if not single else 1.0
         if not (math.isfinite(weight) and weight >= 0):
             raise ValueError(f"{func}(): weight of region {region} must be >= 0, got {weight!r}")
-        ca, na = _as_currents(func, f"a[{region}]", regions_a[region], dtype)
-        cb, nb = _as_currents(func, f"b[{region}]", regions_b[region], dtype)
+        ca, na = as_currents(func, f"a[{region}]", regions_a[region], dtype)
+        cb, nb = as_currents(func, f"b[{region}]", regions_b[region], dtype)
         d2 = (
-            _Bilinear.apply(ca, na, ca, na, sigma, True)
-            - 2.0 * _Bilinear.apply(ca, na, cb, nb, sigma, False)
-            + _Bilinear.apply(cb, nb, cb, nb, sigma, True)
+            BilinearFormFunction.apply(ca, na, ca, na, sigma, True)
+            - 2.0 * BilinearFormFunction.apply(ca, na, cb, nb, sigma, False)
+            + BilinearFormFunction.apply(cb, nb, cb, nb, sigma, True)
         )
         total = total + weight * d2
     total = torch.clamp(total, min=0.0)  # rounding can take d² of nearly equal surfaces below 0

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from svfnet.kernels import _Bilinear, _GaussianSum, _SumAndGradient
+from svfnet.ops.kernels import BilinearFormFunction, GaussianSumFunction, SumAndGradientFunction
 from svfnet.shapes.parameters import LddmmParameters
 from svfnet.shapes.surfaces import Surface
 
@@ -145,7 +145,7 @@ def _hamiltonian_velocity(
     q: torch.Tensor, p: torch.Tensor, sigma: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(q̇, ṗ) = (K(q, q) p, -∂H/∂q): one pass over the control point pairs."""
-    q_dot, dh_dq = _SumAndGradient.apply(q, q, p, p, sigma, True)
+    q_dot, dh_dq = SumAndGradientFunction.apply(q, q, p, p, sigma, True)
     return q_dot, -dh_dq
 
 
@@ -161,7 +161,7 @@ def _shoot(q0: torch.Tensor, p0: torch.Tensor, x0: torch.Tensor, parameters: Ldd
     trajectory = []
     for _ in range(parameters.time_steps):
         q_dot, p_dot = _hamiltonian_velocity(q, p, sigma)
-        x_dot = _GaussianSum.apply(x, q, p, sigma)
+        x_dot = GaussianSumFunction.apply(x, q, p, sigma)
         if parameters.integrator == "euler":
             trajectory.append((q.detach(), p.detach()))
             q, p, x = q + dt * q_dot, p + dt * p_dot, x + dt * x_dot
@@ -169,7 +169,7 @@ def _shoot(q0: torch.Tensor, p0: torch.Tensor, x0: torch.Tensor, parameters: Ldd
         q_mid, p_mid, x_mid = q + 0.5 * dt * q_dot, p + 0.5 * dt * p_dot, x + 0.5 * dt * x_dot
         trajectory.append((q.detach(), p.detach(), q_mid.detach(), p_mid.detach()))
         q_dot, p_dot = _hamiltonian_velocity(q_mid, p_mid, sigma)
-        x_dot = _GaussianSum.apply(x_mid, q_mid, p_mid, sigma)
+        x_dot = GaussianSumFunction.apply(x_mid, q_mid, p_mid, sigma)
         q, p, x = q + dt * q_dot, p + dt * p_dot, x + dt * x_dot
     return x, trajectory
 
@@ -182,11 +182,11 @@ def _flow(x: torch.Tensor, trajectory, parameters: LddmmParameters) -> torch.Ten
         state = [s.to(x.dtype) for s in state]
         if parameters.integrator == "euler":
             q, p = state
-            x = x + dt * _GaussianSum.apply(x, q, p, sigma)
+            x = x + dt * GaussianSumFunction.apply(x, q, p, sigma)
         else:
             q, p, q_mid, p_mid = state
-            x_mid = x + 0.5 * dt * _GaussianSum.apply(x, q, p, sigma)
-            x = x + dt * _GaussianSum.apply(x_mid, q_mid, p_mid, sigma)
+            x_mid = x + 0.5 * dt * GaussianSumFunction.apply(x, q, p, sigma)
+            x = x + dt * GaussianSumFunction.apply(x_mid, q_mid, p_mid, sigma)
     return x
 
 
@@ -204,9 +204,9 @@ def _inverse_flow(x: torch.Tensor, trajectory, parameters: LddmmParameters, tol_
     def increment(y: torch.Tensor, state) -> torch.Tensor:
         if parameters.integrator == "euler":
             q, p = state
-            return _GaussianSum.apply(y, q, p, sigma)
+            return GaussianSumFunction.apply(y, q, p, sigma)
         q, p, q_mid, p_mid = state
-        return _GaussianSum.apply(y + 0.5 * dt * _GaussianSum.apply(y, q, p, sigma), q_mid, p_mid, sigma)
+        return GaussianSumFunction.apply(y + 0.5 * dt * GaussianSumFunction.apply(y, q, p, sigma), q_mid, p_mid, sigma)
 
     for state in reversed(trajectory):
         state = [s.to(x.dtype) for s in state]
@@ -298,9 +298,9 @@ class _Problem:
             normals = (0.5 * torch.linalg.cross(b - a, c - a)).contiguous()
             subject_centres, subject_normals = self.subject_currents[region]
             out[region] = (
-                _Bilinear.apply(centres, normals, centres, normals, self.sigma_w, True)
+                BilinearFormFunction.apply(centres, normals, centres, normals, self.sigma_w, True)
                 - 2.0
-                * _Bilinear.apply(centres, normals, subject_centres, subject_normals, self.sigma_w, False)
+                * BilinearFormFunction.apply(centres, normals, subject_centres, subject_normals, self.sigma_w, False)
                 + self.subject_norms[region]
             )
         return out
@@ -384,7 +384,7 @@ def register_surfaces(
         )
         subject_currents[region] = (centres, normals)
         subject_norms[region] = float(
-            _Bilinear.apply(centres, normals, centres, normals, parameters.sigma_w_mm, True)
+            BilinearFormFunction.apply(centres, normals, centres, normals, parameters.sigma_w_mm, True)
         )
     problem = _Problem(
         template_vertices, faces, subject_currents, subject_norms, weights, parameters.sigma_w_mm
@@ -406,7 +406,7 @@ def register_surfaces(
         evaluations += 1
         p0 = torch.from_numpy(momenta_flat.reshape(-1, 3)).to(dtype).requires_grad_(True)
         flowed, _ = _shoot(q0, p0, template_vertices, parameters)
-        kinetic = _Bilinear.apply(q0, p0, q0, p0, parameters.sigma_v_mm, True)
+        kinetic = BilinearFormFunction.apply(q0, p0, q0, p0, parameters.sigma_v_mm, True)
         energy = kinetic + problem.data_term(flowed) / noise2
         (gradient,) = torch.autograd.grad(energy, p0)
         value = float(energy.detach())
@@ -448,7 +448,7 @@ def register_surfaces(
         p0 = torch.from_numpy(momenta.reshape(-1, 3)).to(dtype)
         flowed, trajectory = _shoot(q0, p0, template_vertices, parameters)
         region_d2 = problem.distances_squared(flowed)
-        kinetic = float(_Bilinear.apply(q0, p0, q0, p0, parameters.sigma_v_mm, True))
+        kinetic = float(BilinearFormFunction.apply(q0, p0, q0, p0, parameters.sigma_v_mm, True))
         data = sum(weights[r] * float(d) for r, d in region_d2.items())
     return LddmmResult(
         control_points_mm=control_points,

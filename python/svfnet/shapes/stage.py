@@ -20,9 +20,9 @@ current template are skipped (resume); a subject prepared again (another grid, a
 under the same id) is registered again, and a template whose own prepared labels changed, or that
 is no longer a prepared subject, makes every subject be registered again. Such a recomputation,
 and ``overwrite``, writes beside the old results (``WORKDIR/.staging/shapes/``) and replaces them
-only when every subject is done; the work folder is locked meanwhile (:mod:`svfnet.locks`).
+only when every subject is done; the work folder is locked meanwhile (:mod:`svfnet.common.locks`).
 Registrations run in local processes, or on a Dask cluster (``scheduler``), through
-:mod:`svfnet.parallel`.
+:mod:`svfnet.common.parallel`.
 """
 
 from __future__ import annotations
@@ -38,10 +38,10 @@ from typing import Any
 
 import numpy as np
 
-from svfnet._io import atomic_path, write_json
+from svfnet.common.atomic import atomic_path, write_json
+from svfnet.common.workdir import REGIONS, WorkDir, read_prepared, subject_ids
 from svfnet.shapes.parameters import LddmmParameters
 from svfnet.shapes.surfaces import ENCLOSED_LABELS, Surface
-from svfnet.workdir import REGIONS, WorkDir, read_prepared, subject_ids
 
 __all__ = ["ShapesSummary", "choose_template", "farthest_points", "read_landmarks", "run_shapes"]
 
@@ -128,8 +128,8 @@ def choose_template(
     import torch
     from tqdm.auto import tqdm
 
-    from svfnet.kernels import _Bilinear
-    from svfnet.shapes.currents import _as_currents
+    from svfnet.ops.kernels import BilinearFormFunction
+    from svfnet.shapes.currents import as_currents
 
     coarse = dict(surface_settings, target_triangles=max(1000, surface_settings["target_triangles"] // 4))
     currents, norms = {}, {}
@@ -137,10 +137,10 @@ def choose_template(
         prepared = read_prepared(workdir, subject)
         surfaces = _extract(prepared.labels, prepared.spacing_mm, regions, coarse, subject)
         currents[subject] = {
-            r: _as_currents("choose_template", subject, s, torch.float32) for r, s in surfaces.items()
+            r: as_currents("choose_template", subject, s, torch.float32) for r, s in surfaces.items()
         }
         norms[subject] = {
-            r: float(_Bilinear.apply(c, n, c, n, sigma_w_mm, True)) for r, (c, n) in currents[subject].items()
+            r: float(BilinearFormFunction.apply(c, n, c, n, sigma_w_mm, True)) for r, (c, n) in currents[subject].items()
         }
     rng = np.random.default_rng(0)
     mean_distance = {}
@@ -153,7 +153,7 @@ def choose_template(
             d2 = 0.0
             for region in regions:
                 (ca, na), (cb, nb) = currents[subject][region], currents[other][region]
-                cross = float(_Bilinear.apply(ca, na, cb, nb, sigma_w_mm, False))
+                cross = float(BilinearFormFunction.apply(ca, na, cb, nb, sigma_w_mm, False))
                 d2 += norms[subject][region] - 2 * cross + norms[other][region]
             total += math.sqrt(max(d2, 0.0))
         mean_distance[subject] = total / max(len(others), 1)
@@ -185,7 +185,7 @@ def read_landmarks(workdir: str | Path, subject: str) -> dict[str, Any]:
     return out
 
 
-def _write_landmarks(
+def write_landmarks(
     path: Path, landmarks_mm: np.ndarray, summary: dict[str, Any], extra: dict[str, np.ndarray]
 ) -> None:
     with atomic_path(path) as temporary:
@@ -274,9 +274,9 @@ def run_shapes(
         ValueError: bad settings, settings that differ from the results on disk (without
             ``overwrite``), or subjects that failed (after the others are stored; rerun to resume).
     """
-    from svfnet.limits import MAX_LANDMARKS, MAX_TRIANGLES, check_workers
-    from svfnet.locks import folder_lock
-    from svfnet.staging import STAGING, recover_replaced, remove_staging, replace_tree
+    from svfnet.common.limits import MAX_LANDMARKS, MAX_TRIANGLES, check_workers
+    from svfnet.common.locks import folder_lock
+    from svfnet.common.staging import STAGING, recover_replaced, remove_staging, replace_tree
 
     func = "run_shapes"
     folder = WorkDir(workdir)
@@ -428,7 +428,7 @@ def _shapes_into(
     landmarks, stored, workers, scheduler, save_meshes, outlier_threshold, progress,
 ) -> ShapesSummary:
     """The stage's work, writing into ``out`` (the work folder's ``shapes/`` or its replacement)."""
-    from svfnet.parallel import run_tasks
+    from svfnet.common.parallel import run_tasks
 
     func = "run_shapes"
     config_path = out / "config.json"
@@ -507,7 +507,7 @@ def _shapes_into(
             "kinetic_energy": 0.0, "energy": 0.0, "iterations": 0, "evaluations": 0, "converged": True,
             "message": "the template", "seconds": 0.0, "control_points": 0,
         }  # fmt: skip
-        _write_landmarks(landmarks_dir / f"{template}.npz", landmarks_template_mm, identity,
+        write_landmarks(landmarks_dir / f"{template}.npz", landmarks_template_mm, identity,
                          {"inputs": np.array(inputs_of(template))})
         summary.computed.append(template)
 
@@ -546,7 +546,7 @@ def _shapes_into(
         value = outcome.value
         extra = {"momenta": value["momenta"], "control_points_mm": value["control_points_mm"],
                  "inputs": np.array(inputs_of(subject))}
-        _write_landmarks(landmarks_dir / f"{subject}.npz", value["landmarks_mm"], value["summary"], extra)
+        write_landmarks(landmarks_dir / f"{subject}.npz", value["landmarks_mm"], value["summary"], extra)
         if "deformed" in value:
             from svfnet.shapes.surfaces import save_surfaces
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from svfnet.workdir import REGIONS
+from svfnet.common.workdir import REGIONS
 
 __all__ = [
     "ENCLOSED_LABELS",
@@ -210,7 +210,7 @@ def save_surfaces(path: str | Path, surfaces: Mapping[int, Surface] | Surface) -
     """
     import meshio
 
-    from svfnet._io import atomic_path
+    from svfnet.common.atomic import atomic_path
 
     if isinstance(surfaces, Surface):
         surfaces = {0: surfaces}

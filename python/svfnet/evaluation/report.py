@@ -1,0 +1,722 @@
+"""The evaluation's report: one HTML page and its PNG figures (``WORKDIR/evaluation/``).
+
+:func:`write_report` draws, with matplotlib's Agg backend (no display needed):
+
+- ``figures/boxplot_<metric>.png``: one box plot per metric, one panel per region, the methods
+  side by side (the kind of the paper's Figure 3);
+- ``figures/example_<n>.png``: example pairs (the best and worst of each method, SVF-Net's typical
+  one): moving, fixed and each method's registered image, with the registered (red) and target
+  (green) myocardium outlines, in a short-axis slice and a long-axis cut (the paper's Figure 4);
+
+and writes ``report.html``: the headline numbers, the statistics in plain sentences, the timing
+table, the figures, a summary table, the outliers and the settings. The page is self-contained:
+its figures are inlined (base64 PNG), no script, no external style or font, so it can be mailed or
+archived alone; the same PNGs lie beside it in ``figures/`` for slides and READMEs.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import html
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from svfnet.common.atomic import atomic_path
+from svfnet.evaluation.tables import (
+    METHOD_NAMES,
+    METRICS,
+    WHOLE_GRID,
+    Metric,
+    absent_regions,
+    as_float,
+    finite_values,
+    group_rows,
+    seconds_text,
+)
+
+__all__ = [
+    "ReportInputs",
+    "boxplot_figure",
+    "example_figure",
+    "statistics_sentences",
+    "statistics_table",
+    "write_report",
+]
+
+# One colour per method, in every figure.
+METHOD_COLOURS = {
+    "svfnet": "#1f77b4",
+    "svfnet_refined": "#17becf",
+    "lcc_demons": "#ff7f0e",
+    "sitk_demons": "#2ca02c",
+    "ants_syn": "#9467bd",
+    "identity": "#8c8c8c",
+}
+# Outline colours of the examples: the target (fixed) and the registered (warped moving) myocardium.
+TARGET_COLOUR, WARPED_COLOUR = "#39ff14", "#ff2a2a"
+# Label values drawn as "myocardium" in the examples (LV and RV myocardium).
+MYOCARDIUM_LABELS = (2, 4)
+# Label values that locate the left ventricle (where the example slices are cut).
+LV_LABELS = (1, 2)
+# Metrics the plain-words sentences speak about, per region and over the whole grid (the tables and
+# statistics.csv have them all).
+SENTENCE_REGION_METRICS = ("dice", "hausdorff95_mm")
+SENTENCE_GRID_METRICS = ("log_jacobian_var", "folding_fraction")
+# Outlier rows shown in the page (all are in outliers.csv).
+OUTLIERS_SHOWN = 200
+DPI = 110
+
+# "SVF-Net had a <phrase> than <baseline>": what being better means, per metric.
+BETTER_PHRASES = {
+    "dice": "higher Dice (better overlap)",
+    "hausdorff95_mm": "smaller outline distance (Hausdorff 95%)",
+    "hausdorff_mm": "smaller largest outline distance (Hausdorff)",
+    "lcc": "higher local correlation (images more alike)",
+    "log_jacobian_var": "smoother deformation (lower log-Jacobian variance)",
+    "log_jacobian_normvar": "smoother deformation (lower normalised log-Jacobian variance)",
+    "folding_fraction": "smaller share of folded tissue",
+}
+
+
+@dataclass(frozen=True)
+class ReportInputs:
+    """What the report shows (built by :func:`svfnet.evaluation.evaluate.run_evaluation`)."""
+
+    workdir: str
+    checkpoint: str
+    subject_set: str
+    subjects: tuple[str, ...]
+    pair_count: int
+    methods: tuple[str, ...]
+    rows: list[dict[str, Any]]
+    summary: list[dict[str, Any]]
+    statistics: list[dict[str, Any]]
+    outliers: list[dict[str, Any]]
+    gallery: list[dict[str, Any]]
+    headline: tuple[str, ...]
+    method_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    method_sources: dict[str, str] = field(default_factory=dict)  # where a method's settings came from
+    failed: int = 0
+    training: str = ""  # how the SVF-Net model was trained (TrainConfig.summary), where its checkpoint says
+
+
+# ------------------------------------------------------------------------------------------ figures
+def _new_figure(width: float, height: float) -> Any:
+    from matplotlib.figure import Figure
+
+    # a bare Figure renders with Agg and touches no global pyplot state
+    return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+
+
+def _save(figure: Any, path: Path) -> None:
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, format="png", dpi=DPI)
+
+
+def boxplot_figure(
+    rows: Sequence[Mapping[str, Any]], methods: Sequence[str], metric: Metric, path: Path
+) -> bool:
+    """Box plots of one metric: a panel per region, the methods side by side; False when no data.
+
+    Args:
+        rows: rows of ``pairs.csv``.
+        methods: method keys, in display order.
+        metric: the metric.
+        path: the PNG to write.
+    """
+    regions: dict[int, str] = {}
+    for row in rows:
+        regions.setdefault(int(row["region"]), str(row["name"]))
+    groups = group_rows(rows)
+    panels = []
+    for region, name in regions.items():
+        data = [
+            np.asarray(list(finite_values(groups, method, region, metric.key).values()), dtype=np.float64)
+            for method in methods
+        ]
+        if any(d.size for d in data):
+            panels.append((name, data))
+    if not panels:
+        return False
+    figure = _new_figure(max(3.0, (1.0 + 0.55 * len(methods)) * len(panels)), 3.4)
+    axes = figure.subplots(1, len(panels), squeeze=False)[0]
+    for axis, (name, data) in zip(axes, panels, strict=True):
+        positions = [p for p, d in enumerate(data, start=1) if d.size]
+        boxes = axis.boxplot(
+            [d for d in data if d.size],
+            positions=positions,
+            widths=0.6,
+            patch_artist=True,
+            medianprops={"color": "black"},
+            flierprops={"markersize": 3},
+        )
+        present = [m for m, d in zip(methods, data, strict=True) if d.size]
+        for patch, method in zip(boxes["boxes"], present, strict=True):
+            patch.set_facecolor(METHOD_COLOURS.get(method, "#bbbbbb"))
+            patch.set_alpha(0.85)
+        axis.set_xticks(
+            range(1, len(methods) + 1),
+            [METHOD_NAMES[m] for m in methods],
+            rotation=30,
+            ha="right",
+            fontsize=8,
+        )
+        axis.set_xlim(0.4, len(methods) + 0.6)
+        axis.set_title(name, fontsize=9)
+        axis.tick_params(axis="y", labelsize=8)
+        axis.grid(axis="y", alpha=0.3)
+    axes[0].set_ylabel(
+        f"{metric.label} ({'higher' if metric.higher_is_better else 'lower'} is better)", fontsize=8
+    )
+    _save(figure, path)
+    return True
+
+
+def _lv_centre(labels: np.ndarray) -> tuple[int, int, int]:
+    """Voxel nearest the centroid of the left ventricle (the grid's centre without one)."""
+    mask = np.isin(labels, LV_LABELS)
+    if not mask.any():
+        return tuple(n // 2 for n in labels.shape)  # type: ignore[return-value]
+    return tuple(int(round(float(c.mean()))) for c in np.nonzero(mask))  # type: ignore[return-value]
+
+
+def _myocardium(labels: np.ndarray) -> np.ndarray:
+    return np.isin(np.asarray(labels), MYOCARDIUM_LABELS)
+
+
+def _myocardium_dice(warped_labels: np.ndarray, fixed_labels: np.ndarray) -> float:
+    a, b = _myocardium(warped_labels), _myocardium(fixed_labels)
+    total = int(a.sum()) + int(b.sum())
+    return 2.0 * int((a & b).sum()) / total if total else math.nan
+
+
+def _draw_view(
+    axis: Any,
+    image: np.ndarray,
+    outlines: Sequence[tuple[np.ndarray, str]],
+    spacing: tuple[float, float],
+    value_range: tuple[float, float],
+) -> None:
+    """A 2D slice ``image[x, y]`` in mm (x right, y up) with mask outlines ``(mask[x, y], colour)``."""
+    sx, sy = spacing
+    nx, ny = image.shape
+    axis.imshow(
+        image.T,
+        origin="lower",
+        cmap="gray",
+        vmin=value_range[0],
+        vmax=value_range[1],
+        interpolation="nearest",
+        extent=(-0.5 * sx, (nx - 0.5) * sx, -0.5 * sy, (ny - 0.5) * sy),
+    )
+    xs, ys = np.arange(nx) * sx, np.arange(ny) * sy
+    for mask, colour in outlines:
+        if mask.any() and not mask.all():  # a contour needs both sides of the level
+            axis.contour(xs, ys, mask.T.astype(np.float32), levels=[0.5], colors=[colour], linewidths=1.2)
+    axis.set_aspect("equal")
+    axis.set_xticks([])
+    axis.set_yticks([])
+
+
+def example_figure(case: Mapping[str, Any], methods: Sequence[str], path: Path) -> None:
+    """One example pair: moving, fixed and each method's result, short-axis (top) and long-axis (bottom).
+
+    The short-axis view is the slice ``k`` through the fixed left ventricle's centre; the long-axis
+    view the ``(i, k)`` plane through it, drawn in millimetres (thick slices look thick).
+
+    Args:
+        case: a gallery entry of :func:`svfnet.evaluation.evaluate.run_evaluation` (moving/fixed ids, images,
+            labels, ``spacing_mm``, ``warped``: method → (image, labels), ``why``).
+        methods: method keys, in display order.
+        path: the PNG to write.
+    """
+    from matplotlib.lines import Line2D
+
+    spacing = tuple(float(s) for s in case["spacing_mm"])
+    fixed_image, fixed_labels = np.asarray(case["fixed_image"]), np.asarray(case["fixed_labels"])
+    centre_i, centre_j, centre_k = _lv_centre(fixed_labels)
+    low, high = np.percentile(fixed_image, [0.5, 99.5])
+    value_range = (float(low), float(high) if high > low else float(low) + 1.0)
+    target = _myocardium(fixed_labels)
+    columns = [
+        (
+            f"moving {case['moving']}",
+            np.asarray(case["moving_image"]),
+            _myocardium(case["moving_labels"]),
+            WARPED_COLOUR,
+            False,
+        ),
+        (f"fixed {case['fixed']}", fixed_image, target, TARGET_COLOUR, False),
+    ]
+    for method in methods:
+        if method not in case["warped"]:
+            continue
+        image, labels = case["warped"][method]
+        dice = _myocardium_dice(labels, fixed_labels)
+        title = (
+            f"{METHOD_NAMES[method]}\nmyocardium Dice {dice:.2f}"
+            if math.isfinite(dice)
+            else METHOD_NAMES[method]
+        )
+        columns.append((title, np.asarray(image), _myocardium(labels), WARPED_COLOUR, True))
+
+    extent_sa = spacing[1] * fixed_image.shape[1]
+    extent_la = spacing[2] * fixed_image.shape[2]
+    width = 1.9 * len(columns)
+    height = 1.9 * (1.0 + extent_la / max(extent_sa, 1e-6)) + 0.9
+    figure = _new_figure(width, height)
+    axes = figure.subplots(
+        2, len(columns), squeeze=False, gridspec_kw={"height_ratios": [extent_sa, max(extent_la, 1e-6)]}
+    )
+    for column, (title, image, mask, colour, with_target) in enumerate(columns):
+        short = [(target[:, :, centre_k], TARGET_COLOUR)] if with_target else []
+        long = [(target[:, centre_j, :], TARGET_COLOUR)] if with_target else []
+        _draw_view(
+            axes[0, column],
+            image[:, :, centre_k],
+            [*short, (mask[:, :, centre_k], colour)],
+            (spacing[0], spacing[1]),
+            value_range,
+        )
+        _draw_view(
+            axes[1, column],
+            image[:, centre_j, :],
+            [*long, (mask[:, centre_j, :], colour)],
+            (spacing[0], spacing[2]),
+            value_range,
+        )
+        axes[0, column].set_title(title, fontsize=8)
+    axes[0, 0].set_ylabel(f"short axis (slice k={centre_k})", fontsize=8)
+    axes[1, 0].set_ylabel(f"long axis (cut j={centre_j})", fontsize=8)
+    figure.suptitle(f"{case['moving']} to {case['fixed']}: " + "; ".join(case["why"]), fontsize=9)
+    figure.legend(
+        handles=[
+            Line2D([0], [0], color=TARGET_COLOUR, lw=2, label="target myocardium (fixed)"),
+            Line2D([0], [0], color=WARPED_COLOUR, lw=2, label="moving / registered myocardium"),
+        ],
+        loc="outside lower center",
+        ncol=2,
+        fontsize=8,
+        frameon=False,
+    )
+    _save(figure, path)
+
+
+# ------------------------------------------------------------------------------------------ words
+def _value_text(metric_key: str, value: float) -> str:
+    if not math.isfinite(value):
+        return "n/a"
+    if metric_key in ("dice", "lcc"):
+        return f"{value:.3f}"
+    if metric_key.endswith("_mm"):
+        return f"{value:.2f} mm"
+    if metric_key == "folding_fraction":
+        return f"{100 * value:.2f}%"
+    return f"{value:.3g}"
+
+
+def _percent(fraction: float) -> str:
+    return "n/a" if not math.isfinite(fraction) else f"{100 * fraction:.0f}%"
+
+
+def _p_text(p_value: float) -> str:
+    if not math.isfinite(p_value):
+        return "Welch's t-test cannot be computed here (too few pairs, or no variation)"
+    if p_value < 0.001:
+        return "Welch's t-test p < 0.001: very unlikely to be chance"
+    if p_value < 0.05:
+        return f"Welch's t-test p = {p_value:.3f}: unlikely to be chance"
+    return f"Welch's t-test p = {p_value:.2f}: this difference could be chance"
+
+
+def _sentence(row: Mapping[str, Any], where: str) -> str:
+    metric, name = row["metric"], METHOD_NAMES.get(row["baseline"], row["baseline"])
+    method = METHOD_NAMES.get(row.get("method", "svfnet"), row.get("method", "svfnet"))
+    label = next(m.label for m in METRICS if m.key == metric)
+    ours, theirs = (
+        _value_text(metric, as_float(row["svfnet_mean"])),
+        _value_text(metric, as_float(row["baseline_mean"])),
+    )
+    tied = as_float(row["tied"])
+    if tied >= 1.0:
+        return (
+            f"{where}, {method} and {name} gave the same {label} in all {row['pairs']} pairs "
+            f"(on average {ours})."
+        )
+    return (
+        f"{where}, {method} had a {BETTER_PHRASES[metric]} than {name} in "
+        f"{_percent(as_float(row['svfnet_better']))} of the {row['pairs']} pairs, {name} in "
+        f"{_percent(as_float(row['svfnet_worse']))}"
+        + (f", neither (equal) in {_percent(tied)}" if tied > 0 else "")
+        + f"; on average {ours} against {theirs} ({_p_text(as_float(row['p_value']))})."
+    )
+
+
+def statistics_sentences(
+    statistics: Sequence[Mapping[str, Any]],
+) -> list[tuple[tuple[str, str], list[str]]]:
+    """The main statistics in plain sentences, per compared pair of methods:
+    ``[((method, baseline), sentences)]`` (method: SVF-Net, or SVF-Net + refinement).
+
+    Per region, Dice and the outline distance (Hausdorff 95%), e.g. "For the LV myocardium, SVF-Net
+    had a higher Dice (better overlap) than LCC Log-Demons in 82% of the 1369 pairs, LCC Log-Demons in
+    18%; on average 0.812 against 0.781 (Welch's t-test p = 0.003: unlikely to be chance)."; then,
+    against the other registration methods, the smoothness and folding over the whole grid. Every
+    region and metric is in :func:`statistics_table` and ``statistics.csv``.
+    """
+    groups: dict[tuple[str, str], list[str]] = {}
+    for row in statistics:
+        if not row["pairs"]:
+            continue
+        region, metric = int(row["region"]), row["metric"]
+        pair = (row.get("method", "svfnet"), row["baseline"])
+        if region != WHOLE_GRID and metric in SENTENCE_REGION_METRICS:
+            groups.setdefault(pair, []).append(_sentence(row, f"For the {row['name']}"))
+        elif region == WHOLE_GRID and metric in SENTENCE_GRID_METRICS and row["baseline"] != "identity":
+            groups.setdefault(pair, []).append(_sentence(row, "Over the whole image"))
+    return list(groups.items())
+
+
+def statistics_table(
+    statistics: Sequence[Mapping[str, Any]], baseline: str, method: str = "svfnet"
+) -> tuple[list[str], list[list[str]]]:
+    """Header and rows: per region and metric, "better / equal / worse (p)" of ``method`` (SVF-Net by
+    default) vs ``baseline``."""
+    chosen = [r for r in statistics if r["baseline"] == baseline and r.get("method", "svfnet") == method]
+    metrics = [m for m in METRICS if any(r["metric"] == m.key for r in chosen)]
+    by_key = {(r["name"], r["metric"]): r for r in chosen}
+    regions = list(dict.fromkeys(r["name"] for r in chosen))
+    rows = []
+    for region in regions:
+        cells = [region]
+        for metric in metrics:
+            row = by_key.get((region, metric.key))
+            if row is None or not row["pairs"]:
+                cells.append("")
+                continue
+            p_value = as_float(row["p_value"])
+            p_text = (
+                "p n/a"
+                if not math.isfinite(p_value)
+                else ("p < 0.001" if p_value < 0.001 else f"p = {p_value:.3f}")
+            )
+            cells.append(
+                f"{_percent(as_float(row['svfnet_better']))} / {_percent(as_float(row['tied']))} / "
+                f"{_percent(as_float(row['svfnet_worse']))} ({p_text})"
+            )
+        rows.append(cells)
+    return ["region", *(m.label for m in metrics)], rows
+
+
+# ------------------------------------------------------------------------------------------ HTML
+_STYLE = """
+body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; max-width: 1200px;
+       margin: 2em auto; padding: 0 1em; color: #222; line-height: 1.45; }
+h1 { font-size: 1.6em; } h2 { font-size: 1.25em; margin-top: 2em; border-bottom: 1px solid #ddd; }
+h3 { font-size: 1.05em; margin-bottom: 0.3em; }
+table { border-collapse: collapse; margin: 0.6em 0; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
+th { background: #f3f3f3; } td.text, th.text { text-align: left; }
+figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
+figcaption { font-size: 0.9em; color: #444; }
+.meta { color: #555; font-size: 0.9em; }
+.note { background: #fff8e1; padding: 0.5em 0.8em; border-left: 4px solid #f0b400; }
+pre.headline { background: #f6f8fa; padding: 0.8em; font-size: 0.95em; }
+"""
+
+
+def _e(text: Any) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], text_columns: int = 1) -> str:
+    cells = [
+        "<table><tr>"
+        + "".join(
+            f'<th class="text">{_e(h)}</th>' if i < text_columns else f"<th>{_e(h)}</th>"
+            for i, h in enumerate(header)
+        )
+        + "</tr>"
+    ]
+    for row in rows:
+        cells.append(
+            "<tr>"
+            + "".join(
+                f'<td class="text">{_e(v)}</td>' if i < text_columns else f"<td>{_e(v)}</td>"
+                for i, v in enumerate(row)
+            )
+            + "</tr>"
+        )
+    return "\n".join(cells) + "</table>"
+
+
+def _figure_html(path: Path, relative: str, alt: str, caption: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return (
+        f'<figure><img src="data:image/png;base64,{data}" alt="{_e(alt)}">'
+        f'<figcaption>{_e(caption)} <a href="{_e(relative)}">{_e(relative)}</a></figcaption></figure>'
+    )
+
+
+def _timing_table(inputs: ReportInputs) -> str:
+    by_method = {row["method"]: row for row in inputs.summary if row["metric"] == "seconds"}
+    reference = by_method.get("svfnet", {}).get("median")
+    body = []
+    for method in inputs.methods:
+        row = by_method.get(method)
+        if row is None:
+            continue
+        threads = sorted(
+            {str(r["threads"]) for r in inputs.rows if r["method"] == method and r["threads"] != ""}
+        )
+        ratio = f"{row['median'] / reference:.1f}×" if reference and method != "identity" else ""
+        body.append(
+            [
+                METHOD_NAMES[method],
+                row["n"],
+                seconds_text(row["median"]),
+                seconds_text(row["mean"]),
+                f"{seconds_text(row['q1'])} to {seconds_text(row['q3'])}",
+                ", ".join(threads) or "-",
+                ratio,
+            ]
+        )
+    if not body:
+        return "<p>No timings (no pair was registered).</p>"
+    return _table(["method", "pairs", "median", "mean", "middle half", "threads", "time / SVF-Net's"], body)
+
+
+def _summary_table(inputs: ReportInputs) -> str:
+    by_key = {(r["method"], r["name"], r["metric"]): r for r in inputs.summary}
+    regions = list(dict.fromkeys(r["name"] for r in inputs.summary if r["metric"] != "seconds"))
+    body = []
+    for region in regions:
+        for metric in METRICS:
+            cells = []
+            for method in inputs.methods:
+                row = by_key.get((method, region, metric.key))
+                cells.append(
+                    ""
+                    if row is None
+                    else (
+                        f"{_value_text(metric.key, row['median'])} "
+                        f"[{_value_text(metric.key, row['q1'])}, {_value_text(metric.key, row['q3'])}]"
+                    )
+                )
+            if any(cells):
+                body.append([region, metric.label, *cells])
+    return _table(["region", "metric", *(METHOD_NAMES[m] for m in inputs.methods)], body, text_columns=2)
+
+
+def _outlier_section(inputs: ReportInputs) -> str:
+    if not inputs.outliers:
+        return (
+            "<p>No outliers: no method failed, lost a region, fell below the identity's Dice or folded.</p>"
+        )
+    counts: dict[str, int] = {}
+    for row in inputs.outliers:
+        counts[row["kind"]] = counts.get(row["kind"], 0) + 1
+    parts = [
+        f"<p>{_e(', '.join(f'{count} {kind}' for kind, count in counts.items()))}. Kinds: "
+        "<b>failed</b>: the method raised an error on the pair (the pair's rows are marked failed); "
+        "<b>lost</b>: a region present in both images vanished after registration; "
+        "<b>below identity</b>: Dice lower than without registration by more than 0.05; "
+        "<b>folding</b>: more than 1% of the grid folds; "
+        "<b>input</b>: a label map lacks a region (not a method failure: that region is left out of the "
+        "statistics for the pair).</p>"
+    ]
+    shown = inputs.outliers[:OUTLIERS_SHOWN]
+    parts.append(
+        _table(
+            ["moving", "fixed", "method", "region", "kind", "detail"],
+            [
+                [
+                    r["moving"],
+                    r["fixed"],
+                    METHOD_NAMES.get(r["method"], r["method"]),
+                    r["name"],
+                    r["kind"],
+                    r["detail"],
+                ]
+                for r in shown
+            ],
+            text_columns=6,
+        )
+    )
+    if len(inputs.outliers) > len(shown):
+        parts.append(f"<p>... and {len(inputs.outliers) - len(shown)} more in outliers.csv.</p>")
+    return "\n".join(parts)
+
+
+def _statistics_section(inputs: ReportInputs) -> str:
+    if "svfnet" not in inputs.methods:
+        return "<p>SVF-Net was not evaluated: no comparison.</p>"
+    groups = statistics_sentences(inputs.statistics)
+    if not groups:
+        return "<p>Not enough results for a comparison.</p>"
+    parts = [
+        "<p>Each sentence compares SVF-Net with another method on the same pairs, for one region of the "
+        "heart. <i>Better</i> means higher for overlap (Dice) and image similarity (local correlation), "
+        "lower for outline distances (Hausdorff, mm), for the spread of the local volume change "
+        "(log-Jacobian variance: lower is smoother, more plausible tissue motion) and for folding (which "
+        "real tissue cannot do). "
+        "The p-value of Welch's t-test says how likely a difference of the averages this large would be "
+        "if both methods were equally good; below 0.05 it is called significant.</p>",
+        '<p class="note">The pairs share subjects (every subject is moving and fixed in many pairs), so '
+        "they are not independent: the p-values are optimistic and are a guide rather than proof. The "
+        "percentages of pairs describe what happened without that assumption.</p>",
+    ]
+    for (method, baseline), sentences in groups:
+        name, ours = METHOD_NAMES.get(baseline, baseline), METHOD_NAMES.get(method, method)
+        parts.append(
+            f"<h3>{_e(ours)} against {_e(name)}</h3><ul>"
+            + "".join(f"<li>{_e(s)}</li>" for s in sentences)
+            + "</ul>"
+        )
+        header, rows = statistics_table(inputs.statistics, baseline, method)
+        parts.append(
+            f"<p>Every region and measure: share of the pairs where {_e(ours)} was better / equal / worse "
+            f"than {_e(name)} (Welch's t-test p-value).</p>"
+        )
+        parts.append(_table(header, rows, text_columns=len(header)))
+    return "\n".join(parts)
+
+
+def _settings_section(inputs: ReportInputs) -> str:
+    rows = [
+        [
+            METHOD_NAMES.get(method, method),
+            ", ".join(f"{k} = {v}" for k, v in sorted(params.items()))
+            + (f" ({inputs.method_sources[method]})" if method in inputs.method_sources else ""),
+        ]
+        for method, params in inputs.method_params.items()
+    ]
+    if inputs.checkpoint:
+        trained = f"; trained with {inputs.training}" if inputs.training else ""
+        rows.insert(0, ["SVF-Net", f"checkpoint {inputs.checkpoint}{trained}"])
+    return _table(["method", "settings"], rows, text_columns=2) if rows else ""
+
+
+def write_report(folder: str | Path, inputs: ReportInputs) -> Path:
+    """Draws the figures into ``folder/figures`` and writes ``folder/report.html``; returns its path."""
+    folder = Path(folder)
+    figures = folder / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+
+    box_html = []
+    for metric in METRICS:
+        path = figures / f"boxplot_{metric.key}.png"
+        if boxplot_figure(inputs.rows, inputs.methods, metric, path):
+            box_html.append(
+                _figure_html(
+                    path,
+                    f"figures/{path.name}",
+                    f"box plots of {metric.label}",
+                    f"{metric.label}: {metric.meaning}; "
+                    f"{'higher' if metric.higher_is_better else 'lower'} is better. "
+                    "Boxes span the middle half of the pairs, the line is the median, whiskers reach 1.5 box "
+                    "lengths, dots are the pairs beyond.",
+                )
+            )
+    example_html = []
+    for number, case in enumerate(inputs.gallery, start=1):
+        path = figures / f"example_{number}.png"
+        example_figure(case, inputs.methods, path)
+        example_html.append(
+            _figure_html(
+                path,
+                f"figures/{path.name}",
+                f"example {number}: {case['moving']} to {case['fixed']}",
+                f"Example {number}, {case['moving']} (moving) to {case['fixed']} (fixed): "
+                f"{'; '.join(case['why'])}. Top: short-axis slice; bottom: long-axis cut. Green: the target "
+                "(fixed) myocardium; red: the moving myocardium, and after registration.",
+            )
+        )
+
+    methods_text = ", ".join(METHOD_NAMES[m] for m in inputs.methods)
+    subject_note = ""
+    if inputs.subject_set != "test":
+        subject_note = (
+            '<p class="note">The split has no test subjects: these results are on the '
+            f"<b>{_e(inputs.subject_set)}</b> subjects, which were used to monitor training; they "
+            "may flatter SVF-Net.</p>"
+        )
+    absent = absent_regions(inputs.rows)
+    absent_note = (
+        f'<p class="note">No label map has the {_e(", ".join(absent))}: '
+        f"{'this region is' if len(absent) == 1 else 'these regions are'} not evaluated.</p>"
+        if absent
+        else ""
+    )
+    failed_note = (
+        (
+            f'<p class="note">{inputs.failed} registration(s) failed (see Outliers); their pairs are '
+            "left out of that method's statistics.</p>"
+        )
+        if inputs.failed
+        else ""
+    )
+    generated = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    page = f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>svfnet evaluation: SVF-Net against {_e(methods_text)}</title>
+<style>{_STYLE}</style>
+</head>
+<body>
+<h1>Registration of cardiac images: SVF-Net against {
+        _e(", ".join(METHOD_NAMES[m] for m in inputs.methods if m != "svfnet"))
+    }</h1>
+<p class="meta">Work folder {_e(inputs.workdir)}; {len(inputs.subjects)} {_e(inputs.subject_set)} subjects,
+{inputs.pair_count} ordered pairs (every subject registered to every other); methods: {_e(methods_text)};
+generated {_e(generated)} by svfnet evaluate.</p>
+{subject_note}{failed_note}{absent_note}
+<h2>In short</h2>
+<pre class="headline">{_e(chr(10).join(inputs.headline))}</pre>
+<p>Each registration maps a moving image onto a fixed one; the outlines of the heart's regions, drawn
+by experts (or the data set), then tell how well the two hearts were brought together. The identity is
+no registration at all: the starting point every method should improve on.</p>
+<h2>What the comparison says</h2>
+{_statistics_section(inputs)}
+<h2>Time per registration</h2>
+<p>Wall time of one registration. SVF-Net: network, exponential and warp; LCC Log-Demons: the optimisation
+and the exponential; on the threads shown (the optimisation methods ran in parallel processes).</p>
+{_timing_table(inputs)}
+<h2>Accuracy and smoothness per region (as the paper's Figure 3)</h2>
+{"".join(box_html) or "<p>No results to plot.</p>"}
+<h2>Examples (as the paper's Figure 4)</h2>
+<p>The best and the worst pair of each method (by the mean Dice over the regions) and a typical
+pair for SVF-Net.</p>
+{"".join(example_html) or "<p>No example pairs.</p>"}
+<h2>Summary table</h2>
+<p>Median [first quartile, third quartile] over the pairs; means, standard deviations and extremes are in
+summary.csv.</p>
+{_summary_table(inputs)}
+<h2>Outliers</h2>
+{_outlier_section(inputs)}
+<h2>Settings</h2>
+{_settings_section(inputs)}
+<h2>Files</h2>
+<ul>
+<li><a href="pairs.csv">pairs.csv</a>: every metric of every pair, method and region</li>
+<li><a href="summary.csv">summary.csv</a>: mean, median, quartiles per method, region and metric</li>
+<li><a href="statistics.csv">statistics.csv</a>: SVF-Net against each method, fractions of pairs and
+Welch's t-test</li>
+<li><a href="outliers.csv">outliers.csv</a>: failures and input problems</li>
+<li><a href="figures/">figures/</a>: the figures of this page as PNG files</li>
+</ul>
+</body>
+</html>
+"""
+    path = folder / "report.html"
+    with atomic_path(path) as temporary:
+        temporary.write_text(page, encoding="utf-8")
+    return path
