@@ -99,3 +99,13 @@ def test_cuda_matches_cpu_on_every_operation(rng):
     for cpu, gpu in pairs:
         assert gpu.is_cuda
         np.testing.assert_allclose(gpu.cpu().numpy(), cpu, atol=1e-4)
+
+
+def test_a_missing_cuda_launcher_is_one_clear_error(monkeypatch):
+    # every CUDA call of svfnet.ops goes through backend.cuda_entry: a build without the launcher says so
+    with pytest.raises(RuntimeError, match=r"built without its CUDA launchers.*move the tensors to the CPU"):
+        _backend.cuda_entry("no_such_op_cuda", "tensors")
+    monkeypatch.delattr(_core, "gauss_cuda_float32", raising=False)
+    with pytest.raises(RuntimeError, match="built without its CUDA launchers"):
+        _backend.cuda_entry("gauss_cuda_float32")
+    assert _backend.cuda_entry("warp_cpu") is _core.warp_cpu

@@ -111,13 +111,9 @@ class Backend:
         """
         if not self.on_cuda:
             return getattr(_core, f"{op}_cpu")(*arrays, *scalars, cpu_threads())
-        if not hasattr(_core, f"{op}_cuda"):
-            raise RuntimeError(
-                "svfnet was built without its CUDA launchers (build_info()['cuda'] is False); "
-                "reinstall with nvcc available, or move the arrays to the CPU"
-            )
+        entry = cuda_entry(f"{op}_cuda")
         with self._device_scope():
-            return getattr(_core, f"{op}_cuda")(
+            return entry(
                 *[address(a) for a in arrays], tuple(arrays[0].shape), *scalars, self._stream()
             )
 
@@ -125,7 +121,7 @@ class Backend:
         if not self.on_cuda:
             return _core.count_nonfinite_cpu(a.reshape(-1), cpu_threads())
         with self._device_scope():
-            return _core.count_nonfinite_cuda(address(a), math.prod(a.shape), self._stream())
+            return cuda_entry("count_nonfinite_cuda")(address(a), math.prod(a.shape), self._stream())
 
     def norm_stats(self, field5: Array) -> tuple[float, float]:
         """(max, mean) of |field(x)| over all voxels of a (N, 3, I, J, K) field."""
@@ -133,6 +129,18 @@ class Backend:
 
     def copy(self, a: Array) -> Array:
         return a.clone() if self.kind == "torch" and self.on_cuda else a.copy()
+
+
+def cuda_entry(name: str, what: str = "arrays") -> Any:
+    """The CUDA launcher ``_core.<name>``, or the one error that says the build has none (every CUDA
+    call of :mod:`svfnet.ops` comes here: fields through :meth:`Backend.launch`, kernels, ebs)."""
+    entry = getattr(_core, name, None)
+    if entry is None:
+        raise RuntimeError(
+            "svfnet was built without its CUDA launchers (build_info()['cuda'] is False); "
+            f"reinstall with nvcc available, or move the {what} to the CPU"
+        )
+    return entry
 
 
 def address(a: Array) -> int:

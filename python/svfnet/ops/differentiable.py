@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 
 from svfnet.ops.backend import backend_of, shape_text
-from svfnet.ops.fields import exp_batched_with_levels, exp_batched_vjp
+from svfnet.ops.fields import exp_batched_vjp, exp_batched_with_levels
 
 __all__ = ["exp", "warp"]
 

@@ -28,7 +28,7 @@ import numpy as np
 import scipy.linalg
 
 from svfnet import _core
-from svfnet.ops.backend import cpu_threads
+from svfnet.ops.backend import cpu_threads, cuda_entry
 
 __all__ = ["EBSFactorization", "ElasticBodySpline", "ebs_alpha", "factorize_ebs", "fit_ebs"]
 
@@ -242,7 +242,7 @@ class ElasticBodySpline:
             landmarks, coefficients = on_device(self.landmarks), on_device(self.coefficients)
             affine = on_device(self.affine)
             out = torch.empty((self.fits, 3, *shape), dtype=torch.float32, device=device)
-            _core.ebs_grid_cuda(
+            cuda_entry("ebs_grid_cuda")(
                 landmarks.data_ptr(), landmarks.shape[0], coefficients.data_ptr(), affine.data_ptr(), self.fits,
                 self.alpha, shape, tuple(-self.center_mm / self.scale_mm),
                 tuple(np.asarray(spacing) / self.scale_mm), tuple(1.0 / np.asarray(spacing)), out.data_ptr(),

@@ -33,6 +33,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from svfnet import _core
+from svfnet.ops.backend import cpu_threads, cuda_entry
 
 __all__ = ["gaussian_bilinear", "gaussian_gradient", "gaussian_sum", "gaussian_sum_and_gradient"]
 
@@ -76,18 +77,11 @@ def _launch(
     arrays = [t.detach() if t is not None else unused for t in (x, y, a, b, c, e, w)]
     arrays = [t if t.is_contiguous() else t.contiguous() for t in arrays]
     if device.type == "cpu":
-        from svfnet.ops.backend import cpu_threads
-
         _core.gauss_cpu(
             formula, *[t.numpy() for t in arrays], out_w.numpy(), out_r.numpy(), inv_sigma2, cpu_threads()
         )
     else:
-        entry = getattr(_core, f"gauss_cuda_{'float64' if dtype == torch.float64 else 'float32'}", None)
-        if entry is None:
-            raise RuntimeError(
-                "svfnet was built without its CUDA launchers (build_info()['cuda'] is False); "
-                "reinstall with nvcc available, or move the tensors to the CPU"
-            )
+        entry = cuda_entry(f"gauss_cuda_{'float64' if dtype == torch.float64 else 'float32'}", "tensors")
         da = a.shape[1] if a is not None else 0
         with torch.cuda.device(device):
             entry(
