@@ -94,10 +94,8 @@ def test_demo_quick_end_to_end_then_skips_everything(tmp_path, capsys):
     report = workdir / "evaluation" / "report.html"
     assert report.is_file() and f"report: {report}" in out
     # the printed headline carries the summary's values, not only its words
-    summary = {
-        (row["method"], row["name"], row["metric"]): row
-        for row in csv.DictReader((workdir / "evaluation" / "summary.csv").open())
-    }
+    with (workdir / "evaluation" / "summary.csv").open(newline="") as handle:
+        summary = {(row["method"], row["name"], row["metric"]): row for row in csv.DictReader(handle)}
     for line in out.splitlines():
         if line.startswith("  LV myocardium: "):
             printed = dict(part.rsplit(" ", 1) for part in line.split(": ", 1)[1].split(", "))
