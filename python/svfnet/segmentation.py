@@ -27,8 +27,9 @@ The results are mapped back onto the image's original grid (its affine in every 
 as ``PREFIX_labels.nii.gz``, ``PREFIX_uncertainty.nii.gz``, ``PREFIX_probabilities.nii.gz`` and
 ``PREFIX_volumes.json``. See docs/segment.md.
 
-The registration step (:func:`register_atlases`) returns the SVFs before anything is warped, so a
-refinement of each SVF (an intensity-based registration started from it) can slot in between.
+The registration step (:func:`register_atlases`) returns the SVFs before anything is warped; with
+``refine`` each SVF is refined by LCC Log-Demons started from it before the atlases are warped again
+(:mod:`svfnet.segmentation_refinement`).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -851,6 +853,7 @@ def segment(
     device: str | torch.device | None = None,
     overwrite: bool = False,
     progress: bool = False,
+    refine: bool | Mapping[str, Any] = False,
 ) -> Segmentation:
     """Segments a new image from labelled atlases with SVF-Net (see the module's description).
 
@@ -875,6 +878,11 @@ def segment(
         device: where to load a checkpoint (default CUDA when available, else CPU).
         overwrite: replace existing outputs (else FileExistsError before any work).
         progress: a tqdm bar over the atlases.
+        refine: refine each atlas's registration with LCC Log-Demons started from its SVF-Net SVF
+            (:func:`svfnet.segmentation_refinement.refine_registrations`): True for
+            :data:`svfnet.registration.REFINEMENT`, or a mapping of
+            :class:`~svfnet.baselines.lcc_demons.LCCDemonsParams` fields updating it (e.g.
+            ``{"iterations": (5, 10)}``), as :func:`svfnet.registration.register`'s ``refine``.
 
     Returns:
         The :class:`Segmentation`.
@@ -882,16 +890,19 @@ def segment(
     Raises:
         FileNotFoundError: the image, the atlas folder or the checkpoint is missing.
         FileExistsError: an output exists and ``overwrite`` is false.
-        ValueError: a bad option, an image that is not 3D or constant, an atlas folder without
-            labelled subjects, atlases and model on different grids, an image in which no heart is
-            found (the rigid alignment fails, or no atlas correlates with it by ``min_correlation``).
-            Nothing is written then.
+        TypeError: ``refine`` is not a bool or a mapping, or names an unknown demons parameter.
+        ValueError: a bad option (``refine`` included), an image that is not 3D or constant, an atlas
+            folder without labelled subjects, atlases and model on different grids, an image in which no
+            heart is found (the rigid alignment fails, or no atlas correlates with it by
+            ``min_correlation``). Nothing is written then.
         svfnet.locks.FolderLocked: another process writes this output prefix.
     """
     from svfnet.locks import prefix_lock
+    from svfnet.registration import refinement_params
 
     started = time.perf_counter()
     _check_options(fusion, atlas_count, batch_size, sharpness, sigma_mm, min_correlation)
+    refinement = refinement_params(refine, "segment()")
     if isinstance(references, bool) or not isinstance(references, int) or references < 1:
         raise ValueError(f"segment(): 'references' must be a positive integer, got {references!r}")
     outputs = output_paths(out_prefix) if out_prefix is not None else {}
@@ -921,6 +932,7 @@ def segment(
             batch_size=batch_size,
             device=device,
             progress=progress,
+            refinement=refinement,
         )
 
 
@@ -943,6 +955,7 @@ def _segment(
     batch_size: int,
     device,
     progress: bool,
+    refinement: dict[str, Any] | None = None,
 ) -> Segmentation:
     from svfnet.register_nifti import _load_model
 
@@ -992,6 +1005,12 @@ def _segment(
         net, prepared.image, chosen, batch_size=batch_size, symmetric=symmetric, progress=progress
     )
     timings["register_warp"] = registrations.seconds
+    if refinement is not None:
+        from svfnet.segmentation_refinement import refine_registrations
+
+        registrations, timings["refinement"] = refine_registrations(
+            registrations, prepared.image, chosen, refinement, progress=progress
+        )
 
     tick = time.perf_counter()
     if fusion == "weighted":
@@ -1042,6 +1061,8 @@ def _segment(
             "lcc_sigma_mm": sigma_mm if fusion == "weighted" else None,
             "symmetric": symmetric,
         },
+        # LCC Log-Demons' parameters refining each atlas's SVF, or None
+        "refinement": None if refinement is None else _json_ready(refinement),
         "atlases": [
             {"id": atlas_id, "correlation": float(similarities[i])}
             for atlas_id, i in zip(ids, order, strict=True)
@@ -1095,6 +1116,10 @@ def _segment(
         record,
         outputs,
     )
+
+
+def _json_ready(params: dict[str, Any]) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in params.items()}
 
 
 def _typical_correlation(atlases: AtlasSet) -> float:
