@@ -104,6 +104,8 @@ class ReportInputs:
     method_sources: dict[str, str] = field(default_factory=dict)  # where a method's settings came from
     failed: int = 0
     training: str = ""  # how the SVF-Net model was trained (TrainConfig.summary), where its checkpoint says
+    # svfnet.segmentation_evaluation.SegmentationEvaluation (evaluate --segmentation): a section of its own
+    segmentation: Any = None
 
 
 # ------------------------------------------------------------------------------------------ figures
@@ -639,6 +641,11 @@ def write_report(folder: str | Path, inputs: ReportInputs) -> Path:
             )
         )
 
+    segmentation_html = ""
+    if inputs.segmentation is not None:
+        from svfnet.segmentation_evaluation import report_section
+
+        segmentation_html = report_section(inputs.segmentation, figures)
     methods_text = ", ".join(METHOD_NAMES[m] for m in inputs.methods)
     subject_note = ""
     if inputs.subject_set != "test":
@@ -696,6 +703,7 @@ and the exponential; on the threads shown (the optimisation methods ran in paral
 <p>The best and the worst pair of each method (by the mean Dice over the regions) and a typical
 pair for SVF-Net.</p>
 {"".join(example_html) or "<p>No example pairs.</p>"}
+{segmentation_html}
 <h2>Summary table</h2>
 <p>Median [first quartile, third quartile] over the pairs; means, standard deviations and extremes are in
 summary.csv.</p>
