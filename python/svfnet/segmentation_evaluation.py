@@ -1002,7 +1002,7 @@ def reliability_figure(calibration: Sequence[Mapping[str, Any]], methods: Sequen
         axis.set_xlabel(label, fontsize=8)
         axis.grid(alpha=0.3)
         axis.tick_params(labelsize=8)
-    axes[0].set_ylabel("error rate (fused label ≠ true label)", fontsize=8)
+    axes[0].set_ylabel("error rate (fused label is not the true label)", fontsize=8)
     axes[-1].legend(fontsize=7, loc="upper left")
     _save(figure, path)
     return True
