@@ -1274,8 +1274,9 @@ def report_section(evaluation: SegmentationEvaluation, figures: str | os.PathLik
     if errors:
         parts.append(
             "<p>Expected calibration error of the probability of error (the voxel-weighted mean distance of "
-            "the "
-            "right-hand curve from the diagonal; 0 for a calibrated vote):</p>"
+            "the right-hand curve from the diagonal; 0 for a calibrated vote). It counts every voxel of the "
+            "images, most of them background that every atlas agrees on (the first bin), which keeps it "
+            "small: the curves and the table above show the uncertain voxels.</p>"
         )
         parts.append(_table(["method", "expected calibration error"], errors))
     # gallery
