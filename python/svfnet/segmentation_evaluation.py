@@ -95,6 +95,8 @@ CALIBRATION_MEASURES = {
 # Ten equal bins on [0, 1]; the last one is closed (holds 1.0).
 CALIBRATION_EDGES = tuple(float(x) for x in np.linspace(0.0, 1.0, 11))
 HAUSDORFF_PERCENTILE = 95.0
+# The reliability plot leaves out bins with fewer voxels than this (their rate is noise; the CSV has them).
+PLOT_MIN_VOXELS = 50
 # Bumped when what a record holds changes: older records are then recomputed.
 RECORD_VERSION = 1
 # Reference point for real data (issue 17): the paper authors' multi-atlas SVF-Net entry to the ACDC
@@ -983,7 +985,7 @@ def reliability_figure(calibration: Sequence[Mapping[str, Any]], methods: Sequen
             points = [
                 (r["mean_value"], r["error_rate"], r["voxels"])
                 for r in calibration
-                if r["method"] == method and r["measure"] == measure and r["voxels"]
+                if r["method"] == method and r["measure"] == measure and r["voxels"] >= PLOT_MIN_VOXELS
             ]
             if not points:
                 continue
@@ -1245,11 +1247,10 @@ def report_section(evaluation: SegmentationEvaluation, figures: str | os.PathLik
                 f"figures/{path.name}",
                 "reliability plot of the segmentation's uncertainty",
                 "Error rate of the fused labels (every voxel of the subjects' images, pooled) per bin of "
-                "ten: left, "
-                "of the uncertainty map (normalised entropy of the fused vote); right, of the vote's "
-                "probability "
-                "that its label is wrong (1 − its largest probability), where a calibrated vote lies on the "
-                "diagonal.",
+                "ten: left, of the uncertainty map (normalised entropy of the fused vote); right, of the "
+                "vote's probability that its label is wrong (1 − its largest probability), where a "
+                f"calibrated vote lies on the diagonal. Bins with fewer than {PLOT_MIN_VOXELS} voxels are "
+                "left out (calibration.csv has them).",
             )
         )
     body = []
