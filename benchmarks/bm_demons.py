@@ -21,9 +21,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from svfnet.ops import fields
-from svfnet.evaluation import metrics
 from svfnet.baselines import lcc_demons
+from svfnet.evaluation import metrics
+from svfnet.ops import fields
 
 ITERATIONS = 50
 

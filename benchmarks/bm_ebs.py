@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from tests.test_ebs import itk_ebs_transform, reference_ebs
 
 from svfnet.ops.ebs import fit_ebs
-from tests.test_ebs import itk_ebs_transform, reference_ebs
 
 GRID, SPACING = (64, 64, 16), (1.9, 1.9, 7.9)
 

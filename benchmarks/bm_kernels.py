@@ -125,8 +125,8 @@ def test_gaussian_sum_forward_backward(bench, benchmark, case, peer):
 def cohort_pair(tmp_path_factory):
     """Two subjects of the built-in synthetic cohort, prepared on the 64×64×16 grid."""
     from svfnet import cli
-    from svfnet.shapes.surfaces import surfaces_from_labels
     from svfnet.common.workdir import read_prepared
+    from svfnet.shapes.surfaces import surfaces_from_labels
 
     root = tmp_path_factory.mktemp("cohort")
     if cli.main(["synth", str(root / "raw"), "--subjects", "2", "--seed", "7"]) != 0:

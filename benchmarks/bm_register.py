@@ -12,8 +12,8 @@ import torch
 
 from benchmarks.peers import SpatialTransformer, VecInt
 from svfnet.ops import fields
-from svfnet.training.model import SVFNet, SVFNetConfig
 from svfnet.registration.arrays import register
+from svfnet.training.model import SVFNet, SVFNetConfig
 
 GRID = (64, 64, 16)
 

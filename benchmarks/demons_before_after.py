@@ -35,9 +35,9 @@ def worker(data: Path, pairs: int) -> None:
     import torch
 
     torch.set_num_threads(int(os.environ["SVFNET_BENCH_THREADS"]))
-    from svfnet.ops import fields
-    from svfnet.evaluation import metrics
     from svfnet.baselines import lcc_demons
+    from svfnet.evaluation import metrics
+    from svfnet.ops import fields
 
     with np.load(data) as subjects:
         images, labels, spacings = subjects["images"], subjects["labels"], subjects["spacing"]

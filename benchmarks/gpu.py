@@ -34,9 +34,7 @@ if __package__ in (None, ""):  # run as a script: the repository root holds the 
 
 import svfnet
 from benchmarks.peers import SpatialTransformer, VecInt
-from svfnet.ops import differentiable
-from svfnet.ops import fields
-from svfnet.ops import kernels
+from svfnet.ops import differentiable, fields, kernels
 from svfnet.ops.ebs import fit_ebs
 from svfnet.training.losses import label_overlap_loss, masked_mse, soft_dice
 from svfnet.training.model import SVFNet, SVFNetConfig

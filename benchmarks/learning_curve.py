@@ -21,11 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from svfnet.evaluation.metrics import dice, hausdorff
-from svfnet.training.model import SVFNet, SVFNetConfig, read_checkpoint
-from svfnet.registration.arrays import register
-from svfnet.training.train import TrainConfig, run_folder, train
 from svfnet.common.workdir import REGIONS, read_prepared
+from svfnet.evaluation.metrics import dice, hausdorff
+from svfnet.registration.arrays import register
+from svfnet.training.model import SVFNet, SVFNetConfig, read_checkpoint
+from svfnet.training.train import TrainConfig, run_folder, train
 
 
 def demons_scores(workdir: Path) -> dict[tuple[str, str], tuple[float, float]]:

@@ -29,11 +29,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from svfnet.evaluation.metrics import evaluate_pair
-from svfnet.training.model import SVFNet, SVFNetConfig, read_checkpoint
-from svfnet.registration.arrays import register
-from svfnet.training.train import TrainConfig, run_folder, train
 from svfnet.common.workdir import REGIONS, read_prepared
+from svfnet.evaluation.metrics import evaluate_pair
+from svfnet.registration.arrays import register
+from svfnet.training.model import SVFNet, SVFNetConfig, read_checkpoint
+from svfnet.training.train import TrainConfig, run_folder, train
 
 # name -> TrainConfig changes (on top of the defaults and --steps)
 VARIANTS: dict[str, dict] = {

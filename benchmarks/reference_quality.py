@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 from scipy.ndimage import binary_dilation
 
-from svfnet.ops import fields
-from svfnet.evaluation.metrics import dice
-from svfnet.references.stage import EXCLUSION_REASONS, ReferenceStore
 from svfnet.common.workdir import REGIONS, read_prepared
+from svfnet.evaluation.metrics import dice
+from svfnet.ops import fields
+from svfnet.references.stage import EXCLUSION_REASONS, ReferenceStore
 
 STORED = (None, "not converged")  # reasons whose SVF is in the store
 

@@ -27,16 +27,9 @@ from svfnet.data.labels import IDENTITY_LABELS
 from svfnet.data.nifti import read_nifti
 from svfnet.data.transform import resample_labels
 from svfnet.evaluation.metrics import dice
-from svfnet.training.model import load
 from svfnet.registration.prepare import OriginalImage, read_original
-from svfnet.segmentation.multi_atlas import (
-    DEFAULT_REFERENCES,
-    probabilities_to_original,
-    local_correlations,
-    prepare_target,
-    register_atlases,
-    segment,
-)
+from svfnet.segmentation.atlas_registration import local_correlations, register_atlases
+from svfnet.segmentation.atlases import image_similarity, read_atlases
 from svfnet.segmentation.fusion import (
     DEFAULT_SHARPNESS,
     argmax_labels,
@@ -44,7 +37,13 @@ from svfnet.segmentation.fusion import (
     lcc_weights,
     normalised_entropy,
 )
-from svfnet.segmentation.atlases import image_similarity, read_atlases
+from svfnet.segmentation.multi_atlas import (
+    DEFAULT_REFERENCES,
+    prepare_target,
+    probabilities_to_original,
+    segment,
+)
+from svfnet.training.model import load
 
 REGION_VALUES = (1, 2, 3, 4)
 SHARPNESS = (3.0, 10.0, 30.0, 100.0, 300.0)

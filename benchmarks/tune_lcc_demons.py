@@ -58,8 +58,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from tests.demons_fixtures import prepared_subjects
 
-    from svfnet.common.atomic import write_json
     from svfnet.baselines.tuning import search_lcc_demons, summary_lines
+    from svfnet.common.atomic import write_json
 
     with tempfile.TemporaryDirectory() as folder:
         subjects = prepared_subjects(folder, N_SUBJECTS, TRAINING_SEED)

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from svfnet.ops import fields
 from svfnet.common.workdir import PreparedSubject
+from svfnet.ops import fields
 
 
 def prepared_subjects(folder: str | Path, n_subjects: int, seed: int) -> list[PreparedSubject]:
@@ -24,8 +24,8 @@ def prepared_subjects(folder: str | Path, n_subjects: int, seed: int) -> list[Pr
 
     Writes the dataset and the work folder under ``folder`` (about 0.3 s a subject).
     """
-    from svfnet.data import prepare_dataset, read_dataset, write_synthetic_dataset
     from svfnet.common.workdir import read_all_prepared
+    from svfnet.data import prepare_dataset, read_dataset, write_synthetic_dataset
 
     folder = Path(folder)
     write_synthetic_dataset(folder / "dataset", n_subjects, seed, outlier_fraction=0.0, progress=False)

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from svfnet.ops import fields
 from svfnet.common.atomic import write_json
 from svfnet.common.workdir import WorkDir, write_prepared_subject, write_subjects
+from svfnet.ops import fields
 
 GRID = (16, 16, 4)
 SPACING_MM = (4.0, 4.0, 10.0)

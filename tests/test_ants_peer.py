@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from svfnet.ops import fields
 from svfnet.baselines.peers import ANTS_DEFAULTS
-from svfnet.evaluation.tables import METHOD_NAMES, METHODS
 from svfnet.evaluation.evaluate import run_evaluation
+from svfnet.evaluation.tables import METHOD_NAMES, METHODS
+from svfnet.ops import fields
 
 NEEDS_ANTS = "antspyx is not installed (optional extra: pip install 'svfnet[ants]')"
 

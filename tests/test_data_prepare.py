@@ -10,6 +10,7 @@ import pytest
 from scipy.ndimage import map_coordinates
 from scipy.spatial.transform import Rotation
 
+from svfnet.common.workdir import WorkDir, read_prepared, subject_ids
 from svfnet.data.labels import parse_label_mapping
 from svfnet.data.nifti import write_nifti
 from svfnet.data.prepare import (
@@ -22,7 +23,6 @@ from svfnet.data.prepare import (
 from svfnet.data.readers import Subject, SubjectFiles, load_subject, read_dataset
 from svfnet.data.synthetic import generate_subject, write_synthetic_dataset
 from svfnet.data.transform import original_positions, read_transform, resample_labels, to_original
-from svfnet.common.workdir import WorkDir, read_prepared, subject_ids
 from tests.data_fixtures import SUNNYBROOK, write_foreign_nifti
 
 

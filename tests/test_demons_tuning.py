@@ -17,8 +17,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from svfnet.ops import fields
-from svfnet.evaluation import metrics
 from svfnet.baselines import lcc_demons
 from svfnet.baselines.tuning import (
     DEFAULT_GRID,
@@ -29,6 +27,8 @@ from svfnet.baselines.tuning import (
     tune_lcc_demons,
 )
 from svfnet.common.workdir import REGIONS, read_prepared, write_prepared_subject
+from svfnet.evaluation import metrics
+from svfnet.ops import fields
 from tests.pipeline_fixtures import SPACING_MM, deformed_cohort, write_split
 
 REPO = Path(__file__).resolve().parents[1]

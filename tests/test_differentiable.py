@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from svfnet.ops import differentiable
-from svfnet.ops import fields
+from svfnet.ops import differentiable, fields
 from tests.conftest import DEVICES, smooth_field
 from tests.test_fields import torch_exp
 

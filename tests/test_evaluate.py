@@ -20,10 +20,10 @@ import pytest
 import torch
 from scipy.stats import ttest_ind
 
-from svfnet.evaluation.tables import METRICS, outlier_rows, statistics_rows, summary_rows
-from svfnet.evaluation.evaluate import ordered_pairs, run_evaluation
-from svfnet.training.model import SVFNet, SVFNetConfig, save_checkpoint
 from svfnet.common.workdir import read_prepared, write_prepared_subject
+from svfnet.evaluation.evaluate import ordered_pairs, run_evaluation
+from svfnet.evaluation.tables import METRICS, outlier_rows, statistics_rows, summary_rows
+from svfnet.training.model import SVFNet, SVFNetConfig, save_checkpoint
 from tests.pipeline_fixtures import GRID, SPACING_MM, deformed_cohort, write_split
 
 # few iterations, one level, large steps: the demons move in a fraction of a second per pair
@@ -526,8 +526,8 @@ def test_a_gpu_machine_with_a_cpu_only_build_evaluates_on_the_cpu(tmp_path, monk
 
 
 def test_svfnet_with_refinement_is_a_method_of_every_table(tmp_path):
-    from svfnet.ops import fields
     from svfnet.evaluation import metrics
+    from svfnet.ops import fields
     from svfnet.registration.arrays import register
 
     checkpoint = _cohort(tmp_path)

@@ -11,7 +11,7 @@ import textwrap
 
 import pytest
 
-from svfnet.common.atomic import host_token, atomic_path, remove_stale_temporaries, write_json
+from svfnet.common.atomic import atomic_path, host_token, remove_stale_temporaries, write_json
 
 KILLED_WRITER = """
 import os, signal, sys

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from svfnet.ops import fields
-from svfnet.evaluation import metrics
 from svfnet.baselines import lcc_demons
 from svfnet.baselines.lcc_demons import LCCDemonsParams
+from svfnet.evaluation import metrics
+from svfnet.ops import fields
 from tests.demons_fixtures import deformed_copy, known_svf, prepared_subjects
 
 # Not the cohort the defaults were tuned on (seed 0, benchmarks/tune_lcc_demons.py).
@@ -129,8 +129,8 @@ def test_bad_inputs_are_reported_before_any_work(subjects):
 def test_demons_command_writes_the_svf_and_warped_images(cohort, tmp_path, capsys):
     from svfnet.cli import main
     from svfnet.commands.demons import read_field
-    from svfnet.data.nifti import read_nifti
     from svfnet.common.workdir import WorkDir
+    from svfnet.data.nifti import read_nifti
 
     workdir, subjects = cohort
     folder = WorkDir(workdir)

@@ -10,8 +10,8 @@ import torch
 from scipy.ndimage import binary_erosion, generate_binary_structure
 from scipy.spatial.distance import cdist
 
-from svfnet.ops import fields
 from svfnet.evaluation import metrics
+from svfnet.ops import fields
 
 SPACING = (1.5, 1.2, 4.0)  # anisotropic, unequal in every axis: catches axis mix-ups
 

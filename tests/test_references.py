@@ -7,15 +7,14 @@ import json
 import numpy as np
 import pytest
 
+from svfnet.common.workdir import WorkDir
 from svfnet.ops import fields
 from svfnet.ops.ebs import fit_ebs
 from svfnet.references.stage import ReferenceParameters, ReferenceStore, run_references
 from svfnet.shapes.lddmm import LddmmParameters, control_point_grid, geodesic_flow
 from svfnet.shapes.stage import write_landmarks
-from svfnet.common.workdir import WorkDir
-from tests.test_fields import lands_inside
 from tests.pipeline_fixtures import GRID, SPACING_MM, deformed_cohort, write_split
-
+from tests.test_fields import lands_inside
 
 EBS = ReferenceParameters(deformation="ebs")  # the elastic body spline through the landmarks
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from svfnet.ops import fields
-from svfnet.training.model import SVFNet, SVFNetConfig, save_checkpoint
 from svfnet.registration.arrays import register
+from svfnet.training.model import SVFNet, SVFNetConfig, save_checkpoint
 from tests.pipeline_fixtures import heart
 
 

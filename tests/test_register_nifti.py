@@ -13,14 +13,14 @@ import pytest
 import torch
 from scipy.ndimage import map_coordinates
 
-from svfnet.ops import fields
 from svfnet.cli import main
 from svfnet.data.nifti import write_nifti
 from svfnet.data.synthetic import generate_subject
-from svfnet.training.model import SVFNet, SVFNetConfig, save_checkpoint
+from svfnet.ops import fields
 from svfnet.registration.files import output_paths
 from svfnet.registration.pairs import read_pairs
 from svfnet.registration.rigid import rigid_prealignment
+from svfnet.training.model import SVFNet, SVFNetConfig, save_checkpoint
 from tests.conftest import requires_cuda
 
 GRID = (64, 64, 16)
@@ -486,8 +486,8 @@ def test_acdc_headers_register_in_their_true_geometry_and_the_record_names_every
 
 def test_refine_runs_lcc_demons_from_the_network_svf_and_says_so(data, tmp_path, capsys):
     from svfnet.baselines import lcc_demons
-    from svfnet.registration.files import register_nifti
     from svfnet.registration.arrays import REFINEMENT
+    from svfnet.registration.files import register_nifti
 
     labels = ("--moving-labels", str(data / "s0_gt.nii.gz"), "--fixed-labels", str(data / "s1_gt.nii.gz"))
     prefix = tmp_path / "refined" / "pair"

@@ -17,13 +17,13 @@ import numpy as np
 import pytest
 import torch
 
-from svfnet.ops import fields
-from svfnet.common import limits
 from svfnet.cli import main
+from svfnet.common import limits
 from svfnet.common.locks import LOCK_NAME, FolderLocked, folder_lock, lock_holder, prefix_lock
-from svfnet.pipeline import load_config, render_config, run_pipeline
 from svfnet.common.staging import load_npy, recover_workdir, replace_tree
 from svfnet.common.workdir import WorkDir, prepared_digests, subject_ids
+from svfnet.ops import fields
+from svfnet.pipeline import load_config, render_config, run_pipeline
 from tests.pipeline_fixtures import GRID, SPACING_MM, deformed_cohort, write_exact_references, write_split
 
 REPO = Path(__file__).resolve().parents[1]
@@ -320,8 +320,8 @@ def test_a_second_writer_of_a_work_folder_is_refused_naming_the_holder(trained, 
 
 def test_two_registrations_into_one_prefix_cannot_mix(tmp_path):
     """Reproduction: two `svfnet register --out conc/t1` started together both wrote t1_*."""
-    from svfnet.registration.pairs import PairFiles
     from svfnet.registration.files import register_pairs
+    from svfnet.registration.pairs import PairFiles
 
     prefix = str(tmp_path / "conc" / "t1")
     holder = _hold("prefix", prefix)
@@ -460,8 +460,8 @@ def test_exp_refuses_steps_that_underflow():
 
 def test_a_model_of_another_grid_or_spacing_is_named(trained, tmp_path):
     from svfnet.evaluation.evaluate import run_evaluation
-    from svfnet.training.model import SVFNet, SVFNetConfig, save_checkpoint
     from svfnet.registration.arrays import ModelGridWarning, register
+    from svfnet.training.model import SVFNet, SVFNetConfig, save_checkpoint
 
     other = tmp_path / "other.pt"
     save_checkpoint(other, SVFNet(SVFNetConfig(widths=(4, 8, 8, 8), grid=GRID, spacing_mm=(2.0, 2.0, 7.0))))
@@ -474,8 +474,8 @@ def test_a_model_of_another_grid_or_spacing_is_named(trained, tmp_path):
 
 
 def test_a_checkpoint_with_nan_weights_is_named(trained, tmp_path):
-    from svfnet.training.model import load
     from svfnet.registration.arrays import register
+    from svfnet.training.model import load
 
     payload = torch.load(trained / "models" / "svfnet" / "checkpoint.pt", weights_only=True)
     payload["model"]["head.bias"][0] = float("nan")
@@ -554,9 +554,9 @@ def test_a_read_only_folder_is_one_clear_line(tmp_path, capsys):
 
 
 def test_complex_images_are_refused_naming_the_file(tmp_path):
+    from svfnet.data.prepare import prepare_dataset
     from svfnet.data.readers import read_dataset
     from svfnet.data.synthetic import write_synthetic_dataset
-    from svfnet.data.prepare import prepare_dataset
 
     raw = tmp_path / "raw"
     write_synthetic_dataset(raw, 2, seed=1, progress=False)

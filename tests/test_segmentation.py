@@ -21,17 +21,12 @@ from svfnet.data import prepare_dataset, read_dataset, write_synthetic_dataset
 from svfnet.data.nifti import read_nifti, write_nifti
 from svfnet.data.synthetic import generate_subject
 from svfnet.evaluation.metrics import dice
-from svfnet.training.model import SVFNet, SVFNetConfig, save_checkpoint
 from svfnet.registration.arrays import register
-from svfnet.segmentation.fusion import argmax_labels, fuse, lcc_weights, normalised_entropy
-from svfnet.segmentation.multi_atlas import (
-    probabilities_to_original,
-    output_paths,
-    register_atlases,
-    segment,
-    warped_probabilities,
-)
+from svfnet.segmentation.atlas_registration import register_atlases, warped_probabilities
 from svfnet.segmentation.atlases import image_similarity, read_atlases
+from svfnet.segmentation.fusion import argmax_labels, fuse, lcc_weights, normalised_entropy
+from svfnet.segmentation.multi_atlas import output_paths, probabilities_to_original, segment
+from svfnet.training.model import SVFNet, SVFNetConfig, save_checkpoint
 from tests.conftest import grid_positions, smooth_field
 
 SEED = 11
@@ -203,8 +198,8 @@ def test_batched_registration_equals_one_pair_at_a_time(data):
 
 
 def test_the_command_spells_the_library_defaults():
-    from svfnet.segmentation import multi_atlas as segmentation
     from svfnet.commands import segment as command
+    from svfnet.segmentation import multi_atlas as segmentation
 
     assert command.FUSIONS == segmentation.FUSIONS
     assert command.DEFAULT_FUSION == segmentation.DEFAULT_FUSION

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from svfnet import cli
+from svfnet.common.workdir import WorkDir
 from svfnet.shapes import stage
 from svfnet.shapes.parameters import LddmmParameters
 from svfnet.shapes.stage import farthest_points, read_landmarks, run_shapes
 from svfnet.shapes.surfaces import load_surfaces
-from svfnet.common.workdir import WorkDir
 from tests.shapes_fixtures import heart_labels, small_cohort, write_prepared
 
 FAST = LddmmParameters(max_iterations=15)

@@ -186,8 +186,8 @@ def test_the_checkpoint_records_how_the_long_axis_was_found(workdir):
     """Registration prepares new images as the training subjects were: the rule is recorded."""
     import json
 
-    from svfnet.data.split import subject_split
     from svfnet.common.workdir import WorkDir
+    from svfnet.data.split import subject_split
 
     path = WorkDir(workdir).transform(subject_split(workdir).train[0])
     record = json.loads(path.read_text()) if path.is_file() else {}

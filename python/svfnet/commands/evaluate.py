@@ -46,6 +46,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="add SVF-Net + refinement: LCC Log-Demons started from SVF-Net's SVF (the two finest levels)",
     )
     parser.add_argument(
+        "--segmentation",
+        action="store_true",
+        help="also segment every test subject from the training subjects (multi-atlas, as svfnet segment) "
+        "and score it: Dice and Hausdorff 95%% per region for single atlas, majority and weighted vote (and "
+        "with --refine the same after refinement), the uncertainty's calibration; "
+        "WORKDIR/evaluation/segmentation/ and a section of the report",
+    )
+    parser.add_argument(
         "--demons-defaults",
         action="store_true",
         help="run LCC Log-Demons with its defaults even where `svfnet demons --tune WORKDIR` recorded "
@@ -81,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
             max_pairs=args.max_pairs,
             tuned_demons=not args.demons_defaults,
             report=not args.no_report,
+            segmentation=args.segmentation,
         )
     except ImportError as error:  # --ants without antspyx: one clear line, said before any work
         print(f"svfnet evaluate: error: {error}", file=sys.stderr)
@@ -93,6 +102,13 @@ def run(args: argparse.Namespace) -> int:
     print(f"registered now: {computed} (of {result['pairs']} pairs each; the rest were on disk)")
     if result["failed"]:
         print(f"{result['failed']} registration(s) failed: see {result['files']['outliers']}")
+    if "segmentation" in result:
+        segmented = result["segmentation"]
+        for line in segmented["headline"]:
+            print(line)
+        for subject, error in segmented["failed"].items():
+            print(f"segmentation of {subject} failed: {error}")
+        print(f"segmentation tables: {segmented['folder']}")
     print(f"tables: {result['folder']}")
     if result["report"]:
         print(f"report: {result['report']}")

@@ -88,7 +88,7 @@ def _check_arguments(args: argparse.Namespace) -> None:
         raise ValueError("--keep-going applies to --pairs only")
 
 
-def _refinement(args: argparse.Namespace) -> bool | dict:
+def refinement_option(args: argparse.Namespace) -> bool | dict:
     if args.refine_iterations is None:
         return bool(args.refine)
     if not args.refine:
@@ -100,7 +100,7 @@ def _refinement(args: argparse.Namespace) -> bool | dict:
 
 def run(args: argparse.Namespace) -> int:
     _check_arguments(args)
-    refine = _refinement(args)
+    refine = refinement_option(args)
     import torch
 
     from svfnet import default_device

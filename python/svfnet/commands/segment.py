@@ -80,6 +80,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "after the fusion)",
     )
     parser.add_argument(
+        "--refine",
+        action="store_true",
+        help="refine each atlas's registration with LCC Log-Demons started from SVF-Net's SVF (the two "
+        "finest levels, a few iterations; seconds per atlas on the CPU)",
+    )
+    parser.add_argument(
+        "--refine-iterations",
+        type=int,
+        nargs="+",
+        metavar="N",
+        help="with --refine: iterations per level, coarsest first (one number per level; default: "
+        "svfnet.registration.arrays.REFINEMENT)",
+    )
+    parser.add_argument(
         "--batch-size", type=positive_int, default=8, metavar="B", help="atlases per network call"
     )
     parser.add_argument(
@@ -91,6 +105,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from svfnet.commands.register import refinement_option
+
+    refine = refinement_option(args)  # --refine-iterations without --refine, or negative: refused first
     import torch
 
     from svfnet import default_device
@@ -122,6 +139,7 @@ def run(args: argparse.Namespace) -> int:
             device=device,
             overwrite=args.force,
             progress=not args.no_progress,
+            refine=refine,
         )
     except ImportError as error:  # SimpleITK missing: one clear line
         print(f"svfnet segment: error: {error}", file=sys.stderr)
@@ -131,7 +149,9 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"segmented {args.image} from {len(result.atlas_ids)} atlases of {args.atlases} "
         f"({record['fusion']['method']} vote; registration {timings['register_warp']:.1f} s on "
-        f"{record['device']}, total {timings['total']:.1f} s): "
+        f"{record['device']}"
+        + (f", refinement {timings['refinement']:.1f} s" if "refinement" in timings else "")
+        + f", total {timings['total']:.1f} s): "
         f"{result.outputs['volumes']}"
     )
     for name, region in record["regions"].items():

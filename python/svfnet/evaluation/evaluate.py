@@ -29,6 +29,7 @@ processes or a Dask cluster), after SVF-Net so that the timings do not compete f
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -144,6 +145,7 @@ def run_evaluation(
     tuned_demons: bool = True,
     refine_params: Mapping[str, Any] | None = None,
     report: bool = True,
+    segmentation: bool = False,
 ) -> dict[str, Any]:
     """Runs the experiment on the work folder's test pairs and writes its tables and report.
 
@@ -173,14 +175,19 @@ def run_evaluation(
         ants_params: keys of :data:`ANTS_DEFAULTS` replacing those defaults (see :func:`ants_syn`).
         refine_params: fields of ``LCCDemonsParams`` for the refinement (e.g. ``{"iterations": (5, 10)}``).
         report: write ``report.html`` and its figures.
+        segmentation: also segment every test subject from the training atlases and score it
+            (:func:`svfnet.segmentation.evaluation.evaluate_segmentation`; with
+            ``include_refinement`` the methods after refinement too, ``refine_params`` updating
+            :data:`svfnet.registration.arrays.REFINEMENT`): files in ``evaluation/segmentation/``, a
+            section of the report.
 
     Returns:
         A JSON-ready dict: ``report`` (path of the HTML page, or ``""`` without report),
         ``headline`` (printable lines: mean Dice per region and method, median time per
         registration), ``folder``, ``subjects``, ``subject_set`` (``"test"``, or ``"val"`` when the
         split has no test subjects), ``pairs``, ``methods``, ``computed`` (pairs run now per
-        method; the rest were on disk), ``failed`` (pair × method failures), ``outliers`` and
-        ``files``.
+        method; the rest were on disk), ``failed`` (pair × method failures), ``outliers``,
+        ``files`` and, with ``segmentation``, ``segmentation`` (its summary, with ``headline``).
 
     Raises:
         ValueError: unknown methods, bad parameters, fewer than two subjects to pair, a
@@ -208,6 +215,15 @@ def run_evaluation(
         raise ValueError(f"{func}(): 'max_pairs' must be a positive integer, got {max_pairs!r}")
     if "ants_syn" in methods:
         require_ants()  # a missing package is said once, before any work, not once per pair
+    segmentation_refine: bool | dict[str, Any] = False
+    if segmentation:
+        from svfnet.registration.arrays import refinement_params
+
+        if checkpoint is None:
+            raise ValueError(f"{func}(): 'checkpoint' is needed to evaluate the segmentation")
+        if include_refinement:
+            segmentation_refine = dict(refine_params) if refine_params else True
+        refinement_params(segmentation_refine, f"{func}()")  # bad refine_params: said before any work
 
     keys: dict[str, str] = {}
     params: dict[str, dict[str, Any]] = {}
@@ -318,6 +334,14 @@ def run_evaluation(
 
     failed = len({(r["moving"], r["fixed"], r["method"]) for r in rows if r["status"] == "failed"})
     headline = headline_lines(summary, methods, len(pairs), subject_set)
+    segmented = None
+    if segmentation:
+        from svfnet.segmentation.evaluation import evaluate_segmentation
+        from svfnet.segmentation.evaluation_report import report_section
+
+        segmented = evaluate_segmentation(
+            workdir, checkpoint, model=model, refine=segmentation_refine, progress=progress
+        )
     report_path = ""
     if report:
         from svfnet.evaluation.report import ReportInputs, write_report
@@ -352,12 +376,13 @@ def run_evaluation(
                     statistics=statistics,
                     outliers=outliers,
                     gallery=gallery,
-                    headline=tuple(headline),
+                    headline=tuple(headline) + (tuple(segmented.headline) if segmented else ()),
                     method_params=params,
                     method_sources={
                         m: demons_source for m in ("lcc_demons", "svfnet_refined") if m in params
                     },
                     failed=failed,
+                    sections=(functools.partial(report_section, segmented),) if segmented else (),
                 ),
             )
         )
@@ -375,6 +400,8 @@ def run_evaluation(
         "demons_params_source": demons_source,
         "files": {name: str(path) for name, path in files.items()},
     }
+    if segmented is not None:
+        result["segmentation"] = segmented.json_ready()
     write_json(folder / "evaluation.json", result)
     return result
 

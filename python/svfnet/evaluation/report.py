@@ -20,7 +20,7 @@ import base64
 import datetime
 import html
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -104,17 +104,20 @@ class ReportInputs:
     method_sources: dict[str, str] = field(default_factory=dict)  # where a method's settings came from
     failed: int = 0
     training: str = ""  # how the SVF-Net model was trained (TrainConfig.summary), where its checkpoint says
+    # sections drawn by other stages (evaluate --segmentation: svfnet.segmentation.evaluation_report), each
+    # called with the figures folder and returning its HTML: the report needs no import of theirs
+    sections: tuple[Callable[[Path], str], ...] = ()
 
 
 # ------------------------------------------------------------------------------------------ figures
-def _new_figure(width: float, height: float) -> Any:
+def new_figure(width: float, height: float) -> Any:
     from matplotlib.figure import Figure
 
     # a bare Figure renders with Agg and touches no global pyplot state
     return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
 
 
-def _save(figure: Any, path: Path) -> None:
+def save_figure(figure: Any, path: Path) -> None:
     with atomic_path(path) as temporary:
         figure.savefig(temporary, format="png", dpi=DPI)
 
@@ -144,7 +147,7 @@ def boxplot_figure(
             panels.append((name, data))
     if not panels:
         return False
-    figure = _new_figure(max(3.0, (1.0 + 0.55 * len(methods)) * len(panels)), 3.4)
+    figure = new_figure(max(3.0, (1.0 + 0.55 * len(methods)) * len(panels)), 3.4)
     axes = figure.subplots(1, len(panels), squeeze=False)[0]
     for axis, (name, data) in zip(axes, panels, strict=True):
         positions = [p for p, d in enumerate(data, start=1) if d.size]
@@ -174,7 +177,7 @@ def boxplot_figure(
     axes[0].set_ylabel(
         f"{metric.label} ({'higher' if metric.higher_is_better else 'lower'} is better)", fontsize=8
     )
-    _save(figure, path)
+    save_figure(figure, path)
     return True
 
 
@@ -270,7 +273,7 @@ def example_figure(case: Mapping[str, Any], methods: Sequence[str], path: Path) 
     extent_la = spacing[2] * fixed_image.shape[2]
     width = 1.9 * len(columns)
     height = 1.9 * (1.0 + extent_la / max(extent_sa, 1e-6)) + 0.9
-    figure = _new_figure(width, height)
+    figure = new_figure(width, height)
     axes = figure.subplots(
         2, len(columns), squeeze=False, gridspec_kw={"height_ratios": [extent_sa, max(extent_la, 1e-6)]}
     )
@@ -305,7 +308,7 @@ def example_figure(case: Mapping[str, Any], methods: Sequence[str], path: Path) 
         fontsize=8,
         frameon=False,
     )
-    _save(figure, path)
+    save_figure(figure, path)
 
 
 # ------------------------------------------------------------------------------------------ words
@@ -431,15 +434,15 @@ pre.headline { background: #f6f8fa; padding: 0.8em; font-size: 0.95em; }
 """
 
 
-def _e(text: Any) -> str:
+def html_text(text: Any) -> str:
     return html.escape(str(text), quote=True)
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], text_columns: int = 1) -> str:
+def html_table(header: Sequence[str], rows: Sequence[Sequence[Any]], text_columns: int = 1) -> str:
     cells = [
         "<table><tr>"
         + "".join(
-            f'<th class="text">{_e(h)}</th>' if i < text_columns else f"<th>{_e(h)}</th>"
+            f'<th class="text">{html_text(h)}</th>' if i < text_columns else f"<th>{html_text(h)}</th>"
             for i, h in enumerate(header)
         )
         + "</tr>"
@@ -448,7 +451,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], text_columns: i
         cells.append(
             "<tr>"
             + "".join(
-                f'<td class="text">{_e(v)}</td>' if i < text_columns else f"<td>{_e(v)}</td>"
+                f'<td class="text">{html_text(v)}</td>' if i < text_columns else f"<td>{html_text(v)}</td>"
                 for i, v in enumerate(row)
             )
             + "</tr>"
@@ -456,11 +459,11 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], text_columns: i
     return "\n".join(cells) + "</table>"
 
 
-def _figure_html(path: Path, relative: str, alt: str, caption: str) -> str:
+def figure_html(path: Path, relative: str, alt: str, caption: str) -> str:
     data = base64.b64encode(path.read_bytes()).decode("ascii")
     return (
-        f'<figure><img src="data:image/png;base64,{data}" alt="{_e(alt)}">'
-        f'<figcaption>{_e(caption)} <a href="{_e(relative)}">{_e(relative)}</a></figcaption></figure>'
+        f'<figure><img src="data:image/png;base64,{data}" alt="{html_text(alt)}">'
+        f'<figcaption>{html_text(caption)} <a href="{html_text(relative)}">{html_text(relative)}</a></figcaption></figure>'
     )
 
 
@@ -489,7 +492,7 @@ def _timing_table(inputs: ReportInputs) -> str:
         )
     if not body:
         return "<p>No timings (no pair was registered).</p>"
-    return _table(["method", "pairs", "median", "mean", "middle half", "threads", "time / SVF-Net's"], body)
+    return html_table(["method", "pairs", "median", "mean", "middle half", "threads", "time / SVF-Net's"], body)
 
 
 def _summary_table(inputs: ReportInputs) -> str:
@@ -511,7 +514,7 @@ def _summary_table(inputs: ReportInputs) -> str:
                 )
             if any(cells):
                 body.append([region, metric.label, *cells])
-    return _table(["region", "metric", *(METHOD_NAMES[m] for m in inputs.methods)], body, text_columns=2)
+    return html_table(["region", "metric", *(METHOD_NAMES[m] for m in inputs.methods)], body, text_columns=2)
 
 
 def _outlier_section(inputs: ReportInputs) -> str:
@@ -523,7 +526,7 @@ def _outlier_section(inputs: ReportInputs) -> str:
     for row in inputs.outliers:
         counts[row["kind"]] = counts.get(row["kind"], 0) + 1
     parts = [
-        f"<p>{_e(', '.join(f'{count} {kind}' for kind, count in counts.items()))}. Kinds: "
+        f"<p>{html_text(', '.join(f'{count} {kind}' for kind, count in counts.items()))}. Kinds: "
         "<b>failed</b>: the method raised an error on the pair (the pair's rows are marked failed); "
         "<b>lost</b>: a region present in both images vanished after registration; "
         "<b>below identity</b>: Dice lower than without registration by more than 0.05; "
@@ -533,7 +536,7 @@ def _outlier_section(inputs: ReportInputs) -> str:
     ]
     shown = inputs.outliers[:OUTLIERS_SHOWN]
     parts.append(
-        _table(
+        html_table(
             ["moving", "fixed", "method", "region", "kind", "detail"],
             [
                 [
@@ -575,16 +578,16 @@ def _statistics_section(inputs: ReportInputs) -> str:
     for (method, baseline), sentences in groups:
         name, ours = METHOD_NAMES.get(baseline, baseline), METHOD_NAMES.get(method, method)
         parts.append(
-            f"<h3>{_e(ours)} against {_e(name)}</h3><ul>"
-            + "".join(f"<li>{_e(s)}</li>" for s in sentences)
+            f"<h3>{html_text(ours)} against {html_text(name)}</h3><ul>"
+            + "".join(f"<li>{html_text(s)}</li>" for s in sentences)
             + "</ul>"
         )
         header, rows = statistics_table(inputs.statistics, baseline, method)
         parts.append(
-            f"<p>Every region and measure: share of the pairs where {_e(ours)} was better / equal / worse "
-            f"than {_e(name)} (Welch's t-test p-value).</p>"
+            f"<p>Every region and measure: share of the pairs where {html_text(ours)} was better / equal / worse "
+            f"than {html_text(name)} (Welch's t-test p-value).</p>"
         )
-        parts.append(_table(header, rows, text_columns=len(header)))
+        parts.append(html_table(header, rows, text_columns=len(header)))
     return "\n".join(parts)
 
 
@@ -600,7 +603,7 @@ def _settings_section(inputs: ReportInputs) -> str:
     if inputs.checkpoint:
         trained = f"; trained with {inputs.training}" if inputs.training else ""
         rows.insert(0, ["SVF-Net", f"checkpoint {inputs.checkpoint}{trained}"])
-    return _table(["method", "settings"], rows, text_columns=2) if rows else ""
+    return html_table(["method", "settings"], rows, text_columns=2) if rows else ""
 
 
 def write_report(folder: str | Path, inputs: ReportInputs) -> Path:
@@ -614,7 +617,7 @@ def write_report(folder: str | Path, inputs: ReportInputs) -> Path:
         path = figures / f"boxplot_{metric.key}.png"
         if boxplot_figure(inputs.rows, inputs.methods, metric, path):
             box_html.append(
-                _figure_html(
+                figure_html(
                     path,
                     f"figures/{path.name}",
                     f"box plots of {metric.label}",
@@ -629,7 +632,7 @@ def write_report(folder: str | Path, inputs: ReportInputs) -> Path:
         path = figures / f"example_{number}.png"
         example_figure(case, inputs.methods, path)
         example_html.append(
-            _figure_html(
+            figure_html(
                 path,
                 f"figures/{path.name}",
                 f"example {number}: {case['moving']} to {case['fixed']}",
@@ -639,17 +642,18 @@ def write_report(folder: str | Path, inputs: ReportInputs) -> Path:
             )
         )
 
+    segmentation_html = "".join(section(figures) for section in inputs.sections)
     methods_text = ", ".join(METHOD_NAMES[m] for m in inputs.methods)
     subject_note = ""
     if inputs.subject_set != "test":
         subject_note = (
             '<p class="note">The split has no test subjects: these results are on the '
-            f"<b>{_e(inputs.subject_set)}</b> subjects, which were used to monitor training; they "
+            f"<b>{html_text(inputs.subject_set)}</b> subjects, which were used to monitor training; they "
             "may flatter SVF-Net.</p>"
         )
     absent = absent_regions(inputs.rows)
     absent_note = (
-        f'<p class="note">No label map has the {_e(", ".join(absent))}: '
+        f'<p class="note">No label map has the {html_text(", ".join(absent))}: '
         f"{'this region is' if len(absent) == 1 else 'these regions are'} not evaluated.</p>"
         if absent
         else ""
@@ -668,19 +672,19 @@ def write_report(folder: str | Path, inputs: ReportInputs) -> Path:
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>svfnet evaluation: SVF-Net against {_e(methods_text)}</title>
+<title>svfnet evaluation: SVF-Net against {html_text(methods_text)}</title>
 <style>{_STYLE}</style>
 </head>
 <body>
 <h1>Registration of cardiac images: SVF-Net against {
-        _e(", ".join(METHOD_NAMES[m] for m in inputs.methods if m != "svfnet"))
+        html_text(", ".join(METHOD_NAMES[m] for m in inputs.methods if m != "svfnet"))
     }</h1>
-<p class="meta">Work folder {_e(inputs.workdir)}; {len(inputs.subjects)} {_e(inputs.subject_set)} subjects,
-{inputs.pair_count} ordered pairs (every subject registered to every other); methods: {_e(methods_text)};
-generated {_e(generated)} by svfnet evaluate.</p>
+<p class="meta">Work folder {html_text(inputs.workdir)}; {len(inputs.subjects)} {html_text(inputs.subject_set)} subjects,
+{inputs.pair_count} ordered pairs (every subject registered to every other); methods: {html_text(methods_text)};
+generated {html_text(generated)} by svfnet evaluate.</p>
 {subject_note}{failed_note}{absent_note}
 <h2>In short</h2>
-<pre class="headline">{_e(chr(10).join(inputs.headline))}</pre>
+<pre class="headline">{html_text(chr(10).join(inputs.headline))}</pre>
 <p>Each registration maps a moving image onto a fixed one; the outlines of the heart's regions, drawn
 by experts (or the data set), then tell how well the two hearts were brought together. The identity is
 no registration at all: the starting point every method should improve on.</p>
@@ -696,6 +700,7 @@ and the exponential; on the threads shown (the optimisation methods ran in paral
 <p>The best and the worst pair of each method (by the mean Dice over the regions) and a typical
 pair for SVF-Net.</p>
 {"".join(example_html) or "<p>No example pairs.</p>"}
+{segmentation_html}
 <h2>Summary table</h2>
 <p>Median [first quartile, third quartile] over the pairs; means, standard deviations and extremes are in
 summary.csv.</p>

@@ -27,8 +27,9 @@ The results are mapped back onto the image's original grid (its affine in every 
 as ``PREFIX_labels.nii.gz``, ``PREFIX_uncertainty.nii.gz``, ``PREFIX_probabilities.nii.gz`` and
 ``PREFIX_volumes.json``. See docs/segment.md.
 
-The registration step (:func:`register_atlases`) returns the SVFs before anything is warped, so a
-refinement of each SVF (an intensity-based registration started from it) can slot in between.
+The registration step (:func:`register_atlases`) returns the SVFs before anything is warped; with
+``refine`` each SVF is refined by LCC Log-Demons started from it before the atlases are warped again
+(:mod:`svfnet.segmentation.refinement`).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +50,12 @@ from scipy.ndimage import map_coordinates
 
 from svfnet.common.workdir import REGIONS
 from svfnet.data.transform import PreparedTransform
+from svfnet.segmentation.atlas_registration import (
+    DEFAULT_SYMMETRIC,
+    AtlasRegistrations,
+    local_correlations,
+    register_atlases,
+)
 from svfnet.segmentation.atlases import Atlas, AtlasSet, central_atlases, image_similarity, read_atlases
 from svfnet.segmentation.fusion import (
     DEFAULT_SHARPNESS,
@@ -63,17 +71,13 @@ __all__ = [
     "DEFAULT_FUSION",
     "DEFAULT_MIN_CORRELATION",
     "DEFAULT_REFERENCES",
-    "DEFAULT_SYMMETRIC",
     "OUTPUTS",
-    "AtlasRegistrations",
     "PreparedTarget",
     "Segmentation",
     "output_paths",
     "probabilities_to_original",
     "prepare_target",
-    "register_atlases",
     "segment",
-    "warped_probabilities",
 ]
 
 logger = logging.getLogger(__name__)
@@ -86,10 +90,6 @@ DEFAULT_FUSION = "weighted"
 DEFAULT_LCC_SIGMA_MM = 5.0
 # The image is rigidly aligned to this many of the most central atlases, the best alignment kept.
 DEFAULT_REFERENCES = 3
-# One registration direction per atlas: on the demo's folder averaging both directions gave no better
-# fused Dice (weighted, sharpness 10: 0.760 with both, 0.766 with one, on the test subjects) at twice
-# the network time.
-DEFAULT_SYMMETRIC = False
 # Below this best correlation with any atlas, the image is taken to show no heart (docs/segment.md).
 DEFAULT_MIN_CORRELATION = 0.4
 # The interval of each region's volume: these percentiles of the atlases' volumes.
@@ -287,118 +287,6 @@ def prepare_target(
     )
 
 
-# ----------------------------------------------------------------------------- registering the atlases
-@dataclass(frozen=True)
-class AtlasRegistrations:
-    """Every atlas registered to the target, on the target's prepared grid.
-
-    Attributes:
-        svfs: ``(A, 3, I, J, K)`` float32 SVFs (voxels), atlas → target.
-        displacements: ``(A, 3, I, J, K)``: ``exp(svf)``; target voxel ``x`` maps to atlas voxel ``x + u(x)``.
-        warped_images: ``(A, I, J, K)`` the atlas images warped onto the target.
-        probabilities: ``(A, L, I, J, K)`` each atlas's warped one-hot labels (label values ``label_values``).
-        seconds: wall time of networks, exponentials and warps.
-    """
-
-    svfs: np.ndarray
-    displacements: np.ndarray
-    warped_images: np.ndarray
-    probabilities: np.ndarray
-    seconds: float
-
-
-def register_atlases(
-    net,
-    target: np.ndarray,
-    atlases: AtlasSet,
-    *,
-    batch_size: int = 8,
-    symmetric: bool = DEFAULT_SYMMETRIC,
-    progress: bool = False,
-) -> AtlasRegistrations:
-    """Registers every atlas (moving) to ``target`` (fixed, ``(I, J, K)`` prepared) with SVF-Net, in
-    batches of ``batch_size`` atlases, then warps each atlas's image and labels (see
-    :func:`warped_probabilities`)."""
-    from tqdm.auto import tqdm
-
-    from svfnet.ops import fields
-    from svfnet.registration.arrays import predict_svf
-
-    device = next(net.parameters()).device
-    started = time.perf_counter()
-    fixed = torch.from_numpy(np.ascontiguousarray(target, np.float32)).to(device)
-    svfs, displacements = [], []
-    count = len(atlases)
-    with (
-        torch.no_grad(),
-        tqdm(total=count, desc="registering atlases", unit="atlas", disable=not progress) as bar,
-    ):
-        for start in range(0, count, batch_size):
-            chunk = atlases.atlases[start : start + batch_size]
-            moving = torch.from_numpy(np.stack([a.image for a in chunk])).to(device)
-            svf = predict_svf(net.eval(), moving, fixed.expand(len(chunk), *fixed.shape), symmetric=symmetric)
-            svfs.append(svf.float())
-            displacements.append(fields.exp(svf.float().contiguous()))
-            bar.update(len(chunk))
-    svf_all = torch.cat(svfs)
-    displacement_all = torch.cat(displacements)
-    images, probabilities = warped_probabilities(atlases, displacement_all)
-    seconds = time.perf_counter() - started
-    return AtlasRegistrations(
-        svf_all.cpu().numpy(), displacement_all.cpu().numpy(), images, probabilities, seconds
-    )
-
-
-def warped_probabilities(atlases: AtlasSet, displacements) -> tuple[np.ndarray, np.ndarray]:
-    """Each atlas's image and one-hot labels warped by its displacement ``(A, 3, I, J, K)`` (NumPy or torch).
-
-    The labels other than background are interpolated trilinearly with 0 outside the grid;
-    background is 1 minus their sum (so 1 outside the grid, and each voxel's distribution sums to 1).
-
-    Returns:
-        ``(A, I, J, K)`` warped images and ``(A, L, I, J, K)`` float32 probabilities (of
-        ``atlases.label_values``).
-    """
-    from svfnet.ops import fields
-
-    is_torch = isinstance(displacements, torch.Tensor)
-    values = atlases.label_values
-    images = np.stack([a.image for a in atlases.atlases])[:, None]
-    onehot = np.stack([np.stack([a.labels == v for v in values[1:]]) for a in atlases.atlases]).astype(
-        np.float32
-    )
-    if is_torch:
-        device = displacements.device
-        warped = fields.warp(torch.from_numpy(images).to(device), displacements).cpu().numpy()[:, 0]
-        foreground = (
-            fields.warp(torch.from_numpy(onehot).to(device), displacements).cpu().numpy()
-            if len(values) > 1
-            else onehot
-        )
-    else:
-        warped = np.asarray(fields.warp(images, np.asarray(displacements, np.float32)))[:, 0]
-        foreground = (
-            np.asarray(fields.warp(onehot, np.asarray(displacements, np.float32)))
-            if len(values) > 1
-            else onehot
-        )
-    foreground = np.clip(foreground, 0.0, 1.0)
-    background = np.clip(1.0 - foreground.sum(axis=1, keepdims=True), 0.0, 1.0)
-    return warped.astype(np.float32), np.concatenate([background, foreground], axis=1).astype(np.float32)
-
-
-def local_correlations(
-    warped_images: np.ndarray, target: np.ndarray, spacing_mm, sigma_mm: float
-) -> np.ndarray:
-    """``(A, I, J, K)`` local correlation (:func:`svfnet.evaluation.metrics.local_moments`, Gaussian window of
-    ``sigma_mm``) of each warped atlas image with the target."""
-    from svfnet.evaluation.metrics import gaussian_sigma_vox, local_moments, standardised
-
-    sigma_vox = gaussian_sigma_vox(sigma_mm, spacing_mm)
-    fixed = standardised(target)
-    return np.stack([local_moments(standardised(w), fixed, sigma_vox).lcc for w in warped_images])
-
-
 # ----------------------------------------------------------------------------- the whole segmentation
 @dataclass(frozen=True)
 class Segmentation:
@@ -493,7 +381,7 @@ def _read_image(image) -> Any:
     )
 
 
-def _check_grid(net, atlases: AtlasSet, model_name: str) -> None:
+def check_atlas_grid(net, atlases: AtlasSet, model_name: str) -> None:
     grid = atlases.grid
     trained_grid, trained_spacing = tuple(net.config.grid), tuple(net.config.spacing_mm)
     if tuple(grid.shape) != trained_grid or not np.allclose(
@@ -601,6 +489,7 @@ def segment(
     device: str | torch.device | None = None,
     overwrite: bool = False,
     progress: bool = False,
+    refine: bool | Mapping[str, Any] = False,
 ) -> Segmentation:
     """Segments a new image from labelled atlases with SVF-Net (see the module's description).
 
@@ -625,6 +514,11 @@ def segment(
         device: where to load a checkpoint (default CUDA when available, else CPU).
         overwrite: replace existing outputs (else FileExistsError before any work).
         progress: a tqdm bar over the atlases.
+        refine: refine each atlas's registration with LCC Log-Demons started from its SVF-Net SVF
+            (:func:`svfnet.segmentation.refinement.refine_registrations`): True for
+            :data:`svfnet.registration.arrays.REFINEMENT`, or a mapping of
+            :class:`~svfnet.baselines.lcc_demons.LCCDemonsParams` fields updating it (e.g.
+            ``{"iterations": (5, 10)}``), as :func:`svfnet.registration.arrays.register`'s ``refine``.
 
     Returns:
         The :class:`Segmentation`.
@@ -632,16 +526,19 @@ def segment(
     Raises:
         FileNotFoundError: the image, the atlas folder or the checkpoint is missing.
         FileExistsError: an output exists and ``overwrite`` is false.
-        ValueError: a bad option, an image that is not 3D or constant, an atlas folder without
-            labelled subjects, atlases and model on different grids, an image in which no heart is
-            found (the rigid alignment fails, or no atlas correlates with it by ``min_correlation``).
-            Nothing is written then.
+        TypeError: ``refine`` is not a bool or a mapping, or names an unknown demons parameter.
+        ValueError: a bad option (``refine`` included), an image that is not 3D or constant, an atlas
+            folder without labelled subjects, atlases and model on different grids, an image in which no
+            heart is found (the rigid alignment fails, or no atlas correlates with it by
+            ``min_correlation``). Nothing is written then.
         svfnet.common.locks.FolderLocked: another process writes this output prefix.
     """
     from svfnet.common.locks import prefix_lock
+    from svfnet.registration.arrays import refinement_params
 
     started = time.perf_counter()
     _check_options(fusion, atlas_count, batch_size, sharpness, sigma_mm, min_correlation)
+    refinement = refinement_params(refine, "segment()")
     if isinstance(references, bool) or not isinstance(references, int) or references < 1:
         raise ValueError(f"segment(): 'references' must be a positive integer, got {references!r}")
     outputs = output_paths(out_prefix) if out_prefix is not None else {}
@@ -671,6 +568,7 @@ def segment(
             batch_size=batch_size,
             device=device,
             progress=progress,
+            refinement=refinement,
         )
 
 
@@ -693,6 +591,7 @@ def _segment(
     batch_size: int,
     device,
     progress: bool,
+    refinement: dict[str, Any] | None = None,
 ) -> Segmentation:
 
     timings: dict[str, float] = {}
@@ -711,7 +610,7 @@ def _segment(
         )
     net = as_model(model, device, func="segment")
     model_name = os.fspath(model) if isinstance(model, (str, os.PathLike)) else "given"
-    _check_grid(net, atlas_set, model_name)
+    check_atlas_grid(net, atlas_set, model_name)
     original = _read_image(image)
     timings["read"] = time.perf_counter() - tick
 
@@ -741,6 +640,12 @@ def _segment(
         net, prepared.image, chosen, batch_size=batch_size, symmetric=symmetric, progress=progress
     )
     timings["register_warp"] = registrations.seconds
+    if refinement is not None:
+        from svfnet.segmentation.refinement import refine_registrations
+
+        registrations, timings["refinement"] = refine_registrations(
+            registrations, prepared.image, chosen, refinement, progress=progress
+        )
 
     tick = time.perf_counter()
     if fusion == "weighted":
@@ -791,6 +696,8 @@ def _segment(
             "lcc_sigma_mm": sigma_mm if fusion == "weighted" else None,
             "symmetric": symmetric,
         },
+        # LCC Log-Demons' parameters refining each atlas's SVF, or None
+        "refinement": None if refinement is None else _json_ready(refinement),
         "atlases": [
             {"id": atlas_id, "correlation": float(similarities[i])}
             for atlas_id, i in zip(ids, order, strict=True)
@@ -844,6 +751,10 @@ def _segment(
         record,
         outputs,
     )
+
+
+def _json_ready(params: dict[str, Any]) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in params.items()}
 
 
 def _typical_correlation(atlases: AtlasSet) -> float:
