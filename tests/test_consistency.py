@@ -158,3 +158,15 @@ def test_inverse_consistency_settings_are_checked():
         TrainConfig(inverse_consistency_weight=float("inf"))
     assert "inverse consistency" in TrainConfig(inverse_consistency_weight=0.5).summary()
     assert TrainConfig.from_dict(TrainConfig().to_dict()).inverse_consistency_weight == 0.0
+
+
+def test_the_command_line_sets_the_weight_and_refuses_an_odd_batch(workdir):
+    from svfnet.cli import main
+    from svfnet.train import saved_config
+
+    common = ["train", str(workdir), "--no-progress", "--steps", "2", "--checkpoint-every", "1", "--widths", "8", "16",
+              "16", "16"]
+    assert main([*common, "--run", "ic", "--batch-size", "2", "--inverse-consistency", "0.5"]) == 0
+    assert saved_config(workdir, "ic").inverse_consistency_weight == 0.5
+    assert main([*common, "--run", "odd", "--batch-size", "3", "--inverse-consistency", "0.5"]) == 2
+    assert not (workdir / "models" / "odd" / "checkpoint.pt").exists()
