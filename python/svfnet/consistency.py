@@ -108,6 +108,15 @@ def velocity_inverse_consistency(
     )
 
 
+def batch_inverse_consistency(disp: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`inverse_consistency_loss` of a batch of ``2B`` displacements ``exp(v)``: ``B`` pairs then
+    their ``B`` reverses (:func:`augmented_both_directions`), with the batch's loss weights (or None)."""
+    half = len(disp) // 2
+    return inverse_consistency_loss(
+        disp[:half], disp[half:], None if weights is None else weights[:half], None if weights is None else weights[half:]
+    )
+
+
 def reversed_batch(batch, reverse_target: np.ndarray):  # noqa: ANN001, ANN201 - svfnet.train.Batch (no import cycle)
     """The batch's pairs reversed (moving and fixed swapped, labels alike) with ``reverse_target``."""
     return dataclasses.replace(

@@ -43,10 +43,10 @@ import torch.distributed as dist
 from scipy.ndimage import binary_dilation, gaussian_filter
 
 import svfnet
-from svfnet import fields
+from svfnet import differentiable, fields
 from svfnet._io import atomic_path, write_json
 from svfnet.augment import augment_intensity, rotate_in_plane
-from svfnet.consistency import augmented_both_directions, reversed_batch, velocity_inverse_consistency
+from svfnet.consistency import augmented_both_directions, batch_inverse_consistency, reversed_batch
 from svfnet.losses import label_overlap_loss, masked_mse, one_hot_regions
 from svfnet.model import SVFNet, SVFNetConfig, check_grid, read_checkpoint, save_checkpoint
 from svfnet.registration import predict_both_directions
@@ -509,21 +509,22 @@ def step_loss(
     A prediction that is not finite has no exponential: its loss is then the SVF term alone
     (itself not finite), which stops the run at this step, naming it.
     """
-    svf_loss = masked_mse(prediction, target, _loss_weights(batch, config.loss_mask, device))
+    weights = _loss_weights(batch, config.loss_mask, device)
+    svf_loss = masked_mse(prediction, target, weights)
     terms = {"loss": svf_loss, "svf_loss": svf_loss}
-    if config.recipe == "overlap" and bool(torch.isfinite(prediction.detach()).all()):
+    finite = bool(torch.isfinite(prediction.detach()).all())
+    # exp(prediction), once for both terms that need it
+    disp = differentiable.exp(prediction.float()) if finite and (
+        config.recipe == "overlap" or config.inverse_consistency_weight) else None
+    if config.recipe == "overlap" and disp is not None:
         overlap = label_overlap_loss(
-            prediction.float(), one_hot_regions(batch.moving_labels, device), one_hot_regions(batch.fixed_labels, device)
+            prediction.float(), one_hot_regions(batch.moving_labels, device), one_hot_regions(batch.fixed_labels, device),
+            disp=disp,
         )
         terms.update(loss=svf_loss + config.overlap_weight * overlap, overlap_loss=overlap)
-    if config.inverse_consistency_weight and bool(torch.isfinite(prediction.detach()).all()):
+    if config.inverse_consistency_weight and disp is not None:
         # the batch is B pairs then their B reverses (draw_batch)
-        half = len(prediction) // 2
-        weights = _loss_weights(batch, config.loss_mask, device)
-        consistency = velocity_inverse_consistency(
-            prediction[:half].float(), prediction[half:].float(),
-            None if weights is None else weights[:half], None if weights is None else weights[half:],
-        )
+        consistency = batch_inverse_consistency(disp, weights)
         terms.update(loss=terms["loss"] + config.inverse_consistency_weight * consistency,
                      consistency_loss=consistency)
     return terms
