@@ -10,8 +10,11 @@ beats LCC Log-Demons on Dice, on the Hausdorff distance, and on both. The LCC Lo
 are read from the folder's evaluation (``WORKDIR/evaluation/pairs.csv``: run ``svfnet evaluate``
 once, with any model).
 
-    python benchmarks/recipes.py WORKDIR VARIANT [--steps 1500] [--at 500,1000,1500] [--threads 1]
+    python benchmarks/recipes.py WORKDIR VARIANT [--steps 1500] [--at 500,1000,1500] [--threads 1] [--seed 1]
     python benchmarks/recipes.py WORKDIR --report
+
+``--test-from OTHER`` scores on another folder's test pairs and LCC Log-Demons results (a folder
+prepared on the same grid and spacing: a larger training cohort measured on the same test pairs).
 
 Run two variants at once with ``--threads 1`` each to compare them on one busy 2-core machine;
 ``--report`` prints every measured row as a Markdown table (``recipes.csv`` in the folder).
@@ -37,6 +40,8 @@ from svfnet.training.train import TrainConfig, run_folder, train
 
 # name -> TrainConfig changes (on top of the defaults and --steps)
 VARIANTS: dict[str, dict] = {
+    "default": {},  # TrainConfig's defaults: today the overlap recipe, weight 3
+    "default-ic1": {"inverse_consistency_weight": 1.0},  # with both directions and inverse consistency
     "paper": {"recipe": "paper"},
     "overlap": {"recipe": "overlap", "overlap_weight": 1.0},
     "overlap-w0.3": {"recipe": "overlap", "overlap_weight": 0.3},
@@ -197,6 +202,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--at", default="", help="steps at which to measure (default: the last)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument(
+        "--test-from",
+        type=Path,
+        help="score on this folder's test pairs and LCC Log-Demons results (same grid and spacing) instead of WORKDIR's",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="TrainConfig.seed (runs other than 0 are named -s<seed>)")
     parser.add_argument("--report", action="store_true", help="print the measured variants' table")
     parser.add_argument(
         "--one-way",
@@ -217,12 +228,15 @@ def main() -> None:
         checkpoint_every=50,
         validate_every=250,
         model=SVFNetConfig(),
+        seed=args.seed,
         **VARIANTS[args.variant],
     )
-    split = json.loads((args.workdir / "split.json").read_text())
-    subjects = {s: read_prepared(args.workdir, s) for s in split["test"]}
-    demons = demons_rows(args.workdir)
-    run = f"recipe-{args.variant}"
+    scored = args.test_from or args.workdir
+    split = json.loads((scored / "split.json").read_text())
+    subjects = {s: read_prepared(scored, s) for s in split["test"]}
+    demons = demons_rows(scored)
+    name = args.variant if args.seed == 0 else f"{args.variant}-s{args.seed}"
+    run = f"recipe-{name}"
     folder = run_folder(args.workdir, run)
     curve_path = folder / "curve.csv"
     rows = list(csv.DictReader(curve_path.open())) if curve_path.is_file() else []
@@ -236,7 +250,7 @@ def main() -> None:
         model.load_state_dict(saved["model"])
         train_seconds = time.perf_counter() - started  # of this process; see log.csv for a resumed run
         row = {
-            "variant": args.variant,
+            "variant": name,
             "step": step,
             "train_seconds": round(train_seconds, 1),
             **measure(model.eval(), subjects, demons, symmetric=not args.one_way),

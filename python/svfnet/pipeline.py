@@ -118,6 +118,7 @@ DEFAULTS: dict[str, dict[str, tuple[Any, str]]] = {
         "overlap_weight": (3.0, 'weight of the soft Dice term of the "overlap" recipe'),
         "intensity_augmentation": (False, "draw a bias field, gamma, contrast and noise per image"),
         "rotation_deg": (0.0, "largest in-plane rotation of a pair and its target, degrees (0: none)"),
+        "inverse_consistency_weight": (0.0, "weight of the inverse-consistency term on each pair and its reverse (0: off)"),
         "precision": ("float32", '"float32", "bfloat16" (autocast) or "auto" (bfloat16 where the CPU or GPU has it)'),
         "validate_every": (100, "steps between validations"),
         "checkpoint_every": (50, "steps between checkpoints"),
@@ -158,6 +159,7 @@ LIMITS: dict[tuple[str, str], tuple[float, float, bool, bool]] = {
     ("train", "shift_vox"): (0, 512, False, False),  # and at most half the in-plane grid
     ("train", "overlap_weight"): (0.0, 1000.0, False, False),
     ("train", "rotation_deg"): (0.0, 180.0, False, False),
+    ("train", "inverse_consistency_weight"): (0.0, 1000.0, False, False),
     ("train", "validate_every"): (1, limits.MAX_STEPS, False, False),
     ("train", "checkpoint_every"): (1, limits.MAX_STEPS, False, False),
     ("train", "seed"): (0, limits.MAX_SEED, False, False),

@@ -43,6 +43,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="draw a bias field, gamma, contrast and noise for each image (default off)")
     parser.add_argument("--rotation", type=non_negative_finite, metavar="DEGREES",
                         help="largest in-plane rotation of a pair and its target (default 0: none)")
+    parser.add_argument("--inverse-consistency", type=non_negative_finite, metavar="WEIGHT",
+                        help="weight of an inverse-consistency term on each pair and its reverse (default 0: off)")
     parser.add_argument("--precision", choices=("float32", "bfloat16", "auto"),
                         help="network arithmetic while training: float32 (default), bfloat16 (autocast), or auto "
                         "(bfloat16 where the CPU or GPU computes it natively)")
@@ -62,6 +64,7 @@ _TRAIN_FLAGS = {  # flag -> TrainConfig field
     "loss_mask": "loss_mask", "validate_every": "validate_every", "checkpoint_every": "checkpoint_every",
     "seed": "seed", "recipe": "recipe", "overlap_weight": "overlap_weight",
     "intensity_augmentation": "intensity_augmentation", "rotation": "rotation_deg", "precision": "precision",
+    "inverse_consistency": "inverse_consistency_weight",
 }
 
 

@@ -3,6 +3,7 @@
 - :mod:`svfnet.training.model`: ``SVFNet``, ``SVFNetConfig``, checkpoints (``read_checkpoint``,
   ``load_model``).
 - :mod:`svfnet.training.losses`: the paper's SVF loss and the label-overlap loss.
+- :mod:`svfnet.training.consistency`: the inverse-consistency term (``inverse_consistency_weight``).
 - :mod:`svfnet.training.augment`: shifts, rotations, intensity and deformation augmentation.
 - :mod:`svfnet.training.train`: ``train(workdir, config)`` (``svfnet train``), resumable.
 

@@ -52,19 +52,22 @@ def soft_dice(warped: torch.Tensor, fixed: torch.Tensor, eps: float = 1e-6) -> t
 
 
 def label_overlap_loss(
-    velocity: torch.Tensor, moving_regions: torch.Tensor, fixed_regions: torch.Tensor
+    velocity: torch.Tensor, moving_regions: torch.Tensor, fixed_regions: torch.Tensor,
+    disp: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``1 −`` mean soft Dice of the moving regions warped by ``exp(velocity)`` against the fixed regions.
 
     Args:
         velocity: the predicted SVF ``(N, 3, I, J, K)``, voxels; must be finite.
         moving_regions, fixed_regions: :func:`one_hot_regions` of the pair's labels.
+        disp: ``differentiable.exp(velocity)`` where the caller has it already (another term
+            uses it too); None computes it.
 
     Returns:
         A scalar in [0, 1], differentiable in ``velocity``; the mean is over the (pair, region)
         combinations where the region is present in either label map (0 where none is).
     """
-    warped = differentiable.warp(moving_regions, differentiable.exp(velocity))
+    warped = differentiable.warp(moving_regions, differentiable.exp(velocity) if disp is None else disp)
     dice = soft_dice(warped, fixed_regions)
     present = torch.isfinite(dice)
     if not bool(present.any()):

@@ -46,9 +46,10 @@ import svfnet
 from svfnet.common.atomic import atomic_path, write_json
 from svfnet.common.workdir import REGIONS, WorkDir, read_prepared
 from svfnet.data.split import subject_split
-from svfnet.ops import fields
+from svfnet.ops import differentiable, fields
 from svfnet.registration.arrays import predict_both_directions
 from svfnet.training.augment import augment_intensity, rotate_in_plane
+from svfnet.training.consistency import augmented_both_directions, batch_inverse_consistency, reversed_batch
 from svfnet.training.losses import label_overlap_loss, masked_mse, one_hot_regions
 from svfnet.training.model import SVFNet, SVFNetConfig, check_grid, read_checkpoint, save_checkpoint
 
@@ -96,6 +97,12 @@ class TrainConfig:
             the target is unchanged.
         rotation_deg: largest in-plane rotation of a pair and its target, degrees (0: none;
             :func:`svfnet.training.augment.rotate_in_plane`).
+        inverse_consistency_weight: 0 (the default: off) or the weight of an inverse-consistency
+            term (:mod:`svfnet.training.consistency`): each step draws ``batch_size / 2`` pairs and their
+            reverses (``batch_size`` inputs, as many as without it; the reverse's target is its own
+            reference), augmented alike, and adds this weight times the mean squared residual of
+            ``exp(v_ij) ∘ exp(v_ji)`` and ``exp(v_ji) ∘ exp(v_ij)`` against the identity (voxel²,
+            where the loss mask counts). Needs an even ``batch_size``.
         precision: the arithmetic of the network's forward and backward passes: "float32", or
             "bfloat16" (torch autocast: convolutions in bfloat16, norms, losses and the weights
             in float32), or "auto": bfloat16 where the device computes it natively (a CPU with
@@ -120,6 +127,7 @@ class TrainConfig:
     overlap_weight: float = 3.0
     intensity_augmentation: bool = False
     rotation_deg: float = 0.0
+    inverse_consistency_weight: float = 0.0
     precision: str = "float32"
     validate_every: int = 100
     validation_pairs: int = 16
@@ -148,10 +156,15 @@ class TrainConfig:
             raise ValueError(f"TrainConfig: 'loss_mask' must be 'none' or 'heart', got {self.loss_mask!r}")
         if self.recipe not in RECIPES:
             raise ValueError(f"TrainConfig: 'recipe' must be one of {', '.join(map(repr, RECIPES))}, got {self.recipe!r}")
-        for name, high in (("overlap_weight", 1000.0), ("rotation_deg", 180.0)):
+        for name, high in (("overlap_weight", 1000.0), ("rotation_deg", 180.0), ("inverse_consistency_weight", 1000.0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= high:
                 raise ValueError(f"TrainConfig: '{name}' must be a number from 0 to {high:g}, got {value!r}")
+        if self.inverse_consistency_weight and self.batch_size % 2:
+            raise ValueError(
+                "TrainConfig: 'inverse_consistency_weight' > 0 draws pairs with their reverses: 'batch_size' must be "
+                f"even, got {self.batch_size}"
+            )
         if self.precision not in PRECISIONS:
             raise ValueError(
                 f"TrainConfig: 'precision' must be one of {', '.join(map(repr, PRECISIONS))}, got {self.precision!r}"
@@ -171,6 +184,8 @@ class TrainConfig:
             augmentations.append(f"rotations up to {self.rotation_deg:g} degrees")
         if self.intensity_augmentation:
             augmentations.append("bias field, gamma, contrast and noise")
+        if self.inverse_consistency_weight:
+            loss += f", plus {self.inverse_consistency_weight:g} x inverse consistency of each pair and its reverse"
         return (
             f"recipe {loss}; {self.steps:,} steps of {self.batch_size} pairs, learning rate {self.learning_rate:g}, "
             f"loss counted {'near the heart' if self.loss_mask == 'heart' else 'on the whole grid'}; augmentation: "
@@ -367,6 +382,19 @@ class ReferenceTargets:
     def sample(self, rng: np.random.Generator, size: int) -> Batch:
         return self.batch(rng.integers(0, len(self.pairs), size=size))
 
+    def sample_both_directions(self, rng: np.random.Generator, size: int) -> tuple[Batch, Batch]:
+        """``size`` pairs whose reverse is usable too, and those reverses with their own references."""
+        if not hasattr(self, "_reversible"):
+            usable = set(self.pairs)
+            self._reversible = [n for n, (m, f) in enumerate(self.pairs) if (f, m) in usable]
+            if not self._reversible:
+                raise ValueError("no training pair has a usable reverse: inverse consistency needs both directions")
+        chosen = [self._reversible[c] for c in rng.integers(0, len(self._reversible), size=size)]
+        forward = self.batch(chosen)
+        reverse = np.stack([self.store.svf(self.cohort.ids[f], self.cohort.ids[m]) for m, f in
+                            (self.pairs[c] for c in chosen)])
+        return forward, reversed_batch(forward, reverse)
+
     def validation(self, count: int) -> Batch:
         chosen = np.random.default_rng(12345).permutation(len(self.pairs))[:count]
         return self.batch(sorted(chosen))
@@ -417,6 +445,11 @@ class RandomTargets:
 
     def sample(self, rng: np.random.Generator, size: int) -> Batch:
         return self._pairs(rng, self.subjects[rng.integers(0, len(self.subjects), size=size)])
+
+    def sample_both_directions(self, rng: np.random.Generator, size: int) -> tuple[Batch, Batch]:
+        """``size`` pairs and their reverses: the reverse of (s, s ∘ exp(v)) has the target -v exactly."""
+        forward = self.sample(rng, size)
+        return forward, reversed_batch(forward, -forward.target)
 
     def validation(self, count: int) -> Batch:
         rng = np.random.default_rng(12345)
@@ -476,14 +509,34 @@ def step_loss(
     A prediction that is not finite has no exponential: its loss is then the SVF term alone
     (itself not finite), which stops the run at this step, naming it.
     """
-    svf_loss = masked_mse(prediction, target, _loss_weights(batch, config.loss_mask, device))
+    weights = _loss_weights(batch, config.loss_mask, device)
+    svf_loss = masked_mse(prediction, target, weights)
     terms = {"loss": svf_loss, "svf_loss": svf_loss}
-    if config.recipe == "overlap" and bool(torch.isfinite(prediction.detach()).all()):
+    finite = bool(torch.isfinite(prediction.detach()).all())
+    # exp(prediction), once for both terms that need it
+    disp = differentiable.exp(prediction.float()) if finite and (
+        config.recipe == "overlap" or config.inverse_consistency_weight) else None
+    if config.recipe == "overlap" and disp is not None:
         overlap = label_overlap_loss(
-            prediction.float(), one_hot_regions(batch.moving_labels, device), one_hot_regions(batch.fixed_labels, device)
+            prediction.float(), one_hot_regions(batch.moving_labels, device), one_hot_regions(batch.fixed_labels, device),
+            disp=disp,
         )
         terms.update(loss=svf_loss + config.overlap_weight * overlap, overlap_loss=overlap)
+    if config.inverse_consistency_weight and disp is not None:
+        # the batch is B pairs then their B reverses (draw_batch)
+        consistency = batch_inverse_consistency(disp, weights)
+        terms.update(loss=terms["loss"] + config.inverse_consistency_weight * consistency,
+                     consistency_loss=consistency)
     return terms
+
+
+def draw_batch(source, rng: np.random.Generator, config: TrainConfig, spacing_mm) -> Batch:  # noqa: ANN001
+    """One step's augmented batch: ``batch_size`` pairs, or (with inverse consistency) ``batch_size / 2``
+    pairs followed by their reverses, each reverse augmented as its pair (:mod:`svfnet.training.consistency`)."""
+    if not config.inverse_consistency_weight:
+        return augment(source.sample(rng, config.batch_size), rng, config, spacing_mm)
+    forward, reverse = source.sample_both_directions(rng, config.batch_size // 2)
+    return augmented_both_directions(forward, reverse, rng, lambda b, r: augment(b, r, config, spacing_mm))
 
 
 def dice_per_region(warped: np.ndarray, target: np.ndarray) -> dict[int, float]:
@@ -851,7 +904,7 @@ def _train(
     last_checkpoint = int(saved["step"]) if saved is not None else None
     try:
         while step < config.steps:
-            batch = augment(source.sample(rng, config.batch_size), rng, config, train_cohort.spacing_mm)
+            batch = draw_batch(source, rng, config, train_cohort.spacing_mm)
             pair, target = _inputs(batch, where.device)
             with autocast:
                 prediction = trained(pair)
@@ -955,7 +1008,8 @@ def _checkpoint(path: Path, model: SVFNet, optimizer, step: int, rng, config: Tr
 class _Log:
     """log.csv (rows up to the resumed step kept, later ones dropped) and optional TensorBoard."""
 
-    COLUMNS = ("step", "loss", "val_loss", "val_dice", "identity_dice", "seconds", "error", "svf_loss", "overlap_loss")
+    COLUMNS = ("step", "loss", "val_loss", "val_dice", "identity_dice", "seconds", "error", "svf_loss", "overlap_loss",
+               "consistency_loss")
 
     def __init__(self, path: Path, resumed_step: int, tensorboard: bool) -> None:
         kept = []
