@@ -8,6 +8,7 @@
 #include <string>
 
 #include "common/arrays.h"
+#include "common/cpu_loops.h"
 #include "ops/compose/compose.h"
 #include "ops/ebs/ebs_binding.h"
 #include "ops/gauss/gauss_binding.h"
@@ -44,6 +45,7 @@ py::dict build_info() {
 #else
   info["cpu_loops"] = "baseline";
 #endif
+  info["min_parallel_work"] = min_parallel_work();
 #ifdef SVFNET_WITH_CUDA
   info["cuda"] = true;
   info["cuda_version"] = SVFNET_CUDA_VERSION;
@@ -59,6 +61,29 @@ py::dict build_info() {
 PYBIND11_MODULE(_core, m) {
   m.doc() = "svfnet's compiled field operations (see python/svfnet/fields.py for the public API)";
   m.def("build_info", &build_info, "What this extension was compiled with.");
+  // the threshold of the CPU launchers (common/cpu_loops.h): SVFNET_MIN_PARALLEL_WORK is read here,
+  // so that a bad value fails the import with its name rather than a later call
+  min_parallel_work();
+  m.def("min_parallel_work", &min_parallel_work,
+        "Voxel-operations (about a nanosecond of one core each) below which a CPU launcher's parallel region "
+        "runs on the calling thread.");
+  m.def("set_min_parallel_work", &set_min_parallel_work, py::arg("work"),
+        "Sets the threshold of min_parallel_work() (>= 0; 0: every region parallel) and returns the previous one.");
+  m.def(
+      "parallel_team",
+      [](int64_t work, int threads) {
+        int team = 1;
+#pragma omp parallel num_threads(omp_threads(threads)) if (parallel_worth(work))
+        {
+#ifdef _OPENMP
+#pragma omp single
+          team = omp_get_num_threads();
+#endif
+        }
+        return team;
+      },
+      py::arg("work"), py::arg("threads"),
+      "The threads a CPU launcher's parallel region of `work` voxel-operations runs on when asked for `threads`.");
   bind_ebs(m);  // elastic body splines (svfnet/ebs.py)
 
   // ---- CPU: NumPy arrays (N, C, I, J, K), C-contiguous, never converted (outputs must not be copies)

@@ -43,7 +43,10 @@ def segment(image: Any, model: Any, atlases: Any, **options: Any) -> Any:
 
 
 def build_info() -> dict[str, Any]:
-    """What the compiled extension was built with: version, compiler, OpenMP, CUDA and its architectures."""
+    """What the compiled extension was built with: version, compiler, OpenMP, CUDA and its architectures,
+    and ``min_parallel_work``: the voxel-operations (about a nanosecond of one core each) below which a
+    CPU launcher runs on the calling thread (environment variable ``SVFNET_MIN_PARALLEL_WORK``; see
+    docs/performance.md)."""
     from svfnet import _core
 
     return dict(_core.build_info())

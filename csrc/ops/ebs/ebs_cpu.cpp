@@ -11,6 +11,9 @@ namespace {
 
 constexpr int kChunk = 16;  // voxels of one row evaluated together
 constexpr int kFits = svfcore::kEbsFitsPerPass;
+// Voxel-operations (cpu_loops.h: about a nanosecond of one core each) a landmark costs a voxel of
+// one fit: vectorised over the voxels of a chunk on the grid, one point at a time at points.
+constexpr int64_t kGridCost = 2, kPointCost = 10;
 
 // One chunk of up to kChunk voxels along k of row (i, j), for up to kFits fits. The CPU walks the
 // landmarks outside and the voxels inside, so that the innermost loop (over voxels) vectorises;
@@ -63,7 +66,8 @@ void ebs_grid_cpu(const EbsFits& fits, const EbsGrid& where, float* out, int thr
   const int passes = (fits.fits + kFits - 1) / kFits;
   const int chunks = (g.nk + kChunk - 1) / kChunk;
   const int64_t tasks = int64_t(passes) * g.ni * g.nj * chunks;
-#pragma omp parallel for schedule(dynamic, 16) num_threads(omp_threads(threads))
+  const int64_t work = g.size() * fits.count * fits.fits * kGridCost;
+#pragma omp parallel for schedule(dynamic, 16) num_threads(omp_threads(threads)) if (parallel_worth(work))
   for (int64_t task = 0; task < tasks; ++task) {
     const int chunk = static_cast<int>(task % chunks);
     const int64_t row = task / chunks;
@@ -75,7 +79,8 @@ void ebs_grid_cpu(const EbsFits& fits, const EbsGrid& where, float* out, int thr
 }
 
 void ebs_points_cpu(const EbsFits& fits, const double* points, int64_t count, double* out, int threads) {
-#pragma omp parallel for schedule(static) num_threads(omp_threads(threads))
+  const int64_t work = count * fits.count * fits.fits * kPointCost;
+#pragma omp parallel for schedule(static) num_threads(omp_threads(threads)) if (parallel_worth(work))
   for (int64_t p = 0; p < count; ++p) {
     for (int first = 0; first < fits.fits; first += kFits) {
       const int fits_here = std::min(kFits, fits.fits - first);

@@ -38,7 +38,8 @@ using svfcore::GaussTerms;
 
 constexpr int64_t kSourceTile = 256;  // sources per tile: 256 · (6 + DA + DW) values stay in L1
 constexpr int64_t kTargetBlock = 32;  // targets that share one pass over the source tiles
-constexpr int64_t kSerialPairs = int64_t(1) << 20;  // fewer pairs run on the calling thread
+// Voxel-operations (cpu_loops.h: about a nanosecond of one core each) a target-source pair costs.
+constexpr int64_t kPairCost = 2;
 
 // The sources transposed to structure-of-arrays (column d of w at w[d * m]), so that the loops
 // over a tile read contiguous memory.
@@ -199,11 +200,11 @@ void run(const GaussArgs<T>& args, int threads) {
 #endif
 
   const int64_t blocks = (n + kTargetBlock - 1) / kTargetBlock;
-  // Sums of up to ~1M pairs (LDDMM's control points, template points against them, meshes of a
-  // thousand triangles) take under half a millisecond on one core. A parallel region would gain
-  // little there and wait for every thread at its barrier: on a busy machine that is a wait for a
-  // scheduler time slice, measured here as a 5-8x slow-down of a whole registration.
-  const int64_t team = n * m < kSerialPairs ? 1 : std::min<int64_t>(omp_threads(threads), blocks);
+  // Small sums (LDDMM's control points, template points against them, meshes of a thousand
+  // triangles) run on the calling thread (cpu_loops.h): a parallel region would gain little there
+  // and wait for every thread at its barrier, on a busy machine a wait for a scheduler time slice,
+  // measured as a 5-8x slow-down of a whole registration.
+  const int64_t team = parallel_worth(n * m * kPairCost) ? std::min<int64_t>(omp_threads(threads), blocks) : 1;
 #pragma omp parallel num_threads(static_cast<int>(team))
   {
 #if SVFNET_GAUSS_MXCSR

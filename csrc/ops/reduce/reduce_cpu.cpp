@@ -7,13 +7,20 @@
 
 namespace svfnet {
 
+namespace {
+// Voxel-operations a voxel of each loop (cpu_loops.h: about a nanosecond of one core each); the
+// finiteness check costs a quarter of one a value.
+constexpr int64_t kNormCost = 1, kNormWithinCost = 6, kNormWithinFieldCost = 2, kValuesPerCheck = 4;
+}  // namespace
+
 std::pair<float, double> norm_stats_cpu(const float* field, const Batch& shape, int threads) {
   const int64_t voxels = shape.grid.size(), rows = shape.batch * shape.grid.ni * shape.grid.nj;
   const int nk = shape.grid.nk;
   float max_norm = 0.f;
   double sum = 0.0;
   // rows in parallel; within a row a float sum that vectorises, rows added up in double
-#pragma omp parallel for schedule(static) reduction(max : max_norm) reduction(+ : sum) num_threads(omp_threads(threads))
+#pragma omp parallel for schedule(static) reduction(max : max_norm) reduction(+ : sum) num_threads(omp_threads(threads)) \
+    if (parallel_worth(voxels * shape.batch * kNormCost))
   for (int64_t row = 0; row < rows; ++row) {
     const int64_t b = row / (int64_t(shape.grid.ni) * shape.grid.nj), first = (row % (int64_t(shape.grid.ni) * shape.grid.nj)) * nk;
     const float* f = field + b * 3 * voxels;
@@ -37,7 +44,8 @@ std::tuple<float, double, int64_t> norm_stats_within_cpu(const float* field, con
   float max_norm = 0.f;
   double sum = 0.0;
   int64_t count = 0;
-#pragma omp parallel for schedule(static) reduction(max : max_norm) reduction(+ : sum, count) num_threads(omp_threads(threads))
+#pragma omp parallel for schedule(static) reduction(max : max_norm) reduction(+ : sum, count) num_threads(omp_threads(threads)) \
+    if (parallel_worth(voxels * shape.batch * kNormWithinCost))
   for (int64_t row = 0; row < rows; ++row) {
     const int64_t b = row / (int64_t(g.ni) * g.nj), in_volume = row % (int64_t(g.ni) * g.nj);
     const int i = static_cast<int>(in_volume / g.nj), j = static_cast<int>(in_volume % g.nj);
@@ -60,12 +68,13 @@ std::tuple<float, double, int64_t> norm_stats_within_cpu(const float* field, con
 }
 
 void norm_within_cpu(const float* field, const float* u, float* out, const Batch& shape, int threads) {
-  for_each_voxel(shape.batch, shape.grid, threads, NormWithinBody{field, u, out, shape.grid});
+  for_each_voxel(shape.batch, shape.grid, threads, kNormWithinFieldCost, NormWithinBody{field, u, out, shape.grid});
 }
 
 int64_t count_nonfinite_cpu(const float* data, int64_t count, int threads) {
   int64_t bad = 0;
-#pragma omp parallel for simd schedule(static) reduction(+ : bad) num_threads(omp_threads(threads))
+#pragma omp parallel for simd schedule(static) reduction(+ : bad) num_threads(omp_threads(threads)) \
+    if (parallel_worth(count / kValuesPerCheck))
   for (int64_t t = 0; t < count; ++t) bad += std::isfinite(data[t]) ? 0 : 1;
   return bad;
 }

@@ -21,6 +21,9 @@ using SmoothAcc = float;
 using MomentAcc = double;
 // Values a run accumulates at most (its buffers stay in the L2 cache).
 constexpr int64_t kRunValues = 4096;
+// Values × folded taps (radius + 1) of a pass a voxel-operation stands for (cpu_loops.h: about a
+// nanosecond of one core): smooth's float32 sums of one value, local_moments' float64 sums of five.
+constexpr int64_t kSmoothTapsPerOperation = 6, kMomentTapsPerOperation = 2;
 
 // A pass along `axis` over volumes of grid g: its rows, and how runs of them are cut.
 struct Pass {
@@ -69,12 +72,13 @@ SVFNET_CPU_CLONES __attribute__((flatten)) void walk_runs(const Body& body, cons
   }
 }
 
-// Runs body over the rows of `volumes` volumes in one parallel region; make_buffers() gives each
-// thread its buffers.
+// Runs body over the rows of `volumes` volumes in one parallel region (on the calling thread below
+// min_parallel_work(), cpu_loops.h); make_buffers() gives each thread its buffers.
 template <class Buffers, class Body>
-void for_each_run(const Pass& pass, int64_t volumes, int threads, const Buffers& make_buffers, const Body& body) {
+void for_each_run(const Pass& pass, int64_t volumes, int64_t work, int threads, const Buffers& make_buffers,
+                  const Body& body) {
   const int64_t rows = volumes * pass.rows;
-#pragma omp parallel num_threads(omp_threads(threads))
+#pragma omp parallel num_threads(omp_threads(threads)) if (parallel_worth(work))
   {
     auto buffers = make_buffers();
 #ifdef _OPENMP
@@ -182,7 +186,8 @@ void smooth_cpu(const float* in, float* out, float* scratch, const Batch& shape,
       return Buffers<SmoothAcc>{std::vector<float>(pass.along() ? pass.run_capacity() : 0), {},
                      std::vector<SmoothAcc>(pass.run_capacity())};
     };
-    for_each_run(pass, volumes, threads, make_buffers, [&](const Run& run, Buffers<SmoothAcc>& b) {
+    const int64_t work = volumes * volume * (pass.radius + 1) / kSmoothTapsPerOperation;
+    for_each_run(pass, volumes, work, threads, make_buffers, [&](const Run& run, Buffers<SmoothAcc>& b) {
       const float* f = run_source(pass, run, source + run.e * volume, nk, b.pad_a);
       run_taps(pass, run, svfcore::SmoothKernel<SmoothAcc, SmoothAcc>{f, wa, b.acc.data()});
       float* dst = target + run.e * volume + run.row * pass.length;
@@ -203,6 +208,9 @@ void local_moments_cpu(const float* a, const float* b, float* out, float* scratc
   const auto channels_of = [&](const float* buffer) -> int64_t {
     return buffer == out ? svfcore::kLocalMoments : svfcore::kMomentSums;
   };
+  const auto work_of = [&](const Pass& pass) {
+    return shape.batch * volume * sums * (pass.radius + 1) / kMomentTapsPerOperation;
+  };
   const auto buffers_for = [](const Pass& pass, int pads) {
     return [&pass, pads] {
       return Buffers<MomentAcc>{std::vector<float>(pass.along() ? pass.run_capacity() : 0),
@@ -220,7 +228,7 @@ void local_moments_cpu(const float* a, const float* b, float* out, float* scratc
     const Pass pass(shape.grid, axis, radii[axis]);
     const MomentAcc* wa = w.data() + passes.tap_offset[axis];
     const bool finish = passes.count <= 1;
-    for_each_run(pass, shape.batch, threads, buffers_for(pass, 2), [&](const Run& run, Buffers<MomentAcc>& buf) {
+    for_each_run(pass, shape.batch, work_of(pass), threads, buffers_for(pass, 2), [&](const Run& run, Buffers<MomentAcc>& buf) {
       const float* fa = run_source(pass, run, a + run.e * volume, nk, buf.pad_a);
       const float* fb = run_source(pass, run, b + run.e * volume, nk, buf.pad_b);
       run_taps(pass, run, svfcore::ProductsKernel<MomentAcc, MomentAcc>{fa, fb, wa, buf.acc.data(), pass.run_capacity()});
@@ -236,7 +244,7 @@ void local_moments_cpu(const float* a, const float* b, float* out, float* scratc
     const Pass pass(shape.grid, axis, radii[axis]);
     const MomentAcc* wa = w.data() + passes.tap_offset[axis];
     const bool finish = q == passes.count - 1;
-    for_each_run(pass, shape.batch, threads, buffers_for(pass, 1), [&](const Run& run, Buffers<MomentAcc>& buf) {
+    for_each_run(pass, shape.batch, work_of(pass), threads, buffers_for(pass, 1), [&](const Run& run, Buffers<MomentAcc>& buf) {
       for (int c = 0; c < sums; ++c) {
         const float* f = run_source(pass, run, source + (run.e * in_channels + c) * volume, nk, buf.pad_a);
         run_taps(pass, run, svfcore::SmoothKernel<MomentAcc, MomentAcc>{f, wa, buf.acc.data() + c * pass.run_capacity()});

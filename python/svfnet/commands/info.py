@@ -23,4 +23,8 @@ def run(args: argparse.Namespace) -> int:
         print("CUDA launchers: not compiled (CPU only)")
     print(f"CUDA device available: {'yes' if svfnet.cuda_available() else 'no'}")
     print(f"CPU threads (torch): {torch.get_num_threads()}")
+    print(
+        f"CPU work on one thread below: {info['min_parallel_work']:,} voxel-operations "
+        "(SVFNET_MIN_PARALLEL_WORK)"
+    )
     return 0
