@@ -154,7 +154,7 @@ def kernel_cases(size: str, n: int) -> list[Case]:
 
 def ebs_cases(size: str, grid: tuple[int, int, int], landmarks: int) -> list[Case]:
     """An elastic body spline of ``landmarks`` landmarks on ``grid`` and at as many points."""
-    from svfnet import ebs
+    from svfnet.ops import ebs
 
     rng = np.random.default_rng(2)
     source = rng.uniform(0, 1, (landmarks, 3)) * np.array(grid) * 2.0

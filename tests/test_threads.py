@@ -175,7 +175,7 @@ def test_kernel_sums_are_identical_on_one_or_two_threads(rng, formula):
 
 @openmp
 def test_ebs_is_identical_on_one_or_two_threads(rng):
-    from svfnet import ebs
+    from svfnet.ops import ebs
 
     spline = ebs.fit_ebs(rng.uniform(0, 6, (12, 3)), rng.standard_normal((12, 3)))
     grid_p, grid_s = run_both(lambda: spline.on_grid(GRID, (1.1, 0.9, 1.3)))
