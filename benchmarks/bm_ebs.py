@@ -41,7 +41,9 @@ def itk_ebs_grid(source, displacement, grid, spacing):
     to_field.SetOutputSpacing(list(spacing))
     to_field.SetOutputOrigin([0.0, 0.0, 0.0])
     to_field.Update()
-    field_mm = np.moveaxis(itk.array_from_image(to_field.GetOutput()), -1, 0).transpose(0, 3, 2, 1)  # (k,j,i,3) → (3,i,j,k)
+    field_mm = np.moveaxis(itk.array_from_image(to_field.GetOutput()), -1, 0).transpose(
+        0, 3, 2, 1
+    )  # (k,j,i,3) → (3,i,j,k)
     return field_mm / np.asarray(spacing).reshape(3, 1, 1, 1)
 
 

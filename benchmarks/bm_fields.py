@@ -51,7 +51,9 @@ def test_warp(bench, case, peer):
         if name == "128^3":
             pytest.skip("SciPy at 128^3 takes seconds a call; its ratio at 64x64x16 tells the story")
         positions = np.indices(grid, dtype=np.float32) + disp
-        out = bench(group, peer, lambda: map_coordinates(image, positions, order=1, mode="grid-constant"), rounds=5)
+        out = bench(
+            group, peer, lambda: map_coordinates(image, positions, order=1, mode="grid-constant"), rounds=5
+        )
     # every peer computes the same thing
     np.testing.assert_allclose(np.asarray(out), fields.warp(image, disp), atol=1e-4)
 
@@ -108,7 +110,12 @@ def test_exp_gradient(bench, case, peer):
     # the same gradient as float64 autograd, but for the odd voxel whose float32 position falls on
     # the other side of a cell edge than in float64 (the trilinear derivative jumps there)
     v_ref = torch.from_numpy(velocity.astype(np.float64))[None].requires_grad_(True)
-    (VecInt(grid, used).double()(v_ref) * torch.from_numpy(grad_exp.astype(np.float64))[None]).sum().backward()
+    (
+        VecInt(grid, used).double()(v_ref) * torch.from_numpy(grad_exp.astype(np.float64))[None]
+    ).sum().backward()
     expected = v_ref.grad[0].numpy()
     error = np.abs(np.asarray(out) - expected)
-    assert np.mean(error <= 1e-4 * np.abs(expected).max()) > 0.9999 and error.max() < 0.05 * np.abs(expected).max()
+    assert (
+        np.mean(error <= 1e-4 * np.abs(expected).max()) > 0.9999
+        and error.max() < 0.05 * np.abs(expected).max()
+    )

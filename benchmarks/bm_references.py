@@ -48,10 +48,18 @@ def cohort(folder) -> None:
     empty = np.zeros(GRID, np.float32)
     ids = [f"b{n:02d}" for n in range(SUBJECTS)]
     for subject in ids:
-        write_prepared_subject(folder, subject, empty, empty.astype(np.uint8), SPACING_MM, {"kind": "benchmark"})
-        write_landmarks(WorkDir(folder).shapes / "landmarks" / f"{subject}.npz", subject_points(rng, template),
-                         {"benchmark": True}, {})
-    write_subjects(folder, {"subjects": [{"id": s} for s in ids], "shape": list(GRID), "spacing_mm": list(SPACING_MM)})
+        write_prepared_subject(
+            folder, subject, empty, empty.astype(np.uint8), SPACING_MM, {"kind": "benchmark"}
+        )
+        write_landmarks(
+            WorkDir(folder).shapes / "landmarks" / f"{subject}.npz",
+            subject_points(rng, template),
+            {"benchmark": True},
+            {},
+        )
+    write_subjects(
+        folder, {"subjects": [{"id": s} for s in ids], "shape": list(GRID), "spacing_mm": list(SPACING_MM)}
+    )
 
 
 def test_references_stage_992_pairs(bench, tmp_path_factory):
@@ -63,11 +71,13 @@ def test_references_stage_992_pairs(bench, tmp_path_factory):
     def stage():
         folder = folders.pop(0)  # a fresh folder each round: the stage would skip finished work
         # the spline through the landmarks (these landmark sets have no LDDMM flows to compose)
-        return folder, run_references(folder, subjects=ids, parameters=ReferenceParameters(deformation="ebs"),
-                                      progress=False)
+        return folder, run_references(
+            folder, subjects=ids, parameters=ReferenceParameters(deformation="ebs"), progress=False
+        )
 
-    folder, summary = bench(f"references stage, {SUBJECTS} subjects (992 pairs), K={LANDMARKS}", "svfnet", stage,
-                            rounds=1)
+    folder, summary = bench(
+        f"references stage, {SUBJECTS} subjects (992 pairs), K={LANDMARKS}", "svfnet", stage, rounds=1
+    )
     records = ReferenceStore(folder).records()
     iterations = np.array([r["iterations"] for r in records])
     print(

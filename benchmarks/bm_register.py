@@ -32,7 +32,12 @@ def case():
 
 def test_full_registration(bench, case):
     model, moving, fixed, _ = case
-    bench("registration 64x64x16 (network + exp + warp)", "svfnet", lambda: register(moving, fixed, model), rounds=10)
+    bench(
+        "registration 64x64x16 (network + exp + warp)",
+        "svfnet",
+        lambda: register(moving, fixed, model),
+        rounds=10,
+    )
 
 
 @pytest.mark.parametrize("peer", ["svfnet", "torch VecInt + SpatialTransformer (VoxelMorph)"])
@@ -41,6 +46,7 @@ def test_exp_and_warp_after_the_network(bench, case, peer):
     steps = fields.exp_steps(float(svf[0].norm(dim=0).max()))
     moving_t = torch.from_numpy(moving)
     if peer == "svfnet":
+
         def run():
             return fields.warp(moving_t, fields.exp(svf[0], steps=steps))
     else:
@@ -49,5 +55,8 @@ def test_exp_and_warp_after_the_network(bench, case, peer):
         def run():
             with torch.no_grad():
                 return transformer(moving_t[None, None], integrate(svf))[0, 0]
+
     out = bench("exp + warp 64x64x16", peer, run)
-    np.testing.assert_allclose(np.asarray(out), fields.warp(moving, fields.exp(svf[0].numpy(), steps=steps)), atol=1e-3)
+    np.testing.assert_allclose(
+        np.asarray(out), fields.warp(moving, fields.exp(svf[0].numpy(), steps=steps)), atol=1e-3
+    )

@@ -31,9 +31,16 @@ def main() -> None:
         widths = tuple(int(w) for w in text.split(","))
         run = "widths-" + "-".join(map(str, widths))
         shutil.rmtree(args.workdir / "models" / run, ignore_errors=True)
-        config = TrainConfig(steps=args.steps, batch_size=2, targets="random", learning_rate=2e-3,
-                             validate_every=args.steps, checkpoint_every=args.steps, validation_pairs=8,
-                             model=SVFNetConfig(widths=widths))
+        config = TrainConfig(
+            steps=args.steps,
+            batch_size=2,
+            targets="random",
+            learning_rate=2e-3,
+            validate_every=args.steps,
+            checkpoint_every=args.steps,
+            validation_pairs=8,
+            model=SVFNetConfig(widths=widths),
+        )
         started = time.perf_counter()
         train(args.workdir, config, run=run, progress=False)
         seconds = time.perf_counter() - started
@@ -46,15 +53,20 @@ def main() -> None:
             started_forward = time.perf_counter()
             for _ in range(5):
                 model(pair)
-        print(json.dumps({
-            "widths": widths,
-            "parameters": sum(p.numel() for p in model.parameters()),
-            "train_seconds": round(seconds, 1),
-            "forward_ms": round((time.perf_counter() - started_forward) / 5 * 1e3, 1),
-            "val_loss": float(last["val_loss"]),
-            "val_dice": float(last["val_dice"]),
-            "identity_dice": float(last["identity_dice"]),
-        }), flush=True)
+        print(
+            json.dumps(
+                {
+                    "widths": widths,
+                    "parameters": sum(p.numel() for p in model.parameters()),
+                    "train_seconds": round(seconds, 1),
+                    "forward_ms": round((time.perf_counter() - started_forward) / 5 * 1e3, 1),
+                    "val_loss": float(last["val_loss"]),
+                    "val_dice": float(last["val_dice"]),
+                    "identity_dice": float(last["identity_dice"]),
+                }
+            ),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -67,7 +67,9 @@ def measure(model: SVFNet, subjects: dict, demons: dict) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("workdir", type=Path)
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--at", default="250,500,1000,1500,2000,3000", help="steps at which to measure")
@@ -76,8 +78,13 @@ def main() -> None:
     args = parser.parse_args()
 
     at = sorted(int(s) for s in args.at.split(","))
-    config = TrainConfig(steps=args.steps, loss_mask=args.loss_mask, checkpoint_every=50, validate_every=250,
-                         model=SVFNetConfig())
+    config = TrainConfig(
+        steps=args.steps,
+        loss_mask=args.loss_mask,
+        checkpoint_every=50,
+        validate_every=250,
+        model=SVFNetConfig(),
+    )
     split = json.loads((args.workdir / "split.json").read_text())
     subjects = {s: read_prepared(args.workdir, s) for s in split["test"]}
     demons = demons_scores(args.workdir)
@@ -93,7 +100,11 @@ def main() -> None:
         model = SVFNet(SVFNetConfig.from_dict(saved["config"]))
         model.load_state_dict(saved["model"])
         train_seconds = time.perf_counter() - started  # of this process; see the log for a resumed run
-        row = {"step": step, "train_seconds": round(train_seconds, 1), **measure(model.eval(), subjects, demons)}
+        row = {
+            "step": step,
+            "train_seconds": round(train_seconds, 1),
+            **measure(model.eval(), subjects, demons),
+        }
         rows.append(row)
         with curve_path.open("w", newline="") as handle:
             writer = csv.DictWriter(handle, list(row))
@@ -107,8 +118,11 @@ def main() -> None:
     print("| steps | " + " | ".join(REGIONS.values()) + " | pairs beating LCC Log-Demons |")
     print("|---|" + "---|" * (len(names) + 1))
     for row in rows:
-        print(f"| {row['step']} | " + " | ".join(f"{float(row[n]):.3f}" for n in names)
-              + f" | {float(row['beats_demons']):.0%} |")
+        print(
+            f"| {row['step']} | "
+            + " | ".join(f"{float(row[n]):.3f}" for n in names)
+            + f" | {float(row['beats_demons']):.0%} |"
+        )
 
 
 if __name__ == "__main__":

@@ -27,7 +27,9 @@ class SpatialTransformer(torch.nn.Module):
         locations = (self.identity + disp) * self.scale - 1.0
         # grid_sample wants (x, y, z) = (k, j, i) in the last dimension
         locations = locations.permute(0, 2, 3, 4, 1).flip(-1)
-        return F.grid_sample(image, locations, mode="bilinear", padding_mode=self.padding_mode, align_corners=True)
+        return F.grid_sample(
+            image, locations, mode="bilinear", padding_mode=self.padding_mode, align_corners=True
+        )
 
 
 class VecInt(torch.nn.Module):

@@ -207,7 +207,9 @@ def main() -> None:
         type=Path,
         help="score on this folder's test pairs and LCC Log-Demons results (same grid and spacing) instead of WORKDIR's",
     )
-    parser.add_argument("--seed", type=int, default=0, help="TrainConfig.seed (runs other than 0 are named -s<seed>)")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="TrainConfig.seed (runs other than 0 are named -s<seed>)"
+    )
     parser.add_argument("--report", action="store_true", help="print the measured variants' table")
     parser.add_argument(
         "--one-way",

@@ -41,8 +41,20 @@ def measure(workdir: Path) -> list[dict]:
     rows = []
     for record in store.records():
         moving, fixed = prepared(record["moving"]), prepared(record["fixed"])
-        row = {key: record.get(key) for key in ("moving", "fixed", "excluded", "folds", "converged", "residual_max",
-                                                "residual_mean", "iterations", "log_seconds")}
+        row = {
+            key: record.get(key)
+            for key in (
+                "moving",
+                "fixed",
+                "excluded",
+                "folds",
+                "converged",
+                "residual_max",
+                "residual_mean",
+                "iterations",
+                "log_seconds",
+            )
+        }
         row["deformation_seconds"] = record.get("deformation_seconds", record.get("ebs_seconds"))
         row["excluded"] = row["excluded"] or ""
         svf = store.svf(record["moving"], record["fixed"]) if record["excluded"] in STORED else None
@@ -52,7 +64,9 @@ def measure(workdir: Path) -> list[dict]:
             # |v| near the heart: within 3 voxels in plane and 1 slice of the fixed labels
             heart = binary_dilation(fixed.labels > 0, np.ones((7, 7, 3), bool))
             row["svf_max_heart"] = float(norm[heart].max())
-            warped = np.asarray(fields.warp_labels(moving.labels.astype(np.int32), fields.exp(svf), mode="onehot"))
+            warped = np.asarray(
+                fields.warp_labels(moving.labels.astype(np.int32), fields.exp(svf), mode="onehot")
+            )
         for region, name in REGIONS.items():
             target, before = fixed.labels == region, moving.labels == region
             present = target.any() and before.any()
@@ -78,9 +92,11 @@ def summary(rows: list[dict]) -> str:
         f"p99 {np.percentile(sizes, 99):.1f}, max {sizes.max():.1f}; near the heart: median {np.median(heart):.1f}, "
         f"p99 {np.percentile(heart, 99):.1f}",
         f"time per pair (one process): {seconds:.3f} s",
-        "Dice over usable pairs (identity): " + ", ".join(
+        "Dice over usable pairs (identity): "
+        + ", ".join(
             f"{name} {np.nanmean([float(r[f'dice_{name}']) for r in usable]):.3f} "
-            f"({np.nanmean([float(r[f'identity_{name}']) for r in usable]):.3f})" for name in REGIONS.values()
+            f"({np.nanmean([float(r[f'identity_{name}']) for r in usable]):.3f})"
+            for name in REGIONS.values()
         ),
     ]
     return "\n".join(lines)
@@ -91,16 +107,25 @@ def compare(paths: list[Path]) -> str:
     for path in paths:
         with path.open(newline="") as handle:
             tables.append({(row["moving"], row["fixed"]): row for row in csv.DictReader(handle)})
-    common = set.intersection(*({pair for pair, row in table.items() if not row["excluded"]} for table in tables))
+    common = set.intersection(
+        *({pair for pair, row in table.items() if not row["excluded"]} for table in tables)
+    )
     lines = [f"{len(common)} pairs usable in all of {len(paths)}"]
     for path, table in zip(paths, tables, strict=True):
-        means = [np.nanmean([float(table[pair][f"dice_{name}"]) for pair in common]) for name in REGIONS.values()]
-        lines.append(f"{path}: " + ", ".join(f"{name} {m:.3f}" for name, m in zip(REGIONS.values(), means, strict=True)))
+        means = [
+            np.nanmean([float(table[pair][f"dice_{name}"]) for pair in common]) for name in REGIONS.values()
+        ]
+        lines.append(
+            f"{path}: "
+            + ", ".join(f"{name} {m:.3f}" for name, m in zip(REGIONS.values(), means, strict=True))
+        )
     return "\n".join(lines)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("workdir", nargs="?", type=Path)
     parser.add_argument("--compare", nargs="+", type=Path, metavar="CSV")
     args = parser.parse_args()

@@ -23,7 +23,9 @@ if "cuda" in DEVICES:
         KINDS.append(("cupy", "cuda"))
     except ImportError:
         pass
-_skip_without_cuda = pytest.mark.skipif(not svfnet.cuda_available(), reason="needs a CUDA device and the CUDA launchers")
+_skip_without_cuda = pytest.mark.skipif(
+    not svfnet.cuda_available(), reason="needs a CUDA device and the CUDA launchers"
+)
 
 
 def requires_cuda(test):
@@ -40,7 +42,9 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.cuda)
 
 
-def smooth_field(rng: np.random.Generator, grid, amplitude: float, sigma: float = 2.0, batch: int | None = None):
+def smooth_field(
+    rng: np.random.Generator, grid, amplitude: float, sigma: float = 2.0, batch: int | None = None
+):
     """A random smooth displacement (3, *grid) (or (batch, 3, *grid)) whose largest component is ``amplitude``."""
     shape = (3, *grid) if batch is None else (batch, 3, *grid)
     noise = rng.standard_normal(shape)

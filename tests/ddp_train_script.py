@@ -11,8 +11,14 @@ from svfnet.training.train import TrainConfig, train
 if __name__ == "__main__":
     workdir, out = sys.argv[1], sys.argv[2]
     torch.set_num_threads(1)
-    config = TrainConfig(steps=4, batch_size=1, checkpoint_every=2, validate_every=4, validation_pairs=2,
-                         model=SVFNetConfig(widths=(4, 8, 8, 8), grid=(16, 16, 4), spacing_mm=(4.0, 4.0, 10.0)))
+    config = TrainConfig(
+        steps=4,
+        batch_size=1,
+        checkpoint_every=2,
+        validate_every=4,
+        validation_pairs=2,
+        model=SVFNetConfig(widths=(4, 8, 8, 8), grid=(16, 16, 4), spacing_mm=(4.0, 4.0, 10.0)),
+    )
     result = train(workdir, config, run="ddp", progress=False)
     torch.save(result.model.state_dict(), f"{out}/rank{dist.get_rank()}.pt")  # each rank's own replica
     dist.destroy_process_group()

@@ -51,16 +51,24 @@ def deformed_cohort(workdir: Path, count: int = 4, seed: int = 0, amplitude_vox:
         v = smooth_svf(rng, amplitude_vox)
         disp = fields.exp(v)
         write_prepared_subject(
-            workdir, f"s{n}", fields.warp(image, disp), fields.warp_labels(labels, disp, mode="onehot"), SPACING_MM,
+            workdir,
+            f"s{n}",
+            fields.warp(image, disp),
+            fields.warp_labels(labels, disp, mode="onehot"),
+            SPACING_MM,
             {"kind": "test"},
         )
         svfs[f"s{n}"] = v
-    write_subjects(workdir, {"subjects": [{"id": s} for s in svfs], "shape": list(GRID), "spacing_mm": list(SPACING_MM)})
+    write_subjects(
+        workdir, {"subjects": [{"id": s} for s in svfs], "shape": list(GRID), "spacing_mm": list(SPACING_MM)}
+    )
     return svfs
 
 
 def write_split(workdir: Path, train, val=(), test=()) -> None:
-    write_json(Path(workdir) / "split.json", {"train": list(train), "val": list(val), "test": list(test), "seed": 0})
+    write_json(
+        Path(workdir) / "split.json", {"train": list(train), "val": list(val), "test": list(test), "seed": 0}
+    )
 
 
 def write_exact_references(workdir: Path, svfs: dict[str, np.ndarray]) -> None:
@@ -76,5 +84,11 @@ def write_exact_references(workdir: Path, svfs: dict[str, np.ndarray]) -> None:
     for fixed, pairs in entries.items():
         np.save(folder / "svf" / f"{fixed}.npy", np.stack([v for _, v in pairs]).astype(np.float16))
         (folder / "pairs" / f"{fixed}.json").write_text(
-            json.dumps({"fixed": fixed, "moving": [m for m, _ in pairs], "pairs": [{"moving": m, **record} for m, _ in pairs]})
+            json.dumps(
+                {
+                    "fixed": fixed,
+                    "moving": [m for m, _ in pairs],
+                    "pairs": [{"moving": m, **record} for m, _ in pairs],
+                }
+            )
         )

@@ -90,7 +90,10 @@ def test_cuda_matches_cpu_on_every_operation(rng):
     on_gpu = lambda x: torch.from_numpy(x).cuda()  # noqa: E731
     pairs = [
         (fields.warp(image, v), fields.warp(on_gpu(image), on_gpu(v))),
-        (fields.warp_labels(labels, v, mode="onehot"), fields.warp_labels(on_gpu(labels), on_gpu(v), mode="onehot")),
+        (
+            fields.warp_labels(labels, v, mode="onehot"),
+            fields.warp_labels(on_gpu(labels), on_gpu(v), mode="onehot"),
+        ),
         (fields.compose(v, v), fields.compose(on_gpu(v), on_gpu(v))),
         (fields.exp(v), fields.exp(on_gpu(v))),
         (fields.jacobian_det(v), fields.jacobian_det(on_gpu(v))),

@@ -32,17 +32,22 @@ def test_the_gradient_matches_finite_differences_in_float64(rng):
     """torch.autograd.gradcheck (central differences, float64) on a tiny grid, in both fields and
     with a mask; displacements below half a voxel keep the samples inside trilinear cells."""
     grid = (4, 5, 3)
-    forward = torch.tensor(smooth_field(rng, grid, amplitude=0.4, sigma=1.0, batch=1), dtype=torch.float64,
-                           requires_grad=True)
-    reverse = torch.tensor(smooth_field(rng, grid, amplitude=0.4, sigma=1.0, batch=1), dtype=torch.float64,
-                           requires_grad=True)
+    forward = torch.tensor(
+        smooth_field(rng, grid, amplitude=0.4, sigma=1.0, batch=1), dtype=torch.float64, requires_grad=True
+    )
+    reverse = torch.tensor(
+        smooth_field(rng, grid, amplitude=0.4, sigma=1.0, batch=1), dtype=torch.float64, requires_grad=True
+    )
     # keep every sample off the cell edges, where the trilinear derivative jumps
     with torch.no_grad():
         forward.add_(0.25)
         reverse.sub_(0.2)
     weights = torch.tensor(rng.random((1, 1, *grid)) > 0.3, dtype=torch.float64)
     assert torch.autograd.gradcheck(
-        lambda f, r: inverse_consistency_loss(f, r, weights, 1 - weights), (forward, reverse), eps=1e-6, atol=1e-7
+        lambda f, r: inverse_consistency_loss(f, r, weights, 1 - weights),
+        (forward, reverse),
+        eps=1e-6,
+        atol=1e-7,
     )
 
 
@@ -52,11 +57,13 @@ def test_exp_of_v_and_of_minus_v_are_inverse_up_to_the_discretisation():
     against about |2v|² for two fields that are not inverse."""
     grid = (24, 24, 8)
     x = np.indices(grid, dtype=np.float64)
-    v = np.stack([
-        1.5 * np.sin(2 * np.pi * x[1] / 24) * np.cos(2 * np.pi * x[2] / 16),
-        1.2 * np.cos(2 * np.pi * x[0] / 24),
-        0.3 * np.sin(2 * np.pi * x[0] / 24) * np.sin(2 * np.pi * x[1] / 24),
-    ])[None].astype(np.float32)
+    v = np.stack(
+        [
+            1.5 * np.sin(2 * np.pi * x[1] / 24) * np.cos(2 * np.pi * x[2] / 16),
+            1.2 * np.cos(2 * np.pi * x[0] / 24),
+            0.3 * np.sin(2 * np.pi * x[0] / 24) * np.sin(2 * np.pi * x[1] / 24),
+        ]
+    )[None].astype(np.float32)
     mask = np.zeros((1, 1, *grid), np.float32)
     mask[..., 4:20, 4:20, 1:7] = 1  # away from the border, where composition clamps
     v_t, mask_t = torch.from_numpy(v), torch.from_numpy(mask)
@@ -97,18 +104,33 @@ def test_a_batch_holds_pairs_then_their_reverses_augmented_alike(workdir):
 
     cohort = Cohort.load(workdir, ["s0", "s1", "s2", "s3"])
     source = ReferenceTargets(workdir, cohort)
-    shifted = draw_batch(source, np.random.default_rng(3), TrainConfig(batch_size=6, inverse_consistency_weight=1.0,
-                                                                       shift_vox=3), cohort.spacing_mm)
+    shifted = draw_batch(
+        source,
+        np.random.default_rng(3),
+        TrainConfig(batch_size=6, inverse_consistency_weight=1.0, shift_vox=3),
+        cohort.spacing_mm,
+    )
     assert isinstance(shifted, Batch) and len(shifted.moving) == 6
     np.testing.assert_array_equal(shifted.moving[:3], shifted.fixed[3:])
     np.testing.assert_array_equal(shifted.fixed[:3], shifted.moving[3:])
     np.testing.assert_array_equal(shifted.moving_labels[:3], shifted.fixed_labels[3:])
     np.testing.assert_array_equal(shifted.fixed_labels[:3], shifted.moving_labels[3:])
-    assert not np.array_equal(shifted.moving, draw_batch(source, np.random.default_rng(3), TrainConfig(
-        batch_size=6, inverse_consistency_weight=1.0, shift_vox=0), cohort.spacing_mm).moving)  # it did shift
+    assert not np.array_equal(
+        shifted.moving,
+        draw_batch(
+            source,
+            np.random.default_rng(3),
+            TrainConfig(batch_size=6, inverse_consistency_weight=1.0, shift_vox=0),
+            cohort.spacing_mm,
+        ).moving,
+    )  # it did shift
 
-    plain = draw_batch(source, np.random.default_rng(3), TrainConfig(batch_size=6, inverse_consistency_weight=1.0,
-                                                                     shift_vox=0), cohort.spacing_mm)
+    plain = draw_batch(
+        source,
+        np.random.default_rng(3),
+        TrainConfig(batch_size=6, inverse_consistency_weight=1.0, shift_vox=0),
+        cohort.spacing_mm,
+    )
     store = ReferenceStore(workdir)
 
     def which(image: np.ndarray) -> int:
@@ -119,9 +141,15 @@ def test_a_batch_holds_pairs_then_their_reverses_augmented_alike(workdir):
         np.testing.assert_array_equal(plain.target[n], store.svf(cohort.ids[m], cohort.ids[f]))
         np.testing.assert_array_equal(plain.target[3 + n], store.svf(cohort.ids[f], cohort.ids[m]))
     # without the term, a batch is batch_size pairs drawn as before
-    ordinary = draw_batch(source, np.random.default_rng(3), TrainConfig(batch_size=6, shift_vox=3), cohort.spacing_mm)
-    expected = augment(source.sample(np.random.default_rng(3), 6), _after_sample(source, 6), TrainConfig(
-        batch_size=6, shift_vox=3), cohort.spacing_mm)
+    ordinary = draw_batch(
+        source, np.random.default_rng(3), TrainConfig(batch_size=6, shift_vox=3), cohort.spacing_mm
+    )
+    expected = augment(
+        source.sample(np.random.default_rng(3), 6),
+        _after_sample(source, 6),
+        TrainConfig(batch_size=6, shift_vox=3),
+        cohort.spacing_mm,
+    )
     np.testing.assert_array_equal(ordinary.moving, expected.moving)
 
 
@@ -132,8 +160,17 @@ def _after_sample(source, size: int) -> np.random.Generator:  # noqa: ANN001
 
 
 def test_training_with_inverse_consistency_lowers_every_term(workdir):
-    config = TrainConfig(steps=200, batch_size=4, learning_rate=3e-3, shift_vox=0, validate_every=200,
-                         checkpoint_every=200, validation_pairs=6, inverse_consistency_weight=1.0, model=SMALL)
+    config = TrainConfig(
+        steps=200,
+        batch_size=4,
+        learning_rate=3e-3,
+        shift_vox=0,
+        validate_every=200,
+        checkpoint_every=200,
+        validation_pairs=6,
+        inverse_consistency_weight=1.0,
+        model=SMALL,
+    )
     train(workdir, config, progress=False)
     with (workdir / "models" / "svfnet" / "log.csv").open() as handle:
         rows = list(csv.DictReader(handle))
@@ -144,8 +181,13 @@ def test_training_with_inverse_consistency_lowers_every_term(workdir):
     weight = config.inverse_consistency_weight
     assert all(float(r["consistency_loss"]) >= 0 for r in rows)
     assert all(
-        float(r["loss"]) == pytest.approx(float(r["svf_loss"]) + config.overlap_weight * float(r["overlap_loss"])
-                                          + weight * float(r["consistency_loss"]), rel=1e-5)
+        float(r["loss"])
+        == pytest.approx(
+            float(r["svf_loss"])
+            + config.overlap_weight * float(r["overlap_loss"])
+            + weight * float(r["consistency_loss"]),
+            rel=1e-5,
+        )
         for r in rows
     )
     assert float(rows[-1]["val_dice"]) > float(rows[-1]["identity_dice"])
@@ -164,8 +206,20 @@ def test_the_command_line_sets_the_weight_and_refuses_an_odd_batch(workdir):
     from svfnet.cli import main
     from svfnet.training.train import saved_config
 
-    common = ["train", str(workdir), "--no-progress", "--steps", "2", "--checkpoint-every", "1", "--widths", "8", "16",
-              "16", "16"]
+    common = [
+        "train",
+        str(workdir),
+        "--no-progress",
+        "--steps",
+        "2",
+        "--checkpoint-every",
+        "1",
+        "--widths",
+        "8",
+        "16",
+        "16",
+        "16",
+    ]
     assert main([*common, "--run", "ic", "--batch-size", "2", "--inverse-consistency", "0.5"]) == 0
     assert saved_config(workdir, "ic").inverse_consistency_weight == 0.5
     assert main([*common, "--run", "odd", "--batch-size", "3", "--inverse-consistency", "0.5"]) == 2

@@ -15,7 +15,10 @@ def reference_ebs(source, displacement, points, nu=0.25, smoothing_mm=0.0):
     def kernel(a, b):
         r = a[:, None, :] - b[None, :, :]
         norm = np.linalg.norm(r, axis=-1)
-        g = alpha * (norm**3)[..., None, None] * np.eye(3) - 3 * norm[..., None, None] * r[..., :, None] * r[..., None, :]
+        g = (
+            alpha * (norm**3)[..., None, None] * np.eye(3)
+            - 3 * norm[..., None, None] * r[..., :, None] * r[..., None, :]
+        )
         return g.transpose(0, 2, 1, 3).reshape(3 * len(a), 3 * len(b))
 
     def affine_rows(x):
@@ -53,7 +56,9 @@ def test_ebs_matches_dense_reference(rng, landmarks, nu):
     source, displacement = landmarks
     points = rng.uniform([-10, -10, -10], [110, 100, 70], size=(200, 3))
     fit = ebs.fit_ebs(source, displacement, nu=nu)
-    np.testing.assert_allclose(fit(points), reference_ebs(source, displacement, points, nu), atol=1e-8, rtol=1e-8)
+    np.testing.assert_allclose(
+        fit(points), reference_ebs(source, displacement, points, nu), atol=1e-8, rtol=1e-8
+    )
 
 
 def itk_ebs_transform(source, displacement, nu=0.25):
@@ -80,7 +85,9 @@ def itk_ebs(source, displacement, points, nu):
     import itk
 
     transform = itk_ebs_transform(source, displacement, nu)
-    return np.array([np.array(transform.TransformPoint(itk.Point[itk.D, 3]([float(x) for x in p]))) - p for p in points])
+    return np.array(
+        [np.array(transform.TransformPoint(itk.Point[itk.D, 3]([float(x) for x in p]))) - p for p in points]
+    )
 
 
 @pytest.mark.parametrize("nu", [0.25, 0.45])
@@ -154,7 +161,8 @@ def test_ebs_factorisation_solves_many_fits_at_once(rng, landmarks):
 def test_ebs_smoothing_approximates(rng, landmarks):
     source, displacement = landmarks
     residuals = [
-        np.abs(ebs.fit_ebs(source, displacement, smoothing=s)(source) - displacement).max() for s in (0.0, 0.01, 1.0)
+        np.abs(ebs.fit_ebs(source, displacement, smoothing=s)(source) - displacement).max()
+        for s in (0.0, 0.01, 1.0)
     ]
     assert residuals[0] < 1e-8 < residuals[1] < residuals[2]
 

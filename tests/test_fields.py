@@ -19,7 +19,10 @@ def reference_warp(image: np.ndarray, disp: np.ndarray, order: int, fill: float)
     """SciPy float64: each channel of image (C, *grid) at x + disp(x), fill outside ("grid-constant")."""
     positions = grid_positions(image.shape[1:], disp)
     return np.stack(
-        [map_coordinates(c.astype(np.float64), positions, order=order, mode="grid-constant", cval=fill) for c in image]
+        [
+            map_coordinates(c.astype(np.float64), positions, order=order, mode="grid-constant", cval=fill)
+            for c in image
+        ]
     )
 
 
@@ -95,13 +98,22 @@ def test_warp_labels_nearest_matches_scipy(rng, kind, device, grid):
 def test_warp_labels_onehot_is_argmax_of_interpolated_indicators(rng, kind, device, grid, fill):
     labels = rng.choice(np.array([0, 2, 3, 9]), size=grid).astype(np.int64)
     disp = smooth_field(rng, grid, amplitude=2.0)
-    out = as_numpy(fields.warp_labels(to_kind(labels, kind, device), to_kind(disp, kind, device), mode="onehot", fill=fill))
+    out = as_numpy(
+        fields.warp_labels(
+            to_kind(labels, kind, device), to_kind(disp, kind, device), mode="onehot", fill=fill
+        )
+    )
     positions = grid_positions(grid, disp)
     values = np.union1d(np.unique(labels), [fill])
     indicators = np.stack(
         [
-            map_coordinates((labels == value).astype(np.float64), positions, order=1, mode="grid-constant",
-                            cval=float(value == fill))
+            map_coordinates(
+                (labels == value).astype(np.float64),
+                positions,
+                order=1,
+                mode="grid-constant",
+                cval=float(value == fill),
+            )
             for value in values
         ]
     )
@@ -120,7 +132,9 @@ def test_warp_labels_batched_with_channel_axis(rng):
     assert out.shape == labels.shape
     for n in range(2):
         np.testing.assert_array_equal(out[n, 0], fields.warp_labels(labels[n, 0], disps[n], mode="onehot"))
-    np.testing.assert_array_equal(fields.warp_labels(labels[:, 0], disps), fields.warp_labels(labels, disps)[:, 0])
+    np.testing.assert_array_equal(
+        fields.warp_labels(labels[:, 0], disps), fields.warp_labels(labels, disps)[:, 0]
+    )
 
 
 # ---------------------------------------------------------------------------------------- compose
@@ -177,7 +191,9 @@ def test_exp_default_steps_rule(rng):
     assert fields.exp_steps(8.01) == 5
     assert fields.exp_steps(100.0) == 8  # 100 / 256 <= 0.5 < 100 / 128
     v = smooth_field(rng, (5, 6, 7), amplitude=30.0)
-    np.testing.assert_array_equal(fields.exp(v), fields.exp(v, steps=fields.exp_steps(float(np.linalg.norm(v, axis=0).max()))))
+    np.testing.assert_array_equal(
+        fields.exp(v), fields.exp(v, steps=fields.exp_steps(float(np.linalg.norm(v, axis=0).max())))
+    )
 
 
 @kinds
@@ -203,7 +219,10 @@ def test_exp_of_negative_is_inverse(rng):
     # Near the border the squarings read the fields clamped rather than along the flow: the
     # inverse holds in the deep interior (3 voxels in), and on average everywhere.
     error = np.linalg.norm(identity, axis=0)
-    assert error[3:-3, 3:-3, 3:-3].max() < 0.03 and error.mean() < 0.02, (error[3:-3, 3:-3, 3:-3].max(), error.mean())
+    assert error[3:-3, 3:-3, 3:-3].max() < 0.03 and error.mean() < 0.02, (
+        error[3:-3, 3:-3, 3:-3].max(),
+        error.mean(),
+    )
 
 
 # ------------------------------------------------------------------------------ exp's gradient
@@ -402,8 +421,10 @@ def test_log_starts_from_initial(rng):
     exact_start, info = fields.log(u, tol=0.05, return_info=True, initial=fields.log(u, tol=1e-4))
     assert info.iterations == 0 and info.converged
     symmetric = 0.5 * (u - inverse)
-    residual = {name: np.linalg.norm(fields.exp(start) - u, axis=0)[lands_inside(u)].mean()
-                for name, start in (("u", u), ("symmetric", symmetric))}
+    residual = {
+        name: np.linalg.norm(fields.exp(start) - u, axis=0)[lands_inside(u)].mean()
+        for name, start in (("u", u), ("symmetric", symmetric))
+    }
     assert residual["symmetric"] < 0.6 * residual["u"], residual
     logged, info = fields.log(u, tol=0.05, return_info=True, initial=symmetric)
     assert info.converged

@@ -47,7 +47,9 @@ def import_graph() -> dict[str, set[str]]:
     modules = _modules()
     graph = {}
     for name, path in modules.items():
-        graph[name] = {target for target, _ in _imports(path, modules) if target in modules and target != name}
+        graph[name] = {
+            target for target, _ in _imports(path, modules) if target in modules and target != name
+        }
     return graph
 
 
@@ -64,7 +66,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
             if node.startswith(f"{target}."):
                 continue
             if state.get(target) == 1:
-                return [*stack[stack.index(target):], target]
+                return [*stack[stack.index(target) :], target]
             if target not in state and (cycle := visit(target)):
                 return cycle
         stack.pop()

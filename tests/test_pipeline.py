@@ -13,7 +13,9 @@ from svfnet.pipeline import DEFAULTS, load_config, render_config, run_pipeline
 
 def test_config_round_trips_through_toml(tmp_path):
     path = tmp_path / "run.toml"
-    config = load_config(overrides={"data": {"subjects": 7, "shape": [32, 32, 8]}, "train": {"learning_rate": 5e-4}})
+    config = load_config(
+        overrides={"data": {"subjects": 7, "shape": [32, 32, 8]}, "train": {"learning_rate": 5e-4}}
+    )
     path.write_text(render_config(config))
     assert load_config(path) == config
     assert set(load_config()) == set(DEFAULTS)
@@ -77,7 +79,9 @@ def test_realistic_demo_draws_the_clinical_cohort():
     assert demo_config()["data"]["realism"] == "standard"
     realistic = demo_config(quick=True, realistic=True)
     assert realistic["data"]["realism"] == "clinical"
-    assert {k: v for k, v in realistic.items() if k != "data"} == {k: v for k, v in demo_config(quick=True).items() if k != "data"}
+    assert {k: v for k, v in realistic.items() if k != "data"} == {
+        k: v for k, v in demo_config(quick=True).items() if k != "data"
+    }
 
 
 def test_unknown_stage_is_refused(tmp_path):
@@ -101,7 +105,9 @@ def test_demo_quick_end_to_end_then_skips_everything(tmp_path, capsys):
             break
     else:
         raise AssertionError(f"no LV myocardium line in:\n{out}")
-    assert float(printed["SVF-Net"]) == pytest.approx(float(summary[("svfnet", "LV myocardium", "dice")]["mean"]), abs=5e-4)
+    assert float(printed["SVF-Net"]) == pytest.approx(
+        float(summary[("svfnet", "LV myocardium", "dice")]["mean"]), abs=5e-4
+    )
     lcc = float(summary[("lcc_demons", "LV myocardium", "dice")]["mean"])
     assert float(printed["LCC Log-Demons"]) == pytest.approx(lcc, abs=5e-4) and 0.0 < lcc <= 1.0
     assert "median time per registration" in out
@@ -131,12 +137,20 @@ def test_pipeline_killed_during_training_resumes(tmp_path, monkeypatch):
 
     monkeypatch.setattr(train_module, "train", lambda *a, **k: real_train(*a, **k, on_step=kill_at_step_12))
     with pytest.raises(Killed):
-        run_pipeline(tmp_path, config, stages=("data", "prepare", "split", "shapes", "references", "train"),
-                     progress=False)
+        run_pipeline(
+            tmp_path,
+            config,
+            stages=("data", "prepare", "split", "shapes", "references", "train"),
+            progress=False,
+        )
     monkeypatch.setattr(train_module, "train", real_train)
-    outcomes = run_pipeline(tmp_path, config, stages=("data", "prepare", "split", "shapes", "references", "train"),
-                            progress=False)
+    outcomes = run_pipeline(
+        tmp_path, config, stages=("data", "prepare", "split", "shapes", "references", "train"), progress=False
+    )
     assert [o.status for o in outcomes] == ["skipped"] * 5 + ["resumed"]
     assert outcomes[-1].result["steps"] == 20
-    steps = [int(line.split(",")[0]) for line in (tmp_path / "models" / "svfnet" / "log.csv").read_text().splitlines()[1:]]
+    steps = [
+        int(line.split(",")[0])
+        for line in (tmp_path / "models" / "svfnet" / "log.csv").read_text().splitlines()[1:]
+    ]
     assert steps == list(range(1, 21))

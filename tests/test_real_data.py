@@ -45,7 +45,11 @@ def test_sunnybrook_end_to_end_without_rv_labels(tmp_path):
     _check_report(workdir, outcomes)
     subjects = json.loads((workdir / "prepared" / "subjects.json").read_text())
     meta = json.loads((SUNNYBROOK / "sunnybrook_meta.json").read_text())
-    spacing = {entry[p]["file"].removesuffix(".nii.gz"): entry[p]["spacing_mm"] for entry in meta.values() for p in ("ED", "ES")}
+    spacing = {
+        entry[p]["file"].removesuffix(".nii.gz"): entry[p]["spacing_mm"]
+        for entry in meta.values()
+        for p in ("ED", "ES")
+    }
     for entry in subjects["subjects"]:
         np.testing.assert_allclose(entry["original_spacing_mm"], spacing[entry["id"]], atol=1e-3)
         assert 3 in entry["missing_regions"] and 4 in entry["missing_regions"]  # no RV in this cohort
@@ -69,7 +73,9 @@ def test_clinical_cohort_with_acdc_headers_end_to_end(tmp_path):
     prepared = json.loads((workdir / "prepared" / "subjects.json").read_text())["subjects"]
     for entry in prepared:
         true_affine = np.asarray(truth[entry["id"]]["true_affine"])
-        np.testing.assert_allclose(entry["original_spacing_mm"], np.linalg.norm(true_affine[:3, :3], axis=0), rtol=1e-3)
+        np.testing.assert_allclose(
+            entry["original_spacing_mm"], np.linalg.norm(true_affine[:3, :3], axis=0), rtol=1e-3
+        )
 
 
 def test_inspect_flags_the_acdc_headers_of_the_clinical_cohort(tmp_path, capsys):
@@ -82,7 +88,9 @@ def test_inspect_flags_the_acdc_headers_of_the_clinical_cohort(tmp_path, capsys)
     for subject in report["subjects"]:
         assert subject["header_warnings"], subject["id"]
         true_affine = np.asarray(truth[subject["id"]]["true_affine"])
-        np.testing.assert_allclose(subject["spacing_mm"], np.linalg.norm(true_affine[:3, :3], axis=0), rtol=1e-5)
+        np.testing.assert_allclose(
+            subject["spacing_mm"], np.linalg.norm(true_affine[:3, :3], axis=0), rtol=1e-5
+        )
 
 
 @pytest.mark.parametrize("style", ["itk", "acdc", "qform-only", "sform-only", "disagree", "oblique"])

@@ -26,7 +26,9 @@ def write_cohort_landmarks(workdir, subjects, rng):
     for n, subject in enumerate(subjects):
         shift = 2.0 * np.sin(base[:, [1, 0, 2]] / 15.0 + n) * np.array([1.0, 1.0, 0.2]) if n else 0.0
         points[subject] = base + shift
-        write_landmarks(WorkDir(workdir).shapes / "landmarks" / f"{subject}.npz", points[subject], {"test": True}, {})
+        write_landmarks(
+            WorkDir(workdir).shapes / "landmarks" / f"{subject}.npz", points[subject], {"test": True}, {}
+        )
     return points
 
 
@@ -39,9 +41,18 @@ def write_flows(workdir, momenta, landmarks_template_mm):
     parameters = LddmmParameters()
     control = control_point_grid(np.array([[0.0, 0.0, 0.0], np.subtract(GRID, 1) * SPACING_MM]), 20.0, 10.0)
     template = next(subject for subject, p in momenta.items() if p is None)
-    write_json(WorkDir(workdir).shapes / "config.json", {"template": template, "lddmm": {
-        "sigma_v_mm": parameters.sigma_v_mm, "time_steps": parameters.time_steps,
-        "integrator": parameters.integrator, "dtype": parameters.dtype}})
+    write_json(
+        WorkDir(workdir).shapes / "config.json",
+        {
+            "template": template,
+            "lddmm": {
+                "sigma_v_mm": parameters.sigma_v_mm,
+                "time_steps": parameters.time_steps,
+                "integrator": parameters.integrator,
+                "dtype": parameters.dtype,
+            },
+        },
+    )
     flows = {}
     for subject, p in momenta.items():
         path = WorkDir(workdir).shapes / "landmarks" / f"{subject}.npz"
@@ -50,8 +61,12 @@ def write_flows(workdir, momenta, landmarks_template_mm):
             write_landmarks(path, landmarks_template_mm, {}, {})
             continue
         flows[subject] = geodesic_flow(control, p, parameters)
-        write_landmarks(path, flows[subject].transform_points(landmarks_template_mm), {},
-                         {"momenta": p, "control_points_mm": control})
+        write_landmarks(
+            path,
+            flows[subject].transform_points(landmarks_template_mm),
+            {},
+            {"momenta": p, "control_points_mm": control},
+        )
     return flows
 
 
@@ -67,7 +82,10 @@ def random_momenta(seed, amplitude_mm, count=4):
 
 def composed(flows, moving, fixed):
     """φ_moving ∘ φ_fixed⁻¹ − id on the test grid, voxels, by the flows themselves (no table)."""
-    points = np.stack(np.meshgrid(*[np.arange(n) for n in GRID], indexing="ij"), axis=-1).reshape(-1, 3) * SPACING_MM
+    points = (
+        np.stack(np.meshgrid(*[np.arange(n) for n in GRID], indexing="ij"), axis=-1).reshape(-1, 3)
+        * SPACING_MM
+    )
     back = points if flows[fixed] is None else flows[fixed].inverse_transform_points(points)
     moved = back if flows[moving] is None else flows[moving].transform_points(back)
     return ((moved - points) / np.asarray(SPACING_MM)).T.reshape(3, *GRID)
@@ -113,8 +131,13 @@ def test_references_resume_and_refuse_mixed_parameters(workdir):
     again = run_references(workdir, subjects=["s0", "s1", "s2"], parameters=EBS, workers=1, progress=False)
     assert again.fixed_done == 0 and again.fixed_skipped == 3 and svf_file.stat().st_mtime_ns == stamp
     with pytest.raises(ValueError, match="other parameters"):
-        run_references(workdir, subjects=["s0", "s1"], parameters=ReferenceParameters(deformation="ebs", nu=0.3),
-                       workers=1, progress=False)
+        run_references(
+            workdir,
+            subjects=["s0", "s1"],
+            parameters=ReferenceParameters(deformation="ebs", nu=0.3),
+            workers=1,
+            progress=False,
+        )
 
 
 def test_references_recompute_what_changed(workdir):
@@ -122,31 +145,40 @@ def test_references_recompute_what_changed(workdir):
     list or a re-run of the shapes stage recomputes the fixed subjects concerned, and only those."""
     points = write_cohort_landmarks(workdir, ["s0", "s1", "s2", "s3"], np.random.default_rng(2))
     run_references(workdir, subjects=["s0", "s1", "s2"], parameters=EBS, workers=1, progress=False)
-    wider = run_references(workdir, subjects=["s0", "s1", "s2", "s3"], parameters=EBS, workers=1, progress=False)
+    wider = run_references(
+        workdir, subjects=["s0", "s1", "s2", "s3"], parameters=EBS, workers=1, progress=False
+    )
     assert wider.fixed_done == 4 and wider.pairs == 12  # every fixed subject gained a moving one
     store = ReferenceStore(workdir)
     assert sorted(store.pairs()) == sorted((m, f) for m in points for f in points if m != f)
     # new landmarks for s3 change the pairs of every fixed subject (s3 is a moving one of each)
     moved = points["s3"] + np.array([1.5, -1.0, 0.5])
     write_landmarks(WorkDir(workdir).shapes / "landmarks" / "s3.npz", moved, {"test": True}, {})
-    again = run_references(workdir, subjects=["s0", "s1", "s2", "s3"], parameters=EBS, workers=1, progress=False)
+    again = run_references(
+        workdir, subjects=["s0", "s1", "s2", "s3"], parameters=EBS, workers=1, progress=False
+    )
     assert again.fixed_done == 4 and again.fixed_skipped == 0
     u = fit_ebs(points["s0"], moved - points["s0"]).on_grid(GRID, SPACING_MM)
     v = ReferenceStore(workdir).svf("s3", "s0")
     assert np.abs(fields.exp(v) - u)[:, lands_inside(u)].max() < 0.2
     # a missing SVF file is recomputed too
     (WorkDir(workdir).references / "svf" / "s1.npy").unlink()
-    last = run_references(workdir, subjects=["s0", "s1", "s2", "s3"], parameters=EBS, workers=1, progress=False)
+    last = run_references(
+        workdir, subjects=["s0", "s1", "s2", "s3"], parameters=EBS, workers=1, progress=False
+    )
     assert last.fixed_done == 1 and last.fixed_skipped == 3
 
 
-@pytest.mark.parametrize("problem,message", [
-    ("unknown", "not prepared"),
-    ("count", r"different landmark counts \{60: \['s0', 's1', 's3'\], 59: \['s2'\]\}"),
-    ("repeat", "subject 's1' repeat"),
-    ("plane", "subject 's1' lie in a plane"),
-    ("nan", "subject 's1' have non-finite"),
-])
+@pytest.mark.parametrize(
+    "problem,message",
+    [
+        ("unknown", "not prepared"),
+        ("count", r"different landmark counts \{60: \['s0', 's1', 's3'\], 59: \['s2'\]\}"),
+        ("repeat", "subject 's1' repeat"),
+        ("plane", "subject 's1' lie in a plane"),
+        ("nan", "subject 's1' have non-finite"),
+    ],
+)
 def test_references_check_inputs_before_any_work(workdir, problem, message):
     points = write_cohort_landmarks(workdir, ["s0", "s1", "s2", "s3"], np.random.default_rng(3))
     subjects = ["s0", "s1", "s2", "s3"]
@@ -164,8 +196,13 @@ def test_references_check_inputs_before_any_work(workdir, problem, message):
             broken[3, 1] = np.nan
         write_landmarks(WorkDir(workdir).shapes / "landmarks" / "s1.npz", broken, {}, {})
     with pytest.raises(ValueError, match=message):
-        run_references(workdir, subjects=subjects, parameters=ReferenceParameters(deformation="ebs", nu=0.3),
-                       workers=1, progress=False)
+        run_references(
+            workdir,
+            subjects=subjects,
+            parameters=ReferenceParameters(deformation="ebs", nu=0.3),
+            workers=1,
+            progress=False,
+        )
     assert not (WorkDir(workdir).references / "config.json").exists()  # nothing recorded, nothing computed
     assert not (WorkDir(workdir).references / "svf").exists()
 
@@ -199,7 +236,9 @@ def test_references_on_dask_equal_the_local_ones(workdir, tmp_path, deformation)
         if deformation == "ebs":
             write_cohort_landmarks(folder, ["s0", "s1", "s2", "s3"], np.random.default_rng(4))
         else:
-            write_flows(folder, random_momenta(4, 3.0), np.random.default_rng(4).uniform(12, 40, size=(60, 3)))
+            write_flows(
+                folder, random_momenta(4, 3.0), np.random.default_rng(4).uniform(12, 40, size=(60, 3))
+            )
 
     shapes(workdir)
     run_references(workdir, parameters=parameters, workers=1, progress=False)
@@ -208,8 +247,12 @@ def test_references_on_dask_equal_the_local_ones(workdir, tmp_path, deformation)
     deformed_cohort(other, count=4)
     write_split(other, train=["s0", "s1", "s2"], val=["s3"])
     shapes(other)
-    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
-        summary = run_references(other, parameters=parameters, scheduler=cluster.scheduler_address, progress=False)
+    with distributed.LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
+    ) as cluster:
+        summary = run_references(
+            other, parameters=parameters, scheduler=cluster.scheduler_address, progress=False
+        )
     assert summary.pairs == 12
     on_dask = ReferenceStore(other)
     assert len(local.pairs()) == 12
@@ -230,7 +273,10 @@ def test_shared_arrays_are_scattered_once():
             return [f"future-{n}" for n in range(len(arrays))]
 
     shared, own = np.zeros(3), np.ones(2)
-    tasks = [{"fixed": shared, "moving": [own, shared], "n": 1}, {"fixed": shared, "moving": (np.ones(1),), "n": 2}]
+    tasks = [
+        {"fixed": shared, "moving": [own, shared], "n": 1},
+        {"fixed": shared, "moving": (np.ones(1),), "n": 2},
+    ]
     client = RecordingClient()
     out = scatter_shared_arrays(client, tasks)
     assert len(client.scattered) == 1 and client.scattered[0] is shared
@@ -243,8 +289,11 @@ def test_the_store_refuses_what_float16_cannot_hold(workdir, tmp_path):
     float16: the pair is recorded as out of range, the file holds zeros there, never an inf."""
     rng = np.random.default_rng(5)
     base = rng.uniform([12, 12, 5], [48, 48, 25], size=(60, 3))
-    points = {"s0": base, "s1": base + np.array([1.0, -2.0, 0.5]),
-              "s2": base + 70_000.0 * np.array(SPACING_MM) * np.array([1.0, 0.0, 0.0])}
+    points = {
+        "s0": base,
+        "s1": base + np.array([1.0, -2.0, 0.5]),
+        "s2": base + 70_000.0 * np.array(SPACING_MM) * np.array([1.0, 0.0, 0.0]),
+    }
     for subject, pts in points.items():
         write_landmarks(WorkDir(workdir).shapes / "landmarks" / f"{subject}.npz", pts, {}, {})
     summary = run_references(workdir, subjects=["s0", "s1", "s2"], parameters=EBS, workers=1, progress=False)
@@ -252,7 +301,11 @@ def test_the_store_refuses_what_float16_cannot_hold(workdir, tmp_path):
     store = ReferenceStore(workdir)
     excluded = {(r["moving"], r["fixed"]): r["excluded"] for r in store.records()}
     assert {pair for pair, reason in excluded.items() if reason == "out of range"} == {
-        ("s2", "s0"), ("s0", "s2"), ("s2", "s1"), ("s1", "s2")}
+        ("s2", "s0"),
+        ("s0", "s2"),
+        ("s2", "s1"),
+        ("s1", "s2"),
+    }
     assert sorted(store.pairs()) == [("s0", "s1"), ("s1", "s0")]
     for fixed in ("s0", "s1", "s2"):
         assert np.isfinite(np.load(WorkDir(workdir).references / "svf" / f"{fixed}.npy")).all()
@@ -303,15 +356,22 @@ def test_stores_of_the_previous_format_read_with_reasons_and_are_not_extended(wo
     svfs = np.zeros((4, 3, *GRID), np.float16)
     svfs[1, 0, 0, 0, 0] = np.inf
     np.save(folder / "svf" / "s0.npy", svfs)
-    old = {"converged": True, "residual_max": 0.05, "residual_mean": 0.004, "float16_error": 0.001, "iterations": 2}
+    old = {
+        "converged": True,
+        "residual_max": 0.05,
+        "residual_mean": 0.004,
+        "float16_error": 0.001,
+        "iterations": 2,
+    }
     pairs = [
         {"moving": "s1", "folds": 0, **old},
         {"moving": "s2", "folds": 0, **old, "float16_error": float("inf")},
         {"moving": "s3", "folds": 12, **old, "converged": False, "residual_max": None, "residual_mean": None},
         {"moving": "s4", "folds": 0, **old, "converged": False, "residual_max": 1.7},
     ]
-    (folder / "pairs" / "s0.json").write_text(json.dumps({"fixed": "s0", "moving": ["s1", "s2", "s3", "s4"],
-                                                          "pairs": pairs}))
+    (folder / "pairs" / "s0.json").write_text(
+        json.dumps({"fixed": "s0", "moving": ["s1", "s2", "s3", "s4"], "pairs": pairs})
+    )
     (folder / "config.json").write_text(json.dumps(ReferenceParameters().__dict__))
     store = ReferenceStore(workdir)
     assert [r["excluded"] for r in store.records()] == [None, "out of range", "folded", "not converged"]
@@ -335,9 +395,15 @@ def test_lddmm_references_are_the_composed_flows(workdir):
     for moving, fixed in [("s1", "s2"), ("s0", "s3"), ("s3", "s0")]:
         u = composed(flows, moving, fixed)
         # the composition maps the fixed subject's landmarks onto the moving subject's (mm)
-        fixed_points = template_points if flows[fixed] is None else flows[fixed].transform_points(template_points)
-        moving_points = template_points if flows[moving] is None else flows[moving].transform_points(template_points)
-        back = template_points if flows[fixed] is None else flows[fixed].inverse_transform_points(fixed_points)
+        fixed_points = (
+            template_points if flows[fixed] is None else flows[fixed].transform_points(template_points)
+        )
+        moving_points = (
+            template_points if flows[moving] is None else flows[moving].transform_points(template_points)
+        )
+        back = (
+            template_points if flows[fixed] is None else flows[fixed].inverse_transform_points(fixed_points)
+        )
         through = back if flows[moving] is None else flows[moving].transform_points(back)
         np.testing.assert_allclose(through, moving_points, atol=0.01)
         v = store.svf(moving, fixed)
@@ -368,7 +434,9 @@ def test_lddmm_references_hold_where_the_spline_folds(workdir):
 
 
 def test_lddmm_references_need_the_flows(workdir):
-    write_cohort_landmarks(workdir, ["s0", "s1", "s2", "s3"], np.random.default_rng(9))  # landmarks without momenta
+    write_cohort_landmarks(
+        workdir, ["s0", "s1", "s2", "s3"], np.random.default_rng(9)
+    )  # landmarks without momenta
     with pytest.raises(FileNotFoundError, match="config.json not found: run `svfnet shapes`"):
         run_references(workdir, workers=1, progress=False)
     write_flows(workdir, random_momenta(9, 3.0), np.random.default_rng(9).uniform(10, 40, size=(60, 3)))

@@ -185,6 +185,7 @@ def test_outputs_sit_where_their_affines_say(data, runs, path):
 @pytest.mark.parametrize("path", ["labels", "intensity"])
 def test_simpleitk_applies_the_itk_displacement_like_svfnet(data, runs, path):
     import SimpleITK as sitk
+
     outputs = output_paths(runs[path], with_labels=path == "labels")
     moving = sitk.Cast(sitk.ReadImage(str(data / "s0.nii.gz")), sitk.sitkFloat32)
     fixed = sitk.ReadImage(str(data / "s1.nii.gz"))
@@ -467,19 +468,29 @@ def test_acdc_headers_register_in_their_true_geometry_and_the_record_names_every
 
     for name in ("s0", "s0_gt", "s1", "s1_gt"):
         shutil.copy(data / f"{name}.nii.gz", tmp_path / f"{name}.nii.gz")
-        spacing = tuple(float(s) for s in np.linalg.norm(read_geometry(data / f"{name}.nii.gz")[0].affine[:3, :3], axis=0))
+        spacing = tuple(
+            float(s) for s in np.linalg.norm(read_geometry(data / f"{name}.nii.gz")[0].affine[:3, :3], axis=0)
+        )
         to_acdc_header(tmp_path / f"{name}.nii.gz", spacing)
     (tmp_path / "model.pt").symlink_to(data / "model.pt")
-    labels = ("--moving-labels", str(tmp_path / "s0_gt.nii.gz"), "--fixed-labels", str(tmp_path / "s1_gt.nii.gz"))
+    labels = (
+        "--moving-labels",
+        str(tmp_path / "s0_gt.nii.gz"),
+        "--fixed-labels",
+        str(tmp_path / "s1_gt.nii.gz"),
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", HeaderWarning)
         assert _register(tmp_path, str(tmp_path / "out" / "pair"), *labels) == 0
     metadata = json.loads(output_paths(tmp_path / "out" / "pair", with_labels=True)["metadata"].read_text())
     for name in ("s0", "s0_gt", "s1", "s1_gt"):
-        assert any(f"{name}.nii.gz: the sform gives voxels of 1 × 1 × 1 mm" in w for w in metadata["warnings"]), name
+        assert any(
+            f"{name}.nii.gz: the sform gives voxels of 1 × 1 × 1 mm" in w for w in metadata["warnings"]
+        ), name
     warped, affine, _ = _load(output_paths(tmp_path / "out" / "pair", with_labels=True)["warped_original"])
     np.testing.assert_allclose(
-        np.linalg.norm(affine[:3, :3], axis=0), np.linalg.norm(read_geometry(tmp_path / "s1.nii.gz")[0].affine[:3, :3], axis=0)
+        np.linalg.norm(affine[:3, :3], axis=0),
+        np.linalg.norm(read_geometry(tmp_path / "s1.nii.gz")[0].affine[:3, :3], axis=0),
     )
     assert np.isfinite(warped).all()
 
@@ -498,13 +509,21 @@ def test_refine_runs_lcc_demons_from_the_network_svf_and_says_so(data, tmp_path,
     assert metadata["timings_s"]["refinement"] > 0
     # the written SVF is the demons' from the network's SVF on the prepared pair
     plain = register_nifti(
-        data / "s0.nii.gz", data / "s1.nii.gz", data / "model.pt", None,
-        moving_labels=data / "s0_gt.nii.gz", fixed_labels=data / "s1_gt.nii.gz",
+        data / "s0.nii.gz",
+        data / "s1.nii.gz",
+        data / "model.pt",
+        None,
+        moving_labels=data / "s0_gt.nii.gz",
+        fixed_labels=data / "s1_gt.nii.gz",
     )
     prepared = plain.prepared
     expected = lcc_demons.register(
-        prepared.moving, prepared.fixed, spacing=SPACING_MM, initial_svf=plain.registration.svf,
-        levels=2, iterations=(2, 3),
+        prepared.moving,
+        prepared.fixed,
+        spacing=SPACING_MM,
+        initial_svf=plain.registration.svf,
+        levels=2,
+        iterations=(2, 3),
     )
     written = np.moveaxis(_load(output_paths(prefix, with_labels=True)["svf"])[0], -1, 0)
     np.testing.assert_allclose(written, expected, atol=1e-6)
@@ -513,8 +532,10 @@ def test_refine_runs_lcc_demons_from_the_network_svf_and_says_so(data, tmp_path,
 
 @pytest.mark.parametrize(
     "extra, message",
-    [(["--refine-iterations", "3"], "--refine-iterations applies with --refine only"),
-     (["--refine", "--refine-iterations", "-1"], "--refine-iterations must be non-negative")],
+    [
+        (["--refine-iterations", "3"], "--refine-iterations applies with --refine only"),
+        (["--refine", "--refine-iterations", "-1"], "--refine-iterations must be non-negative"),
+    ],
 )
 def test_bad_refinement_flags_fail_before_any_work(data, tmp_path, capsys, extra, message):
     prefix = tmp_path / "out" / "pair"
@@ -528,8 +549,13 @@ def test_rigid_prealignment_is_reproducible():
     (SimpleITK's seed 0 means the wall clock, the default once)."""
     moving, fixed = generate_subject(3, 0), generate_subject(3, 1)
     runs = [
-        rigid_prealignment(moving.image.astype(np.float32), moving.affine, fixed.image.astype(np.float32),
-                           fixed.affine, threads=1).fixed_to_moving_world
+        rigid_prealignment(
+            moving.image.astype(np.float32),
+            moving.affine,
+            fixed.image.astype(np.float32),
+            fixed.affine,
+            threads=1,
+        ).fixed_to_moving_world
         for _ in range(2)
     ]
     np.testing.assert_allclose(runs[0], runs[1], rtol=0, atol=1e-4)  # wall-clock seeds: up to 19 mm apart

@@ -116,7 +116,7 @@ def test_config_defaults_print_the_ranges(capsys):
 
 def test_a_non_utf8_configuration_is_named(tmp_path):
     path = tmp_path / "latin1.toml"
-    path.write_bytes("[data]\nsource = \"/données\"\n".encode("latin-1"))
+    path.write_bytes('[data]\nsource = "/données"\n'.encode("latin-1"))
     with pytest.raises(ValueError, match=f"{path}: not a UTF-8 text file"):
         load_config(path)
 
@@ -190,10 +190,17 @@ def _fake_landmarks(workdir: Path, subjects, count: int = 24) -> None:
     for n, subject in enumerate(subjects):
         moved = base + 0.8 * n * np.sin(base / 9.0)
         momenta = 0.05 * n * np.cos(control_points / 7.0)  # LDDMM flows too, for either kind of reference
-        np.savez(folder / f"{subject}.npz", landmarks_mm=moved, summary=np.array(json.dumps({"final_distance": 0.0})),
-                 momenta=momenta, control_points_mm=control_points)
+        np.savez(
+            folder / f"{subject}.npz",
+            landmarks_mm=moved,
+            summary=np.array(json.dumps({"final_distance": 0.0})),
+            momenta=momenta,
+            control_points_mm=control_points,
+        )
     lddmm = {"sigma_v_mm": 20.0, "time_steps": 4, "integrator": "rk2", "dtype": "float32"}
-    (WorkDir(workdir).shapes / "config.json").write_text(json.dumps({"lddmm": lddmm, "template": subjects[0]}))
+    (WorkDir(workdir).shapes / "config.json").write_text(
+        json.dumps({"lddmm": lddmm, "template": subjects[0]})
+    )
     (WorkDir(workdir).shapes / "summary.json").write_text("{}")
 
 
@@ -205,7 +212,9 @@ def test_references_with_other_parameters_replace_the_old_store_only_when_comple
     write_split(workdir, train=["s0", "s1", "s2"], val=["s3"])
     _fake_landmarks(workdir, ["s0", "s1", "s2", "s3"])
     config = tiny_config(references={"log_max_iter": 5})
-    assert [o.status for o in run_pipeline(workdir, config, stages=("references",), progress=False)] == ["ran"]
+    assert [o.status for o in run_pipeline(workdir, config, stages=("references",), progress=False)] == [
+        "ran"
+    ]
     live = WorkDir(workdir).references
     before = snapshot(live)
     assert len(list(live.glob("pairs/*.json"))) == 4
@@ -230,7 +239,9 @@ def test_references_with_other_parameters_replace_the_old_store_only_when_comple
     assert not (workdir / ".staging").exists()
     # the landmarks of one subject change (shapes re-run): the references stage runs again, in place
     _fake_landmarks(workdir, ["s0", "s1", "s3", "s2"])
-    assert [o.status for o in run_pipeline(workdir, changed, stages=("references",), progress=False)] == ["ran"]
+    assert [o.status for o in run_pipeline(workdir, changed, stages=("references",), progress=False)] == [
+        "ran"
+    ]
 
 
 def test_a_kill_during_the_swap_is_undone_by_the_next_command(tmp_path):
@@ -266,10 +277,14 @@ def test_prepare_force_keeps_the_old_folder_when_the_new_one_fails(tmp_path, mon
         return real(*args, **kwargs)
 
     monkeypatch.setattr(prepare_module, "prepare_subject", fails_on_the_second)
-    assert main(["prepare", str(raw), str(work), "--force", "--spacing", "3", "3", "10", "--no-progress"]) == 2
+    assert (
+        main(["prepare", str(raw), str(work), "--force", "--spacing", "3", "3", "10", "--no-progress"]) == 2
+    )
     assert snapshot(work) == before  # and no staging left
     monkeypatch.setattr(prepare_module, "prepare_subject", real)
-    assert main(["prepare", str(raw), str(work), "--force", "--spacing", "3", "3", "10", "--no-progress"]) == 0
+    assert (
+        main(["prepare", str(raw), str(work), "--force", "--spacing", "3", "3", "10", "--no-progress"]) == 0
+    )
     record = json.loads(WorkDir(work).subjects_json.read_text())
     assert record["spacing_mm"] == [3.0, 3.0, 10.0] and all("digests" in e for e in record["subjects"])
     assert sorted(p.name for p in work.iterdir()) == ["prepared"]
@@ -303,8 +318,12 @@ def test_a_second_writer_of_a_work_folder_is_refused_naming_the_holder(trained, 
         assert main(["run", "--workdir", str(trained), "--stages", "train", "--no-progress"]) == 2
         error = capsys.readouterr().err
         assert f"pid {holder.pid} on host" in error and "in use by another svfnet process" in error
-        for command in (["references", str(trained)], ["train", str(trained), "--run", "other"],
-                        ["shapes", str(trained)], ["evaluate", str(trained)]):
+        for command in (
+            ["references", str(trained)],
+            ["train", str(trained), "--run", "other"],
+            ["shapes", str(trained)],
+            ["evaluate", str(trained)],
+        ):
             assert main([*command, "--no-progress"]) == 2, command
             assert f"pid {holder.pid}" in capsys.readouterr().err
         with pytest.raises(FolderLocked, match=f"pid {holder.pid}"):
@@ -314,7 +333,9 @@ def test_a_second_writer_of_a_work_folder_is_refused_naming_the_holder(trained, 
         _kill(holder)
     # the holder was killed: its lock file is left, stale; the next writer clears it
     assert lock_holder(trained / LOCK_NAME)["pid"] == holder.pid
-    assert [o.status for o in run_pipeline(trained, tiny_config(), stages=("train",), progress=False)] == ["skipped"]
+    assert [o.status for o in run_pipeline(trained, tiny_config(), stages=("train",), progress=False)] == [
+        "skipped"
+    ]
     assert not (trained / LOCK_NAME).exists()
 
 
@@ -345,7 +366,9 @@ def test_a_process_may_take_its_own_lock_again(tmp_path):
 
 
 def test_a_stale_lock_of_a_dead_process_is_cleared(tmp_path):
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
     folder = tmp_path / "w"
     folder.mkdir()
     (folder / LOCK_NAME).write_text(json.dumps({"pid": int(dead.stdout), "host": os.uname().nodename}))
@@ -359,14 +382,21 @@ def test_a_re_prepared_subject_is_registered_again_and_a_changed_template_redoes
     from svfnet.shapes.stage import run_shapes
     from tests.shapes_fixtures import heart_labels, small_cohort, write_prepared
 
-    settings = {"parameters": LddmmParameters(max_iterations=3), "target_triangles": 400, "landmarks": 20,
-                "progress": False, "workers": 1}
+    settings = {
+        "parameters": LddmmParameters(max_iterations=3),
+        "target_triangles": 400,
+        "landmarks": 20,
+        "progress": False,
+        "workers": 1,
+    }
     work = small_cohort(tmp_path / "w", count=3)
     first = run_shapes(work, template="case00", **settings)
     landmarks = WorkDir(work).shapes / "landmarks"
     before = {p.name: p.read_bytes() for p in landmarks.iterdir()}
     # case02 prepared again (another grid position): redone; the others kept byte for byte
-    labels = {s: np.asarray(nib.load(WorkDir(work).labels(s)).dataobj) for s in ("case00", "case01", "case02")}
+    labels = {
+        s: np.asarray(nib.load(WorkDir(work).labels(s)).dataobj) for s in ("case00", "case01", "case02")
+    }
     labels["case02"] = np.roll(labels["case02"], 2, axis=0)
     write_prepared(work, labels)
     second = run_shapes(work, template="case00", **settings)
@@ -388,7 +418,9 @@ def test_pipeline_fingerprints_follow_the_content_not_the_order(tmp_path):
     stages = ("data", "prepare", "split")
     assert [o.status for o in run_pipeline(tmp_path, config, stages=stages, progress=False)] == ["ran"] * 3
     for stage in stages:  # each alone: up to date
-        assert [o.status for o in run_pipeline(tmp_path, config, stages=(stage,), progress=False)] == ["skipped"]
+        assert [o.status for o in run_pipeline(tmp_path, config, stages=(stage,), progress=False)] == [
+            "skipped"
+        ]
     split = (tmp_path / "split.json").read_bytes()
     digests = prepared_digests(tmp_path)
     # another grid: prepare runs again, the split (same subjects) does not
@@ -411,7 +443,9 @@ def test_a_stage_whose_input_is_missing_is_refused_before_anything(tmp_path):
 
 
 # ------------------------------------------------------------------------ 4. bounds and estimates
-def test_prepare_refuses_grids_svfnet_cannot_train_on_or_this_machine_cannot_hold(tmp_path, capsys, monkeypatch):
+def test_prepare_refuses_grids_svfnet_cannot_train_on_or_this_machine_cannot_hold(
+    tmp_path, capsys, monkeypatch
+):
     from svfnet.data.synthetic import write_synthetic_dataset
 
     raw = tmp_path / "raw"
@@ -441,13 +475,21 @@ def test_synth_refuses_a_cohort_beyond_the_limit_or_the_disk(tmp_path, capsys, m
 def test_a_run_that_would_not_fit_is_refused_with_the_estimate(trained, monkeypatch):
     before = snapshot(trained)
     monkeypatch.setattr(limits, "available_memory_bytes", lambda: 100e6)
-    with pytest.raises(limits.ResourceError, match="training on a 16x16x4 grid .* would need about .* 100.0 MB"):
+    with pytest.raises(
+        limits.ResourceError, match="training on a 16x16x4 grid .* would need about .* 100.0 MB"
+    ):
         run_pipeline(trained, tiny_config(train={"steps": 5}), stages=("train",), progress=False)
     assert snapshot(trained) == before
-    assert limits.references_disk_bytes(10_000, (64, 64, 16), "float16") > 3e13  # 39 TB: refused by check_disk
+    assert (
+        limits.references_disk_bytes(10_000, (64, 64, 16), "float16") > 3e13
+    )  # 39 TB: refused by check_disk
     with pytest.raises(limits.ResourceError, match="would write about 39.3 TB"):
-        limits.check_disk(limits.references_disk_bytes(10_000, (64, 64, 16), "float16"), trained, "the references",
-                          "use fewer subjects")
+        limits.check_disk(
+            limits.references_disk_bytes(10_000, (64, 64, 16), "float16"),
+            trained,
+            "the references",
+            "use fewer subjects",
+        )
 
 
 # ------------------------------------------------------------------------ 6. the smaller findings
@@ -466,10 +508,14 @@ def test_a_model_of_another_grid_or_spacing_is_named(trained, tmp_path):
     other = tmp_path / "other.pt"
     save_checkpoint(other, SVFNet(SVFNetConfig(widths=(4, 8, 8, 8), grid=GRID, spacing_mm=(2.0, 2.0, 7.0))))
     write_split(trained, train=["s0", "s1"], test=["s2", "s3"])
-    with pytest.raises(ValueError, match=r"trained on a 16x16x4 grid at 2 x 2 x 7 mm, .* 16x16x4 at 4 x 4 x 10 mm"):
+    with pytest.raises(
+        ValueError, match=r"trained on a 16x16x4 grid at 2 x 2 x 7 mm, .* 16x16x4 at 4 x 4 x 10 mm"
+    ):
         run_evaluation(trained, other, methods=("svfnet",), progress=False, report=False)
     image = np.zeros(GRID, np.float32)
-    with pytest.warns(ModelGridWarning, match="4 x 4 x 10 mm grid, the model was trained on 16x16x4 at 2 x 2 x 7"):
+    with pytest.warns(
+        ModelGridWarning, match="4 x 4 x 10 mm grid, the model was trained on 16x16x4 at 2 x 2 x 7"
+    ):
         register(image, image, other, spacing_mm=SPACING_MM)
 
 

@@ -213,7 +213,9 @@ def test_segmenting_beats_the_average_single_atlas(data, segmented, fusion):
     truth = _truth(data, "new")
     assert result.atlas_ids and len(result.atlas_ids) == ATLASES
     singles = [
-        _mean_dice(argmax_labels(probabilities_to_original(p, result.prepared.transform), result.label_values), truth)
+        _mean_dice(
+            argmax_labels(probabilities_to_original(p, result.prepared.transform), result.label_values), truth
+        )
         for p in result.registrations.probabilities
     ]
     fused = _mean_dice(result.labels, truth)

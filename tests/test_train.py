@@ -41,8 +41,17 @@ def read_log(path: Path) -> list[dict[str, str]]:
 
 
 def test_training_fits_the_references_and_beats_identity(workdir):
-    config = TrainConfig(steps=300, batch_size=4, learning_rate=3e-3, shift_vox=0, validate_every=300,
-                         checkpoint_every=300, validation_pairs=6, recipe="paper", model=SMALL)
+    config = TrainConfig(
+        steps=300,
+        batch_size=4,
+        learning_rate=3e-3,
+        shift_vox=0,
+        validate_every=300,
+        checkpoint_every=300,
+        validation_pairs=6,
+        recipe="paper",
+        model=SMALL,
+    )
     checkpoint = train(workdir, config, progress=False).checkpoint
     rows = read_log(workdir / "models" / "svfnet" / "log.csv")
     first = np.mean([float(r["loss"]) for r in rows[:5]])
@@ -55,7 +64,9 @@ def test_training_fits_the_references_and_beats_identity(workdir):
 
 
 def test_resume_after_a_kill_reaches_the_same_weights(workdir):
-    config = TrainConfig(steps=12, batch_size=2, shift_vox=2, validate_every=6, checkpoint_every=5, model=SMALL)
+    config = TrainConfig(
+        steps=12, batch_size=2, shift_vox=2, validate_every=6, checkpoint_every=5, model=SMALL
+    )
     train(workdir, config, run="whole", progress=False)
 
     class Killed(Exception):
@@ -111,7 +122,9 @@ def test_the_configured_augmentations_keep_each_pair_registered_by_its_target(wo
         registered = np.mean(warped[inner] == out.fixed_labels[n][inner])
         unregistered = np.mean(out.moving_labels[n][inner] == out.fixed_labels[n][inner])
         assert registered > 0.85 and registered > unregistered + 0.15, (n, registered, unregistered)
-        assert not np.array_equal(out.moving[n], batch.moving[n]) and not np.array_equal(out.target[n], batch.target[n])
+        assert not np.array_equal(out.moving[n], batch.moving[n]) and not np.array_equal(
+            out.target[n], batch.target[n]
+        )
     # without augmentations the batch is untouched and nothing is drawn
     rng = np.random.default_rng(3)
     plain = augment(batch, rng, TrainConfig(shift_vox=0, model=SMALL), cohort.spacing_mm)
@@ -136,7 +149,9 @@ def test_training_records_the_prepared_grid_and_spacing_and_may_be_extended(work
     images with them), whatever the model config said; a resumed run may only grow its steps."""
     from tests.pipeline_fixtures import SPACING_MM
 
-    config = TrainConfig(steps=2, batch_size=1, checkpoint_every=1, model=SVFNetConfig(widths=(8, 16, 16, 16)))
+    config = TrainConfig(
+        steps=2, batch_size=1, checkpoint_every=1, model=SVFNetConfig(widths=(8, 16, 16, 16))
+    )
     first = train(workdir, config, run="b", progress=False)
     model_config = load(first.checkpoint).config
     assert tuple(model_config.grid) == GRID
@@ -148,7 +163,20 @@ def test_training_records_the_prepared_grid_and_spacing_and_may_be_extended(work
 def test_command_line_resume_keeps_the_saved_flags(workdir):
     from svfnet.cli import main
 
-    common = ["train", str(workdir), "--run", "c", "--no-progress", "--batch-size", "1", "--widths", "8", "16", "16", "16"]
+    common = [
+        "train",
+        str(workdir),
+        "--run",
+        "c",
+        "--no-progress",
+        "--batch-size",
+        "1",
+        "--widths",
+        "8",
+        "16",
+        "16",
+        "16",
+    ]
     assert main([*common, "--steps", "2", "--checkpoint-every", "1", "--lr", "0.002"]) == 0
     # --resume alone continues with the saved flags (not the defaults); --steps may extend it
     assert main(["train", str(workdir), "--run", "c", "--no-progress", "--resume", "--steps", "3"]) == 0
@@ -170,16 +198,34 @@ def test_torchrun_two_processes_train_identical_replicas(workdir, tmp_path):
     script = Path(__file__).with_name("ddp_train_script.py")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-         str(script), str(workdir), str(tmp_path)],
-        capture_output=True, text=True, env=env, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29517",
+            str(script),
+            str(workdir),
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
     for name, tensor in rank0.items():
         torch.testing.assert_close(rank1[name], tensor, rtol=0, atol=0, msg=name)
-    assert torch.load(workdir / "models" / "ddp" / "checkpoint.pt", weights_only=True)["sampling_states"].__len__() == 2
+    assert (
+        torch.load(workdir / "models" / "ddp" / "checkpoint.pt", weights_only=True)[
+            "sampling_states"
+        ].__len__()
+        == 2
+    )
 
 
 def test_the_checkpoint_records_how_the_long_axis_was_found(workdir):
@@ -211,7 +257,11 @@ def poison_reference(workdir: Path, fixed: str, moving: str, edit) -> None:
 
 
 def refusals(caplog) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "svfnet.training.train" and "refused" in r.getMessage()]
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "svfnet.training.train" and "refused" in r.getMessage()
+    ]
 
 
 def test_broken_reference_pairs_are_refused_named_once_and_training_goes_on(workdir, caplog, monkeypatch):
@@ -238,16 +288,28 @@ def test_broken_reference_pairs_are_refused_named_once_and_training_goes_on(work
 
     monkeypatch.setattr(train_module, "masked_mse", spy)
     caplog.set_level("WARNING", logger="svfnet.training.train")
-    config = TrainConfig(steps=6, batch_size=2, shift_vox=1, validate_every=3, checkpoint_every=3,
-                         validation_pairs=6, loss_mask="heart", model=SMALL)
+    config = TrainConfig(
+        steps=6,
+        batch_size=2,
+        shift_vox=1,
+        validate_every=3,
+        checkpoint_every=3,
+        validation_pairs=6,
+        loss_mask="heart",
+        model=SMALL,
+    )
     result = train(workdir, config, progress=False)
     messages = refusals(caplog)
     assert len(messages) == 3, messages  # once a pair, though the pairs also serve validation here
     # (the store itself may refuse to return non-finite values: then its words are the reason)
     assert any("moving s1, fixed s0" in m and "non-finite values" in m for m in messages), messages
     assert any("moving s0, fixed s1" in m and "non-finite values" in m for m in messages), messages
-    assert any("moving s0, fixed s2" in m and "|v_i| up to 500 voxels where the loss counts" in m
-               and "beyond the grid's 16 along axis i" in m for m in messages), messages
+    assert any(
+        "moving s0, fixed s2" in m
+        and "|v_i| up to 500 voxels where the loss counts" in m
+        and "beyond the grid's 16 along axis i" in m
+        for m in messages
+    ), messages
     with (workdir / "models" / "svfnet" / "refused.csv").open() as handle:
         listed = {(r["moving"], r["fixed"]) for r in csv.DictReader(handle)}
     assert listed == {("s1", "s0"), ("s0", "s1"), ("s0", "s2")}
@@ -258,19 +320,27 @@ def test_broken_reference_pairs_are_refused_named_once_and_training_goes_on(work
     assert [int(r["step"]) for r in rows] == list(range(1, 7))
     assert all(np.isfinite(float(r["loss"])) and not r["error"] for r in rows)
     assert np.isfinite(float(rows[-1]["val_dice"]))
-    assert result.step == 6 and all(torch.isfinite(t).all() for t in load(result.checkpoint).state_dict().values())
+    assert result.step == 6 and all(
+        torch.isfinite(t).all() for t in load(result.checkpoint).state_dict().values()
+    )
     # counting the whole grid, the value far from the heart counts too: that pair is refused as well
     whole = ReferenceTargets(workdir, cohort, loss_mask="none", log_refused=False)
     assert {(m, f) for m, f, _ in whole.refused} == {("s1", "s0"), ("s0", "s1"), ("s0", "s2"), ("s0", "s3")}
-    assert "|v_j| up to 500 voxels on the grid" in dict(((m, f), why) for m, f, why in whole.refused)[("s0", "s3")]
+    assert (
+        "|v_j| up to 500 voxels on the grid"
+        in dict(((m, f), why) for m, f, why in whole.refused)[("s0", "s3")]
+    )
 
 
 def test_every_pair_refused_is_a_clear_error_before_training(workdir):
     for fixed, movings in {"s0": ["s1", "s2", "s3"], "s1": ["s0"], "s2": ["s0"], "s3": ["s0"]}.items():
         for moving in movings:
             poison_reference(workdir, fixed, moving, lambda v: v.__setitem__((0, 0, 0, 0), np.inf))
-    with pytest.raises(ValueError, match=r"all 6 reference pairs offered were refused \(\(s1, s0\): its reference SVF "
-                                         r".*non-finite values"):
+    with pytest.raises(
+        ValueError,
+        match=r"all 6 reference pairs offered were refused \(\(s1, s0\): its reference SVF "
+        r".*non-finite values",
+    ):
         train(workdir, TrainConfig(steps=2, batch_size=1, model=SMALL), progress=False)
     assert not (workdir / "models" / "svfnet" / "checkpoint.pt").exists()
     assert not (workdir / "models" / "svfnet" / "log.csv").exists()
@@ -327,10 +397,16 @@ def test_a_non_finite_step_stops_the_run_and_keeps_the_last_good_checkpoint(work
     monkeypatch.setattr(torch.optim.Adam, "step", poisoned_step)
     config = TrainConfig(steps=8, batch_size=1, checkpoint_every=3, validate_every=100, model=SMALL)
     failing = {"loss": 5, "gradient": 5, "weights": 6}[poison]
-    why = {"loss": "the loss is nan", "gradient": r"the gradient of '[\w.]+' has \d+ non-finite values",
-           "weights": r"the model's '[\w.]+' has 1 non-finite values"}[poison]
-    with pytest.raises(TrainingDiverged, match=rf"stopped at step {failing}: {why}.*the last good checkpoint, step 3, "
-                                               "is kept"):
+    why = {
+        "loss": "the loss is nan",
+        "gradient": r"the gradient of '[\w.]+' has \d+ non-finite values",
+        "weights": r"the model's '[\w.]+' has 1 non-finite values",
+    }[poison]
+    with pytest.raises(
+        TrainingDiverged,
+        match=rf"stopped at step {failing}: {why}.*the last good checkpoint, step 3, "
+        "is kept",
+    ):
         train(workdir, config, progress=False)
     checkpoint = workdir / "models" / "svfnet" / "checkpoint.pt"
     saved = torch.load(checkpoint, weights_only=True)
@@ -352,8 +428,25 @@ def test_a_stopped_run_is_one_clear_line_on_the_command_line(workdir, monkeypatc
 
     real_loss = train_module.masked_mse
     monkeypatch.setattr(train_module, "masked_mse", lambda *args: real_loss(*args) * float("inf"))
-    assert main(["train", str(workdir), "--no-progress", "--steps", "3", "--batch-size", "1",
-                 "--widths", "8", "16", "16", "16"]) == 2
+    assert (
+        main(
+            [
+                "train",
+                str(workdir),
+                "--no-progress",
+                "--steps",
+                "3",
+                "--batch-size",
+                "1",
+                "--widths",
+                "8",
+                "16",
+                "16",
+                "16",
+            ]
+        )
+        == 2
+    )
     error = capsys.readouterr().err.strip()
     assert error.count("\n") == 0 and "Traceback" not in error
     assert error.startswith("svfnet train: error: training stopped at step 1: the loss is inf"), error
@@ -371,17 +464,26 @@ def test_validation_never_takes_exp_of_a_non_finite_prediction(workdir, monkeypa
     model = SVFNet(SMALL)
     with torch.no_grad():
         next(model.parameters()).view(-1)[0] = float("nan")
-    with pytest.raises(TrainingDiverged, match=r"validate\(\): the network's prediction on the 3 validation pairs has "
-                                               r"\d+ non-finite values") as raised:
+    with pytest.raises(
+        TrainingDiverged,
+        match=r"validate\(\): the network's prediction on the 3 validation pairs has "
+        r"\d+ non-finite values",
+    ) as raised:
         validate(model, batch, torch.device("cpu"), "heart")
     assert "exp()" not in str(raised.value) and model.training  # left as it was found
 
     real_forward = SVFNet.forward
-    monkeypatch.setattr(SVFNet, "forward",
-                        lambda self, pair: real_forward(self, pair) * (1.0 if self.training else float("inf")))
+    monkeypatch.setattr(
+        SVFNet,
+        "forward",
+        lambda self, pair: real_forward(self, pair) * (1.0 if self.training else float("inf")),
+    )
     config = TrainConfig(steps=6, batch_size=1, validate_every=3, checkpoint_every=2, model=SMALL)
-    with pytest.raises(TrainingDiverged, match=r"stopped at step 3: validate\(\): .* non-finite values .* the last "
-                                               "good checkpoint, step 2, is kept"):
+    with pytest.raises(
+        TrainingDiverged,
+        match=r"stopped at step 3: validate\(\): .* non-finite values .* the last "
+        "good checkpoint, step 2, is kept",
+    ):
         train(workdir, config, progress=False)
     assert torch.load(workdir / "models" / "svfnet" / "checkpoint.pt", weights_only=True)["step"] == 2
     assert "non-finite" in read_log(workdir / "models" / "svfnet" / "log.csv")[-1]["error"]
@@ -390,16 +492,26 @@ def test_validation_never_takes_exp_of_a_non_finite_prediction(workdir, monkeypa
 def test_non_finite_or_negative_settings_are_refused_up_front(workdir, capsys):
     from svfnet.cli import main
 
-    for name, value in [("learning_rate", float("nan")), ("learning_rate", float("inf")), ("learning_rate", -1e-3),
-                        ("random_amplitude_vox", float("nan")), ("random_smoothness_vox", float("inf"))]:
+    for name, value in [
+        ("learning_rate", float("nan")),
+        ("learning_rate", float("inf")),
+        ("learning_rate", -1e-3),
+        ("random_amplitude_vox", float("nan")),
+        ("random_smoothness_vox", float("inf")),
+    ]:
         with pytest.raises(ValueError, match=rf"'{name}' must be a finite number > 0, got {value!r}"):
             TrainConfig(**{name: value})
     for name, value in [("seed", -1), ("shift_vox", 1.5), ("shift_vox", -2)]:
         with pytest.raises(ValueError, match=rf"'{name}' must be an integer >= 0"):
             TrainConfig(**{name: value})
-    for flag, value, wanted in [("--lr", "nan", "a finite number > 0"), ("--lr", "inf", "a finite number > 0"),
-                                ("--lr", "0", "a finite number > 0"), ("--seed", "-1", "an integer >= 0"),
-                                ("--steps", "0", "an integer >= 1"), ("--shift", "-1", "an integer >= 0")]:
+    for flag, value, wanted in [
+        ("--lr", "nan", "a finite number > 0"),
+        ("--lr", "inf", "a finite number > 0"),
+        ("--lr", "0", "a finite number > 0"),
+        ("--seed", "-1", "an integer >= 0"),
+        ("--steps", "0", "an integer >= 1"),
+        ("--shift", "-1", "an integer >= 0"),
+    ]:
         with pytest.raises(SystemExit) as exited:
             main(["train", str(workdir), "--no-progress", flag, value])
         assert exited.value.code == 2
@@ -425,11 +537,20 @@ def training_pair_dice(checkpoint: Path, workdir: Path) -> tuple[float, float]:
     cohort = Cohort.load(workdir, ["s0", "s1", "s2", "s3"])
     pairs = [(0, n) for n in (1, 2, 3)] + [(n, 0) for n in (1, 2, 3)]
     with torch.no_grad():
-        stacked = torch.from_numpy(np.stack([np.stack([cohort.images[m], cohort.images[f]]) for m, f in pairs]))
+        stacked = torch.from_numpy(
+            np.stack([np.stack([cohort.images[m], cohort.images[f]]) for m, f in pairs])
+        )
         disp = fields.exp(model(stacked))
     warped = fields.warp_labels(cohort.labels[[m for m, _ in pairs]], disp.numpy(), mode="onehot")
-    after = np.mean([np.mean(list(dice_per_region(w, cohort.labels[f]).values())) for w, (_, f) in zip(warped, pairs)])
-    before = np.mean([np.mean(list(dice_per_region(cohort.labels[m], cohort.labels[f]).values())) for m, f in pairs])
+    after = np.mean(
+        [
+            np.mean(list(dice_per_region(w, cohort.labels[f]).values()))
+            for w, (_, f) in zip(warped, pairs, strict=True)
+        ]
+    )
+    before = np.mean(
+        [np.mean(list(dice_per_region(cohort.labels[m], cohort.labels[f]).values())) for m, f in pairs]
+    )
     return float(before), float(after)
 
 
@@ -437,8 +558,18 @@ def training_pair_dice(checkpoint: Path, workdir: Path) -> tuple[float, float]:
 def test_the_overlap_recipe_fits_the_references_and_beats_identity(workdir, precision):
     """The recipe of issue 14 (SVF term plus soft Dice of the warped labels), in both precisions:
     each term of the loss falls, and registration beats not registering."""
-    config = TrainConfig(steps=200, batch_size=4, learning_rate=3e-3, shift_vox=0, validate_every=200,
-                         checkpoint_every=200, validation_pairs=6, recipe="overlap", precision=precision, model=SMALL)
+    config = TrainConfig(
+        steps=200,
+        batch_size=4,
+        learning_rate=3e-3,
+        shift_vox=0,
+        validate_every=200,
+        checkpoint_every=200,
+        validation_pairs=6,
+        recipe="overlap",
+        precision=precision,
+        model=SMALL,
+    )
     checkpoint = train(workdir, config, progress=False).checkpoint
     rows = read_log(workdir / "models" / "svfnet" / "log.csv")
     for term in ("svf_loss", "overlap_loss"):
@@ -446,8 +577,10 @@ def test_the_overlap_recipe_fits_the_references_and_beats_identity(workdir, prec
         last = np.mean([float(r[term]) for r in rows[-20:]])
         assert last < first / 2, (term, first, last)
     weight = config.overlap_weight
-    assert all(float(r["loss"]) == pytest.approx(float(r["svf_loss"]) + weight * float(r["overlap_loss"]), rel=1e-5)
-               for r in rows)
+    assert all(
+        float(r["loss"]) == pytest.approx(float(r["svf_loss"]) + weight * float(r["overlap_loss"]), rel=1e-5)
+        for r in rows
+    )
     before, after = training_pair_dice(checkpoint, workdir)
     assert after > before + 0.05, (before, after)
     weights = torch.load(checkpoint, weights_only=True)["model"]
@@ -460,11 +593,20 @@ def test_the_overlap_term_learns_what_the_references_do_not_say(tmp_path):
     svfs = deformed_cohort(tmp_path, count=4)
     write_split(tmp_path, train=["s0", "s1", "s2", "s3"])
     write_exact_references(tmp_path, {s: np.zeros_like(v) for s, v in svfs.items()})
-    common = dict(steps=150, batch_size=4, learning_rate=3e-3, shift_vox=0, validate_every=150, checkpoint_every=150,
-                  validation_pairs=6, model=SMALL)
+    common = dict(
+        steps=150,
+        batch_size=4,
+        learning_rate=3e-3,
+        shift_vox=0,
+        validate_every=150,
+        checkpoint_every=150,
+        validation_pairs=6,
+        model=SMALL,
+    )
     paper = train(tmp_path, TrainConfig(recipe="paper", **common), run="paper", progress=False).checkpoint
-    overlap = train(tmp_path, TrainConfig(recipe="overlap", overlap_weight=10.0, **common), run="overlap",
-                    progress=False).checkpoint
+    overlap = train(
+        tmp_path, TrainConfig(recipe="overlap", overlap_weight=10.0, **common), run="overlap", progress=False
+    ).checkpoint
     identity, paper_dice = training_pair_dice(paper, tmp_path)
     _, overlap_dice = training_pair_dice(overlap, tmp_path)
     assert abs(paper_dice - identity) < 0.02, (identity, paper_dice)

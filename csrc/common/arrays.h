@@ -16,7 +16,8 @@ namespace svfnet {
 
 namespace py = pybind11;
 
-// C-contiguous float32 / int32 (and float64) arrays; bound with .noconvert() so that an output is never a copy.
+// C-contiguous float32 / int32 (and float64) arrays; bound with .noconvert() so that an output is never a
+// copy.
 using FloatArray = py::array_t<float, py::array::c_style>;
 using IntArray = py::array_t<int32_t, py::array::c_style>;
 using DoubleArray = py::array_t<double, py::array::c_style>;  // accumulators only
@@ -44,7 +45,8 @@ inline void require_channels(const Batch& a, const char* name, int64_t channels)
 inline void require_same_shape(const Batch& a, const char* a_name, const Batch& b, const char* b_name) {
   require_same_grid(a, a_name, b, b_name);
   if (a.channels != b.channels)
-    throw std::invalid_argument(std::string("'") + a_name + "' and '" + b_name + "' must have the same shape");
+    throw std::invalid_argument(std::string("'") + a_name + "' and '" + b_name +
+                                "' must have the same shape");
 }
 
 }  // namespace svfnet

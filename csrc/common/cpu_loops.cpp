@@ -21,7 +21,8 @@ int64_t threshold_from_environment() {
   if (!digits || errno != 0)
     throw std::invalid_argument(std::string("SVFNET_MIN_PARALLEL_WORK must be a non-negative integer "
                                             "(voxel-operations below which a CPU launcher runs on one "
-                                            "thread), got '") + text + "'");
+                                            "thread), got '") +
+                                text + "'");
   return static_cast<int64_t>(value);
 }
 

@@ -73,7 +73,8 @@ SVFNET_CPU_CLONES void walk_row(const Body& body, int64_t b, int i, int j, int n
 template <class Body>
 void for_each_voxel(int64_t batch, const svfcore::Grid& g, int threads, int64_t cost, const Body& body) {
   const int64_t rows = batch * g.ni * g.nj;  // (b, i, j) rows
-#pragma omp parallel for schedule(static) num_threads(omp_threads(threads)) if (parallel_worth(rows * g.nk * cost))
+#pragma omp parallel for schedule(static) \
+    num_threads(omp_threads(threads)) if (parallel_worth(rows * g.nk * cost))
   for (int64_t row = 0; row < rows; ++row) {
     const int64_t b = row / (int64_t(g.ni) * g.nj);
     walk_row(body, b, static_cast<int>((row / g.nj) % g.ni), static_cast<int>(row % g.nj), g.nk);

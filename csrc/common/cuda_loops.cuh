@@ -27,7 +27,8 @@ template <class Body>
 __global__ void voxel_kernel(int64_t batch, svfcore::Grid g, Body body) {
   const int64_t voxels = g.size();
   const int64_t total = batch * voxels;
-  for (int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; t < total; t += int64_t(blockDim.x) * gridDim.x) {
+  for (int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; t < total;
+       t += int64_t(blockDim.x) * gridDim.x) {
     const int64_t b = t / voxels;
     const int v = static_cast<int>(t % voxels);
     const int k = v % g.nk;
@@ -39,7 +40,8 @@ __global__ void voxel_kernel(int64_t batch, svfcore::Grid g, Body body) {
 
 // Launches body(b, i, j, k) over every voxel of `batch` grids on `stream`.
 template <class Body>
-void launch_voxels(int64_t batch, const svfcore::Grid& g, std::uintptr_t stream, Body body, const char* what) {
+void launch_voxels(int64_t batch, const svfcore::Grid& g, std::uintptr_t stream, Body body,
+                   const char* what) {
   const int64_t total = batch * g.size();
   if (total == 0) return;
   constexpr int threads = 256;

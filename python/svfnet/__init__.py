@@ -12,12 +12,28 @@ __version__ = "0.1.0"
 
 # submodules reachable as attributes (svfnet.ops.fields, ...), imported on first use
 _SUBMODULES = (
-    "baselines", "commands", "common", "data", "evaluation", "ops", "pipeline", "references", "registration",
-    "segmentation", "shapes", "training",
+    "baselines",
+    "commands",
+    "common",
+    "data",
+    "evaluation",
+    "ops",
+    "pipeline",
+    "references",
+    "registration",
+    "segmentation",
+    "shapes",
+    "training",
 )
 
 __all__ = [
-    "__version__", "build_info", "cuda_available", "default_device", "register", "segment", *_SUBMODULES,
+    "__version__",
+    "build_info",
+    "cuda_available",
+    "default_device",
+    "register",
+    "segment",
+    *_SUBMODULES,
 ]
 
 

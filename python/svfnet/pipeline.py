@@ -54,7 +54,14 @@ from svfnet.common.atomic import atomic_path, write_json
 from svfnet.common.workdir import WorkDir
 
 __all__ = [
-    "DEFAULTS", "LIMITS", "STAGES", "demo_config", "load_config", "render_config", "run_pipeline", "stage_inputs",
+    "DEFAULTS",
+    "LIMITS",
+    "STAGES",
+    "demo_config",
+    "load_config",
+    "render_config",
+    "run_pipeline",
+    "stage_inputs",
     "validate_config",
 ]
 
@@ -67,13 +74,25 @@ DEFAULTS: dict[str, dict[str, tuple[Any, str]]] = {
         "subjects": (40, "synthetic cohort: number of subjects"),
         "seed": (0, "synthetic cohort: seed"),
         "outlier_fraction": (0.1, "synthetic cohort: fraction of unusual hearts (dilated LV, small RV)"),
-        "realism": ("standard", 'synthetic cohort: "standard", or "clinical" (real cine MRI\'s problems: thick '
-                    "slices, partial coverage, breath-hold offsets, ACDC's groups, odd headers)"),
-        "header_style": ("", 'clinical synthetic cohort: one NIfTI header style for all ("itk", "acdc", '
-                         '"qform-only", "sform-only", "disagree", "oblique"); "" draws one per subject'),
+        "realism": (
+            "standard",
+            'synthetic cohort: "standard", or "clinical" (real cine MRI\'s problems: thick '
+            "slices, partial coverage, breath-hold offsets, ACDC's groups, odd headers)",
+        ),
+        "header_style": (
+            "",
+            'clinical synthetic cohort: one NIfTI header style for all ("itk", "acdc", '
+            '"qform-only", "sform-only", "disagree", "oblique"); "" draws one per subject',
+        ),
         "layout": ("", 'dataset layout: "plain", "nnunet", "acdc", or "" to detect it'),
-        "phase": ("", 'cardiac phase, "ED" or "ES": the acdc frame (empty: ED), or the plain names ending in _ED/_ES (empty: all)'),
-        "labels": ("", 'label mapping "SRC:DST,..." into svfnet\'s labels (or "acdc"); "" for the layout\'s own'),
+        "phase": (
+            "",
+            'cardiac phase, "ED" or "ES": the acdc frame (empty: ED), or the plain names ending in _ED/_ES (empty: all)',
+        ),
+        "labels": (
+            "",
+            'label mapping "SRC:DST,..." into svfnet\'s labels (or "acdc"); "" for the layout\'s own',
+        ),
         "shape": ([64, 64, 16], "the common grid (in-plane divisible by 8, slices by 2)"),
         "long_axis": ("slices", 'long axis from the slice normal ("slices") or the LV labels ("labels")'),
     },
@@ -92,7 +111,10 @@ DEFAULTS: dict[str, dict[str, tuple[Any, str]]] = {
         "max_iterations": (100, "L-BFGS iterations per subject at most"),
     },
     "references": {
-        "deformation": ("lddmm", '"lddmm" composes the shapes stage\'s flows, "ebs" spreads the landmarks by a spline'),
+        "deformation": (
+            "lddmm",
+            '"lddmm" composes the shapes stage\'s flows, "ebs" spreads the landmarks by a spline',
+        ),
         "nu": (0.25, "Poisson's ratio of the elastic body spline"),
         "smoothing": (0.0, "spline smoothing (0 interpolates the landmarks)"),
         "log_tol": (0.1, "logarithm tolerance on max|exp(v) - u|, voxels"),
@@ -113,20 +135,32 @@ DEFAULTS: dict[str, dict[str, tuple[Any, str]]] = {
         "targets": ("references", '"references" (the shapes pipeline) or "random" (smooth random SVFs)'),
         "shift_vox": (3, "largest in-plane augmentation shift, voxels"),
         "loss_mask": ("heart", '"heart" (voxels near the fixed labels) or "none" (whole grid)'),
-        "recipe": ("overlap", '"overlap" (squared difference to the reference SVF plus a soft Dice term on the '
-                   'labels warped by the prediction) or "paper" (the first term alone)'),
+        "recipe": (
+            "overlap",
+            '"overlap" (squared difference to the reference SVF plus a soft Dice term on the '
+            'labels warped by the prediction) or "paper" (the first term alone)',
+        ),
         "overlap_weight": (3.0, 'weight of the soft Dice term of the "overlap" recipe'),
         "intensity_augmentation": (False, "draw a bias field, gamma, contrast and noise per image"),
         "rotation_deg": (0.0, "largest in-plane rotation of a pair and its target, degrees (0: none)"),
-        "inverse_consistency_weight": (0.0, "weight of the inverse-consistency term on each pair and its reverse (0: off)"),
-        "precision": ("float32", '"float32", "bfloat16" (autocast) or "auto" (bfloat16 where the CPU or GPU has it)'),
+        "inverse_consistency_weight": (
+            0.0,
+            "weight of the inverse-consistency term on each pair and its reverse (0: off)",
+        ),
+        "precision": (
+            "float32",
+            '"float32", "bfloat16" (autocast) or "auto" (bfloat16 where the CPU or GPU has it)',
+        ),
         "validate_every": (100, "steps between validations"),
         "checkpoint_every": (50, "steps between checkpoints"),
         "seed": (0, "seed of initialisation, sampling and augmentation"),
     },
     "run": {
         "workers": (0, "local processes for the parallel stages (0: one per core)"),
-        "scheduler": ("", "Dask scheduler address for the parallel stages (tcp://host:8786); \"\" runs locally"),
+        "scheduler": (
+            "",
+            'Dask scheduler address for the parallel stages (tcp://host:8786); "" runs locally',
+        ),
     },
 }
 
@@ -202,6 +236,7 @@ def limits_text(section: str, key: str) -> str:
         return "one of " + ", ".join(repr(c) for c in _CHOICES[section, key])
     return _LIST_LIMITS.get((section, key), "")
 
+
 STAGES = ("data", "prepare", "split", "shapes", "references", "train", "evaluate")
 # the configuration sections (or keys of one) each stage depends on directly
 _SECTIONS: dict[str, tuple[str, ...]] = {
@@ -220,7 +255,10 @@ _PREPARE_KEYS = ("source", "layout", "phase", "labels", "shape", "long_axis")
 
 
 def default_config() -> dict[str, dict[str, Any]]:
-    return {section: {key: copy.deepcopy(value[0]) for key, value in keys.items()} for section, keys in DEFAULTS.items()}
+    return {
+        section: {key: copy.deepcopy(value[0]) for key, value in keys.items()}
+        for section, keys in DEFAULTS.items()
+    }
 
 
 def _toml_value(value: Any) -> str:
@@ -246,7 +284,10 @@ def render_config(config: dict[str, dict[str, Any]] | None = None) -> str:
         lines += ["", f"[{section}]"]
         for key, (_, description) in keys.items():
             accepted = limits_text(section, key)
-            lines.append(f"{key} = {_toml_value(config[section][key])}  # {description}" + (f" ({accepted})" if accepted else ""))
+            lines.append(
+                f"{key} = {_toml_value(config[section][key])}  # {description}"
+                + (f" ({accepted})" if accepted else "")
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -263,7 +304,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, dict[str, A
             text = path.read_bytes().decode("utf-8")
         except UnicodeDecodeError as error:
             raise ValueError(
-                f"{path}: not a UTF-8 text file (byte {error.start} is {error.object[error.start:error.start + 1]!r}): "
+                f"{path}: not a UTF-8 text file (byte {error.start} is {error.object[error.start : error.start + 1]!r}): "
                 "TOML files are UTF-8"
             ) from None
         try:
@@ -278,7 +319,9 @@ def load_config(path: str | Path | None = None, overrides: dict[str, dict[str, A
                 raise ValueError(f"{origin}: unknown section [{section}] (known: {', '.join(DEFAULTS)})")
             for key, value in values.items():
                 if key not in DEFAULTS[section]:
-                    raise ValueError(f"{origin}: unknown key '{key}' in [{section}] (known: {', '.join(DEFAULTS[section])})")
+                    raise ValueError(
+                        f"{origin}: unknown key '{key}' in [{section}] (known: {', '.join(DEFAULTS[section])})"
+                    )
                 default = DEFAULTS[section][key][0]
                 if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
                     value = float(value)
@@ -314,13 +357,17 @@ def validate_config(config: dict[str, dict[str, Any]]) -> None:
             and (value < high if high_open else value <= high)
         )
         if not inside:
-            raise ValueError(f"[{section}] {key} = {value!r} is out of its range {_range_text(low, high, low_open, high_open)}")
+            raise ValueError(
+                f"[{section}] {key} = {value!r} is out of its range {_range_text(low, high, low_open, high_open)}"
+            )
     for (section, key), allowed in _CHOICES.items():
         if key not in config.get(section, {}):
             continue
         value = config[section][key]
         if (value.upper() if key == "phase" else value) not in allowed:
-            raise ValueError(f"[{section}] {key} must be one of {', '.join(repr(a) for a in allowed)}, got {value!r}")
+            raise ValueError(
+                f"[{section}] {key} must be one of {', '.join(repr(a) for a in allowed)}, got {value!r}"
+            )
     _check_choices(config)
     data, split, model, train = config["data"], config["split"], config["model"], config["train"]
     if not isinstance(data["source"], str) or not data["source"].strip():
@@ -336,7 +383,9 @@ def validate_config(config: dict[str, dict[str, Any]]) -> None:
             f"{split['test_fraction']} + {split['val_fraction']}"
         )
     widths = model["widths"]
-    if len(widths) != 4 or any(isinstance(w, bool) or not isinstance(w, int) or not 1 <= w <= limits.MAX_WIDTH for w in widths):
+    if len(widths) != 4 or any(
+        isinstance(w, bool) or not isinstance(w, int) or not 1 <= w <= limits.MAX_WIDTH for w in widths
+    ):
         raise ValueError(f"[model] widths must be four integers from 1 to {limits.MAX_WIDTH}, got {widths!r}")
     if train["shift_vox"] > min(grid[0], grid[1]) // 2:
         raise ValueError(
@@ -363,7 +412,9 @@ def _check_choices(config: dict) -> None:
                 f"[{section}] {key} must be one of {', '.join(repr(a) for a in allowed)}, got {config[section][key]!r}"
             )
     if config["data"]["header_style"] and config["data"]["realism"] != "clinical":
-        raise ValueError('[data] header_style applies to the clinical synthetic cohort: set realism = "clinical"')
+        raise ValueError(
+            '[data] header_style applies to the clinical synthetic cohort: set realism = "clinical"'
+        )
 
 
 def _shapes_parameters(config: dict):
@@ -371,8 +422,12 @@ def _shapes_parameters(config: dict):
 
     shapes = config["shapes"]
     try:
-        return LddmmParameters(sigma_v_mm=shapes["sigma_v_mm"], sigma_w_mm=shapes["sigma_w_mm"],
-                               sigma_noise=shapes["sigma_noise"], max_iterations=shapes["max_iterations"])
+        return LddmmParameters(
+            sigma_v_mm=shapes["sigma_v_mm"],
+            sigma_w_mm=shapes["sigma_w_mm"],
+            sigma_noise=shapes["sigma_noise"],
+            max_iterations=shapes["max_iterations"],
+        )
     except ValueError as error:
         raise ValueError(f"[shapes] {error}") from None
 
@@ -383,9 +438,16 @@ def _train_config(config: dict):
 
     model = config["model"]
     try:
-        return TrainConfig(**config["train"], model=SVFNetConfig(
-            widths=tuple(model["widths"]), convs_per_level=model["convs_per_level"], norm=model["norm"],
-            activation=model["activation"], grid=tuple(config["data"]["shape"])))
+        return TrainConfig(
+            **config["train"],
+            model=SVFNetConfig(
+                widths=tuple(model["widths"]),
+                convs_per_level=model["convs_per_level"],
+                norm=model["norm"],
+                activation=model["activation"],
+                grid=tuple(config["data"]["shape"]),
+            ),
+        )
     except (TypeError, ValueError) as error:
         raise ValueError(f"[train]/[model] {error}") from None
 
@@ -407,7 +469,13 @@ def demo_config(quick: bool = False, realistic: bool = False) -> dict[str, dict[
             "data": {"subjects": 8},
             "shapes": {"landmarks": 300, "target_triangles": 1500, "max_iterations": 25},
             "model": {"widths": [8, 16, 32, 32]},
-            "train": {"steps": 120, "batch_size": 2, "learning_rate": 2e-3, "validate_every": 40, "checkpoint_every": 40},
+            "train": {
+                "steps": 120,
+                "batch_size": 2,
+                "learning_rate": 2e-3,
+                "validate_every": 40,
+                "checkpoint_every": 40,
+            },
         }
     else:
         overrides = {
@@ -472,9 +540,15 @@ def _stage_data(ctx: StageContext, fresh: bool) -> dict[str, Any]:
     staging = ctx.workdir / STAGING / "data"
     if staging.exists():
         shutil.rmtree(staging)
-    write_synthetic_dataset(staging / "raw", data["subjects"], data["seed"], outlier_fraction=data["outlier_fraction"],
-                            realism=data["realism"], header_style=data["header_style"] or None,
-                            progress=ctx.progress)
+    write_synthetic_dataset(
+        staging / "raw",
+        data["subjects"],
+        data["seed"],
+        outlier_fraction=data["outlier_fraction"],
+        realism=data["realism"],
+        header_style=data["header_style"] or None,
+        progress=ctx.progress,
+    )
     replace_tree(staging / "raw", ctx.workdir / "raw")
     remove_staging(ctx.workdir, "data")
     return {"dataset": str(ctx.workdir / "raw")}
@@ -484,8 +558,14 @@ def _stage_prepare(ctx: StageContext, fresh: bool) -> dict[str, Any]:
     from svfnet.data.prepare import prepare_dataset
 
     data = ctx.config["data"]
-    report = prepare_dataset(_read_dataset(ctx), ctx.workdir, shape=tuple(data["shape"]), long_axis=data["long_axis"],
-                             overwrite=True, progress=ctx.progress)  # written beside, then swapped in
+    report = prepare_dataset(
+        _read_dataset(ctx),
+        ctx.workdir,
+        shape=tuple(data["shape"]),
+        long_axis=data["long_axis"],
+        overwrite=True,
+        progress=ctx.progress,
+    )  # written beside, then swapped in
     return {"subjects": len(report.entries), "missing_regions": report.with_missing_regions}
 
 
@@ -495,8 +575,15 @@ def _stage_split(ctx: StageContext, fresh: bool) -> dict[str, Any]:
 
     settings = ctx.config["split"]
     split = plan_split(subject_ids(ctx.workdir), **settings)
-    write_json(split_path(ctx.workdir), {"train": list(split.train), "val": list(split.val), "test": list(split.test),
-                                         "seed": settings["seed"]})  # replaces the old split in one step
+    write_json(
+        split_path(ctx.workdir),
+        {
+            "train": list(split.train),
+            "val": list(split.val),
+            "test": list(split.test),
+            "seed": settings["seed"],
+        },
+    )  # replaces the old split in one step
     return {"train": len(split.train), "val": len(split.val), "test": len(split.test)}
 
 
@@ -504,9 +591,17 @@ def _stage_shapes(ctx: StageContext, fresh: bool) -> dict[str, Any]:
     from svfnet.shapes.stage import run_shapes
 
     shapes = ctx.config["shapes"]
-    summary = run_shapes(ctx.workdir, template=shapes["template"] or None, parameters=_shapes_parameters(ctx.config),
-                         target_triangles=shapes["target_triangles"], landmarks=shapes["landmarks"],
-                         workers=ctx.workers, scheduler=ctx.scheduler, overwrite=fresh, progress=ctx.progress)
+    summary = run_shapes(
+        ctx.workdir,
+        template=shapes["template"] or None,
+        parameters=_shapes_parameters(ctx.config),
+        target_triangles=shapes["target_triangles"],
+        landmarks=shapes["landmarks"],
+        workers=ctx.workers,
+        scheduler=ctx.scheduler,
+        overwrite=fresh,
+        progress=ctx.progress,
+    )
     if summary.failed:
         raise RuntimeError(f"shapes failed for {sorted(summary.failed)}: {summary.failed}")
     return {"template": summary.template, "outliers": list(summary.outliers)}
@@ -538,17 +633,26 @@ def _stage_references(ctx: StageContext, fresh: bool) -> dict[str, Any]:
     staging = ctx.workdir / STAGING / "references"
     if fresh:
         shutil.rmtree(staging, ignore_errors=True)
-        staged = live.exists() and not _references_compatible(live, parameters, sorted(split["train"] + split["val"]))
+        staged = live.exists() and not _references_compatible(
+            live, parameters, sorted(split["train"] + split["val"])
+        )
     else:
         staged = staging.exists()  # an interrupted replacement resumes
     where = shadow_workdir(ctx.workdir, "references", ("references",), fresh=fresh) if staged else ctx.workdir
-    summary = run_references(where, parameters=parameters, workers=ctx.workers, scheduler=ctx.scheduler,
-                             progress=ctx.progress)
+    summary = run_references(
+        where, parameters=parameters, workers=ctx.workers, scheduler=ctx.scheduler, progress=ctx.progress
+    )
     if staged:
         replace_tree(WorkDir(where).references, live)
         remove_staging(ctx.workdir, "references")
-    return {"pairs": summary.pairs, "converged": summary.converged, "folded": summary.folded,
-            "usable": summary.usable, "excluded": summary.excluded, "residual_mean": summary.residual_mean}
+    return {
+        "pairs": summary.pairs,
+        "converged": summary.converged,
+        "folded": summary.folded,
+        "usable": summary.usable,
+        "excluded": summary.excluded,
+        "residual_mean": summary.residual_mean,
+    }
 
 
 def _stage_train(ctx: StageContext, fresh: bool) -> dict[str, Any]:
@@ -576,8 +680,12 @@ def _stage_train(ctx: StageContext, fresh: bool) -> dict[str, Any]:
 def _stage_evaluate(ctx: StageContext, fresh: bool) -> dict[str, Any]:
     from svfnet.evaluation.evaluate import run_evaluation
 
-    summary = run_evaluation(ctx.workdir, WorkDir(ctx.workdir).models / "svfnet" / "checkpoint.pt",
-                             workers=ctx.workers, progress=ctx.progress)
+    summary = run_evaluation(
+        ctx.workdir,
+        WorkDir(ctx.workdir).models / "svfnet" / "checkpoint.pt",
+        workers=ctx.workers,
+        progress=ctx.progress,
+    )
     return summary
 
 
@@ -657,17 +765,25 @@ def stage_inputs(workdir: str | Path, config: dict[str, dict[str, Any]], stage: 
         return {"subjects": subjects, "landmarks": landmarks, "grid": _grid_record(workdir)}
     if stage == "train":
         subjects = sorted(split["train"] + split["val"])
-        inputs: dict[str, Any] = {"train": split["train"], "val": split["val"],
-                                  "prepared": prepared_digests(workdir, subjects)}
+        inputs: dict[str, Any] = {
+            "train": split["train"],
+            "val": split["val"],
+            "prepared": prepared_digests(workdir, subjects),
+        }
         if config["train"]["targets"] == "references":
             inputs["references"] = {
-                s: file_digest(path) for s in subjects if (path := folder.references / "pairs" / f"{s}.json").is_file()
+                s: file_digest(path)
+                for s in subjects
+                if (path := folder.references / "pairs" / f"{s}.json").is_file()
             }
         return inputs
     if stage == "evaluate":
-        return {"test": split["test"], "val": split["val"],
-                "prepared": prepared_digests(workdir, sorted(split["test"] or split["val"])),
-                "checkpoint": file_digest(folder.models / "svfnet" / "checkpoint.pt")}
+        return {
+            "test": split["test"],
+            "val": split["val"],
+            "prepared": prepared_digests(workdir, sorted(split["test"] or split["val"])),
+            "checkpoint": file_digest(folder.models / "svfnet" / "checkpoint.pt"),
+        }
     raise ValueError(f"stage_inputs(): unknown stage {stage!r}")
 
 
@@ -747,13 +863,20 @@ def _check_resources(ctx: StageContext, stages: tuple[str, ...]) -> None:
     if ctx.synthetic and ("data" in stages or not (workdir / "raw").is_dir()):
         count = data["subjects"]
         if "data" in stages:
-            limits.check_disk(limits.synthetic_disk_bytes(count, data["realism"]), workdir,
-                              f"the synthetic cohort of {count:,} subjects", "lower [data] subjects")
+            limits.check_disk(
+                limits.synthetic_disk_bytes(count, data["realism"]),
+                workdir,
+                f"the synthetic cohort of {count:,} subjects",
+                "lower [data] subjects",
+            )
     if "prepare" in stages:
         if ctx.synthetic and "data" in stages:
             largest = 3_000_000 if data["realism"] == "clinical" else 300_000
-            limits.check_memory(limits.prepare_memory_bytes(grid, largest), f"preparing on a {'x'.join(map(str, grid))} grid",
-                                "use a smaller [data] shape (64 x 64 x 16 needs about 0.3 GB)")
+            limits.check_memory(
+                limits.prepare_memory_bytes(grid, largest),
+                f"preparing on a {'x'.join(map(str, grid))} grid",
+                "use a smaller [data] shape (64 x 64 x 16 needs about 0.3 GB)",
+            )
         else:
             from svfnet.data.prepare import check_preparation
 
@@ -765,15 +888,20 @@ def _check_resources(ctx: StageContext, stages: tuple[str, ...]) -> None:
     if count is None:
         return
     if count > limits.MAX_SUBJECTS:
-        raise limits.ResourceError(f"the cohort has {count:,} subjects, above the limit of {limits.MAX_SUBJECTS:,}")
+        raise limits.ResourceError(
+            f"the cohort has {count:,} subjects, above the limit of {limits.MAX_SUBJECTS:,}"
+        )
     split_file = workdir / "split.json"
     if "split" not in stages and split_file.is_file() and "prepare" not in stages:
         split = _read_split(workdir)
         n_train, n_val, n_test = len(split["train"]), len(split["val"]), len(split["test"])
     else:
         try:
-            n_train, n_val, n_test = split_sizes(count, test_fraction=config["split"]["test_fraction"],
-                                                 val_fraction=config["split"]["val_fraction"])
+            n_train, n_val, n_test = split_sizes(
+                count,
+                test_fraction=config["split"]["test_fraction"],
+                val_fraction=config["split"]["val_fraction"],
+            )
         except ValueError as error:
             raise ValueError(f"a cohort of {count} subjects cannot be split: {error}") from None
     if "evaluate" in stages and n_test < 2 and n_val < 2:
@@ -784,19 +912,30 @@ def _check_resources(ctx: StageContext, stages: tuple[str, ...]) -> None:
     pairs_subjects = n_train + n_val
     if "references" in stages:
         dtype = config["references"]["dtype"]
-        limits.check_disk(limits.references_disk_bytes(pairs_subjects, grid, dtype), workdir,
-                          f"the reference SVFs of {pairs_subjects:,} subjects' {pairs_subjects * (pairs_subjects - 1):,} pairs",
-                          "use fewer subjects, a smaller grid or [references] dtype = \"float16\"")
+        limits.check_disk(
+            limits.references_disk_bytes(pairs_subjects, grid, dtype),
+            workdir,
+            f"the reference SVFs of {pairs_subjects:,} subjects' {pairs_subjects * (pairs_subjects - 1):,} pairs",
+            'use fewer subjects, a smaller grid or [references] dtype = "float16"',
+        )
         workers = ctx.workers or os.cpu_count() or 1
-        limits.check_memory(limits.references_memory_bytes(config["shapes"]["landmarks"], grid, workers,
-                                                           deformation=config["references"]["deformation"],
-                                                           subjects=pairs_subjects),
-                            f"the references stage with {config['shapes']['landmarks']:,} landmarks on {workers} workers",
-                            "use fewer [shapes] landmarks or [run] workers")
+        limits.check_memory(
+            limits.references_memory_bytes(
+                config["shapes"]["landmarks"],
+                grid,
+                workers,
+                deformation=config["references"]["deformation"],
+                subjects=pairs_subjects,
+            ),
+            f"the references stage with {config['shapes']['landmarks']:,} landmarks on {workers} workers",
+            "use fewer [shapes] landmarks or [run] workers",
+        )
     if "train" in stages:
         model, train = config["model"], config["train"]
         limits.check_memory(
-            limits.train_memory_bytes(grid, model["widths"], model["convs_per_level"], train["batch_size"], pairs_subjects),
+            limits.train_memory_bytes(
+                grid, model["widths"], model["convs_per_level"], train["batch_size"], pairs_subjects
+            ),
             f"training on a {'x'.join(map(str, grid))} grid with batches of {train['batch_size']} and widths {model['widths']}",
             "use a smaller [train] batch_size, [model] widths or [data] shape",
         )
@@ -816,8 +955,11 @@ def _warn_stale(ctx: StageContext, stages: tuple[str, ...]) -> None:
         except (OSError, ValueError, KeyError):
             continue
         if state.get("fingerprint") != fingerprint or not state.get("finished"):
-            log.warning("stage %s is not up to date with this configuration and its inputs (left out of this run: "
-                        "--stages)", stage)
+            log.warning(
+                "stage %s is not up to date with this configuration and its inputs (left out of this run: "
+                "--stages)",
+                stage,
+            )
 
 
 @dataclass(frozen=True)
@@ -876,7 +1018,10 @@ def run_pipeline(
                 started = time.perf_counter()
                 result = STAGE_FUNCTIONS[stage](ctx, not resumed)
                 seconds = time.perf_counter() - started
-                write_json(marker, {"fingerprint": fingerprint, "finished": True, "seconds": seconds, "result": result})
+                write_json(
+                    marker,
+                    {"fingerprint": fingerprint, "finished": True, "seconds": seconds, "result": result},
+                )
                 outcome = StageOutcome(stage, "resumed" if resumed else "ran", seconds, result)
             outcomes.append(outcome)
             if on_stage is not None:

@@ -19,15 +19,16 @@ namespace svfnet {
 void compose_cpu(const float* u, const float* w, float* out, const Batch& shape, int threads);
 void exp_cpu(const float* v, float* out, float* scratch, const Batch& shape, int steps, int threads);
 void exp_levels_cpu(const float* v, float* levels, const Batch& shape, int steps, int threads);
-void exp_vjp_cpu(const float* v, const float* levels, const float* grad_out, float* grad_v, double* accumulator,
-                 const Batch& shape, int steps, int threads);
+void exp_vjp_cpu(const float* v, const float* levels, const float* grad_out, float* grad_v,
+                 double* accumulator, const Batch& shape, int steps, int threads);
 
 #ifdef SVFNET_WITH_CUDA
 void compose_cuda(const float* u, const float* w, float* out, const Batch& shape, std::uintptr_t stream);
-void exp_cuda(const float* v, float* out, float* scratch, const Batch& shape, int steps, std::uintptr_t stream);
+void exp_cuda(const float* v, float* out, float* scratch, const Batch& shape, int steps,
+              std::uintptr_t stream);
 void exp_levels_cuda(const float* v, float* levels, const Batch& shape, int steps, std::uintptr_t stream);
-void exp_vjp_cuda(const float* v, const float* levels, const float* grad_out, float* grad_v, double* accumulator,
-                  const Batch& shape, int steps, std::uintptr_t stream);
+void exp_vjp_cuda(const float* v, const float* levels, const float* grad_out, float* grad_v,
+                  double* accumulator, const Batch& shape, int steps, std::uintptr_t stream);
 #endif
 
 }  // namespace svfnet

@@ -9,9 +9,9 @@ namespace svfnet {
 
 namespace {
 // Voxel-operations a voxel of each loop (cpu_loops.h: about a nanosecond of one core each).
-constexpr int64_t kComposeCost = 13;   // a trilinear sample of three components
-constexpr int64_t kAdjointCost = 25;   // the adjoint of one composition (squaring)
-constexpr int64_t kToFloatCost = 2;    // three float64 values rounded to float32
+constexpr int64_t kComposeCost = 13;  // a trilinear sample of three components
+constexpr int64_t kAdjointCost = 25;  // the adjoint of one composition (squaring)
+constexpr int64_t kToFloatCost = 2;   // three float64 values rounded to float32
 }  // namespace
 
 void compose_cpu(const float* u, const float* w, float* out, const Batch& shape, int threads) {
@@ -24,7 +24,8 @@ template <class Plan>
 void run_squarings(const Plan& plan, const Batch& shape, int threads) {
   for (int pass = 0; pass < plan.steps; ++pass) {
     const float* source = plan.source(pass);
-    for_each_voxel(shape.batch, shape.grid, threads, kComposeCost, ComposeBody{source, source, plan.target(pass), shape.grid, plan.scale(pass)});
+    for_each_voxel(shape.batch, shape.grid, threads, kComposeCost,
+                   ComposeBody{source, source, plan.target(pass), shape.grid, plan.scale(pass)});
   }
 }
 }  // namespace
@@ -58,18 +59,21 @@ void for_each_voxel_serial(int64_t batch, const svfcore::Grid& g, const Body& bo
 }
 }  // namespace
 
-void exp_vjp_cpu(const float* v, const float* levels, const float* grad_out, float* grad_v, double* accumulator,
-                 const Batch& shape, int steps, int threads) {
+void exp_vjp_cpu(const float* v, const float* levels, const float* grad_out, float* grad_v,
+                 double* accumulator, const Batch& shape, int steps, int threads) {
   const int64_t floats = shape.batch * 3 * shape.grid.size();
   std::copy(grad_out, grad_out + floats, grad_v);
   const LevelPlan plan{v, const_cast<float*>(levels), floats, steps};
   for (int pass = steps - 1; pass >= 0; --pass) {  // grad_v holds ∂L/∂(result of this pass)
     const float* source = plan.source(pass);
     const float scale = plan.scale(pass);
-    for_each_voxel(shape.batch, shape.grid, threads, kAdjointCost, SquaringAdjointBody{source, grad_v, accumulator, shape.grid, scale});
-    for_each_voxel_serial(shape.batch, shape.grid,
-                          SquaringScatterBody<PlainAdd>{source, grad_v, accumulator, shape.grid, scale, PlainAdd{}});
-    for_each_voxel(shape.batch, shape.grid, threads, kToFloatCost, AccumulatorToFloatBody{accumulator, grad_v, shape.grid});
+    for_each_voxel(shape.batch, shape.grid, threads, kAdjointCost,
+                   SquaringAdjointBody{source, grad_v, accumulator, shape.grid, scale});
+    for_each_voxel_serial(
+        shape.batch, shape.grid,
+        SquaringScatterBody<PlainAdd>{source, grad_v, accumulator, shape.grid, scale, PlainAdd{}});
+    for_each_voxel(shape.batch, shape.grid, threads, kToFloatCost,
+                   AccumulatorToFloatBody{accumulator, grad_v, shape.grid});
   }
 }
 

@@ -14,16 +14,17 @@ template <class Plan>
 void run_squarings(const Plan& plan, const Batch& shape, std::uintptr_t stream, const char* what) {
   for (int pass = 0; pass < plan.steps; ++pass) {
     const float* source = plan.source(pass);
-    launch_voxels(shape.batch, shape.grid, stream, ComposeBody{source, source, plan.target(pass), shape.grid, plan.scale(pass)},
-                  what);
+    launch_voxels(shape.batch, shape.grid, stream,
+                  ComposeBody{source, source, plan.target(pass), shape.grid, plan.scale(pass)}, what);
   }
 }
 }  // namespace
 
-void exp_cuda(const float* v, float* out, float* scratch, const Batch& shape, int steps, std::uintptr_t stream) {
+void exp_cuda(const float* v, float* out, float* scratch, const Batch& shape, int steps,
+              std::uintptr_t stream) {
   if (steps == 0) {
-    check_cuda(cudaMemcpyAsync(out, v, sizeof(float) * shape.batch * 3 * shape.grid.size(), cudaMemcpyDeviceToDevice,
-                               as_stream(stream)),
+    check_cuda(cudaMemcpyAsync(out, v, sizeof(float) * shape.batch * 3 * shape.grid.size(),
+                               cudaMemcpyDeviceToDevice, as_stream(stream)),
                "exp");
     return;
   }
@@ -31,7 +32,8 @@ void exp_cuda(const float* v, float* out, float* scratch, const Batch& shape, in
 }
 
 void exp_levels_cuda(const float* v, float* levels, const Batch& shape, int steps, std::uintptr_t stream) {
-  run_squarings(LevelPlan{v, levels, shape.batch * 3 * shape.grid.size(), steps}, shape, stream, "exp_levels");
+  run_squarings(LevelPlan{v, levels, shape.batch * 3 * shape.grid.size(), steps}, shape, stream,
+                "exp_levels");
 }
 
 namespace {
@@ -46,21 +48,24 @@ struct CudaAtomicAdd {
 };
 }  // namespace
 
-void exp_vjp_cuda(const float* v, const float* levels, const float* grad_out, float* grad_v, double* accumulator,
-                  const Batch& shape, int steps, std::uintptr_t stream) {
+void exp_vjp_cuda(const float* v, const float* levels, const float* grad_out, float* grad_v,
+                  double* accumulator, const Batch& shape, int steps, std::uintptr_t stream) {
   const int64_t floats = shape.batch * 3 * shape.grid.size();
-  check_cuda(cudaMemcpyAsync(grad_v, grad_out, sizeof(float) * floats, cudaMemcpyDeviceToDevice, as_stream(stream)),
-             "exp_vjp");
+  check_cuda(
+      cudaMemcpyAsync(grad_v, grad_out, sizeof(float) * floats, cudaMemcpyDeviceToDevice, as_stream(stream)),
+      "exp_vjp");
   const LevelPlan plan{v, const_cast<float*>(levels), floats, steps};
   for (int pass = steps - 1; pass >= 0; --pass) {
     const float* source = plan.source(pass);
     const float scale = plan.scale(pass);
-    launch_voxels(shape.batch, shape.grid, stream, SquaringAdjointBody{source, grad_v, accumulator, shape.grid, scale},
-                  "exp_vjp");
     launch_voxels(shape.batch, shape.grid, stream,
-                  SquaringScatterBody<CudaAtomicAdd>{source, grad_v, accumulator, shape.grid, scale, CudaAtomicAdd{}},
+                  SquaringAdjointBody{source, grad_v, accumulator, shape.grid, scale}, "exp_vjp");
+    launch_voxels(
+        shape.batch, shape.grid, stream,
+        SquaringScatterBody<CudaAtomicAdd>{source, grad_v, accumulator, shape.grid, scale, CudaAtomicAdd{}},
+        "exp_vjp");
+    launch_voxels(shape.batch, shape.grid, stream, AccumulatorToFloatBody{accumulator, grad_v, shape.grid},
                   "exp_vjp");
-    launch_voxels(shape.batch, shape.grid, stream, AccumulatorToFloatBody{accumulator, grad_v, shape.grid}, "exp_vjp");
   }
 }
 

@@ -24,7 +24,8 @@ struct EbsGridBody {
     const int64_t n = where.grid.size();
     const int v = where.grid.index(i, j, k);
     for (int f = 0; f < fits_here; ++f)
-      for (int c = 0; c < 3; ++c) out[(first + f) * 3 * n + c * n + v] = static_cast<float>(u[f][c] * where.out_scale[c]);
+      for (int c = 0; c < 3; ++c)
+        out[(first + f) * 3 * n + c * n + v] = static_cast<float>(u[f][c] * where.out_scale[c]);
   }
 };
 

@@ -18,8 +18,8 @@ constexpr int64_t kGridCost = 2, kPointCost = 10;
 // One chunk of up to kChunk voxels along k of row (i, j), for up to kFits fits. The CPU walks the
 // landmarks outside and the voxels inside, so that the innermost loop (over voxels) vectorises;
 // the per-landmark term is svfcore::ebs_accumulate, as on the GPU.
-SVFNET_CPU_CLONES void ebs_chunk(const EbsFits& fits, const EbsGrid& where, int first_fit, int i, int j, int k0,
-                                 int width, float* out) {
+SVFNET_CPU_CLONES void ebs_chunk(const EbsFits& fits, const EbsGrid& where, int first_fit, int i, int j,
+                                 int k0, int width, float* out) {
   const int fits_here = std::min(kFits, fits.fits - first_fit);
   const double* coefficients = fits.coefficients + int64_t(first_fit) * fits.count * 3;
   const double x = where.origin[0] + i * where.step[0], y = where.origin[1] + j * where.step[1];
@@ -48,7 +48,8 @@ SVFNET_CPU_CLONES void ebs_chunk(const EbsFits& fits, const EbsGrid& where, int 
       const double* c = coefficients + 3 * (int64_t(f) * fits.count + k);
 #pragma omp simd
       for (int v = 0; v < kChunk; ++v)
-        svfcore::ebs_accumulate(rx, ry, rz[v], r2[v], r[v], fits.alpha, c, acc[f][0][v], acc[f][1][v], acc[f][2][v]);
+        svfcore::ebs_accumulate(rx, ry, rz[v], r2[v], r[v], fits.alpha, c, acc[f][0][v], acc[f][1][v],
+                                acc[f][2][v]);
     }
   }
   const int64_t n = where.grid.size();
@@ -56,7 +57,8 @@ SVFNET_CPU_CLONES void ebs_chunk(const EbsFits& fits, const EbsGrid& where, int 
   for (int f = 0; f < fits_here; ++f)
     for (int c = 0; c < 3; ++c)
       for (int v = 0; v < width; ++v)
-        out[(first_fit + f) * 3 * n + c * n + base + v] = static_cast<float>(acc[f][c][v] * where.out_scale[c]);
+        out[(first_fit + f) * 3 * n + c * n + base + v] =
+            static_cast<float>(acc[f][c][v] * where.out_scale[c]);
 }
 
 }  // namespace
@@ -85,9 +87,9 @@ void ebs_points_cpu(const EbsFits& fits, const double* points, int64_t count, do
     for (int first = 0; first < fits.fits; first += kFits) {
       const int fits_here = std::min(kFits, fits.fits - first);
       double u[kFits][3];
-      svfcore::ebs_displacement(points[3 * p], points[3 * p + 1], points[3 * p + 2], fits.landmarks, fits.count,
-                                fits.coefficients + int64_t(first) * fits.count * 3, fits.affine + 12 * first,
-                                fits_here, fits.alpha, u);
+      svfcore::ebs_displacement(points[3 * p], points[3 * p + 1], points[3 * p + 2], fits.landmarks,
+                                fits.count, fits.coefficients + int64_t(first) * fits.count * 3,
+                                fits.affine + 12 * first, fits_here, fits.alpha, u);
       for (int f = 0; f < fits_here; ++f)
         for (int c = 0; c < 3; ++c) out[((first + f) * count + p) * 3 + c] = u[f][c];
     }

@@ -1,7 +1,8 @@
 // gauss: tiled Gaussian kernel sums over targets x_i and sources y_j (see svfcore/gauss.h for the
 // formulas). One call computes, for every target i,
 //
-//   out_w_i = Σ_j k_ij · f_w(i, j) · w_j  and (formulas SumGrad, MSumTGrad)  out_r_i = Σ_j k_ij · f_r(i, j) · r_ij
+//   out_w_i = Σ_j k_ij · f_w(i, j) · w_j  and (formulas SumGrad, MSumTGrad)  out_r_i = Σ_j k_ij · f_r(i, j) ·
+//   r_ij
 //
 // Arguments (C-contiguous, row-major, all of one dtype: float32, or float64 for reference work):
 //   x (N, 3) targets, y (M, 3) sources, in any length unit; inv_sigma2 = 1/σ² in that unit

@@ -37,8 +37,9 @@ const T* gauss_data(const RowsArray<T>& a) {
 // formula: svfcore::GaussFormula; arguments the formula does not use may be any 2D array.
 template <typename T>
 void gauss_cpu_entry(int formula, const RowsArray<T>& x, const RowsArray<T>& y, const RowsArray<T>& a,
-                     const RowsArray<T>& b, const RowsArray<T>& c, const RowsArray<T>& e, const RowsArray<T>& w,
-                     RowsArray<T>& out_w, RowsArray<T>& out_r, double inv_sigma2, int threads) {
+                     const RowsArray<T>& b, const RowsArray<T>& c, const RowsArray<T>& e,
+                     const RowsArray<T>& w, RowsArray<T>& out_w, RowsArray<T>& out_r, double inv_sigma2,
+                     int threads) {
   if (formula < 0 || formula > 3) throw std::invalid_argument("gauss: 'formula' must be 0..3");
   if (!std::isfinite(inv_sigma2) || inv_sigma2 <= 0)
     throw std::invalid_argument("gauss: 'inv_sigma2' must be positive and finite");
@@ -84,8 +85,20 @@ void gauss_cuda_entry(int formula, std::uintptr_t x, std::uintptr_t y, std::uint
     throw std::invalid_argument("gauss: 'inv_sigma2' must be positive and finite");
   if (n < 0 || m < 0 || da < 0 || dw < 0) throw std::invalid_argument("gauss: sizes must be non-negative");
   auto ptr = [](std::uintptr_t address) { return reinterpret_cast<const T*>(address); };
-  GaussArgs<T> args{ptr(x),  ptr(y),  n,  m,  ptr(a), ptr(b), da, ptr(c), ptr(e),
-                    ptr(w),  dw, reinterpret_cast<T*>(out_w), reinterpret_cast<T*>(out_r), static_cast<T>(inv_sigma2)};
+  GaussArgs<T> args{ptr(x),
+                    ptr(y),
+                    n,
+                    m,
+                    ptr(a),
+                    ptr(b),
+                    da,
+                    ptr(c),
+                    ptr(e),
+                    ptr(w),
+                    dw,
+                    reinterpret_cast<T*>(out_w),
+                    reinterpret_cast<T*>(out_r),
+                    static_cast<T>(inv_sigma2)};
   gauss_cuda(formula, args, stream);
 }
 #endif

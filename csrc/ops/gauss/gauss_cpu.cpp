@@ -63,8 +63,8 @@ struct BlockSums {
 
 // Targets [begin, end) (at most kTargetBlock of them) against all sources.
 template <GaussFormula F, typename T>
-SVFNET_ALWAYS_INLINE void block_body(const GaussArgs<T>& args, const Sources<T>& src, int64_t begin, int64_t end,
-                                     BlockSums& sums) {
+SVFNET_ALWAYS_INLINE void block_body(const GaussArgs<T>& args, const Sources<T>& src, int64_t begin,
+                                     int64_t end, BlockSums& sums) {
   using Terms = GaussTerms<F>;
   const int64_t m = args.m, da = args.da, dw = args.dw;
   std::fill(sums.w.begin(), sums.w.end(), 0.0);
@@ -141,14 +141,15 @@ SVFNET_ALWAYS_INLINE void block_body(const GaussArgs<T>& args, const Sources<T>&
 }
 
 template <GaussFormula F, typename T>
-void block_baseline(const GaussArgs<T>& args, const Sources<T>& src, int64_t begin, int64_t end, BlockSums& sums) {
+void block_baseline(const GaussArgs<T>& args, const Sources<T>& src, int64_t begin, int64_t end,
+                    BlockSums& sums) {
   block_body<F, T>(args, src, begin, end, sums);
 }
 
 #if SVFNET_GAUSS_X86_VARIANTS
 template <GaussFormula F, typename T>
 __attribute__((target("avx2,fma"))) void block_avx2(const GaussArgs<T>& args, const Sources<T>& src,
-                                                     int64_t begin, int64_t end, BlockSums& sums) {
+                                                    int64_t begin, int64_t end, BlockSums& sums) {
   block_body<F, T>(args, src, begin, end, sums);
 }
 
@@ -164,7 +165,8 @@ enum class Isa { Baseline, Avx2, Avx512 };
 Isa detect_isa() {
 #if SVFNET_GAUSS_X86_VARIANTS
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl"))
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+      __builtin_cpu_supports("avx512vl"))
     return Isa::Avx512;
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::Avx2;
 #endif
@@ -195,8 +197,10 @@ void run(const GaussArgs<T>& args, int threads) {
   using Block = void (*)(const GaussArgs<T>&, const Sources<T>&, int64_t, int64_t, BlockSums&);
   Block block = &block_baseline<F, T>;
 #if SVFNET_GAUSS_X86_VARIANTS
-  if (isa() == Isa::Avx512) block = &block_avx512<F, T>;
-  else if (isa() == Isa::Avx2) block = &block_avx2<F, T>;
+  if (isa() == Isa::Avx512)
+    block = &block_avx512<F, T>;
+  else if (isa() == Isa::Avx2)
+    block = &block_avx2<F, T>;
 #endif
 
   const int64_t blocks = (n + kTargetBlock - 1) / kTargetBlock;
@@ -204,7 +208,8 @@ void run(const GaussArgs<T>& args, int threads) {
   // triangles) run on the calling thread (cpu_loops.h): a parallel region would gain little there
   // and wait for every thread at its barrier, on a busy machine a wait for a scheduler time slice,
   // measured as a 5-8x slow-down of a whole registration.
-  const int64_t team = parallel_worth(n * m * kPairCost) ? std::min<int64_t>(omp_threads(threads), blocks) : 1;
+  const int64_t team =
+      parallel_worth(n * m * kPairCost) ? std::min<int64_t>(omp_threads(threads), blocks) : 1;
 #pragma omp parallel num_threads(static_cast<int>(team))
   {
 #if SVFNET_GAUSS_MXCSR
@@ -229,10 +234,14 @@ void run(const GaussArgs<T>& args, int threads) {
 template <typename T>
 void dispatch(int formula, const GaussArgs<T>& args, int threads) {
   switch (static_cast<GaussFormula>(formula)) {
-    case GaussFormula::Sum: return run<GaussFormula::Sum, T>(args, threads);
-    case GaussFormula::SumGrad: return run<GaussFormula::SumGrad, T>(args, threads);
-    case GaussFormula::TSum: return run<GaussFormula::TSum, T>(args, threads);
-    case GaussFormula::MSumTGrad: return run<GaussFormula::MSumTGrad, T>(args, threads);
+    case GaussFormula::Sum:
+      return run<GaussFormula::Sum, T>(args, threads);
+    case GaussFormula::SumGrad:
+      return run<GaussFormula::SumGrad, T>(args, threads);
+    case GaussFormula::TSum:
+      return run<GaussFormula::TSum, T>(args, threads);
+    case GaussFormula::MSumTGrad:
+      return run<GaussFormula::MSumTGrad, T>(args, threads);
   }
   throw std::invalid_argument("gauss: unknown formula " + std::to_string(formula));
 }
@@ -244,9 +253,12 @@ void gauss_cpu(int formula, const GaussArgs<double>& args, int threads) { dispat
 
 const char* gauss_cpu_isa() {
   switch (isa()) {
-    case Isa::Avx512: return "avx512";
-    case Isa::Avx2: return "avx2";
-    default: return "baseline";
+    case Isa::Avx512:
+      return "avx512";
+    case Isa::Avx2:
+      return "avx2";
+    default:
+      return "baseline";
   }
 }
 

@@ -21,21 +21,21 @@ using svfcore::GaussFormula;
 using svfcore::GaussTerms;
 
 constexpr int kThreads = 256;
-constexpr int kMaxColumns = 16;          // w columns per launch (register accumulators)
-constexpr int kRegisterWeights = 16;     // a_i columns kept in registers; more are read from memory
+constexpr int kMaxColumns = 16;       // w columns per launch (register accumulators)
+constexpr int kRegisterWeights = 16;  // a_i columns kept in registers; more are read from memory
 constexpr size_t kSharedBytes = 48 * 1024;
 
 template <GaussFormula F, typename T>
-__global__ void __launch_bounds__(kThreads) gauss_kernel(GaussArgs<T> args, int64_t column0, int columns,
-                                                         bool with_r, int tile) {
+__global__ void __launch_bounds__(kThreads)
+    gauss_kernel(GaussArgs<T> args, int64_t column0, int columns, bool with_r, int tile) {
   using Terms = GaussTerms<F>;
   extern __shared__ unsigned char shared_raw[];
   T* shared = reinterpret_cast<T*>(shared_raw);
   const int64_t da = args.da, dw = args.dw;
-  T* sy = shared;                                          // (3, tile)
-  T* se = sy + 3 * tile;                                   // (3, tile) when t is used
-  T* sb = se + (Terms::needs_t ? 3 * tile : 0);            // (DA, tile) when m is used
-  T* sw = sb + (Terms::needs_m ? da * tile : 0);           // (columns, tile)
+  T* sy = shared;                                 // (3, tile)
+  T* se = sy + 3 * tile;                          // (3, tile) when t is used
+  T* sb = se + (Terms::needs_t ? 3 * tile : 0);   // (DA, tile) when m is used
+  T* sw = sb + (Terms::needs_m ? da * tile : 0);  // (columns, tile)
 
   const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   const bool active = i < args.n;
@@ -133,15 +133,16 @@ void run(const GaussArgs<T>& args, std::uintptr_t stream) {
     const int columns = static_cast<int>(std::min<int64_t>(kMaxColumns, args.dw - column0));
     const bool with_r = column0 == 0;
     if (!with_r && columns <= 0) break;
-    const int64_t per_source = 3 + (Terms::needs_t ? 3 : 0) + (Terms::needs_m ? args.da : 0) + std::max(columns, 0);
+    const int64_t per_source =
+        3 + (Terms::needs_t ? 3 : 0) + (Terms::needs_m ? args.da : 0) + std::max(columns, 0);
     const int64_t fit = static_cast<int64_t>(kSharedBytes / (sizeof(T) * per_source));
     if (fit < 1)
-      throw std::invalid_argument("gauss_cuda: the weights have too many columns (" + std::to_string(args.da) +
-                                  ") for a tile of sources in shared memory");
+      throw std::invalid_argument("gauss_cuda: the weights have too many columns (" +
+                                  std::to_string(args.da) + ") for a tile of sources in shared memory");
     const int tile = static_cast<int>(std::min<int64_t>(kThreads, fit));
     const size_t shared = sizeof(T) * per_source * tile;
-    gauss_kernel<F, T><<<static_cast<unsigned int>(blocks), kThreads, shared, s>>>(args, column0, std::max(columns, 0),
-                                                                                 with_r, tile);
+    gauss_kernel<F, T><<<static_cast<unsigned int>(blocks), kThreads, shared, s>>>(
+        args, column0, std::max(columns, 0), with_r, tile);
     check_cuda(cudaGetLastError(), "gauss");
   }
 }
@@ -149,17 +150,25 @@ void run(const GaussArgs<T>& args, std::uintptr_t stream) {
 template <typename T>
 void dispatch(int formula, const GaussArgs<T>& args, std::uintptr_t stream) {
   switch (static_cast<GaussFormula>(formula)) {
-    case GaussFormula::Sum: return run<GaussFormula::Sum, T>(args, stream);
-    case GaussFormula::SumGrad: return run<GaussFormula::SumGrad, T>(args, stream);
-    case GaussFormula::TSum: return run<GaussFormula::TSum, T>(args, stream);
-    case GaussFormula::MSumTGrad: return run<GaussFormula::MSumTGrad, T>(args, stream);
+    case GaussFormula::Sum:
+      return run<GaussFormula::Sum, T>(args, stream);
+    case GaussFormula::SumGrad:
+      return run<GaussFormula::SumGrad, T>(args, stream);
+    case GaussFormula::TSum:
+      return run<GaussFormula::TSum, T>(args, stream);
+    case GaussFormula::MSumTGrad:
+      return run<GaussFormula::MSumTGrad, T>(args, stream);
   }
   throw std::invalid_argument("gauss: unknown formula " + std::to_string(formula));
 }
 
 }  // namespace
 
-void gauss_cuda(int formula, const GaussArgs<float>& args, std::uintptr_t stream) { dispatch(formula, args, stream); }
-void gauss_cuda(int formula, const GaussArgs<double>& args, std::uintptr_t stream) { dispatch(formula, args, stream); }
+void gauss_cuda(int formula, const GaussArgs<float>& args, std::uintptr_t stream) {
+  dispatch(formula, args, stream);
+}
+void gauss_cuda(int formula, const GaussArgs<double>& args, std::uintptr_t stream) {
+  dispatch(formula, args, stream);
+}
 
 }  // namespace svfnet

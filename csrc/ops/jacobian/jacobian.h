@@ -19,7 +19,8 @@ void jacobian_solve_cpu(const float* e, const float* r, float* out, const Batch&
 #ifdef SVFNET_WITH_CUDA
 void jacobian_det_cuda(const float* u, float* out, const Batch& shape, std::uintptr_t stream);
 void lie_bracket_cuda(const float* v, const float* w, float* out, const Batch& shape, std::uintptr_t stream);
-void jacobian_solve_cuda(const float* e, const float* r, float* out, const Batch& shape, std::uintptr_t stream);
+void jacobian_solve_cuda(const float* e, const float* r, float* out, const Batch& shape,
+                         std::uintptr_t stream);
 #endif
 
 }  // namespace svfnet

@@ -12,7 +12,8 @@ void lie_bracket_cuda(const float* v, const float* w, float* out, const Batch& s
   launch_voxels(shape.batch, shape.grid, stream, LieBracketBody{v, w, out, shape.grid}, "lie_bracket");
 }
 
-void jacobian_solve_cuda(const float* e, const float* r, float* out, const Batch& shape, std::uintptr_t stream) {
+void jacobian_solve_cuda(const float* e, const float* r, float* out, const Batch& shape,
+                         std::uintptr_t stream) {
   launch_voxels(shape.batch, shape.grid, stream, JacobianSolveBody{e, r, out, shape.grid}, "jacobian_solve");
 }
 

@@ -18,16 +18,17 @@
 namespace svfnet {
 
 std::pair<float, double> norm_stats_cpu(const float* field, const Batch& shape, int threads);
-std::tuple<float, double, int64_t> norm_stats_within_cpu(const float* field, const float* u, const Batch& shape,
-                                                         int threads);
+std::tuple<float, double, int64_t> norm_stats_within_cpu(const float* field, const float* u,
+                                                         const Batch& shape, int threads);
 void norm_within_cpu(const float* field, const float* u, float* out, const Batch& shape, int threads);
 int64_t count_nonfinite_cpu(const float* data, int64_t count, int threads);
 
 #ifdef SVFNET_WITH_CUDA
 std::pair<float, double> norm_stats_cuda(const float* field, const Batch& shape, std::uintptr_t stream);
-std::tuple<float, double, int64_t> norm_stats_within_cuda(const float* field, const float* u, const Batch& shape,
-                                                          std::uintptr_t stream);
-void norm_within_cuda(const float* field, const float* u, float* out, const Batch& shape, std::uintptr_t stream);
+std::tuple<float, double, int64_t> norm_stats_within_cuda(const float* field, const float* u,
+                                                          const Batch& shape, std::uintptr_t stream);
+void norm_within_cuda(const float* field, const float* u, float* out, const Batch& shape,
+                      std::uintptr_t stream);
 int64_t count_nonfinite_cuda(const float* data, int64_t count, std::uintptr_t stream);
 // Number of CUDA devices visible, 0 where the driver or a device is missing.
 int cuda_device_count();

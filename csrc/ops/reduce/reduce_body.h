@@ -14,7 +14,8 @@ struct NormWithinBody {
 
   SVF_HOST_DEVICE void operator()(int64_t b, int i, int j, int k) const {
     const int64_t n = grid.size();
-    out[b * n + grid.index(i, j, k)] = svfcore::norm_within_at(field + b * 3 * n, u + b * 3 * n, grid, i, j, k);
+    out[b * n + grid.index(i, j, k)] =
+        svfcore::norm_within_at(field + b * 3 * n, u + b * 3 * n, grid, i, j, k);
   }
 };
 

@@ -19,10 +19,11 @@ std::pair<float, double> norm_stats_cpu(const float* field, const Batch& shape, 
   float max_norm = 0.f;
   double sum = 0.0;
   // rows in parallel; within a row a float sum that vectorises, rows added up in double
-#pragma omp parallel for schedule(static) reduction(max : max_norm) reduction(+ : sum) num_threads(omp_threads(threads)) \
-    if (parallel_worth(voxels * shape.batch * kNormCost))
+#pragma omp parallel for schedule(static) reduction(max : max_norm) reduction(+ : sum) \
+    num_threads(omp_threads(threads)) if (parallel_worth(voxels * shape.batch * kNormCost))
   for (int64_t row = 0; row < rows; ++row) {
-    const int64_t b = row / (int64_t(shape.grid.ni) * shape.grid.nj), first = (row % (int64_t(shape.grid.ni) * shape.grid.nj)) * nk;
+    const int64_t b = row / (int64_t(shape.grid.ni) * shape.grid.nj),
+                  first = (row % (int64_t(shape.grid.ni) * shape.grid.nj)) * nk;
     const float* f = field + b * 3 * voxels;
     float row_max = 0.f, row_sum = 0.f;
 #pragma omp simd reduction(max : row_max) reduction(+ : row_sum)
@@ -37,15 +38,15 @@ std::pair<float, double> norm_stats_cpu(const float* field, const Batch& shape, 
   return {max_norm, voxels * shape.batch > 0 ? sum / static_cast<double>(voxels * shape.batch) : 0.0};
 }
 
-std::tuple<float, double, int64_t> norm_stats_within_cpu(const float* field, const float* u, const Batch& shape,
-                                                         int threads) {
+std::tuple<float, double, int64_t> norm_stats_within_cpu(const float* field, const float* u,
+                                                         const Batch& shape, int threads) {
   const svfcore::Grid& g = shape.grid;
   const int64_t voxels = g.size(), rows = shape.batch * g.ni * g.nj;
   float max_norm = 0.f;
   double sum = 0.0;
   int64_t count = 0;
-#pragma omp parallel for schedule(static) reduction(max : max_norm) reduction(+ : sum, count) num_threads(omp_threads(threads)) \
-    if (parallel_worth(voxels * shape.batch * kNormWithinCost))
+#pragma omp parallel for schedule(static) reduction(max : max_norm) reduction(+ : sum, count) \
+    num_threads(omp_threads(threads)) if (parallel_worth(voxels * shape.batch * kNormWithinCost))
   for (int64_t row = 0; row < rows; ++row) {
     const int64_t b = row / (int64_t(g.ni) * g.nj), in_volume = row % (int64_t(g.ni) * g.nj);
     const int i = static_cast<int>(in_volume / g.nj), j = static_cast<int>(in_volume % g.nj);
@@ -68,13 +69,14 @@ std::tuple<float, double, int64_t> norm_stats_within_cpu(const float* field, con
 }
 
 void norm_within_cpu(const float* field, const float* u, float* out, const Batch& shape, int threads) {
-  for_each_voxel(shape.batch, shape.grid, threads, kNormWithinFieldCost, NormWithinBody{field, u, out, shape.grid});
+  for_each_voxel(shape.batch, shape.grid, threads, kNormWithinFieldCost,
+                 NormWithinBody{field, u, out, shape.grid});
 }
 
 int64_t count_nonfinite_cpu(const float* data, int64_t count, int threads) {
   int64_t bad = 0;
-#pragma omp parallel for simd schedule(static) reduction(+ : bad) num_threads(omp_threads(threads)) \
-    if (parallel_worth(count / kValuesPerCheck))
+#pragma omp parallel for simd schedule(static) reduction(+ : bad) \
+    num_threads(omp_threads(threads)) if (parallel_worth(count / kValuesPerCheck))
   for (int64_t t = 0; t < count; ++t) bad += std::isfinite(data[t]) ? 0 : 1;
   return bad;
 }

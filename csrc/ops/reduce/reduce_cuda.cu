@@ -24,7 +24,8 @@ __global__ void norm_stats_kernel(const float* field, int64_t voxels, int64_t to
                                   double* sum) {
   float local_max = 0.f;
   double local_sum = 0.0;
-  for (int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; t < total; t += int64_t(blockDim.x) * gridDim.x) {
+  for (int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; t < total;
+       t += int64_t(blockDim.x) * gridDim.x) {
     const float norm = svfcore::norm_at(field + (t / voxels) * 3 * voxels, voxels, t % voxels);
     local_max = fmaxf(local_max, norm);
     local_sum += norm;
@@ -39,7 +40,8 @@ __global__ void norm_stats_within_kernel(const float* field, const float* u, svf
   float local_max = 0.f;
   double local_sum = 0.0;
   unsigned long long local_count = 0;
-  for (int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; t < total; t += int64_t(blockDim.x) * gridDim.x) {
+  for (int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; t < total;
+       t += int64_t(blockDim.x) * gridDim.x) {
     const int64_t b = t / voxels, v = t % voxels;
     const int i = static_cast<int>(v / (int64_t(g.nj) * g.nk)), j = static_cast<int>((v / g.nk) % g.nj),
               k = static_cast<int>(v % g.nk);
@@ -56,7 +58,8 @@ __global__ void norm_stats_within_kernel(const float* field, const float* u, svf
 
 __global__ void count_nonfinite_kernel(const float* data, int64_t count, unsigned long long* bad) {
   unsigned long long local = 0;
-  for (int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; t < count; t += int64_t(blockDim.x) * gridDim.x)
+  for (int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; t < count;
+       t += int64_t(blockDim.x) * gridDim.x)
     local += isfinite(data[t]) ? 0 : 1;
   if (local) atomicAdd(bad, local);
 }
@@ -93,8 +96,8 @@ std::pair<float, double> norm_stats_cuda(const float* field, const Batch& shape,
   return {max_norm, host[0] / static_cast<double>(total)};
 }
 
-std::tuple<float, double, int64_t> norm_stats_within_cuda(const float* field, const float* u, const Batch& shape,
-                                                          std::uintptr_t stream) {
+std::tuple<float, double, int64_t> norm_stats_within_cuda(const float* field, const float* u,
+                                                          const Batch& shape, std::uintptr_t stream) {
   const int64_t total = shape.batch * shape.grid.size();
   if (total == 0) return {0.f, 0.0, 0};
   cudaStream_t s = as_stream(stream);
@@ -103,10 +106,12 @@ std::tuple<float, double, int64_t> norm_stats_within_cuda(const float* field, co
   double* sum = static_cast<double*>(scratch.ptr);
   auto* count = reinterpret_cast<unsigned long long*>(sum + 1);
   unsigned int* max_bits = reinterpret_cast<unsigned int*>(sum + 2);
-  norm_stats_within_kernel<<<blocks_for(total), kThreads, 0, s>>>(field, u, shape.grid, total, max_bits, sum, count);
+  norm_stats_within_kernel<<<blocks_for(total), kThreads, 0, s>>>(field, u, shape.grid, total, max_bits, sum,
+                                                                  count);
   check_cuda(cudaGetLastError(), "norm_stats_within");
   double host[3];
-  check_cuda(cudaMemcpyAsync(host, scratch.ptr, sizeof(host), cudaMemcpyDeviceToHost, s), "norm_stats_within");
+  check_cuda(cudaMemcpyAsync(host, scratch.ptr, sizeof(host), cudaMemcpyDeviceToHost, s),
+             "norm_stats_within");
   check_cuda(cudaStreamSynchronize(s), "norm_stats_within");
   unsigned long long inside;
   unsigned int bits;
@@ -117,7 +122,8 @@ std::tuple<float, double, int64_t> norm_stats_within_cuda(const float* field, co
   return {max_norm, inside ? host[0] / static_cast<double>(inside) : 0.0, static_cast<int64_t>(inside)};
 }
 
-void norm_within_cuda(const float* field, const float* u, float* out, const Batch& shape, std::uintptr_t stream) {
+void norm_within_cuda(const float* field, const float* u, float* out, const Batch& shape,
+                      std::uintptr_t stream) {
   launch_voxels(shape.batch, shape.grid, stream, NormWithinBody{field, u, out, shape.grid}, "norm_within");
 }
 

@@ -43,7 +43,8 @@ struct SmoothPasses {
 void smooth_cpu(const float* in, float* out, float* scratch, const Batch& shape, const double* taps,
                 const SmoothRadii& radii, int threads);
 void local_moments_cpu(const float* a, const float* b, float* out, float* scratch, const Batch& shape,
-                       const double* taps, const SmoothRadii& radii, float floor_a, float floor_b, int threads);
+                       const double* taps, const SmoothRadii& radii, float floor_a, float floor_b,
+                       int threads);
 
 #ifdef SVFNET_WITH_CUDA
 // taps: a device address.

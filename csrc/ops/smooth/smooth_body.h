@@ -32,7 +32,8 @@ struct SmoothPassBody {
 
   SVF_HOST_DEVICE void operator()(int64_t v, int i, int j, int k) const {
     const int64_t n = grid.size();
-    out[v * n + grid.index(i, j, k)] = svfcore::smooth_axis_at<Axis, Acc>(in + v * n, grid, taps, radius, i, j, k);
+    out[v * n + grid.index(i, j, k)] =
+        svfcore::smooth_axis_at<Axis, Acc>(in + v * n, grid, taps, radius, i, j, k);
   }
 };
 

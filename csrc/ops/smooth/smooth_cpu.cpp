@@ -28,11 +28,11 @@ constexpr int64_t kSmoothTapsPerOperation = 6, kMomentTapsPerOperation = 2;
 // A pass along `axis` over volumes of grid g: its rows, and how runs of them are cut.
 struct Pass {
   int axis, radius;
-  int n;                 // rows of a line (across), values of a row (along)
-  int64_t length;        // values of a row
-  int64_t rows;          // rows of a volume
-  int64_t run_rows;      // rows of a run at most
-  int64_t padded;        // values of a padded row (along), 0 across
+  int n;             // rows of a line (across), values of a row (along)
+  int64_t length;    // values of a row
+  int64_t rows;      // rows of a volume
+  int64_t run_rows;  // rows of a run at most
+  int64_t padded;    // values of a padded row (along), 0 across
 
   Pass(const svfcore::Grid& g, int a, int r) : axis(a), radius(r) {
     n = a == 0 ? g.ni : (a == 1 ? g.nj : g.nk);
@@ -57,7 +57,8 @@ struct Run {
 // ISA like the other CPU loops (cpu_loops.h); flattened, so that the svfcore loops it calls are
 // compiled into each clone rather than once for the baseline.
 template <class Body>
-SVFNET_CPU_CLONES __attribute__((flatten)) void walk_runs(const Body& body, const Pass& pass, int64_t begin, int64_t end) {
+SVFNET_CPU_CLONES __attribute__((flatten)) void walk_runs(const Body& body, const Pass& pass, int64_t begin,
+                                                          int64_t end) {
   for (int64_t u = begin; u < end;) {
     const int64_t e = u / pass.rows, row = u % pass.rows;
     int64_t count = std::min(end - u, pass.run_rows);
@@ -98,7 +99,8 @@ struct Buffers {
 
 // The run's rows of a volume starting at `volume_data`, padded into pad (along), and the kernel's
 // source: the block's first value across, the first padded row's first value along.
-const float* run_source(const Pass& pass, const Run& run, const float* volume_data, int nk, std::vector<float>& pad) {
+const float* run_source(const Pass& pass, const Run& run, const float* volume_data, int nk,
+                        std::vector<float>& pad) {
   if (!pass.along()) return volume_data + (run.row - run.p0) * pass.length;
   for (int64_t q = 0; q < run.count; ++q)
     svfcore::pad_row(volume_data + (run.row + q) * nk, nk, pass.radius, pad.data() + q * pass.padded);
@@ -111,7 +113,8 @@ void run_taps(const Pass& pass, const Run& run, const Kernel& kernel) {
   if (pass.along())
     svfcore::padded_taps(kernel, run.count * pass.padded - 2 * pass.radius, pass.radius);
   else
-    svfcore::block_taps(kernel, pass.n, pass.length, run.p0, run.p0 + static_cast<int>(run.count), pass.radius);
+    svfcore::block_taps(kernel, pass.n, pass.length, run.p0, run.p0 + static_cast<int>(run.count),
+                        pass.radius);
 }
 
 // Where the value of the run's row q, index x in the row, sits in acc.
@@ -134,32 +137,33 @@ void store_row(const Acc* SVF_RESTRICT from, float* SVF_RESTRICT row, int64_t le
 // output), into the six channels of `out` (`volume` apart).
 template <typename Acc>
 void finish_row(const Acc* SVF_RESTRICT sa, const Acc* SVF_RESTRICT sb, const Acc* SVF_RESTRICT saa,
-                       const Acc* SVF_RESTRICT sbb, const Acc* SVF_RESTRICT sab, float* SVF_RESTRICT mean_a,
-                       float* SVF_RESTRICT mean_b, float* SVF_RESTRICT var_a, float* SVF_RESTRICT var_b,
-                       float* SVF_RESTRICT cov, float* SVF_RESTRICT lcc, int64_t length, float floor_a,
-                       float floor_b) {
+                const Acc* SVF_RESTRICT sbb, const Acc* SVF_RESTRICT sab, float* SVF_RESTRICT mean_a,
+                float* SVF_RESTRICT mean_b, float* SVF_RESTRICT var_a, float* SVF_RESTRICT var_b,
+                float* SVF_RESTRICT cov, float* SVF_RESTRICT lcc, int64_t length, float floor_a,
+                float floor_b) {
   for (int64_t x = 0; x < length; ++x) {
     const svfcore::LocalMoments m = svfcore::local_moments_of(
-        static_cast<float>(sa[x]), static_cast<float>(sb[x]), static_cast<float>(saa[x]), static_cast<float>(sbb[x]),
-        static_cast<float>(sab[x]), floor_a, floor_b);
-    mean_a[x] = m.mean_a, mean_b[x] = m.mean_b, var_a[x] = m.var_a, var_b[x] = m.var_b, cov[x] = m.cov, lcc[x] = m.lcc;
+        static_cast<float>(sa[x]), static_cast<float>(sb[x]), static_cast<float>(saa[x]),
+        static_cast<float>(sbb[x]), static_cast<float>(sab[x]), floor_a, floor_b);
+    mean_a[x] = m.mean_a, mean_b[x] = m.mean_b, var_a[x] = m.var_a, var_b[x] = m.var_b, cov[x] = m.cov,
+    lcc[x] = m.lcc;
   }
 }
 
 // The five sums of a run (channel c at acc + c * capacity) stored into a batch element's buffer of
 // `volume`-sized channels, or turned into the moments there.
 template <typename Acc>
-void store_sums(const Pass& pass, const Run& run, const Acc* acc, int64_t capacity, float* element, int64_t volume,
-                bool finish, float floor_a, float floor_b) {
+void store_sums(const Pass& pass, const Run& run, const Acc* acc, int64_t capacity, float* element,
+                int64_t volume, bool finish, float floor_a, float floor_b) {
   for (int64_t q = 0; q < run.count; ++q) {
     const int64_t start = (run.row + q) * pass.length, from = acc_index(pass, q, 0);
     const auto sum = [&](int c) { return acc + c * capacity + from; };
     const auto channel = [&](int c) { return element + c * volume + start; };
     if (finish)
       finish_row(sum(svfcore::kSumA), sum(svfcore::kSumB), sum(svfcore::kSumAA), sum(svfcore::kSumBB),
-                 sum(svfcore::kSumAB), channel(svfcore::kMeanA), channel(svfcore::kMeanB), channel(svfcore::kVarA),
-                 channel(svfcore::kVarB), channel(svfcore::kCov), channel(svfcore::kLcc), pass.length, floor_a,
-                 floor_b);
+                 sum(svfcore::kSumAB), channel(svfcore::kMeanA), channel(svfcore::kMeanB),
+                 channel(svfcore::kVarA), channel(svfcore::kVarB), channel(svfcore::kCov),
+                 channel(svfcore::kLcc), pass.length, floor_a, floor_b);
     else
       for (int c = 0; c < svfcore::kMomentSums; ++c) store_row(sum(c), channel(c), pass.length);
   }
@@ -183,8 +187,9 @@ void smooth_cpu(const float* in, float* out, float* scratch, const Batch& shape,
     const Pass pass(shape.grid, axis, radii[axis]);
     const SmoothAcc* wa = w.data() + passes.tap_offset[axis];
     const auto make_buffers = [&] {
-      return Buffers<SmoothAcc>{std::vector<float>(pass.along() ? pass.run_capacity() : 0), {},
-                     std::vector<SmoothAcc>(pass.run_capacity())};
+      return Buffers<SmoothAcc>{std::vector<float>(pass.along() ? pass.run_capacity() : 0),
+                                {},
+                                std::vector<SmoothAcc>(pass.run_capacity())};
     };
     const int64_t work = volumes * volume * (pass.radius + 1) / kSmoothTapsPerOperation;
     for_each_run(pass, volumes, work, threads, make_buffers, [&](const Run& run, Buffers<SmoothAcc>& b) {
@@ -199,7 +204,8 @@ void smooth_cpu(const float* in, float* out, float* scratch, const Batch& shape,
 }
 
 void local_moments_cpu(const float* a, const float* b, float* out, float* scratch, const Batch& shape,
-                       const double* taps, const SmoothRadii& radii, float floor_a, float floor_b, int threads) {
+                       const double* taps, const SmoothRadii& radii, float floor_a, float floor_b,
+                       int threads) {
   const SmoothPasses passes(radii);
   const std::vector<MomentAcc> w = taps_as_acc<MomentAcc>(taps, radii);
   const int64_t volume = shape.grid.size();
@@ -214,8 +220,8 @@ void local_moments_cpu(const float* a, const float* b, float* out, float* scratc
   const auto buffers_for = [](const Pass& pass, int pads) {
     return [&pass, pads] {
       return Buffers<MomentAcc>{std::vector<float>(pass.along() ? pass.run_capacity() : 0),
-                     std::vector<float>(pass.along() && pads > 1 ? pass.run_capacity() : 0),
-                     std::vector<MomentAcc>(sums * pass.run_capacity())};
+                                std::vector<float>(pass.along() && pads > 1 ? pass.run_capacity() : 0),
+                                std::vector<MomentAcc>(sums * pass.run_capacity())};
     };
   };
   // the first pass reads a and b; with no pass at all, the products themselves (axis 0's single tap,
@@ -228,13 +234,16 @@ void local_moments_cpu(const float* a, const float* b, float* out, float* scratc
     const Pass pass(shape.grid, axis, radii[axis]);
     const MomentAcc* wa = w.data() + passes.tap_offset[axis];
     const bool finish = passes.count <= 1;
-    for_each_run(pass, shape.batch, work_of(pass), threads, buffers_for(pass, 2), [&](const Run& run, Buffers<MomentAcc>& buf) {
-      const float* fa = run_source(pass, run, a + run.e * volume, nk, buf.pad_a);
-      const float* fb = run_source(pass, run, b + run.e * volume, nk, buf.pad_b);
-      run_taps(pass, run, svfcore::ProductsKernel<MomentAcc, MomentAcc>{fa, fb, wa, buf.acc.data(), pass.run_capacity()});
-      store_sums(pass, run, buf.acc.data(), pass.run_capacity(), target + run.e * channels * volume, volume, finish,
-                 floor_a, floor_b);
-    });
+    for_each_run(pass, shape.batch, work_of(pass), threads, buffers_for(pass, 2),
+                 [&](const Run& run, Buffers<MomentAcc>& buf) {
+                   const float* fa = run_source(pass, run, a + run.e * volume, nk, buf.pad_a);
+                   const float* fb = run_source(pass, run, b + run.e * volume, nk, buf.pad_b);
+                   run_taps(pass, run,
+                            svfcore::ProductsKernel<MomentAcc, MomentAcc>{fa, fb, wa, buf.acc.data(),
+                                                                          pass.run_capacity()});
+                   store_sums(pass, run, buf.acc.data(), pass.run_capacity(),
+                              target + run.e * channels * volume, volume, finish, floor_a, floor_b);
+                 });
     source = target;
   }
   for (int q = 1; q < passes.count; ++q) {
@@ -244,14 +253,18 @@ void local_moments_cpu(const float* a, const float* b, float* out, float* scratc
     const Pass pass(shape.grid, axis, radii[axis]);
     const MomentAcc* wa = w.data() + passes.tap_offset[axis];
     const bool finish = q == passes.count - 1;
-    for_each_run(pass, shape.batch, work_of(pass), threads, buffers_for(pass, 1), [&](const Run& run, Buffers<MomentAcc>& buf) {
-      for (int c = 0; c < sums; ++c) {
-        const float* f = run_source(pass, run, source + (run.e * in_channels + c) * volume, nk, buf.pad_a);
-        run_taps(pass, run, svfcore::SmoothKernel<MomentAcc, MomentAcc>{f, wa, buf.acc.data() + c * pass.run_capacity()});
-      }
-      store_sums(pass, run, buf.acc.data(), pass.run_capacity(), target + run.e * out_channels * volume, volume,
-                 finish, floor_a, floor_b);
-    });
+    for_each_run(pass, shape.batch, work_of(pass), threads, buffers_for(pass, 1),
+                 [&](const Run& run, Buffers<MomentAcc>& buf) {
+                   for (int c = 0; c < sums; ++c) {
+                     const float* f =
+                         run_source(pass, run, source + (run.e * in_channels + c) * volume, nk, buf.pad_a);
+                     run_taps(pass, run,
+                              svfcore::SmoothKernel<MomentAcc, MomentAcc>{
+                                  f, wa, buf.acc.data() + c * pass.run_capacity()});
+                   }
+                   store_sums(pass, run, buf.acc.data(), pass.run_capacity(),
+                              target + run.e * out_channels * volume, volume, finish, floor_a, floor_b);
+                 });
     source = target;
   }
 }

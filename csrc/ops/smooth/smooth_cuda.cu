@@ -15,7 +15,8 @@ void smooth_cuda(const float* in, float* out, float* scratch, const Batch& shape
                  const SmoothRadii& radii, std::uintptr_t stream) {
   const SmoothPasses passes(radii);
   if (passes.count == 0) {
-    check_cuda(cudaMemcpyAsync(out, in, sizeof(float) * shape.elements(), cudaMemcpyDeviceToDevice, as_stream(stream)),
+    check_cuda(cudaMemcpyAsync(out, in, sizeof(float) * shape.elements(), cudaMemcpyDeviceToDevice,
+                               as_stream(stream)),
                "smooth");
     return;
   }
@@ -24,7 +25,8 @@ void smooth_cuda(const float* in, float* out, float* scratch, const Batch& shape
     float* target = passes.writes_out(q) ? out : scratch;
     with_axis(passes.axes[q], [&](auto a) {
       launch_voxels(shape.batch * shape.channels, shape.grid, stream,
-                    SmoothPassBody<a, SmoothAcc, double>{source, target, shape.grid, radii[a], taps + passes.tap_offset[a]},
+                    SmoothPassBody<a, SmoothAcc, double>{source, target, shape.grid, radii[a],
+                                                         taps + passes.tap_offset[a]},
                     "smooth");
     });
     source = target;
@@ -43,8 +45,9 @@ void local_moments_cuda(const float* a, const float* b, float* out, float* scrat
   float* target = passes.count == 0 || passes.writes_out(0) ? out : scratch;
   with_axis(first, [&](auto x) {
     launch_voxels(shape.batch, shape.grid, stream,
-                  MomentProductsBody<x, MomentAcc, double>{a, b, target, channels_of(target), shape.grid, radii[x],
-                                                     taps + passes.tap_offset[x], passes.count <= 1, floor_a, floor_b},
+                  MomentProductsBody<x, MomentAcc, double>{a, b, target, channels_of(target), shape.grid,
+                                                           radii[x], taps + passes.tap_offset[x],
+                                                           passes.count <= 1, floor_a, floor_b},
                   "local_moments");
   });
   for (int q = 1; q < passes.count; ++q) {
@@ -52,9 +55,9 @@ void local_moments_cuda(const float* a, const float* b, float* out, float* scrat
     target = passes.writes_out(q) ? out : scratch;
     with_axis(passes.axes[q], [&](auto x) {
       launch_voxels(shape.batch, shape.grid, stream,
-                    MomentSumsBody<x, MomentAcc, double>{source, channels_of(source), target, channels_of(target), shape.grid,
-                                                   radii[x], taps + passes.tap_offset[x], q == passes.count - 1,
-                                                   floor_a, floor_b},
+                    MomentSumsBody<x, MomentAcc, double>{
+                        source, channels_of(source), target, channels_of(target), shape.grid, radii[x],
+                        taps + passes.tap_offset[x], q == passes.count - 1, floor_a, floor_b},
                     "local_moments");
     });
   }

@@ -45,7 +45,8 @@ struct WarpDispGradientBody {
     for (int64_t c = 0; c < channels; ++c) {
       const int64_t volume = b * channels + c;
       const float weight = grad_out[volume * n + v];
-      const svfcore::PositionGradient d = svfcore::interpolate_fill_gradient(image + volume * n, grid, s, fill);
+      const svfcore::PositionGradient d =
+          svfcore::interpolate_fill_gradient(image + volume * n, grid, s, fill);
       gi += weight * d.i;
       gj += weight * d.j;
       gk += weight * d.k;

@@ -8,21 +8,24 @@ void warp_cuda(const float* image, const float* disp, float* out, const Batch& s
                std::uintptr_t stream) {
   const int64_t volumes = shape.batch * shape.channels;
   if (order == 0)
-    launch_voxels(volumes, shape.grid, stream, WarpNearestBody{image, disp, out, shape.channels, shape.grid, fill}, "warp");
+    launch_voxels(volumes, shape.grid, stream,
+                  WarpNearestBody{image, disp, out, shape.channels, shape.grid, fill}, "warp");
   else
-    launch_voxels(volumes, shape.grid, stream, WarpLinearBody{image, disp, out, shape.channels, shape.grid, fill}, "warp");
+    launch_voxels(volumes, shape.grid, stream,
+                  WarpLinearBody{image, disp, out, shape.channels, shape.grid, fill}, "warp");
 }
 
 void warp_labels_cuda(const int32_t* labels, const float* disp, int32_t* out, const Batch& shape, bool onehot,
                       int32_t fill_label, std::uintptr_t stream) {
-  launch_voxels(shape.batch, shape.grid, stream, WarpLabelsBody{labels, disp, out, shape.grid, onehot, fill_label},
-                "warp_labels");
+  launch_voxels(shape.batch, shape.grid, stream,
+                WarpLabelsBody{labels, disp, out, shape.grid, onehot, fill_label}, "warp_labels");
 }
 
 void warp_disp_vjp_cuda(const float* image, const float* disp, const float* grad_out, float* grad_disp,
                         const Batch& shape, float fill, std::uintptr_t stream) {
   launch_voxels(shape.batch, shape.grid, stream,
-                WarpDispGradientBody{image, disp, grad_out, grad_disp, shape.channels, shape.grid, fill}, "warp_disp_vjp");
+                WarpDispGradientBody{image, disp, grad_out, grad_disp, shape.channels, shape.grid, fill},
+                "warp_disp_vjp");
 }
 
 }  // namespace svfnet

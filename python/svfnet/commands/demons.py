@@ -294,10 +294,14 @@ def run(args: argparse.Namespace) -> int:
     try:
         write_field(staging / SVF_FILE, svf, fixed_affine)
         write_field(staging / DISPLACEMENT_FILE, disp, fixed_affine, name=DISPLACEMENT_INTENT_NAME)
-        write_nifti(staging / WARPED_FILE, np.asarray(fields.warp(moving, disp), dtype=np.float32), fixed_affine)
+        write_nifti(
+            staging / WARPED_FILE, np.asarray(fields.warp(moving, disp), dtype=np.float32), fixed_affine
+        )
         if labels is not None:
             warped_labels = np.asarray(fields.warp_labels(labels.astype(np.int32), disp, mode="onehot"))
-            write_nifti(staging / WARPED_LABELS_FILE, warped_labels.astype(_label_dtype(labels)), fixed_affine)
+            write_nifti(
+                staging / WARPED_LABELS_FILE, warped_labels.astype(_label_dtype(labels)), fixed_affine
+            )
         for path in outputs:
             if not (staging / path.name).exists():
                 path.unlink(missing_ok=True)

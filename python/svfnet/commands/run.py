@@ -27,7 +27,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="the whole method on the built-in synthetic cohort, sized for a 2-core laptop",
         description="Synthetic cohort -> shapes -> references -> SVF-Net -> evaluation against LCC Log-Demons.",
     )
-    demo_parser.add_argument("--quick", action="store_true", help="8 subjects and 120 training steps: about a minute instead of about 19 minutes")
+    demo_parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="8 subjects and 120 training steps: about a minute instead of about 19 minutes",
+    )
     demo_parser.add_argument(
         "--realistic",
         action="store_true",
@@ -38,8 +42,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     demo_parser.add_argument("--no-progress", action="store_true")
     demo_parser.set_defaults(func=guarded(demo, writes="workdir"))
 
-    config_parser = subparsers.add_parser("config", help="print the run configuration (TOML) with every default")
-    config_parser.add_argument("--defaults", action="store_true", help="print every parameter with its default")
+    config_parser = subparsers.add_parser(
+        "config", help="print the run configuration (TOML) with every default"
+    )
+    config_parser.add_argument(
+        "--defaults", action="store_true", help="print every parameter with its default"
+    )
     config_parser.set_defaults(func=show_config)
 
 
@@ -63,8 +71,12 @@ def run(args: argparse.Namespace) -> int:
 def demo(args: argparse.Namespace) -> int:
     from svfnet.pipeline import demo_config, run_pipeline
 
-    outcomes = run_pipeline(args.workdir, demo_config(args.quick, args.realistic), progress=not args.no_progress,
-                            on_stage=_print_outcome)
+    outcomes = run_pipeline(
+        args.workdir,
+        demo_config(args.quick, args.realistic),
+        progress=not args.no_progress,
+        on_stage=_print_outcome,
+    )
     evaluation = outcomes[-1].result
     print()
     print(f"work folder: {Path(args.workdir).resolve()}")

@@ -70,8 +70,12 @@ def run(args: argparse.Namespace) -> int:
 
     check_int(args.subjects, "--subjects", 1, MAX_SUBJECTS)  # 10^11 subjects wrote until the disk was full
     check_int(args.seed, "--seed", 0, MAX_SEED)
-    check_disk(synthetic_disk_bytes(args.subjects, "clinical" if args.realistic else "standard"), args.out,
-               f"the synthetic cohort of {args.subjects:,} subjects", "lower --subjects")
+    check_disk(
+        synthetic_disk_bytes(args.subjects, "clinical" if args.realistic else "standard"),
+        args.out,
+        f"the synthetic cohort of {args.subjects:,} subjects",
+        "lower --subjects",
+    )
 
     if not args.realistic and args.header_style is not None:
         raise ValueError("--header-style needs --realistic (the standard cohort's headers are ITK's)")

@@ -113,4 +113,3 @@ def write_json(path: str | os.PathLike, data: Any) -> None:
     """Writes ``data`` as indented JSON, atomically."""
     with atomic_path(path) as temporary:
         temporary.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-

@@ -23,10 +23,27 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
-    "MAX_GRID_AXIS", "MAX_GRID_VOXELS", "MAX_LANDMARKS", "MAX_STEPS", "MAX_SUBJECTS", "MAX_WORKERS",
-    "ResourceError", "available_memory_bytes", "check_disk", "check_grid", "check_grid_shape",
-    "check_memory", "check_run_name", "check_train_config", "check_workers", "format_bytes", "prepare_memory_bytes",
-    "references_disk_bytes", "references_memory_bytes", "synthetic_disk_bytes", "train_memory_bytes",
+    "MAX_GRID_AXIS",
+    "MAX_GRID_VOXELS",
+    "MAX_LANDMARKS",
+    "MAX_STEPS",
+    "MAX_SUBJECTS",
+    "MAX_WORKERS",
+    "ResourceError",
+    "available_memory_bytes",
+    "check_disk",
+    "check_grid",
+    "check_grid_shape",
+    "check_memory",
+    "check_run_name",
+    "check_train_config",
+    "check_workers",
+    "format_bytes",
+    "prepare_memory_bytes",
+    "references_disk_bytes",
+    "references_memory_bytes",
+    "synthetic_disk_bytes",
+    "train_memory_bytes",
 ]
 
 # ---------------------------------------------------------------------------------- the limits
@@ -77,11 +94,15 @@ def check_grid_shape(shape: Iterable[Any], where: str = "--shape") -> tuple[int,
     """The common grid ``(I, J, K)`` checked against the limits and SVF-Net's divisibility rule
     (a grid prepared for nothing that can train on it is refused by ``svfnet prepare`` already)."""
     values = tuple(shape)
-    if len(values) != 3 or any(isinstance(n, bool) or not isinstance(n, (int, float)) or n != int(n) for n in values):
+    if len(values) != 3 or any(
+        isinstance(n, bool) or not isinstance(n, (int, float)) or n != int(n) for n in values
+    ):
         raise ValueError(f"{where} must be three integers (I J K), got {values}")
     grid = tuple(int(n) for n in values)
     if min(grid) < 2 or max(grid) > MAX_GRID_AXIS:
-        raise ValueError(f"{where} must have 2 to {MAX_GRID_AXIS:,} voxels along each axis, got {'x'.join(map(str, grid))}")
+        raise ValueError(
+            f"{where} must have 2 to {MAX_GRID_AXIS:,} voxels along each axis, got {'x'.join(map(str, grid))}"
+        )
     if math.prod(grid) > MAX_GRID_VOXELS:
         raise ValueError(
             f"{where} {'x'.join(map(str, grid))} has {math.prod(grid):,} voxels, above the limit of "
@@ -122,13 +143,19 @@ def check_run_name(run: Any) -> str:
 def check_train_config(config: Any) -> None:
     """A :class:`svfnet.training.train.TrainConfig` against the limits (its own checks refuse what is not
     positive or not finite; these refuse what is too large to be meant)."""
-    for name, high in (("steps", MAX_STEPS), ("batch_size", MAX_BATCH), ("validate_every", MAX_STEPS),
-                       ("checkpoint_every", MAX_STEPS)):
+    for name, high in (
+        ("steps", MAX_STEPS),
+        ("batch_size", MAX_BATCH),
+        ("validate_every", MAX_STEPS),
+        ("checkpoint_every", MAX_STEPS),
+    ):
         check_int(getattr(config, name), f"train: '{name}'", 1, high)
     if not config.learning_rate <= 1.0:
         raise ValueError(f"train: 'learning_rate' must be at most 1 (Adam), got {config.learning_rate!r}")
     if any(not 1 <= int(w) <= MAX_WIDTH for w in config.model.widths):
-        raise ValueError(f"train: 'widths' must be from 1 to {MAX_WIDTH} channels, got {list(config.model.widths)}")
+        raise ValueError(
+            f"train: 'widths' must be from 1 to {MAX_WIDTH} channels, got {list(config.model.widths)}"
+        )
 
 
 # ---------------------------------------------------------------------------------- the machine

@@ -32,7 +32,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 __all__ = [
-    "LOCK_NAME", "FolderLocked", "folder_lock", "hold_lock", "lock_holder", "prefix_lock", "prefix_lock_path",
+    "LOCK_NAME",
+    "FolderLocked",
+    "folder_lock",
+    "hold_lock",
+    "lock_holder",
+    "prefix_lock",
+    "prefix_lock_path",
 ]
 
 log = logging.getLogger(__name__)
@@ -78,12 +84,17 @@ def lock_holder(lock_file: str | os.PathLike) -> dict | None:
 
 def _record() -> bytes:
     command = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv and sys.argv[0] else "python"
-    return json.dumps({
-        "pid": os.getpid(),
-        "host": socket.gethostname(),
-        "command": command[:300],
-        "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-    }).encode() + b"\n"
+    return (
+        json.dumps(
+            {
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "command": command[:300],
+                "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+            }
+        ).encode()
+        + b"\n"
+    )
 
 
 def _alive(pid: object) -> bool:
@@ -101,8 +112,10 @@ def _alive(pid: object) -> bool:
 def _busy(lock_file: Path, what: str, holder: dict | None) -> FolderLocked:
     note = ""
     if holder and holder.get("host") == socket.gethostname() and not _alive(holder.get("pid")):
-        note = (" (that process is gone, but a process it started still holds the lock: stop its "
-                "leftover worker processes)")
+        note = (
+            " (that process is gone, but a process it started still holds the lock: stop its "
+            "leftover worker processes)"
+        )
     return FolderLocked(
         f"{what} is in use by another svfnet process: {_describe(holder)}{note}. Wait for it to finish or "
         f"stop it; two writers would mix their outputs (lock file {lock_file})"
@@ -149,7 +162,9 @@ def _acquire_exclusive(lock_file: Path, what: str) -> int:
         except FileExistsError:
             holder = _read(lock_file)
             if holder and holder.get("host") == socket.gethostname() and not _alive(holder.get("pid")):
-                log.info("%s: a stale lock of %s (no longer running) was cleared", lock_file, _describe(holder))
+                log.info(
+                    "%s: a stale lock of %s (no longer running) was cleared", lock_file, _describe(holder)
+                )
                 lock_file.unlink(missing_ok=True)
                 continue
             raise _busy(lock_file, what, holder) from None
@@ -185,7 +200,9 @@ def hold_lock(lock_file: str | os.PathLike, what: str) -> Iterator[Path]:
     try:
         created = _make_folder(lock_file.parent)
     except PermissionError:
-        raise PermissionError(errno.EACCES, "cannot create the folder (permission denied)", str(lock_file.parent)) from None
+        raise PermissionError(
+            errno.EACCES, "cannot create the folder (permission denied)", str(lock_file.parent)
+        ) from None
     key = os.path.realpath(lock_file)
     with _guard:
         entry = _held.get(key)
@@ -233,7 +250,9 @@ def _remove_empty(folders: list[Path]) -> None:
             return
 
 
-def folder_lock(folder: str | os.PathLike, what: str | None = None) -> contextlib.AbstractContextManager[Path]:
+def folder_lock(
+    folder: str | os.PathLike, what: str | None = None
+) -> contextlib.AbstractContextManager[Path]:
     """The lock of a work (or dataset) folder: ``FOLDER/.svfnet.lock``."""
     folder = Path(folder)
     return hold_lock(folder / LOCK_NAME, what or f"the folder {folder}")

@@ -235,7 +235,9 @@ def _on_dask(func, tasks, scheduler: str) -> Iterator[TaskOutcome]:
     logger.info("running %d tasks on the Dask cluster at %s", len(tasks), scheduler)
     with Client(scheduler) as client:
         tasks = scatter_shared_arrays(client, list(tasks))
-        pending = {future.key: (index, future) for index, future in enumerate(client.map(func, tasks, pure=False))}
+        pending = {
+            future.key: (index, future) for index, future in enumerate(client.map(func, tasks, pure=False))
+        }
         try:
             for future in as_completed([future for _, future in pending.values()]):
                 index, _ = pending.pop(future.key)
@@ -291,4 +293,3 @@ def scatter_shared_arrays(client, tasks: list) -> list:
         return value
 
     return [replace(task) for task in tasks]
-

@@ -20,7 +20,13 @@ import shutil
 from pathlib import Path
 
 __all__ = [
-    "STAGING", "file_digest", "load_npy", "recover_replaced", "recover_workdir", "remove_staging", "replace_tree",
+    "STAGING",
+    "file_digest",
+    "load_npy",
+    "recover_replaced",
+    "recover_workdir",
+    "remove_staging",
+    "replace_tree",
     "shadow_workdir",
 ]
 
@@ -103,13 +109,17 @@ def shadow_workdir(workdir: str | os.PathLike, stage: str, outputs: tuple[str, .
         link = shadow / name
         if not link.is_symlink() and not link.exists():
             link.symlink_to(os.path.relpath(entry, shadow))
-    for top in own:  # the output's own top folder is real; when the output is inside it, its other entries are links
+    for top in (
+        own
+    ):  # the output's own top folder is real; when the output is inside it, its other entries are links
         real = workdir / top
         (shadow / top).mkdir(exist_ok=True)
         if real.is_dir() and top not in outputs:
             for entry in real.iterdir():
                 link = shadow / top / entry.name
-                if any(Path(output) == Path(top) / entry.name for output in outputs) or entry.name.startswith("."):
+                if any(Path(output) == Path(top) / entry.name for output in outputs) or entry.name.startswith(
+                    "."
+                ):
                     continue
                 if not link.is_symlink() and not link.exists():
                     link.symlink_to(os.path.relpath(entry, shadow / top))
@@ -173,7 +183,9 @@ def load_npy(path: str | os.PathLike, *, mmap_mode: str | None = "r"):
     except FileNotFoundError:
         raise
     except (OSError, ValueError, EOFError) as error:
-        raise ValueError(f"{path}: not a readable .npy file ({error}); remove it to have it computed again") from None
+        raise ValueError(
+            f"{path}: not a readable .npy file ({error}); remove it to have it computed again"
+        ) from None
     expected = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     size = path.stat().st_size
     if size < expected:

@@ -91,7 +91,9 @@ def subject_ids(workdir: str | Path) -> list[str]:
     """Ids of the prepared subjects, in the order of ``subjects.json``."""
     path = WorkDir(workdir).subjects_json
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: run `svfnet prepare` (or `svfnet synth`) for this work folder first")
+        raise FileNotFoundError(
+            f"{path} not found: run `svfnet prepare` (or `svfnet synth`) for this work folder first"
+        )
     return [entry["id"] for entry in json.loads(path.read_text())["subjects"]]
 
 

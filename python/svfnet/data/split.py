@@ -44,11 +44,15 @@ def split_path(workdir: str | Path) -> Path:
     return WorkDir(workdir).root / "split.json"
 
 
-def split_sizes(count: int, *, test_fraction: float = 0.25, val_fraction: float = 0.1) -> tuple[int, int, int]:
+def split_sizes(
+    count: int, *, test_fraction: float = 0.25, val_fraction: float = 0.1
+) -> tuple[int, int, int]:
     """``(train, val, test)`` subject counts of a split of ``count`` subjects (one subject per
     patient; a patient's frames kept together may shift a side by one)."""
     if not (0 <= test_fraction < 1 and 0 <= val_fraction < 1 and test_fraction + val_fraction < 1):
-        raise ValueError("subject_split(): 'test_fraction' and 'val_fraction' must be in [0, 1) with a sum below 1")
+        raise ValueError(
+            "subject_split(): 'test_fraction' and 'val_fraction' must be in [0, 1) with a sum below 1"
+        )
     if count < 2:
         raise ValueError(f"subject_split(): need at least 2 prepared subjects to train, found {count}")
     n_test = max(round(count * test_fraction), 1 if count >= 4 and test_fraction > 0 else 0)
@@ -62,7 +66,11 @@ def split_sizes(count: int, *, test_fraction: float = 0.25, val_fraction: float 
 
 
 def plan_split(
-    subject_ids: list[str] | tuple[str, ...], *, test_fraction: float = 0.25, val_fraction: float = 0.1, seed: int = 0
+    subject_ids: list[str] | tuple[str, ...],
+    *,
+    test_fraction: float = 0.25,
+    val_fraction: float = 0.1,
+    seed: int = 0,
 ) -> Split:
     """The split :func:`subject_split` makes of these subjects, computed without reading or writing
     anything (``svfnet run`` writes it in one atomic step, replacing the old one only then)."""
@@ -88,7 +96,9 @@ def plan_split(
             side = "train"
         sides[side] += group
     return Split(
-        train=tuple(sorted(sides["train"])), val=tuple(sorted(sides["val"])), test=tuple(sorted(sides["test"]))
+        train=tuple(sorted(sides["train"])),
+        val=tuple(sorted(sides["val"])),
+        test=tuple(sorted(sides["test"])),
     )
 
 
@@ -110,7 +120,9 @@ def subject_split(
         split = Split(tuple(data["train"]), tuple(data["val"]), tuple(data["test"]))
         unknown = set(split.train + split.val + split.test) - set(known)
         if unknown:
-            raise ValueError(f"{path} names subjects that are not prepared: {sorted(unknown)[:5]}; remove it to re-split")
+            raise ValueError(
+                f"{path} names subjects that are not prepared: {sorted(unknown)[:5]}; remove it to re-split"
+            )
         tested = {patient_of(subject_id) for subject_id in split.test}
         leaked = sorted(tested & {patient_of(subject_id) for subject_id in split.train + split.val})
         if leaked:  # a split written before frames were kept together: kept (results depend on it), said
@@ -122,5 +134,7 @@ def subject_split(
             )
         return split
     split = plan_split(known, test_fraction=test_fraction, val_fraction=val_fraction, seed=seed)
-    write_json(path, {"train": list(split.train), "val": list(split.val), "test": list(split.test), "seed": seed})
+    write_json(
+        path, {"train": list(split.train), "val": list(split.val), "test": list(split.test), "seed": seed}
+    )
     return split

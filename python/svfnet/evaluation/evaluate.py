@@ -474,5 +474,3 @@ def _read_subjects(workdir: Path, subject_ids: Sequence[str]) -> tuple[dict[str,
             unreadable[subject_id] = error_text(error)
             logger.warning("cannot read subject %s: %s", subject_id, unreadable[subject_id])
     return subjects, unreadable
-
-

@@ -492,7 +492,9 @@ def _timing_table(inputs: ReportInputs) -> str:
         )
     if not body:
         return "<p>No timings (no pair was registered).</p>"
-    return html_table(["method", "pairs", "median", "mean", "middle half", "threads", "time / SVF-Net's"], body)
+    return html_table(
+        ["method", "pairs", "median", "mean", "middle half", "threads", "time / SVF-Net's"], body
+    )
 
 
 def _summary_table(inputs: ReportInputs) -> str:
@@ -679,8 +681,12 @@ def write_report(folder: str | Path, inputs: ReportInputs) -> Path:
 <h1>Registration of cardiac images: SVF-Net against {
         html_text(", ".join(METHOD_NAMES[m] for m in inputs.methods if m != "svfnet"))
     }</h1>
-<p class="meta">Work folder {html_text(inputs.workdir)}; {len(inputs.subjects)} {html_text(inputs.subject_set)} subjects,
-{inputs.pair_count} ordered pairs (every subject registered to every other); methods: {html_text(methods_text)};
+<p class="meta">Work folder {html_text(inputs.workdir)}; {len(inputs.subjects)} {
+        html_text(inputs.subject_set)
+    } subjects,
+{inputs.pair_count} ordered pairs (every subject registered to every other); methods: {
+        html_text(methods_text)
+    };
 generated {html_text(generated)} by svfnet evaluate.</p>
 {subject_note}{failed_note}{absent_note}
 <h2>In short</h2>

@@ -108,7 +108,9 @@ METRICS: tuple[Metric, ...] = (
     ),
 )
 
-assert {m.key for m in METRICS} == set(METRIC_KEYS), "METRICS must cover svfnet.evaluation.metrics.METRIC_KEYS"
+assert {m.key for m in METRICS} == set(METRIC_KEYS), (
+    "METRICS must cover svfnet.evaluation.metrics.METRIC_KEYS"
+)
 
 
 # Column order of the CSV files.

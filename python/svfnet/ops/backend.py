@@ -113,9 +113,7 @@ class Backend:
             return getattr(_core, f"{op}_cpu")(*arrays, *scalars, cpu_threads())
         entry = cuda_entry(f"{op}_cuda")
         with self._device_scope():
-            return entry(
-                *[address(a) for a in arrays], tuple(arrays[0].shape), *scalars, self._stream()
-            )
+            return entry(*[address(a) for a in arrays], tuple(arrays[0].shape), *scalars, self._stream())
 
     def count_nonfinite(self, a: Array) -> int:
         if not self.on_cuda:

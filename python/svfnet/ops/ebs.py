@@ -106,7 +106,13 @@ class EBSFactorization:
         affine = np.ascontiguousarray(solution[3 * self.count :].T.reshape(-1, 4, 3))
         normalised = (self.source_mm - self.center_mm) / self.scale_mm
         return ElasticBodySpline(
-            np.ascontiguousarray(normalised), coefficients, affine, self.center_mm, self.scale_mm, self.alpha, batched
+            np.ascontiguousarray(normalised),
+            coefficients,
+            affine,
+            self.center_mm,
+            self.scale_mm,
+            self.alpha,
+            batched,
         )
 
 
@@ -179,7 +185,12 @@ class ElasticBodySpline:
         points = (_points("ElasticBodySpline", "points_mm", points_mm) - self.center_mm) / self.scale_mm
         out = np.empty((self.fits, points.shape[0], 3))
         _core.ebs_points_cpu(
-            self.landmarks, self.coefficients, self.affine, self.alpha, np.ascontiguousarray(points), out,
+            self.landmarks,
+            self.coefficients,
+            self.affine,
+            self.alpha,
+            np.ascontiguousarray(points),
+            out,
             cpu_threads(),
         )
         return out if self.batched else out[0]
@@ -226,7 +237,9 @@ class ElasticBodySpline:
 
         device = torch.device(device)
         if device.type != "cuda":
-            raise ValueError(f"on_grid(): 'device' must be None (NumPy on the CPU) or a CUDA device, got {device}")
+            raise ValueError(
+                f"on_grid(): 'device' must be None (NumPy on the CPU) or a CUDA device, got {device}"
+            )
         from svfnet import cuda_available
 
         if not cuda_available():
@@ -243,9 +256,17 @@ class ElasticBodySpline:
             affine = on_device(self.affine)
             out = torch.empty((self.fits, 3, *shape), dtype=torch.float32, device=device)
             cuda_entry("ebs_grid_cuda")(
-                landmarks.data_ptr(), landmarks.shape[0], coefficients.data_ptr(), affine.data_ptr(), self.fits,
-                self.alpha, shape, tuple(-self.center_mm / self.scale_mm),
-                tuple(np.asarray(spacing) / self.scale_mm), tuple(1.0 / np.asarray(spacing)), out.data_ptr(),
+                landmarks.data_ptr(),
+                landmarks.shape[0],
+                coefficients.data_ptr(),
+                affine.data_ptr(),
+                self.fits,
+                self.alpha,
+                shape,
+                tuple(-self.center_mm / self.scale_mm),
+                tuple(np.asarray(spacing) / self.scale_mm),
+                tuple(1.0 / np.asarray(spacing)),
+                out.data_ptr(),
                 torch.cuda.current_stream(device).cuda_stream,
             )
         return out if self.batched else out[0]

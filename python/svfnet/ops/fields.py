@@ -56,7 +56,9 @@ def _field(func: str, name: str, backend: Backend, x: Array) -> _Field:
     """Checks a field argument and returns it as compute-form (N, 3, I, J, K) float32."""
     shape = tuple(x.shape)
     if len(shape) not in (4, 5) or shape[-4] != 3:
-        raise ValueError(f"{func}(): '{name}' must be (3, I, J, K) or (N, 3, I, J, K), got {shape_text(shape)}")
+        raise ValueError(
+            f"{func}(): '{name}' must be (3, I, J, K) or (N, 3, I, J, K), got {shape_text(shape)}"
+        )
     if min(shape) == 0:
         raise ValueError(f"{func}(): '{name}' must not be empty, got {shape_text(shape)}")
     require_dtype(func, name, x, ("float",))
@@ -90,7 +92,9 @@ def _count(func: str, name: str, value: Any, minimum: int) -> int:
     return value
 
 
-def _image_layout(func: str, image_shape: tuple[int, ...], disp_shape: tuple[int, ...], image_name: str) -> tuple:
+def _image_layout(
+    func: str, image_shape: tuple[int, ...], disp_shape: tuple[int, ...], image_name: str
+) -> tuple:
     """(N, C, I, J, K) of an image given with a field, per the layouts warp accepts."""
     grid = disp_shape[-3:]
     if len(disp_shape) == 4 and len(image_shape) == 3:
@@ -183,8 +187,13 @@ def warp_labels(labels: Array, disp: Array, *, mode: str = "nearest", fill: int 
     out = backend.empty(layout, "int32")
     backend.launch("warp_labels", [data.reshape(layout), field.data5, out], mode == "onehot", fill)
     result = backend.from_compute(out.reshape(shape))
-    return result if result.dtype == labels.dtype else result.astype(labels.dtype) if backend.kind != "torch" \
+    return (
+        result
+        if result.dtype == labels.dtype
+        else result.astype(labels.dtype)
+        if backend.kind != "torch"
         else result.to(labels.dtype)
+    )
 
 
 def _labels_int32(func: str, backend: Backend, labels: Array) -> Array:

@@ -173,10 +173,14 @@ class SumAndGradientFunction(torch.autograd.Function):
                 grad_b = add(grad_b, _launch(_TANGENT_SUM, y, x, s, w=a, c=zeros_y, e=h)[0].mul_(-2.0 * s))
             if need_x:
                 ones = torch.ones((y.shape[0], 1), dtype=x.dtype, device=x.device)
-                weight, offsets = _launch(_SUM_AND_TANGENT_GRAD, x, y, s, w=ones, a=a, b=b, c=h, e=zeros_y, want_r=True)
+                weight, offsets = _launch(
+                    _SUM_AND_TANGENT_GRAD, x, y, s, w=ones, a=a, b=b, c=h, e=zeros_y, want_r=True
+                )
                 grad_x = add(grad_x, (h * weight - 2.0 * s * offsets).mul_(-2.0 * s))
             if need_y:
-                weighted, offsets = _launch(_SUM_AND_TANGENT_GRAD, y, x, s, w=h, a=b, b=a, c=zeros_y, e=h, want_r=True)
+                weighted, offsets = _launch(
+                    _SUM_AND_TANGENT_GRAD, y, x, s, w=h, a=b, b=a, c=zeros_y, e=h, want_r=True
+                )
                 grad_y = add(grad_y, (weighted + 2.0 * s * offsets).mul_(2.0 * s))
         return grad_x, grad_y, grad_a, grad_b, None, None
 

@@ -52,7 +52,7 @@ import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +67,12 @@ from svfnet.ops import fields
 from svfnet.ops.ebs import factorize_ebs
 
 __all__ = [
-    "EXCLUSION_REASONS", "ReferenceParameters", "ReferenceStore", "ReferencesSummary", "exclusion", "run_references",
+    "EXCLUSION_REASONS",
+    "ReferenceParameters",
+    "ReferenceStore",
+    "ReferencesSummary",
+    "exclusion",
+    "run_references",
 ]
 
 log = logging.getLogger(__name__)
@@ -153,8 +158,13 @@ def references_task(task: dict[str, Any]) -> dict[str, Any]:
     for n, u in enumerate(grids):
         started = time.perf_counter()
         record = reference_svf(u, parameters, svfs[n], initials[n])
-        records.append({**record, "deformation_seconds": deformation_seconds,
-                        "log_seconds": time.perf_counter() - started})
+        records.append(
+            {
+                **record,
+                "deformation_seconds": deformation_seconds,
+                "log_seconds": time.perf_counter() - started,
+            }
+        )
     return {"svfs": svfs, "records": records}
 
 
@@ -206,9 +216,13 @@ class _FlowTable:
         from scipy.ndimage import map_coordinates
 
         at = ((points_mm - self.origin_mm) / self.step_mm).T
-        return np.stack([
-            map_coordinates(coefficients[axis], at, order=3, mode="nearest", prefilter=False) for axis in range(3)
-        ], axis=1)
+        return np.stack(
+            [
+                map_coordinates(coefficients[axis], at, order=3, mode="nearest", prefilter=False)
+                for axis in range(3)
+            ],
+            axis=1,
+        )
 
 
 _TABLE_MARGIN = 4  # table steps beyond the points: the cubic prefilter's border reaches ~0.27^4 of a step in
@@ -255,8 +269,9 @@ def _composed_flows(task: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     return grids, initials
 
 
-def reference_svf(u: np.ndarray, parameters: ReferenceParameters, out: np.ndarray,
-               initial: np.ndarray | None = None) -> dict[str, Any]:
+def reference_svf(
+    u: np.ndarray, parameters: ReferenceParameters, out: np.ndarray, initial: np.ndarray | None = None
+) -> dict[str, Any]:
     """One pair: the logarithm of ``id + u`` (started from ``initial``, default ``u``) written into
     ``out`` (storage dtype), and its record.
 
@@ -264,8 +279,16 @@ def reference_svf(u: np.ndarray, parameters: ReferenceParameters, out: np.ndarra
     the logarithm's tolerance; it stays zero for a pair left out for any other reason.
     """
     record: dict[str, Any] = {
-        "folds": None, "converged": False, "residual_max": None, "residual_mean": None, "residual_max_grid": None,
-        "domain_fraction": None, "iterations": 0, "polish_iterations": 0, "float16_error": None, "svf_max": None,
+        "folds": None,
+        "converged": False,
+        "residual_max": None,
+        "residual_mean": None,
+        "residual_max_grid": None,
+        "domain_fraction": None,
+        "iterations": 0,
+        "polish_iterations": 0,
+        "float16_error": None,
+        "svf_max": None,
     }
     if not np.isfinite(u).all():
         return {**record, "excluded": NON_FINITE}
@@ -274,8 +297,12 @@ def reference_svf(u: np.ndarray, parameters: ReferenceParameters, out: np.ndarra
         return {**record, "excluded": FOLDED}
     v, info = _log_quiet(u, parameters, initial)
     record.update(
-        converged=info.converged, residual_max=info.residual_max, residual_mean=info.residual_mean,
-        residual_max_grid=info.residual_max_grid, domain_fraction=info.domain_fraction, iterations=info.iterations,
+        converged=info.converged,
+        residual_max=info.residual_max,
+        residual_mean=info.residual_mean,
+        residual_max_grid=info.residual_max_grid,
+        domain_fraction=info.domain_fraction,
+        iterations=info.iterations,
         polish_iterations=info.polish_iterations,
     )
     if not (np.isfinite(v).all() and math.isfinite(info.residual_max) and math.isfinite(info.residual_mean)):
@@ -302,8 +329,12 @@ def _log_quiet(u: np.ndarray, parameters: ReferenceParameters, initial: np.ndarr
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", fields.LogConvergenceWarning)
         return fields.log(
-            u, tol=parameters.log_tol, tol_mean=parameters.log_tol_mean, max_iter=parameters.log_max_iter,
-            return_info=True, initial=initial,
+            u,
+            tol=parameters.log_tol,
+            tol_mean=parameters.log_tol_mean,
+            max_iter=parameters.log_max_iter,
+            return_info=True,
+            initial=initial,
         )
 
 
@@ -377,7 +408,9 @@ def run_references(
             )
     from svfnet.shapes.stage import read_landmarks
 
-    stored = {subject: read_landmarks(workdir, subject) for subject in subjects}  # names a missing shapes stage
+    stored = {
+        subject: read_landmarks(workdir, subject) for subject in subjects
+    }  # names a missing shapes stage
     landmarks = {subject: _checked_landmarks(subject, stored[subject]) for subject in subjects}
     counts = {subject: len(points) for subject, points in landmarks.items()}
     if len(set(counts.values())) != 1:
@@ -411,7 +444,9 @@ def run_references(
     subject_flows: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
     table = None
     if todo and parameters.deformation == "lddmm":
-        subject_flows, table = _tabulate_flows(subjects, flows, lddmm, shape, spacing, workers, scheduler, progress)
+        subject_flows, table = _tabulate_flows(
+            subjects, flows, lddmm, shape, spacing, workers, scheduler, progress
+        )
     tasks, owners = [], []
     for fixed in todo:
         (folder / "pairs" / f"{fixed}.json").unlink(missing_ok=True)  # stale: not done until rewritten
@@ -422,18 +457,28 @@ def run_references(
             if parameters.deformation == "lddmm":
                 task.update(table=table, fixed=subject_flows[fixed], moving=[subject_flows[m] for m in chunk])
             else:
-                task.update(fixed_landmarks_mm=landmarks[fixed], moving_landmarks_mm=[landmarks[m] for m in chunk])
+                task.update(
+                    fixed_landmarks_mm=landmarks[fixed], moving_landmarks_mm=[landmarks[m] for m in chunk]
+                )
             tasks.append(task)
             owners.append((fixed, start, chunk))
 
     pending: dict[str, dict[str, Any]] = {}
     computed = 0
     try:
-        for outcome in run_tasks(references_task, tasks, workers=workers, scheduler=scheduler, progress=progress,
-                                 description="references"):
+        for outcome in run_tasks(
+            references_task,
+            tasks,
+            workers=workers,
+            scheduler=scheduler,
+            progress=progress,
+            description="references",
+        ):
             fixed, start, chunk = owners[outcome.index]
             if outcome.error is not None:
-                raise RuntimeError(f"references for fixed subject {fixed} failed: {outcome.error}") from outcome.error
+                raise RuntimeError(
+                    f"references for fixed subject {fixed} failed: {outcome.error}"
+                ) from outcome.error
             movings = [moving for moving in subjects if moving != fixed]
             entry = pending.get(fixed)
             if entry is None:
@@ -442,13 +487,20 @@ def run_references(
                 final = folder / "svf" / f"{fixed}.npy"
                 final.parent.mkdir(parents=True, exist_ok=True)
                 partial = final.with_name(f".{fixed}.partial.npy")
-                store = np.lib.format.open_memmap(partial, mode="w+", dtype=parameters.dtype,
-                                                  shape=(len(movings), 3, *shape))
-                entry = pending[fixed] = {"final": final, "partial": partial, "store": store,
-                                          "records": [None] * len(movings),
-                                          "remaining": sum(1 for owner in owners if owner[0] == fixed)}
+                store = np.lib.format.open_memmap(
+                    partial, mode="w+", dtype=parameters.dtype, shape=(len(movings), 3, *shape)
+                )
+                entry = pending[fixed] = {
+                    "final": final,
+                    "partial": partial,
+                    "store": store,
+                    "records": [None] * len(movings),
+                    "remaining": sum(1 for owner in owners if owner[0] == fixed),
+                }
             svfs = outcome.value["svfs"]
-            if not np.isfinite(svfs).all():  # reference_svf() stores nothing non-finite; never let it reach a file
+            if not np.isfinite(
+                svfs
+            ).all():  # reference_svf() stores nothing non-finite; never let it reach a file
                 raise RuntimeError(f"references for fixed subject {fixed}: a task returned non-finite SVFs")
             entry["store"][start : start + len(chunk)] = svfs
             entry["records"][start : start + len(chunk)] = outcome.value["records"]
@@ -461,12 +513,18 @@ def run_references(
                     os.fsync(written.fileno())
                 os.replace(entry["partial"], entry["final"])
                 # the record is written last: it marks the fixed subject as done
-                write_json(folder / "pairs" / f"{fixed}.json", {
-                    "fixed": fixed,
-                    "moving": movings,
-                    "inputs": inputs_of(fixed),
-                    "pairs": [{"moving": m, **record} for m, record in zip(movings, entry["records"], strict=True)],
-                })
+                write_json(
+                    folder / "pairs" / f"{fixed}.json",
+                    {
+                        "fixed": fixed,
+                        "moving": movings,
+                        "inputs": inputs_of(fixed),
+                        "pairs": [
+                            {"moving": m, **record}
+                            for m, record in zip(movings, entry["records"], strict=True)
+                        ],
+                    },
+                )
                 del pending[fixed]
     finally:
         for entry in pending.values():  # interrupted: drop the half-filled stores
@@ -485,7 +543,9 @@ def _checked_landmarks(subject: str, stored: dict[str, Any]) -> np.ndarray:
     elif not np.isfinite(points).all():
         problem = "have non-finite values"
     elif len(np.unique(points, axis=0)) != len(points):
-        problem = f"repeat {len(points) - len(np.unique(points, axis=0))} points (the spline's system is singular)"
+        problem = (
+            f"repeat {len(points) - len(np.unique(points, axis=0))} points (the spline's system is singular)"
+        )
     elif np.linalg.matrix_rank(points - points.mean(axis=0)) < 3:
         problem = "lie in a plane or on a line (the spline's affine part is undetermined)"
     if problem:
@@ -503,11 +563,14 @@ def _tabulate_flows(subjects, flows, lddmm, shape, spacing, workers, scheduler, 
     def each(func, description: str, extra: dict[str, Any]) -> dict[str, Any]:
         out = {}
         tasks = [{**common, **extra, "flow": flows[subject]} for subject in subjects]
-        for outcome in run_tasks(func, tasks, workers=workers, scheduler=scheduler, progress=progress,
-                                 description=description):
+        for outcome in run_tasks(
+            func, tasks, workers=workers, scheduler=scheduler, progress=progress, description=description
+        ):
             subject = subjects[outcome.index]
             if outcome.error is not None:
-                raise RuntimeError(f"the LDDMM flow of subject {subject} failed: {outcome.error}") from outcome.error
+                raise RuntimeError(
+                    f"the LDDMM flow of subject {subject} failed: {outcome.error}"
+                ) from outcome.error
             out[subject] = outcome.value
         return out
 
@@ -525,7 +588,9 @@ def _checked_flows(workdir: Path, stored: dict[str, dict[str, Any]]) -> tuple[di
         raise FileNotFoundError(f"{config_path} not found: run `svfnet shapes` for this work folder first")
     config = json.loads(config_path.read_text())
     settings = config.get("lddmm", {})
-    lddmm = {key: settings[key] for key in ("sigma_v_mm", "time_steps", "integrator", "dtype") if key in settings}
+    lddmm = {
+        key: settings[key] for key in ("sigma_v_mm", "time_steps", "integrator", "dtype") if key in settings
+    }
     flows: dict[str, Any] = {}
     for subject, record in stored.items():
         if "momenta" not in record or "control_points_mm" not in record:
@@ -538,7 +603,9 @@ def _checked_flows(workdir: Path, stored: dict[str, dict[str, Any]]) -> tuple[di
         control_points = np.asarray(record["control_points_mm"], dtype=np.float64)
         momenta = np.asarray(record["momenta"], dtype=np.float64)
         if control_points.ndim != 2 or control_points.shape[1] != 3 or momenta.shape != control_points.shape:
-            raise ValueError(f"the LDDMM momenta of subject {subject!r} are malformed: re-run `svfnet shapes`")
+            raise ValueError(
+                f"the LDDMM momenta of subject {subject!r} are malformed: re-run `svfnet shapes`"
+            )
         if not (np.isfinite(control_points).all() and np.isfinite(momenta).all()):
             raise ValueError(
                 f"the LDDMM momenta of subject {subject!r} have non-finite values: re-run `svfnet shapes`"
@@ -562,7 +629,9 @@ def _is_done(folder: Path, fixed: str, subjects: list[str], inputs: str) -> bool
         return False
 
 
-def _summary(folder: Path, subjects, done: int, skipped: int, elapsed: float, computed: int) -> ReferencesSummary:
+def _summary(
+    folder: Path, subjects, done: int, skipped: int, elapsed: float, computed: int
+) -> ReferencesSummary:
     records = []
     for fixed in subjects:
         path = folder / "pairs" / f"{fixed}.json"
@@ -583,8 +652,13 @@ def _summary(folder: Path, subjects, done: int, skipped: int, elapsed: float, co
         excluded={reason: reasons.count(reason) for reason in EXCLUSION_REASONS},
     )
     left_out = ", ".join(f"{reason} {count}" for reason, count in summary.excluded.items() if count)
-    log.info("references: %d of %d pairs usable for training (%.1f%%)%s", summary.usable, summary.pairs,
-             100 * summary.usable_fraction if summary.pairs else 0.0, f"; left out: {left_out}" if left_out else "")
+    log.info(
+        "references: %d of %d pairs usable for training (%.1f%%)%s",
+        summary.usable,
+        summary.pairs,
+        100 * summary.usable_fraction if summary.pairs else 0.0,
+        f"; left out: {left_out}" if left_out else "",
+    )
     return summary
 
 
@@ -619,11 +693,11 @@ class ReferenceStore:
         if not (self.folder / "pairs").is_dir():
             raise FileNotFoundError(f"no references in {self.folder}: run `svfnet references` first")
 
-    @lru_cache(maxsize=None)  # noqa: B019 - one store per work folder, kept for the process
+    @cache  # noqa: B019 - one store per work folder, kept for the process
     def _record(self, fixed: str) -> dict[str, Any]:
         return json.loads((self.folder / "pairs" / f"{fixed}.json").read_text())
 
-    @lru_cache(maxsize=None)  # noqa: B019
+    @cache  # noqa: B019
     def _svfs(self, fixed: str) -> np.ndarray:
         return load_npy(self.folder / "svf" / f"{fixed}.npy")  # a truncated file is named
 
@@ -639,8 +713,12 @@ class ReferenceStore:
             for pair in self._record(fixed)["pairs"]
         ]
 
-    def pairs(self, *, max_residual_vox: float | None = USABLE_RESIDUAL_MAX_VOX,
-              max_mean_residual_vox: float = USABLE_RESIDUAL_MEAN_VOX) -> list[tuple[str, str]]:
+    def pairs(
+        self,
+        *,
+        max_residual_vox: float | None = USABLE_RESIDUAL_MAX_VOX,
+        max_mean_residual_vox: float = USABLE_RESIDUAL_MEAN_VOX,
+    ) -> list[tuple[str, str]]:
         """(moving, fixed) pairs whose reference is usable for training.
 
         A pair is left out when its record excludes it for anything but its residual: ``id + u``

@@ -248,7 +248,9 @@ def register_nifti(
         if out_prefix is not None:  # one writer per output prefix (:mod:`svfnet.common.locks`)
             stack.enter_context(prefix_lock(pair.out_prefix))
         _check_pair(pair, outputs, overwrite)
-        return _register_nifti(pair, model, outputs, mapping, rigid_initial, device, checkpoint, started, refine)
+        return _register_nifti(
+            pair, model, outputs, mapping, rigid_initial, device, checkpoint, started, refine
+        )
 
 
 def _register_nifti(
@@ -305,7 +307,9 @@ def _register_nifti(
     tick = time.perf_counter()
     fixed_t, moving_t = prepared.fixed_transform, prepared.moving_transform
     positions = original_positions(result.displacement, fixed_t, moving_t)
-    fixed_grid_world = world_points(fixed_original.affine, np.indices(fixed_original.image.shape, dtype=np.float64))
+    fixed_grid_world = world_points(
+        fixed_original.affine, np.indices(fixed_original.image.shape, dtype=np.float64)
+    )
     displacement_mm = world_points(moving_original.affine, positions) - fixed_grid_world
     # the SVF as a world velocity on the fixed original grid: sampled (border-clamped, as
     # original_positions clamps the displacement) and carried by the prepared grid's linear part
@@ -393,8 +397,11 @@ def _register_nifti(
         with contextlib.ExitStack() as renames:
             for key, image in volumes.items():
                 nib.save(image, str(renames.enter_context(atomic_path(outputs[key]))))
-            write_itk_displacement(renames.enter_context(atomic_path(outputs["displacement_itk"])), displacement_mm,
-                                   fixed_original.affine)
+            write_itk_displacement(
+                renames.enter_context(atomic_path(outputs["displacement_itk"])),
+                displacement_mm,
+                fixed_original.affine,
+            )
             every = output_paths(pair.out_prefix, with_labels=True)
             for stale in [every.pop("metadata"), *(p for k, p in every.items() if k not in outputs)]:
                 stale.unlink(missing_ok=True)
@@ -467,7 +474,9 @@ def register_pairs(
             locks.enter_context(prefix_lock(pair.out_prefix))
         if not keep_going:
             for pair in pairs:
-                _check_pair(pair, output_paths(pair.out_prefix, with_labels=pair.moving_labels is not None), overwrite)
+                _check_pair(
+                    pair, output_paths(pair.out_prefix, with_labels=pair.moving_labels is not None), overwrite
+                )
         return _register_batch(
             pairs, model, label_mapping, rigid_initial, overwrite, keep_going, device, progress, refine
         )

@@ -130,5 +130,3 @@ def local_correlations(
     sigma_vox = gaussian_sigma_vox(sigma_mm, spacing_mm)
     fixed = standardised(target)
     return np.stack([local_moments(standardised(w), fixed, sigma_vox).lcc for w in warped_images])
-
-

@@ -98,5 +98,3 @@ def atlas_array(func: str, name: str, x: Any, ndim: int) -> np.ndarray:
     if not np.all(np.isfinite(array)):
         raise ValueError(f"{func}(): '{name}' holds NaN or infinite values")
     return array
-
-

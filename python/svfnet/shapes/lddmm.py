@@ -190,8 +190,9 @@ def _flow(x: torch.Tensor, trajectory, parameters: LddmmParameters) -> torch.Ten
     return x
 
 
-def _inverse_flow(x: torch.Tensor, trajectory, parameters: LddmmParameters, tol_mm: float,
-                  max_iterations: int) -> torch.Tensor:
+def _inverse_flow(
+    x: torch.Tensor, trajectory, parameters: LddmmParameters, tol_mm: float, max_iterations: int
+) -> torch.Tensor:
     """Undoes :func:`_flow`: each step, last first, inverted by fixed-point iteration.
 
     A step maps ``y`` to ``x = y + dt·w(y)`` (``w`` the RK2 or Euler increment): ``y = x − dt·w(y)``
@@ -206,7 +207,9 @@ def _inverse_flow(x: torch.Tensor, trajectory, parameters: LddmmParameters, tol_
             q, p = state
             return GaussianSumFunction.apply(y, q, p, sigma)
         q, p, q_mid, p_mid = state
-        return GaussianSumFunction.apply(y + 0.5 * dt * GaussianSumFunction.apply(y, q, p, sigma), q_mid, p_mid, sigma)
+        return GaussianSumFunction.apply(
+            y + 0.5 * dt * GaussianSumFunction.apply(y, q, p, sigma), q_mid, p_mid, sigma
+        )
 
     for state in reversed(trajectory):
         state = [s.to(x.dtype) for s in state]
@@ -300,7 +303,9 @@ class _Problem:
             out[region] = (
                 BilinearFormFunction.apply(centres, normals, centres, normals, self.sigma_w, True)
                 - 2.0
-                * BilinearFormFunction.apply(centres, normals, subject_centres, subject_normals, self.sigma_w, False)
+                * BilinearFormFunction.apply(
+                    centres, normals, subject_centres, subject_normals, self.sigma_w, False
+                )
                 + self.subject_norms[region]
             )
         return out

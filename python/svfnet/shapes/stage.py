@@ -140,7 +140,8 @@ def choose_template(
             r: as_currents("choose_template", subject, s, torch.float32) for r, s in surfaces.items()
         }
         norms[subject] = {
-            r: float(BilinearFormFunction.apply(c, n, c, n, sigma_w_mm, True)) for r, (c, n) in currents[subject].items()
+            r: float(BilinearFormFunction.apply(c, n, c, n, sigma_w_mm, True))
+            for r, (c, n) in currents[subject].items()
         }
     rng = np.random.default_rng(0)
     mean_distance = {}
@@ -364,7 +365,11 @@ def run_shapes(
         staging_root = folder.root / STAGING / "shapes"
         staged_out = staging_root / "shapes"
         live_config, staged_config = stored_config(folder.shapes), stored_config(staged_out)
-        if staged_config is not None and not differing_settings(staged_config) and template_current(staged_config):
+        if (
+            staged_config is not None
+            and not differing_settings(staged_config)
+            and template_current(staged_config)
+        ):
             out = staged_out
         elif overwrite:
             out = staged_out if folder.shapes.exists() else folder.shapes
@@ -380,7 +385,8 @@ def run_shapes(
             logger.warning(
                 "%s: the template %s is no longer a prepared subject or its labels changed (prepared again?): "
                 "every subject is registered again, beside the old results, which are replaced when done",
-                folder.shapes, live_config.get("template"),
+                folder.shapes,
+                live_config.get("template"),
             )
             out = staged_out
         else:
@@ -388,8 +394,22 @@ def run_shapes(
         if out == staged_out and staged_config is None and staging_root.exists():
             shutil.rmtree(staging_root)  # an earlier replacement with other settings: not ours to resume
         summary = _shapes_into(
-            workdir, out, subjects, present, digests, chosen_regions, settings, template, parameters,
-            surface_settings, landmarks, stored_config(out), workers, scheduler, save_meshes, outlier_threshold,
+            workdir,
+            out,
+            subjects,
+            present,
+            digests,
+            chosen_regions,
+            settings,
+            template,
+            parameters,
+            surface_settings,
+            landmarks,
+            stored_config(out),
+            workers,
+            scheduler,
+            save_meshes,
+            outlier_threshold,
             progress,
         )
         if out != folder.shapes and not summary.failed:
@@ -424,8 +444,23 @@ def _stored_inputs(path: Path) -> str | None:
 
 
 def _shapes_into(
-    workdir, out: Path, subjects, present, digests, chosen_regions, settings, template, parameters, surface_settings,
-    landmarks, stored, workers, scheduler, save_meshes, outlier_threshold, progress,
+    workdir,
+    out: Path,
+    subjects,
+    present,
+    digests,
+    chosen_regions,
+    settings,
+    template,
+    parameters,
+    surface_settings,
+    landmarks,
+    stored,
+    workers,
+    scheduler,
+    save_meshes,
+    outlier_threshold,
+    progress,
 ) -> ShapesSummary:
     """The stage's work, writing into ``out`` (the work folder's ``shapes/`` or its replacement)."""
     from svfnet.common.parallel import run_tasks
@@ -491,7 +526,9 @@ def _shapes_into(
             if _stored_inputs(path) == inputs_of(subject):
                 summary.skipped.append(subject)
                 continue
-            logger.info("%s: computed from other prepared labels (prepared again?): registered again", subject)
+            logger.info(
+                "%s: computed from other prepared labels (prepared again?): registered again", subject
+            )
         missing = {r for r in chosen_regions if r not in present[subject]}
         if missing:
             names = ", ".join(f"{r} ({REGIONS[r]})" for r in sorted(missing))
@@ -507,8 +544,12 @@ def _shapes_into(
             "kinetic_energy": 0.0, "energy": 0.0, "iterations": 0, "evaluations": 0, "converged": True,
             "message": "the template", "seconds": 0.0, "control_points": 0,
         }  # fmt: skip
-        write_landmarks(landmarks_dir / f"{template}.npz", landmarks_template_mm, identity,
-                         {"inputs": np.array(inputs_of(template))})
+        write_landmarks(
+            landmarks_dir / f"{template}.npz",
+            landmarks_template_mm,
+            identity,
+            {"inputs": np.array(inputs_of(template))},
+        )
         summary.computed.append(template)
 
     def tasks() -> list[dict[str, Any]]:
@@ -544,8 +585,11 @@ def _shapes_into(
             logger.warning("%s", outcome.error)
             continue
         value = outcome.value
-        extra = {"momenta": value["momenta"], "control_points_mm": value["control_points_mm"],
-                 "inputs": np.array(inputs_of(subject))}
+        extra = {
+            "momenta": value["momenta"],
+            "control_points_mm": value["control_points_mm"],
+            "inputs": np.array(inputs_of(subject)),
+        }
         write_landmarks(landmarks_dir / f"{subject}.npz", value["landmarks_mm"], value["summary"], extra)
         if "deformed" in value:
             from svfnet.shapes.surfaces import save_surfaces

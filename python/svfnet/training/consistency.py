@@ -46,8 +46,10 @@ def compose(u: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         ``(N, 3, I, J, K)``, what :func:`svfnet.ops.fields.compose` computes.
     """
     if u.ndim != 5 or u.shape[1] != 3 or u.shape != w.shape:
-        raise ValueError(f"compose(): 'u' and 'w' must be (N, 3, I, J, K) of one shape, got {tuple(u.shape)} "
-                         f"and {tuple(w.shape)}")
+        raise ValueError(
+            f"compose(): 'u' and 'w' must be (N, 3, I, J, K) of one shape, got {tuple(u.shape)} "
+            f"and {tuple(w.shape)}"
+        )
     if u.dtype != w.dtype or not u.dtype.is_floating_point:
         raise ValueError(f"compose(): 'u' and 'w' must share one floating dtype, got {u.dtype} and {w.dtype}")
     sizes = u.shape[2:]
@@ -104,7 +106,10 @@ def velocity_inverse_consistency(
     """:func:`inverse_consistency_loss` of ``exp(forward_velocity)`` and ``exp(reverse_velocity)``
     (float32 SVFs ``(N, 3, I, J, K)``, voxels; :func:`svfnet.ops.differentiable.exp`)."""
     return inverse_consistency_loss(
-        differentiable.exp(forward_velocity), differentiable.exp(reverse_velocity), forward_weights, reverse_weights
+        differentiable.exp(forward_velocity),
+        differentiable.exp(reverse_velocity),
+        forward_weights,
+        reverse_weights,
     )
 
 
@@ -113,7 +118,10 @@ def batch_inverse_consistency(disp: torch.Tensor, weights: torch.Tensor | None =
     their ``B`` reverses (:func:`augmented_both_directions`), with the batch's loss weights (or None)."""
     half = len(disp) // 2
     return inverse_consistency_loss(
-        disp[:half], disp[half:], None if weights is None else weights[:half], None if weights is None else weights[half:]
+        disp[:half],
+        disp[half:],
+        None if weights is None else weights[:half],
+        None if weights is None else weights[half:],
     )
 
 
@@ -142,6 +150,8 @@ def augmented_both_directions(forward, reverse, rng: np.random.Generator, augmen
     second = augment(reverse, before)
     return dataclasses.replace(
         first,
-        **{name: np.concatenate([getattr(first, name), getattr(second, name)])
-           for name in ("moving", "fixed", "target", "moving_labels", "fixed_labels")},
+        **{
+            name: np.concatenate([getattr(first, name), getattr(second, name)])
+            for name in ("moving", "fixed", "target", "moving_labels", "fixed_labels")
+        },
     )

@@ -52,7 +52,9 @@ def soft_dice(warped: torch.Tensor, fixed: torch.Tensor, eps: float = 1e-6) -> t
 
 
 def label_overlap_loss(
-    velocity: torch.Tensor, moving_regions: torch.Tensor, fixed_regions: torch.Tensor,
+    velocity: torch.Tensor,
+    moving_regions: torch.Tensor,
+    fixed_regions: torch.Tensor,
     disp: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``1 −`` mean soft Dice of the moving regions warped by ``exp(velocity)`` against the fixed regions.

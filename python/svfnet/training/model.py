@@ -61,19 +61,28 @@ class SVFNetConfig:
         object.__setattr__(self, "grid", tuple(int(s) for s in self.grid))
         object.__setattr__(self, "spacing_mm", tuple(float(s) for s in self.spacing_mm))
         if len(self.widths) != 4 or min(self.widths) < 1:
-            raise ValueError(f"SVFNetConfig: 'widths' must be four positive channel counts, got {self.widths}")
+            raise ValueError(
+                f"SVFNetConfig: 'widths' must be four positive channel counts, got {self.widths}"
+            )
         if self.convs_per_level < 1:
             raise ValueError(f"SVFNetConfig: 'convs_per_level' must be >= 1, got {self.convs_per_level}")
         if self.norm not in ("instance", "batch", "group", "none"):
-            raise ValueError(f"SVFNetConfig: 'norm' must be instance, batch, group or none, got {self.norm!r}")
+            raise ValueError(
+                f"SVFNetConfig: 'norm' must be instance, batch, group or none, got {self.norm!r}"
+            )
         if self.activation not in ("leaky_relu", "relu", "elu"):
-            raise ValueError(f"SVFNetConfig: 'activation' must be leaky_relu, relu or elu, got {self.activation!r}")
+            raise ValueError(
+                f"SVFNetConfig: 'activation' must be leaky_relu, relu or elu, got {self.activation!r}"
+            )
         check_grid(self.grid, "SVFNetConfig")
         if self.long_axis not in ("slices", "labels"):
             raise ValueError(f"SVFNetConfig: 'long_axis' must be slices or labels, got {self.long_axis!r}")
 
     def to_dict(self) -> dict:
-        return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v for f in dataclasses.fields(self)}
+        return {
+            f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v
+            for f in dataclasses.fields(self)
+        }
 
     @classmethod
     def from_dict(cls, data: dict) -> SVFNetConfig:
@@ -148,7 +157,10 @@ class SVFNet(nn.Module):
         self.config = config or SVFNetConfig()
         w = self.config.widths
         self.encoders = nn.ModuleList(
-            [_block(2 if level == 0 else w[level - 1], w[level], _IN_PLANE[level], self.config) for level in range(4)]
+            [
+                _block(2 if level == 0 else w[level - 1], w[level], _IN_PLANE[level], self.config)
+                for level in range(4)
+            ]
         )
         self.decoders = nn.ModuleList(
             [_block(w[level + 1] + w[level], w[level], _IN_PLANE[level], self.config) for level in range(3)]
@@ -160,7 +172,9 @@ class SVFNet(nn.Module):
 
     def forward(self, pair: torch.Tensor) -> torch.Tensor:
         if pair.ndim != 5 or pair.shape[1] != 2:
-            raise ValueError(f"SVFNet: input must be (N, 2, I, J, K) (moving, fixed), got {tuple(pair.shape)}")
+            raise ValueError(
+                f"SVFNet: input must be (N, 2, I, J, K) (moving, fixed), got {tuple(pair.shape)}"
+            )
         check_grid(pair.shape[2:])
         skips = []
         x = pair
@@ -194,7 +208,12 @@ def save_checkpoint(path: str | Path, model: SVFNet, **extra) -> None:
     from svfnet.common.atomic import atomic_path
 
     module = model.module if hasattr(model, "module") else model
-    payload = {"format": "svfnet-checkpoint-1", "config": module.config.to_dict(), "model": module.state_dict(), **extra}
+    payload = {
+        "format": "svfnet-checkpoint-1",
+        "config": module.config.to_dict(),
+        "model": module.state_dict(),
+        **extra,
+    }
     with atomic_path(path) as temporary:
         torch.save(payload, temporary)
 
@@ -207,7 +226,9 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # pickle, zip or unsupported-type errors all mean "not our checkpoint"
-        raise ValueError(f"{path} is not a readable svfnet checkpoint ({type(error).__name__}: {error})") from None
+        raise ValueError(
+            f"{path} is not a readable svfnet checkpoint ({type(error).__name__}: {error})"
+        ) from None
     if not isinstance(payload, dict) or payload.get("format") != "svfnet-checkpoint-1":
         raise ValueError(f"{path} is not an svfnet checkpoint (no 'format': 'svfnet-checkpoint-1' entry)")
     for key in ("config", "model"):
@@ -238,7 +259,9 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> SVFNet:
     return model.to(map_location).eval()
 
 
-def as_model(model: SVFNet | str | os.PathLike, device: str | torch.device | None = None, *, func: str = "register") -> SVFNet:
+def as_model(
+    model: SVFNet | str | os.PathLike, device: str | torch.device | None = None, *, func: str = "register"
+) -> SVFNet:
     """A model in eval mode from an :class:`SVFNet` or a checkpoint path (loaded onto ``device``, by default
     :func:`svfnet.default_device`); the one place every registration takes its ``model`` argument from.
 

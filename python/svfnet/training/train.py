@@ -54,8 +54,16 @@ from svfnet.training.losses import label_overlap_loss, masked_mse, one_hot_regio
 from svfnet.training.model import SVFNet, SVFNetConfig, check_grid, read_checkpoint, save_checkpoint
 
 __all__ = [
-    "Cohort", "RandomTargets", "ReferenceTargets", "TrainConfig", "TrainResult", "TrainingDiverged", "dice_per_region",
-    "heart_mask", "target_problem", "train",
+    "Cohort",
+    "RandomTargets",
+    "ReferenceTargets",
+    "TrainConfig",
+    "TrainResult",
+    "TrainingDiverged",
+    "dice_per_region",
+    "heart_mask",
+    "target_problem",
+    "train",
 ]
 
 log = logging.getLogger(__name__)
@@ -66,7 +74,12 @@ RECIPES = ("paper", "overlap")
 PRECISIONS = ("float32", "bfloat16", "auto")
 # What a run saved before the recipes existed trained with (its config has none of these keys): the
 # paper's loss, no rotation or intensity augmentation, float32 — not today's defaults.
-_BEFORE_RECIPES = {"recipe": "paper", "intensity_augmentation": False, "rotation_deg": 0.0, "precision": "float32"}
+_BEFORE_RECIPES = {
+    "recipe": "paper",
+    "intensity_augmentation": False,
+    "rotation_deg": 0.0,
+    "precision": "float32",
+}
 
 
 @dataclass(frozen=True)
@@ -144,7 +157,12 @@ class TrainConfig:
         # weights at the first step, so every real-valued parameter must be finite
         for name in ("learning_rate", "random_amplitude_vox", "random_smoothness_vox"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not math.isfinite(value)
+                or value <= 0
+            ):
                 raise ValueError(f"TrainConfig: '{name}' must be a finite number > 0, got {value!r}")
         for name in ("shift_vox", "seed"):  # the seed seeds NumPy, which takes no negative seed
             value = getattr(self, name)
@@ -155,8 +173,14 @@ class TrainConfig:
         if self.loss_mask not in ("none", "heart"):
             raise ValueError(f"TrainConfig: 'loss_mask' must be 'none' or 'heart', got {self.loss_mask!r}")
         if self.recipe not in RECIPES:
-            raise ValueError(f"TrainConfig: 'recipe' must be one of {', '.join(map(repr, RECIPES))}, got {self.recipe!r}")
-        for name, high in (("overlap_weight", 1000.0), ("rotation_deg", 180.0), ("inverse_consistency_weight", 1000.0)):
+            raise ValueError(
+                f"TrainConfig: 'recipe' must be one of {', '.join(map(repr, RECIPES))}, got {self.recipe!r}"
+            )
+        for name, high in (
+            ("overlap_weight", 1000.0),
+            ("rotation_deg", 180.0),
+            ("inverse_consistency_weight", 1000.0),
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= high:
                 raise ValueError(f"TrainConfig: '{name}' must be a number from 0 to {high:g}, got {value!r}")
@@ -223,7 +247,9 @@ class Cohort:
             raise ValueError("Cohort.load(): no subjects")
         grids = {s.image.shape for s in subjects}
         if len(grids) != 1:
-            raise ValueError(f"prepared subjects are on different grids {sorted(grids)}: re-run `svfnet prepare`")
+            raise ValueError(
+                f"prepared subjects are on different grids {sorted(grids)}: re-run `svfnet prepare`"
+            )
         return cls(
             tuple(s.id for s in subjects),
             np.stack([s.image for s in subjects]),
@@ -293,7 +319,9 @@ def target_problem(svf: np.ndarray, counted: np.ndarray | None = None) -> str | 
         if largest > size:
             where = "on the grid" if counted is None else "where the loss counts"
             name = "ijk"[axis]
-            return f"|v_{name}| up to {largest:.4g} voxels {where}, beyond the grid's {size} along axis {name}"
+            return (
+                f"|v_{name}| up to {largest:.4g} voxels {where}, beyond the grid's {size} along axis {name}"
+            )
     return None
 
 
@@ -374,10 +402,19 @@ class ReferenceTargets:
     def batch(self, pair_indices) -> Batch:
         moving, fixed = zip(*(self.pairs[p] for p in pair_indices), strict=True)
         target = np.stack(
-            [self.store.svf(self.cohort.ids[m], self.cohort.ids[f]) for m, f in zip(moving, fixed, strict=True)]
+            [
+                self.store.svf(self.cohort.ids[m], self.cohort.ids[f])
+                for m, f in zip(moving, fixed, strict=True)
+            ]
         )
         c = self.cohort
-        return Batch(c.images[list(moving)], c.images[list(fixed)], target, c.labels[list(moving)], c.labels[list(fixed)])
+        return Batch(
+            c.images[list(moving)],
+            c.images[list(fixed)],
+            target,
+            c.labels[list(moving)],
+            c.labels[list(fixed)],
+        )
 
     def sample(self, rng: np.random.Generator, size: int) -> Batch:
         return self.batch(rng.integers(0, len(self.pairs), size=size))
@@ -388,11 +425,17 @@ class ReferenceTargets:
             usable = set(self.pairs)
             self._reversible = [n for n, (m, f) in enumerate(self.pairs) if (f, m) in usable]
             if not self._reversible:
-                raise ValueError("no training pair has a usable reverse: inverse consistency needs both directions")
+                raise ValueError(
+                    "no training pair has a usable reverse: inverse consistency needs both directions"
+                )
         chosen = [self._reversible[c] for c in rng.integers(0, len(self._reversible), size=size)]
         forward = self.batch(chosen)
-        reverse = np.stack([self.store.svf(self.cohort.ids[f], self.cohort.ids[m]) for m, f in
-                            (self.pairs[c] for c in chosen)])
+        reverse = np.stack(
+            [
+                self.store.svf(self.cohort.ids[f], self.cohort.ids[m])
+                for m, f in (self.pairs[c] for c in chosen)
+            ]
+        )
         return forward, reversed_batch(forward, reverse)
 
     def validation(self, count: int) -> Batch:
@@ -400,7 +443,9 @@ class ReferenceTargets:
         return self.batch(sorted(chosen))
 
 
-def random_svf(rng: np.random.Generator, grid, spacing_mm, amplitude_vox: float, smoothness_vox: float) -> np.ndarray:
+def random_svf(
+    rng: np.random.Generator, grid, spacing_mm, amplitude_vox: float, smoothness_vox: float
+) -> np.ndarray:
     """A smooth random SVF ``(3, I, J, K)``: in-plane components of root-mean-square ``amplitude_vox``.
 
     Normalised by the RMS, not the maximum: a few peaks (often at the border) would otherwise
@@ -492,12 +537,20 @@ def augment(batch: Batch, rng: np.random.Generator, config: TrainConfig, spacing
         batch = shift_in_plane(batch, rng.integers(-config.shift_vox, config.shift_vox + 1, size=(size, 2)))
     if config.rotation_deg:
         angles = np.deg2rad(rng.uniform(-config.rotation_deg, config.rotation_deg, size=size))
-        rotated = rotate_in_plane(batch.moving, batch.fixed, batch.target, batch.moving_labels, batch.fixed_labels,
-                                  angles, spacing_mm)
+        rotated = rotate_in_plane(
+            batch.moving,
+            batch.fixed,
+            batch.target,
+            batch.moving_labels,
+            batch.fixed_labels,
+            angles,
+            spacing_mm,
+        )
         batch = Batch(*rotated)
     if config.intensity_augmentation:
-        batch = dataclasses.replace(batch, moving=augment_intensity(batch.moving, rng),
-                                    fixed=augment_intensity(batch.fixed, rng))
+        batch = dataclasses.replace(
+            batch, moving=augment_intensity(batch.moving, rng), fixed=augment_intensity(batch.fixed, rng)
+        )
     return batch
 
 
@@ -514,19 +567,25 @@ def step_loss(
     terms = {"loss": svf_loss, "svf_loss": svf_loss}
     finite = bool(torch.isfinite(prediction.detach()).all())
     # exp(prediction), once for both terms that need it
-    disp = differentiable.exp(prediction.float()) if finite and (
-        config.recipe == "overlap" or config.inverse_consistency_weight) else None
+    disp = (
+        differentiable.exp(prediction.float())
+        if finite and (config.recipe == "overlap" or config.inverse_consistency_weight)
+        else None
+    )
     if config.recipe == "overlap" and disp is not None:
         overlap = label_overlap_loss(
-            prediction.float(), one_hot_regions(batch.moving_labels, device), one_hot_regions(batch.fixed_labels, device),
+            prediction.float(),
+            one_hot_regions(batch.moving_labels, device),
+            one_hot_regions(batch.fixed_labels, device),
             disp=disp,
         )
         terms.update(loss=svf_loss + config.overlap_weight * overlap, overlap_loss=overlap)
     if config.inverse_consistency_weight and disp is not None:
         # the batch is B pairs then their B reverses (draw_batch)
         consistency = batch_inverse_consistency(disp, weights)
-        terms.update(loss=terms["loss"] + config.inverse_consistency_weight * consistency,
-                     consistency_loss=consistency)
+        terms.update(
+            loss=terms["loss"] + config.inverse_consistency_weight * consistency, consistency_loss=consistency
+        )
     return terms
 
 
@@ -630,15 +689,20 @@ def validate(model: SVFNet, batch: Batch, device: torch.device, loss_mask: str =
                 )
             loss = float(masked_mse(prediction, target, _loss_weights(batch, loss_mask, device)))
             if not math.isfinite(loss):
-                raise TrainingDiverged(f"validate(): the validation loss is {loss} (the prediction reaches "
-                                       f"{float(prediction.abs().max()):.3g} voxels)")
+                raise TrainingDiverged(
+                    f"validate(): the validation loss is {loss} (the prediction reaches "
+                    f"{float(prediction.abs().max()):.3g} voxels)"
+                )
             disp = fields.exp(((prediction - reversed_prediction) / 2).cpu())
     finally:
         model.train()
     warped = fields.warp_labels(batch.moving_labels, disp.numpy(), mode="onehot")
-    dice = [np.mean(list(dice_per_region(w, f).values())) for w, f in zip(warped, batch.fixed_labels, strict=True)]
+    dice = [
+        np.mean(list(dice_per_region(w, f).values())) for w, f in zip(warped, batch.fixed_labels, strict=True)
+    ]
     identity = [
-        np.mean(list(dice_per_region(m, f).values())) for m, f in zip(batch.moving_labels, batch.fixed_labels, strict=True)
+        np.mean(list(dice_per_region(m, f).values()))
+        for m, f in zip(batch.moving_labels, batch.fixed_labels, strict=True)
     ]
     return {"val_loss": loss, "val_dice": float(np.mean(dice)), "identity_dice": float(np.mean(identity))}
 
@@ -717,7 +781,11 @@ def saved_config(workdir: str | Path, run: str = "svfnet") -> TrainConfig | None
     if not path.is_file():
         return None
     saved = read_checkpoint(path)
-    return TrainConfig.from_dict(json.loads(json.dumps(saved["train_config"]))) if "train_config" in saved else None
+    return (
+        TrainConfig.from_dict(json.loads(json.dumps(saved["train_config"])))
+        if "train_config" in saved
+        else None
+    )
 
 
 def _resumed_config(saved: TrainConfig, given: TrainConfig | None, step: int, path: Path) -> TrainConfig:
@@ -725,8 +793,15 @@ def _resumed_config(saved: TrainConfig, given: TrainConfig | None, step: int, pa
     asks for more steps. The grid and spacing come from the data, so they are not compared."""
     if given is None:
         return saved
-    given = dataclasses.replace(given, model=dataclasses.replace(
-        given.model, grid=saved.model.grid, spacing_mm=saved.model.spacing_mm, long_axis=saved.model.long_axis))
+    given = dataclasses.replace(
+        given,
+        model=dataclasses.replace(
+            given.model,
+            grid=saved.model.grid,
+            spacing_mm=saved.model.spacing_mm,
+            long_axis=saved.model.long_axis,
+        ),
+    )
     differing = [
         name for name, value in given.to_dict().items() if name != "steps" and value != saved.to_dict()[name]
     ]
@@ -735,7 +810,9 @@ def _resumed_config(saved: TrainConfig, given: TrainConfig | None, step: int, pa
             f"train(): 'config' differs from the run being resumed ({path}) in {differing}; only 'steps' may change"
         )
     if given.steps < step:
-        raise ValueError(f"train(): 'steps' = {given.steps} is below the {step} steps the run being resumed has done")
+        raise ValueError(
+            f"train(): 'steps' = {given.steps} is below the {step} steps the run being resumed has done"
+        )
     return given
 
 
@@ -789,8 +866,15 @@ def train(
         check_train_config(config)
     main_rank = os.environ.get("RANK", "0") in ("", "0")
     with folder_lock(workdir, f"the work folder {workdir}") if main_rank else contextlib.nullcontext():
-        return _train(workdir, config, run=run, resume=resume, progress=progress, tensorboard=tensorboard,
-                      on_step=on_step)
+        return _train(
+            workdir,
+            config,
+            run=run,
+            resume=resume,
+            progress=progress,
+            tensorboard=tensorboard,
+            on_step=on_step,
+        )
 
 
 def _train(
@@ -805,10 +889,16 @@ def _train(
 ) -> TrainResult:
     """:func:`train`'s work, once its arguments are checked and the work folder locked."""
     folder = run_folder(workdir, run)
-    checkpoint_path, config_path, log_path = folder / "checkpoint.pt", folder / "config.json", folder / "log.csv"
+    checkpoint_path, config_path, log_path = (
+        folder / "checkpoint.pt",
+        folder / "config.json",
+        folder / "log.csv",
+    )
     saved = read_checkpoint(checkpoint_path) if checkpoint_path.is_file() else None
     if saved is not None and not resume:
-        raise FileExistsError(f"{checkpoint_path} exists: pass resume=True (--resume) to continue it, or choose another run")
+        raise FileExistsError(
+            f"{checkpoint_path} exists: pass resume=True (--resume) to continue it, or choose another run"
+        )
     if saved is not None and "train_config" not in saved:
         raise ValueError(f"{checkpoint_path} holds a model but no training state: it cannot be resumed")
 
@@ -844,8 +934,13 @@ def _train(
         source = ReferenceTargets(workdir, train_cohort, loss_mask=config.loss_mask, log_refused=where.main)
         # validation pairs: every pair with a validation subject on either side
         validation_source = (
-            ReferenceTargets(workdir, Cohort.load(workdir, split.train + split.val), involving=split.val,
-                             loss_mask=config.loss_mask, log_refused=where.main)
+            ReferenceTargets(
+                workdir,
+                Cohort.load(workdir, split.train + split.val),
+                involving=split.val,
+                loss_mask=config.loss_mask,
+                log_refused=where.main,
+            )
             if split.val
             else source
         )
@@ -853,8 +948,9 @@ def _train(
         if validation_source is not source:
             refused += [(m, f, "validation", why) for m, f, why in validation_source.refused]
     else:
-        source = RandomTargets(train_cohort, config.random_amplitude_vox, config.random_smoothness_vox,
-                               log_refused=where.main)
+        source = RandomTargets(
+            train_cohort, config.random_amplitude_vox, config.random_smoothness_vox, log_refused=where.main
+        )
         validation_source = RandomTargets(
             Cohort.load(workdir, split.val) if split.val else train_cohort,
             config.random_amplitude_vox,
@@ -879,7 +975,9 @@ def _train(
         step = int(saved["step"])
         states = saved["sampling_states"]
         if len(states) != where.world:
-            raise ValueError(f"{checkpoint_path} was written by {len(states)} processes, resumed with {where.world}")
+            raise ValueError(
+                f"{checkpoint_path} was written by {len(states)} processes, resumed with {where.world}"
+            )
         rng.bit_generator.state = json.loads(states[where.rank])
         torch.set_rng_state(saved["torch_rng"])
         broken = _state_problem(model)
@@ -887,8 +985,11 @@ def _train(
             raise ValueError(f"{checkpoint_path} cannot be resumed: {broken}; start another run")
     trained = torch.nn.parallel.DistributedDataParallel(model) if where.world > 1 else model
     precision = resolved_precision(config.precision, where.device)
-    autocast = (torch.autocast(where.device.type, dtype=torch.bfloat16) if precision == "bfloat16"
-                else contextlib.nullcontext())
+    autocast = (
+        torch.autocast(where.device.type, dtype=torch.bfloat16)
+        if precision == "bfloat16"
+        else contextlib.nullcontext()
+    )
     if where.main:
         log.info("training in %s (precision %r)", precision, config.precision)
 
@@ -917,8 +1018,11 @@ def _train(
             if problem is None:
                 optimizer.step()
             step += 1
-            row = {"step": step, "seconds": time.perf_counter() - started,
-                   **{name: float(value.detach()) for name, value in terms.items()}}
+            row = {
+                "step": step,
+                "seconds": time.perf_counter() - started,
+                **{name: float(value.detach()) for name, value in terms.items()},
+            }
             if problem is None and (step % config.validate_every == 0 or step == config.steps):
                 if where.main:
                     try:
@@ -941,7 +1045,10 @@ def _train(
                 last_checkpoint = step
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{row['loss']:.4f}", **({"val_dice": f"{row['val_dice']:.3f}"} if "val_dice" in row else {}))
+                bar.set_postfix(
+                    loss=f"{row['loss']:.4f}",
+                    **({"val_dice": f"{row['val_dice']:.3f}"} if "val_dice" in row else {}),
+                )
             if on_step is not None:
                 on_step(step)
     finally:
@@ -957,7 +1064,10 @@ def native_bfloat16(device: torch.device) -> bool:
     if device.type == "cuda":
         return torch.cuda.get_device_capability(device) >= (8, 0)
     cpu = torch.cpu
-    return any(getattr(cpu, name, lambda: False)() for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+    return any(
+        getattr(cpu, name, lambda: False)()
+        for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    )
 
 
 def resolved_precision(precision: str, device: torch.device) -> str:
@@ -987,7 +1097,9 @@ def _write_refused(path: Path, refused: list[tuple[str, str, str, str]]) -> None
         writer.writerows(refused)
 
 
-def _checkpoint(path: Path, model: SVFNet, optimizer, step: int, rng, config: TrainConfig, where: _Dist) -> None:
+def _checkpoint(
+    path: Path, model: SVFNet, optimizer, step: int, rng, config: TrainConfig, where: _Dist
+) -> None:
     state = json.dumps(rng.bit_generator.state)  # a string: loads under weights_only, any size of int
     states = [state]
     if where.world > 1:
@@ -1008,8 +1120,18 @@ def _checkpoint(path: Path, model: SVFNet, optimizer, step: int, rng, config: Tr
 class _Log:
     """log.csv (rows up to the resumed step kept, later ones dropped) and optional TensorBoard."""
 
-    COLUMNS = ("step", "loss", "val_loss", "val_dice", "identity_dice", "seconds", "error", "svf_loss", "overlap_loss",
-               "consistency_loss")
+    COLUMNS = (
+        "step",
+        "loss",
+        "val_loss",
+        "val_dice",
+        "identity_dice",
+        "seconds",
+        "error",
+        "svf_loss",
+        "overlap_loss",
+        "consistency_loss",
+    )
 
     def __init__(self, path: Path, resumed_step: int, tensorboard: bool) -> None:
         kept = []

@@ -15,8 +15,8 @@ SVF_HOST_DEVICE void compose_at(const float* u, const float* w, float* out, cons
   const int n = static_cast<int>(g.size());  // 32-bit, as every index within a volume
   const int v = g.index(i, j, k);
   const float wi = scale * w[v], wj = scale * w[n + v], wk = scale * w[2 * n + v];
-  const ClampedStencil s = clamped_stencil(g, static_cast<float>(i) + wi, static_cast<float>(j) + wj,
-                                           static_cast<float>(k) + wk);
+  const ClampedStencil s =
+      clamped_stencil(g, static_cast<float>(i) + wi, static_cast<float>(j) + wj, static_cast<float>(k) + wk);
   out[v] = wi + scale * interpolate(u, s);
   out[n + v] = wj + scale * interpolate(u + n, s);
   out[2 * n + v] = wk + scale * interpolate(u + 2 * n, s);
@@ -30,8 +30,8 @@ SVF_HOST_DEVICE void compose_at(const float* u, const float* w, float* out, cons
 //  - squaring_scatter_at, from every voxel y to the corners of p(y): s·g(y) times their
 //    trilinear weights, the transpose of the sampling.
 // Both accumulate in double (`acc`, planar like f): on the GPU the scatter's sums arrive in any order.
-SVF_HOST_DEVICE void squaring_adjoint_at(const float* f, const float* g_out, double* acc, const Grid& g, float scale,
-                                         int i, int j, int k) {
+SVF_HOST_DEVICE void squaring_adjoint_at(const float* f, const float* g_out, double* acc, const Grid& g,
+                                         float scale, int i, int j, int k) {
   const int n = static_cast<int>(g.size());
   const int v = g.index(i, j, k);
   const float x = static_cast<float>(i) + scale * f[v], y = static_cast<float>(j) + scale * f[n + v],
@@ -48,13 +48,13 @@ SVF_HOST_DEVICE void squaring_adjoint_at(const float* f, const float* g_out, dou
 }
 
 template <class AtomicAdd>
-SVF_HOST_DEVICE void squaring_scatter_at(const float* f, const float* g_out, double* acc, const Grid& g, float scale,
-                                         int i, int j, int k, const AtomicAdd& add) {
+SVF_HOST_DEVICE void squaring_scatter_at(const float* f, const float* g_out, double* acc, const Grid& g,
+                                         float scale, int i, int j, int k, const AtomicAdd& add) {
   const int n = static_cast<int>(g.size());
   const int v = g.index(i, j, k);
-  const ClampedStencil s = clamped_stencil(g, static_cast<float>(i) + scale * f[v],
-                                           static_cast<float>(j) + scale * f[n + v],
-                                           static_cast<float>(k) + scale * f[2 * n + v]);
+  const ClampedStencil s =
+      clamped_stencil(g, static_cast<float>(i) + scale * f[v], static_cast<float>(j) + scale * f[n + v],
+                      static_cast<float>(k) + scale * f[2 * n + v]);
   for (int c = 0; c < 3; ++c) scatter(acc + c * n, s, double(scale) * g_out[c * n + v], add);
 }
 
@@ -68,12 +68,15 @@ SVF_HOST_DEVICE float norm_at(const float* f, int64_t voxels, int64_t v) {
 // [0, n-1] on every axis, where a warp reads the image itself rather than its fill or its
 // clamped border. An axis of one voxel (a single slice) does not count: along it every position
 // reads that slice. The logarithm measures its residual on these voxels (see fields.log).
-SVF_HOST_DEVICE bool within_axis(float x, int n) { return n == 1 || (x >= 0.f && x <= static_cast<float>(n - 1)); }
+SVF_HOST_DEVICE bool within_axis(float x, int n) {
+  return n == 1 || (x >= 0.f && x <= static_cast<float>(n - 1));
+}
 
 SVF_HOST_DEVICE bool lands_inside(const float* u, const Grid& g, int i, int j, int k) {
   const int64_t n = g.size();
   const int v = g.index(i, j, k);
-  return within_axis(static_cast<float>(i) + u[v], g.ni) && within_axis(static_cast<float>(j) + u[n + v], g.nj) &&
+  return within_axis(static_cast<float>(i) + u[v], g.ni) &&
+         within_axis(static_cast<float>(j) + u[n + v], g.nj) &&
          within_axis(static_cast<float>(k) + u[2 * n + v], g.nk);
 }
 

@@ -15,8 +15,8 @@ namespace svfcore {
 
 // out += G(r) c for r = (rx, ry, rz), given r2 = |r|² and r = |r|, in double: the coefficients of
 // an EBS fit alternate in sign and cancel, so the sum over landmarks needs more than float.
-SVF_HOST_DEVICE void ebs_accumulate(double rx, double ry, double rz, double r2, double r, double alpha, const double* c,
-                                    double& out_x, double& out_y, double& out_z) {
+SVF_HOST_DEVICE void ebs_accumulate(double rx, double ry, double rz, double r2, double r, double alpha,
+                                    const double* c, double& out_x, double& out_y, double& out_z) {
   const double rc = 3.0 * (rx * c[0] + ry * c[1] + rz * c[2]);
   const double ar2 = alpha * r2;
   out_x += (ar2 * c[0] - rc * rx) * r;
@@ -31,8 +31,8 @@ constexpr int kEbsFitsPerPass = 8;
 // landmarks: landmarks (count, 3); coefficients (fits, count, 3); affine (fits, 4, 3), the rows
 // of Aᵀ then t; out[f] = Σ_k G(x − p_k) c_fk + A_f x + t_f.
 SVF_HOST_DEVICE void ebs_displacement(double x, double y, double z, const double* landmarks, int count,
-                                      const double* coefficients, const double* affine, int fits, double alpha,
-                                      double out[][3]) {
+                                      const double* coefficients, const double* affine, int fits,
+                                      double alpha, double out[][3]) {
   for (int f = 0; f < fits; ++f) {
     const double* a = affine + 12 * f;
     out[f][0] = a[0] * x + a[3] * y + a[6] * z + a[9];
@@ -44,8 +44,8 @@ SVF_HOST_DEVICE void ebs_displacement(double x, double y, double z, const double
     const double r2 = rx * rx + ry * ry + rz * rz;
     const double r = sqrt(r2);
     for (int f = 0; f < fits; ++f)
-      ebs_accumulate(rx, ry, rz, r2, r, alpha, coefficients + 3 * (int64_t(f) * count + k), out[f][0], out[f][1],
-                     out[f][2]);
+      ebs_accumulate(rx, ry, rz, r2, r, alpha, coefficients + 3 * (int64_t(f) * count + k), out[f][0],
+                     out[f][1], out[f][2]);
   }
 }
 

@@ -93,8 +93,8 @@ SVF_HOST_DEVICE T gauss_kernel(T r0, T r1, T r2, T inv_sigma2) {
 // One pair's weights: kw multiplies the source values w_j, kr the offset r_ij. `m` is a_i·b_j
 // (ignored by formulas that do not use it), (c0, c1, c2) - (e0, e1, e2) the direction of t.
 template <GaussFormula F, typename T>
-SVF_HOST_DEVICE void gauss_pair(T r0, T r1, T r2, T m, T c0, T c1, T c2, T e0, T e1, T e2, T inv_sigma2, T& kw,
-                                T& kr) {
+SVF_HOST_DEVICE void gauss_pair(T r0, T r1, T r2, T m, T c0, T c1, T c2, T e0, T e1, T e2, T inv_sigma2,
+                                T& kw, T& kr) {
   using Terms = GaussTerms<F>;
   const T k = gauss_kernel(r0, r1, r2, inv_sigma2);
   T t = T(1);

@@ -27,7 +27,8 @@ SVF_HOST_DEVICE void field_gradient(const float* f, const Grid& g, int i, int j,
 
 // m = I + ∇u at (i, j, k), in double: near folds the determinant is a small difference of
 // products of order one.
-SVF_HOST_DEVICE void identity_plus_gradient(const float* u, const Grid& g, int i, int j, int k, double m[3][3]) {
+SVF_HOST_DEVICE void identity_plus_gradient(const float* u, const Grid& g, int i, int j, int k,
+                                            double m[3][3]) {
   float grad[3][3];
   field_gradient(u, g, i, j, k, grad);
   for (int r = 0; r < 3; ++r)
@@ -35,7 +36,8 @@ SVF_HOST_DEVICE void identity_plus_gradient(const float* u, const Grid& g, int i
 }
 
 SVF_HOST_DEVICE double det3(const double m[3][3]) {
-  return m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1]) - m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0]) +
+  return m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1]) -
+         m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0]) +
          m[0][2] * (m[1][0] * m[2][1] - m[1][1] * m[2][0]);
 }
 
@@ -49,8 +51,8 @@ SVF_HOST_DEVICE float jacobian_det_at(const float* u, const Grid& g, int i, int 
 // out = (I + ∇e)⁻¹ r at (i, j, k). With e = exp(v) and r = u − e, this is the d for which
 // exp(v) ∘ exp(d) ≈ id + u to first order (e(x + d) ≈ e(x) + ∇e d), computed without reading
 // any field outside the grid. Where I + ∇e is near singular (a fold) it falls back to d = r.
-SVF_HOST_DEVICE void jacobian_solve_at(const float* e, const float* r, float* out, const Grid& g, int i, int j,
-                                       int k) {
+SVF_HOST_DEVICE void jacobian_solve_at(const float* e, const float* r, float* out, const Grid& g, int i,
+                                       int j, int k) {
   double m[3][3];
   identity_plus_gradient(e, g, i, j, k, m);
   const double det = det3(m);
@@ -71,7 +73,8 @@ SVF_HOST_DEVICE void jacobian_solve_at(const float* e, const float* r, float* ou
 
 // Lie bracket [v, w] = (∇v) w − (∇w) v at (i, j, k): the second-order term of
 // exp(v) ∘ exp(w) = exp(v + w + ½[v, w] + ...), used by the BCH-corrected logarithm.
-SVF_HOST_DEVICE void lie_bracket_at(const float* v, const float* w, float* out, const Grid& g, int i, int j, int k) {
+SVF_HOST_DEVICE void lie_bracket_at(const float* v, const float* w, float* out, const Grid& g, int i, int j,
+                                    int k) {
   float gv[3][3], gw[3][3];
   field_gradient(v, g, i, j, k, gv);
   field_gradient(w, g, i, j, k, gw);

@@ -54,7 +54,15 @@ SVF_HOST_DEVICE int clamp_index(int x, int n) { return clamp_to(x, 0, n - 1); }
 // The five windowed sums behind the local moments of images a and b: G*a, G*b, G*a², G*b², G*ab.
 enum MomentChannel : int { kSumA = 0, kSumB = 1, kSumAA = 2, kSumBB = 3, kSumAB = 4, kMomentSums = 5 };
 // The local moments as stored: mean_a, mean_b, var_a, var_b, cov, and Λ.
-enum LocalMomentChannel : int { kMeanA = 0, kMeanB = 1, kVarA = 2, kVarB = 3, kCov = 4, kLcc = 5, kLocalMoments = 6 };
+enum LocalMomentChannel : int {
+  kMeanA = 0,
+  kMeanB = 1,
+  kVarA = 2,
+  kVarB = 3,
+  kCov = 4,
+  kLcc = 5,
+  kLocalMoments = 6
+};
 
 // The 1D convolution at position `pos` of a line of `n` values `line[0], line[stride], ...` with
 // the half taps w[0..radius] (radius ≤ n − 1), accumulated in Acc.
@@ -62,7 +70,8 @@ template <typename Acc, typename Tap>
 SVF_HOST_DEVICE Acc smooth_line_at(const float* line, int stride, int n, int pos, const Tap* w, int radius) {
   Acc sum = Acc(w[0]) * Acc(line[pos * stride]);
   for (int t = 1; t <= radius; ++t)
-    sum += Acc(w[t]) * (Acc(line[clamp_index(pos - t, n) * stride]) + Acc(line[clamp_index(pos + t, n) * stride]));
+    sum += Acc(w[t]) *
+           (Acc(line[clamp_index(pos - t, n) * stride]) + Acc(line[clamp_index(pos + t, n) * stride]));
   return sum;
 }
 
@@ -83,7 +92,8 @@ SVF_HOST_DEVICE GridLine grid_line(const Grid& g, int i, int j, int k) {
 
 // One pass of the separable smoothing at (i, j, k): f convolved along Axis.
 template <int Axis, typename Acc, typename Tap>
-SVF_HOST_DEVICE float smooth_axis_at(const float* f, const Grid& g, const Tap* w, int radius, int i, int j, int k) {
+SVF_HOST_DEVICE float smooth_axis_at(const float* f, const Grid& g, const Tap* w, int radius, int i, int j,
+                                     int k) {
   const GridLine l = grid_line<Axis>(g, i, j, k);
   return static_cast<float>(smooth_line_at<Acc>(f + l.start, l.stride, l.n, l.pos, w, radius));
 }
@@ -110,7 +120,8 @@ SVF_HOST_DEVICE void block_taps(const Kernel& kernel, int n, int64_t length, int
     if (i0 < i1) kernel.pair(t, (i0 - t) * length, (i0 + t) * length, (i0 - p0) * length, (i1 - i0) * length);
     for (int p = p0; p < p1; ++p)
       if (p < i0 || p >= i1)
-        kernel.pair(t, clamp_index(p - t, n) * length, clamp_index(p + t, n) * length, (p - p0) * length, length);
+        kernel.pair(t, clamp_index(p - t, n) * length, clamp_index(p + t, n) * length, (p - p0) * length,
+                    length);
   }
 }
 
@@ -162,7 +173,8 @@ SVF_HOST_DEVICE void products_centre(const float* SVF_RESTRICT pa, const float* 
                                      Acc* SVF_RESTRICT sbb, Acc* SVF_RESTRICT sab, int64_t count) {
   for (int64_t x = 0; x < count; ++x) {
     const Acc va = pa[x], vb = pb[x];
-    sa[x] = w0 * va, sb[x] = w0 * vb, saa[x] = w0 * (va * va), sbb[x] = w0 * (vb * vb), sab[x] = w0 * (va * vb);
+    sa[x] = w0 * va, sb[x] = w0 * vb, saa[x] = w0 * (va * va), sbb[x] = w0 * (vb * vb),
+    sab[x] = w0 * (va * vb);
   }
 }
 
@@ -197,16 +209,16 @@ struct ProductsKernel {
                     sums(kSumBB, dst), sums(kSumAB, dst), count);
   }
   SVF_HOST_DEVICE void pair(int t, int64_t lo, int64_t hi, int64_t dst, int64_t count) const {
-    products_pair(a + lo, a + hi, b + lo, b + hi, Acc(w[t]), sums(kSumA, dst), sums(kSumB, dst), sums(kSumAA, dst),
-                  sums(kSumBB, dst), sums(kSumAB, dst), count);
+    products_pair(a + lo, a + hi, b + lo, b + hi, Acc(w[t]), sums(kSumA, dst), sums(kSumB, dst),
+                  sums(kSumAA, dst), sums(kSumBB, dst), sums(kSumAB, dst), count);
   }
 };
 
 // The first pass of the local moments at (i, j, k): the five products of a and b convolved along
 // `axis` (radius 0 with w[0] = 1: the products themselves), rounded to float32 as a pass's output.
 template <int Axis, typename Acc, typename Tap>
-SVF_HOST_DEVICE void moment_products_axis_at(const float* a, const float* b, const Grid& g, const Tap* w, int radius,
-                                             int i, int j, int k, float sums[kMomentSums]) {
+SVF_HOST_DEVICE void moment_products_axis_at(const float* a, const float* b, const Grid& g, const Tap* w,
+                                             int radius, int i, int j, int k, float sums[kMomentSums]) {
   const GridLine l = grid_line<Axis>(g, i, j, k);
   const float* la = a + l.start;
   const float* lb = b + l.start;
@@ -233,10 +245,12 @@ SVF_HOST_DEVICE void moment_products_axis_at(const float* a, const float* b, con
 template <int Axis, typename Acc, typename Tap>
 SVF_HOST_DEVICE void moment_sums_axis_at(const float* in, int64_t channel_stride, const Grid& g, const Tap* w,
                                          int radius, int i, int j, int k, float sums[kMomentSums]) {
-  for (int c = 0; c < kMomentSums; ++c) sums[c] = smooth_axis_at<Axis, Acc>(in + c * channel_stride, g, w, radius, i, j, k);
+  for (int c = 0; c < kMomentSums; ++c)
+    sums[c] = smooth_axis_at<Axis, Acc>(in + c * channel_stride, g, w, radius, i, j, k);
 }
 
-SVF_HOST_DEVICE void store_moment_sums(float* out, int64_t channel_stride, int x, const float sums[kMomentSums]) {
+SVF_HOST_DEVICE void store_moment_sums(float* out, int64_t channel_stride, int x,
+                                       const float sums[kMomentSums]) {
   for (int c = 0; c < kMomentSums; ++c) out[c * channel_stride + x] = sums[c];
 }
 
@@ -248,8 +262,8 @@ struct LocalMoments {
   float mean_a, mean_b, var_a, var_b, cov, lcc;
 };
 
-SVF_HOST_DEVICE LocalMoments local_moments_of(float sum_a, float sum_b, float sum_aa, float sum_bb, float sum_ab,
-                                              float floor_a, float floor_b) {
+SVF_HOST_DEVICE LocalMoments local_moments_of(float sum_a, float sum_b, float sum_aa, float sum_bb,
+                                              float sum_ab, float floor_a, float floor_b) {
   const float spread_a = sum_aa - sum_a * sum_a, spread_b = sum_bb - sum_b * sum_b;
   const float var_a = (spread_a > 0.f ? spread_a : 0.f) + floor_a;
   const float var_b = (spread_b > 0.f ? spread_b : 0.f) + floor_b;
@@ -259,8 +273,8 @@ SVF_HOST_DEVICE LocalMoments local_moments_of(float sum_a, float sum_b, float su
 }
 
 // The moments at voxel x, channels `channel_stride` apart (kMeanA .. kLcc).
-SVF_HOST_DEVICE void store_local_moments(float* out, int64_t channel_stride, int x, const float sums[kMomentSums],
-                                         float floor_a, float floor_b) {
+SVF_HOST_DEVICE void store_local_moments(float* out, int64_t channel_stride, int x,
+                                         const float sums[kMomentSums], float floor_a, float floor_b) {
   const LocalMoments m =
       local_moments_of(sums[kSumA], sums[kSumB], sums[kSumAA], sums[kSumBB], sums[kSumAB], floor_a, floor_b);
   out[kMeanA * channel_stride + x] = m.mean_a;

@@ -26,7 +26,8 @@ struct Position {
 
 SVF_HOST_DEVICE Position displaced(const float* u, const Grid& g, int i, int j, int k) {
   const int n = static_cast<int>(g.size()), v = g.index(i, j, k);
-  return Position{static_cast<float>(i) + u[v], static_cast<float>(j) + u[n + v], static_cast<float>(k) + u[2 * n + v]};
+  return Position{static_cast<float>(i) + u[v], static_cast<float>(j) + u[n + v],
+                  static_cast<float>(k) + u[2 * n + v]};
 }
 
 // ---------------------------------------------------------------- clamped sampling (fields)
@@ -120,7 +121,7 @@ SVF_HOST_DEVICE void scatter(double* acc, const ClampedStencil& s, double value,
 struct FillAxis {
   int lower, upper;
   float lower_weight, upper_weight;
-  float t;  // the geometric weight of the upper corner, inside the grid or not
+  float t;                           // the geometric weight of the upper corner, inside the grid or not
   float lower_inside, upper_inside;  // 1 where that corner lies in the grid: the weights' derivatives in x
 };
 
@@ -166,8 +167,10 @@ SVF_HOST_DEVICE float interpolate_fill(const float* f, const Grid& g, const Fill
   const int row00 = (s.i.lower * g.nj + s.j.lower) * g.nk, row01 = (s.i.lower * g.nj + s.j.upper) * g.nk;
   const int row10 = (s.i.upper * g.nj + s.j.lower) * g.nk, row11 = (s.i.upper * g.nj + s.j.upper) * g.nk;
   const int k0 = s.k.lower, k1 = s.k.upper;
-  const float r00 = wk0 * f[row00 + k0] + wk1 * f[row00 + k1], r01 = wk0 * f[row01 + k0] + wk1 * f[row01 + k1];
-  const float r10 = wk0 * f[row10 + k0] + wk1 * f[row10 + k1], r11 = wk0 * f[row11 + k0] + wk1 * f[row11 + k1];
+  const float r00 = wk0 * f[row00 + k0] + wk1 * f[row00 + k1],
+              r01 = wk0 * f[row01 + k0] + wk1 * f[row01 + k1];
+  const float r10 = wk0 * f[row10 + k0] + wk1 * f[row10 + k1],
+              r11 = wk0 * f[row11 + k0] + wk1 * f[row11 + k1];
   const float sum = wi0 * (wj0 * r00 + wj1 * r01) + wi1 * (wj0 * r10 + wj1 * r11);
   const float covered = (wi0 + wi1) * (wj0 + wj1) * (wk0 + wk1);
   return sum + fill * (1.f - covered);
@@ -180,8 +183,8 @@ SVF_HOST_DEVICE float interpolate_fill(const float* f, const Grid& g, const Fill
 // fill enters as f − fill, corners outside the grid contribute nothing, and positions beyond the
 // last half voxel (all corners outside, or limited by fill_axis) have a zero gradient. At an
 // integer position the derivative is the one of the cell above (t = 0), as torch's grid_sample.
-SVF_HOST_DEVICE PositionGradient interpolate_fill_gradient(const float* f, const Grid& g, const FillStencil& s,
-                                                           float fill) {
+SVF_HOST_DEVICE PositionGradient interpolate_fill_gradient(const float* f, const Grid& g,
+                                                           const FillStencil& s, float fill) {
   const float wi0 = s.i.lower_weight, wi1 = s.i.upper_weight, di0 = -s.i.lower_inside, di1 = s.i.upper_inside;
   const float wj0 = s.j.lower_weight, wj1 = s.j.upper_weight, dj0 = -s.j.lower_inside, dj1 = s.j.upper_inside;
   const float wk0 = s.k.lower_weight, wk1 = s.k.upper_weight, dk0 = -s.k.lower_inside, dk1 = s.k.upper_inside;
@@ -217,7 +220,8 @@ SVF_HOST_DEVICE int nearest_index(const Grid& g, float x, float y, float z, floa
 // Label of the largest interpolated indicator at the stencil's position (one-hot trilinear
 // interpolation followed by argmax, computed from the eight corners at once). Corners outside
 // the grid count as `fill_label`; ties go to the smallest label, as argmax over sorted labels.
-SVF_HOST_DEVICE int32_t vote_label(const int32_t* labels, const Grid& g, const FillStencil& s, int32_t fill_label) {
+SVF_HOST_DEVICE int32_t vote_label(const int32_t* labels, const Grid& g, const FillStencil& s,
+                                   int32_t fill_label) {
   int32_t seen[8];
   float weight[8];
   int count = 0;
