@@ -456,6 +456,7 @@ def test_pipeline_stage_gets_report_and_headline(evaluated, tmp_path, monkeypatc
     import functools
 
     from svfnet import pipeline
+    from svfnet.config import load_config
     from svfnet.evaluation import evaluate
 
     # the fixture's quick demons parameters, so that every record on disk is reused; no report (the
@@ -471,7 +472,7 @@ def test_pipeline_stage_gets_report_and_headline(evaluated, tmp_path, monkeypatc
     shutil.copytree(workdir, copy)
     (copy / "models" / "svfnet").mkdir(parents=True)
     shutil.copy(checkpoint, copy / "models" / "svfnet" / "checkpoint.pt")
-    config = pipeline.load_config(overrides={"run": {"workers": 1}})
+    config = load_config(overrides={"run": {"workers": 1}})
     result = pipeline.STAGE_FUNCTIONS["evaluate"](pipeline.StageContext(copy, config, False), False)
     json.dumps(result)
     assert isinstance(result["report"], str) and result["headline"]

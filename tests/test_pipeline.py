@@ -8,7 +8,8 @@ import json
 import pytest
 
 from svfnet.cli import main
-from svfnet.pipeline import DEFAULTS, load_config, render_config, run_pipeline
+from svfnet.config import DEFAULTS, load_config, render_config
+from svfnet.pipeline import run_pipeline
 
 
 def test_config_round_trips_through_toml(tmp_path):
@@ -74,7 +75,7 @@ def test_stages_skip_when_up_to_date_and_rerun_downstream_on_change(tmp_path):
 
 
 def test_realistic_demo_draws_the_clinical_cohort():
-    from svfnet.pipeline import demo_config
+    from svfnet.config import demo_config
 
     assert demo_config()["data"]["realism"] == "standard"
     realistic = demo_config(quick=True, realistic=True)
@@ -120,7 +121,7 @@ def test_demo_quick_end_to_end_then_skips_everything(tmp_path, capsys):
 
 def test_pipeline_killed_during_training_resumes(tmp_path, monkeypatch):
     import svfnet.training.train as train_module
-    from svfnet.pipeline import demo_config
+    from svfnet.config import demo_config
 
     config = demo_config(quick=True)
     config["data"]["subjects"] = 6

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 from svfnet.cli import main
+from svfnet.config import load_config
 from svfnet.data.nifti import HeaderWarning
-from svfnet.pipeline import load_config, run_pipeline
+from svfnet.pipeline import run_pipeline
 from tests.data_fixtures import SUNNYBROOK
 
 SMALL = {

@@ -22,8 +22,9 @@ from svfnet.common import limits
 from svfnet.common.locks import LOCK_NAME, FolderLocked, folder_lock, lock_holder, prefix_lock
 from svfnet.common.staging import load_npy, recover_workdir, replace_tree
 from svfnet.common.workdir import WorkDir, prepared_digests, subject_ids
+from svfnet.config import load_config, render_config
 from svfnet.ops import fields
-from svfnet.pipeline import load_config, render_config, run_pipeline
+from svfnet.pipeline import run_pipeline
 from tests.pipeline_fixtures import GRID, SPACING_MM, deformed_cohort, write_exact_references, write_split
 
 REPO = Path(__file__).resolve().parents[1]

@@ -58,7 +58,8 @@ def _print_outcome(outcome) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from svfnet.pipeline import STAGES, load_config, run_pipeline
+    from svfnet.config import STAGES, load_config
+    from svfnet.pipeline import run_pipeline
 
     overrides = {"run": {"scheduler": args.scheduler}} if args.scheduler else None
     config = load_config(args.config, overrides)
@@ -69,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def demo(args: argparse.Namespace) -> int:
-    from svfnet.pipeline import demo_config, run_pipeline
+    from svfnet.config import demo_config
+    from svfnet.pipeline import run_pipeline
 
     outcomes = run_pipeline(
         args.workdir,
@@ -88,7 +90,7 @@ def demo(args: argparse.Namespace) -> int:
 
 
 def show_config(args: argparse.Namespace) -> int:
-    from svfnet.pipeline import render_config
+    from svfnet.config import render_config
 
     print(render_config(), end="")
     return 0
