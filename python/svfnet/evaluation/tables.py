@@ -230,18 +230,23 @@ def pair_rows(
     return rows
 
 
-def format_cell(value: Any) -> Any:
+def format_cell(value: Any, missing: str = "nan") -> Any:
+    """A CSV cell: floats in full precision, a non-finite float or None as ``missing``."""
     if isinstance(value, float | np.floating):
-        return "nan" if not math.isfinite(value) else repr(float(value))
-    return value
+        return missing if not math.isfinite(value) else repr(float(value))
+    return missing if value is None and missing != "nan" else value
 
 
-def write_csv(path: Path, columns: Sequence[str], rows: Iterable[Mapping[str, Any]]) -> None:
+def write_csv(
+    path: Path, columns: Sequence[str], rows: Iterable[Mapping[str, Any]], missing: str = "nan"
+) -> None:
+    """Writes ``rows`` atomically; ``missing`` stands for a non-finite value (the registration tables
+    write "nan", the segmentation's an empty cell)."""
     with atomic_path(path) as temporary, open(temporary, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(columns), extrasaction="ignore")
         writer.writeheader()
         for row in rows:
-            writer.writerow({key: format_cell(row.get(key, "")) for key in columns})
+            writer.writerow({key: format_cell(row.get(key, ""), missing) for key in columns})
 
 
 def describe(values: Sequence[float]) -> dict[str, float]:

@@ -40,7 +40,6 @@ Files, in ``WORKDIR/evaluation/segmentation/`` (each written atomically):
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import logging
@@ -56,6 +55,7 @@ import numpy as np
 
 from svfnet.common.atomic import atomic_path, write_json
 from svfnet.common.workdir import REGIONS, WorkDir
+from svfnet.evaluation.tables import SUMMARY_COLUMNS, describe, write_csv
 from svfnet.segmentation.scores import (
     calibration_counts,
     calibration_rows,
@@ -115,20 +115,6 @@ SUBJECT_COLUMNS = (
     "seconds",
     "source",
     "error",
-)
-SUMMARY_COLUMNS = (
-    "method",
-    "region",
-    "name",
-    "metric",
-    "n",
-    "mean",
-    "std",
-    "median",
-    "q1",
-    "q3",
-    "min",
-    "max",
 )
 CALIBRATION_COLUMNS = (
     "method",
@@ -448,21 +434,6 @@ def _subject_rows(records: Mapping[str, Mapping[str, Any]], methods: Sequence[st
     return rows
 
 
-def _describe(values: Sequence[float]) -> dict[str, Any]:
-    data = np.asarray(values, np.float64)
-    q1, median, q3 = np.percentile(data, [25, 50, 75])
-    return {
-        "n": int(data.size),
-        "mean": float(data.mean()),
-        "std": float(data.std(ddof=1)) if data.size > 1 else 0.0,
-        "median": float(median),
-        "q1": float(q1),
-        "q3": float(q3),
-        "min": float(data.min()),
-        "max": float(data.max()),
-    }
-
-
 def _summary_rows(rows: Sequence[Mapping[str, Any]], methods: Sequence[str]) -> list[dict[str, Any]]:
     out = []
     for method in methods:
@@ -479,7 +450,7 @@ def _summary_rows(rows: Sequence[Mapping[str, Any]], methods: Sequence[str]) -> 
                             "region": region,
                             "name": name,
                             "metric": metric,
-                            **_describe(values),
+                            **describe(values),
                         }
                     )
         # Dice averaged over the regions a subject has, then over subjects
@@ -494,7 +465,7 @@ def _summary_rows(rows: Sequence[Mapping[str, Any]], methods: Sequence[str]) -> 
                     "region": "",
                     "name": "mean over regions",
                     "metric": "dice",
-                    **_describe([float(np.mean(v)) for v in per_subject.values()]),
+                    **describe([float(np.mean(v)) for v in per_subject.values()]),
                 }
             )
         seconds = sorted(
@@ -511,24 +482,10 @@ def _summary_rows(rows: Sequence[Mapping[str, Any]], methods: Sequence[str]) -> 
                     "region": "",
                     "name": "per subject",
                     "metric": "seconds",
-                    **_describe([s for _, s in seconds]),
+                    **describe([s for _, s in seconds]),
                 }
             )
     return out
-
-
-def _cell(value: Any) -> Any:
-    if isinstance(value, float | np.floating):
-        return repr(float(value)) if math.isfinite(value) else ""
-    return "" if value is None else value
-
-
-def _write_csv(path: Path, columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> None:
-    with atomic_path(path) as temporary, open(temporary, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(columns), extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({key: _cell(row.get(key)) for key in columns})
 
 
 def _headline(
@@ -755,9 +712,9 @@ def evaluate_segmentation(
         "calibration": folder / "calibration.csv",
         "json": folder / "segmentation.json",
     }
-    _write_csv(files["subjects"], SUBJECT_COLUMNS, rows)
-    _write_csv(files["summary"], SUMMARY_COLUMNS, summary)
-    _write_csv(files["calibration"], CALIBRATION_COLUMNS, calibration)
+    write_csv(files["subjects"], SUBJECT_COLUMNS, rows, missing="")
+    write_csv(files["summary"], SUMMARY_COLUMNS, summary, missing="")
+    write_csv(files["calibration"], CALIBRATION_COLUMNS, calibration, missing="")
     result = SegmentationEvaluation(
         folder,
         subject_set,
