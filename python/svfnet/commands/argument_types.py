@@ -47,3 +47,26 @@ def non_negative_finite(text: str) -> float:
     if not math.isfinite(value) or value < 0:
         raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
     return value
+
+
+def add_refine_iterations(parser: argparse.ArgumentParser) -> None:
+    """``--refine-iterations N [N ...]``, shared by ``svfnet register`` and ``svfnet segment``."""
+    parser.add_argument(
+        "--refine-iterations",
+        type=int,
+        nargs="+",
+        metavar="N",
+        help="with --refine: iterations per level, coarsest first (one number per level; default: "
+        "svfnet.registration.arrays.REFINEMENT)",
+    )
+
+
+def refinement_option(args: argparse.Namespace) -> bool | dict:
+    """``--refine`` and ``--refine-iterations`` as ``refine=`` of svfnet.register / svfnet.segment."""
+    if args.refine_iterations is None:
+        return bool(args.refine)
+    if not args.refine:
+        raise ValueError("--refine-iterations applies with --refine only")
+    if any(n < 0 for n in args.refine_iterations):
+        raise ValueError(f"--refine-iterations must be non-negative, got {args.refine_iterations}")
+    return {"levels": len(args.refine_iterations), "iterations": tuple(args.refine_iterations)}

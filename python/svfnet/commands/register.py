@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from svfnet.commands.argument_types import add_refine_iterations, refinement_option
 from svfnet.commands.guard import guarded
 
 
@@ -59,14 +60,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="refine SVF-Net's SVF with LCC Log-Demons started from it (the two finest levels, a few "
         "iterations: about a third of the demons' time alone)",
     )
-    parser.add_argument(
-        "--refine-iterations",
-        type=int,
-        nargs="+",
-        metavar="N",
-        help="with --refine: iterations per level, coarsest first (one number per level; default: "
-        "svfnet.registration.arrays.REFINEMENT)",
-    )
+    add_refine_iterations(parser)
     parser.add_argument("--force", action="store_true", help="replace existing outputs")
     parser.add_argument("--keep-going", action="store_true", help="--pairs: go on past a failing pair")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -86,16 +80,6 @@ def _check_arguments(args: argparse.Namespace) -> None:
         raise ValueError(f"give --{', --'.join(missing)} (or --pairs LIST.csv)")
     if args.keep_going:
         raise ValueError("--keep-going applies to --pairs only")
-
-
-def refinement_option(args: argparse.Namespace) -> bool | dict:
-    if args.refine_iterations is None:
-        return bool(args.refine)
-    if not args.refine:
-        raise ValueError("--refine-iterations applies with --refine only")
-    if any(n < 0 for n in args.refine_iterations):
-        raise ValueError(f"--refine-iterations must be non-negative, got {args.refine_iterations}")
-    return {"levels": len(args.refine_iterations), "iterations": tuple(args.refine_iterations)}
 
 
 def run(args: argparse.Namespace) -> int:

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from svfnet.commands.argument_types import positive_int
+from svfnet.commands.argument_types import add_refine_iterations, positive_int, refinement_option
 from svfnet.commands.guard import guarded
 
 # svfnet.segmentation.multi_atlas's FUSIONS, DEFAULT_FUSION and DEFAULT_MIN_CORRELATION, spelt out: `svfnet --help`
@@ -85,14 +85,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="refine each atlas's registration with LCC Log-Demons started from SVF-Net's SVF (the two "
         "finest levels, a few iterations; seconds per atlas on the CPU)",
     )
-    parser.add_argument(
-        "--refine-iterations",
-        type=int,
-        nargs="+",
-        metavar="N",
-        help="with --refine: iterations per level, coarsest first (one number per level; default: "
-        "svfnet.registration.arrays.REFINEMENT)",
-    )
+    add_refine_iterations(parser)
     parser.add_argument(
         "--batch-size", type=positive_int, default=8, metavar="B", help="atlases per network call"
     )
@@ -105,7 +98,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from svfnet.commands.register import refinement_option
 
     refine = refinement_option(args)  # --refine-iterations without --refine, or negative: refused first
     import torch
