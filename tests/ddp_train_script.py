@@ -1,5 +1,6 @@
 """Run by tests/test_train.py under torchrun: trains a few steps and saves each rank's weights."""
 
+import os
 import sys
 
 import torch
@@ -22,3 +23,10 @@ if __name__ == "__main__":
     result = train(workdir, config, run="ddp", progress=False)
     torch.save(result.model.state_dict(), f"{out}/rank{dist.get_rank()}.pt")  # each rank's own replica
     dist.destroy_process_group()
+    # Leave without the interpreter's teardown: 1 full suite in 5 here saw a rank abort
+    # ("terminate called without an active exception", SIGABRT); the likely cause is gloo's threads at
+    # interpreter finalization (pytorch/pytorch#179291), not proven: the log does not say where. The
+    # test's assertion (identical replicas) is about training, which is over and saved by now.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
