@@ -12,7 +12,7 @@ is locked for the whole run (:mod:`svfnet.common.locks`).
 
 **Fingerprints by content.** Each stage records in ``WORKDIR/stages/<stage>.json`` the fingerprint
 of what it was run with, when it starts and when it finishes: its configuration section(s) and
-digests of the inputs it actually reads (:func:`stage_inputs`: the dataset's files, the prepared
+digests of the inputs it actually reads (:func:`svfnet.fingerprints.stage_inputs`: the dataset's files, the prepared
 subjects' content and voxel size, the split, the landmarks, the reference records, the
 checkpoint). A stage's fingerprint does not depend on which other stages this run includes:
 
@@ -34,7 +34,6 @@ Every parameter, with its default and range, is in :data:`DEFAULTS` and :data:`L
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -49,9 +48,6 @@ from svfnet.common import limits
 from svfnet.common.atomic import atomic_path, write_json
 from svfnet.common.workdir import WorkDir
 from svfnet.config import (
-    DATA_KEYS,
-    PREPARE_KEYS,
-    SECTIONS,
     STAGES,
     reference_parameters,
     render_config,
@@ -59,11 +55,9 @@ from svfnet.config import (
     train_config,
     validate_config,
 )
+from svfnet.fingerprints import dataset_path, output_present, read_split, stage_fingerprint, stage_inputs
 
-__all__ = [
-    "run_pipeline",
-    "stage_inputs",
-]
+__all__ = ["run_pipeline"]
 
 log = logging.getLogger(__name__)
 
@@ -88,10 +82,6 @@ class StageContext:
         return self.config["data"]["source"] == "synthetic"
 
 
-def _dataset_path(ctx: StageContext) -> Path:
-    return ctx.workdir / "raw" if ctx.synthetic else Path(ctx.config["data"]["source"])
-
-
 def _read_dataset(ctx: StageContext):
     from svfnet.data.labels import parse_label_mapping
     from svfnet.data.readers import read_dataset
@@ -100,7 +90,7 @@ def _read_dataset(ctx: StageContext):
     mapping = parse_label_mapping(data["labels"]) if data["labels"] else None
     layout = data["layout"] or ("plain" if ctx.synthetic else None)
     phase = data["phase"].upper() or None  # read_dataset refuses a phase for nnunet, with a clear error
-    return read_dataset(_dataset_path(ctx), layout, phase=phase, label_mapping=mapping)
+    return read_dataset(dataset_path(ctx.workdir, ctx.config), layout, phase=phase, label_mapping=mapping)
 
 
 def _stage_data(ctx: StageContext, fresh: bool) -> dict[str, Any]:
@@ -147,20 +137,9 @@ def _stage_prepare(ctx: StageContext, fresh: bool) -> dict[str, Any]:
 
 
 def _stage_split(ctx: StageContext, fresh: bool) -> dict[str, Any]:
-    from svfnet.common.workdir import subject_ids
-    from svfnet.data.split import plan_split, split_path
+    from svfnet.data.split import run_split
 
-    settings = ctx.config["split"]
-    split = plan_split(subject_ids(ctx.workdir), **settings)
-    write_json(
-        split_path(ctx.workdir),
-        {
-            "train": list(split.train),
-            "val": list(split.val),
-            "test": list(split.test),
-            "seed": settings["seed"],
-        },
-    )  # replaces the old split in one step
+    split = run_split(ctx.workdir, **ctx.config["split"])  # replaces the old split in one step
     return {"train": len(split.train), "val": len(split.val), "test": len(split.test)}
 
 
@@ -206,7 +185,7 @@ def _stage_references(ctx: StageContext, fresh: bool) -> dict[str, Any]:
 
     parameters = reference_parameters(ctx.config)
     live = WorkDir(ctx.workdir).references
-    split = _read_split(ctx.workdir)
+    split = read_split(ctx.workdir)
     staging = ctx.workdir / STAGING / "references"
     if fresh:
         shutil.rmtree(staging, ignore_errors=True)
@@ -278,117 +257,6 @@ STAGE_FUNCTIONS: dict[str, Callable[[StageContext, bool], dict[str, Any]]] = {
 
 
 # ---------------------------------------------------------------------------------- fingerprints
-def _read_split(workdir: Path) -> dict[str, list[str]]:
-    from svfnet.data.split import split_path
-
-    data = json.loads(split_path(workdir).read_text())
-    return {side: list(data.get(side, [])) for side in ("train", "val", "test")}
-
-
-def _listing_digest(folder: Path) -> str:
-    """The files of a dataset folder as names, sizes and modification times (not their bytes: a
-    dataset may be large, and a file rewritten is a file changed)."""
-    entries = []
-    for root, folders, files in os.walk(folder):
-        folders[:] = sorted(name for name in folders if not name.startswith("."))
-        for name in sorted(files):
-            if name.startswith("."):
-                continue
-            path = Path(root) / name
-            stat = path.stat()
-            entries.append([str(path.relative_to(folder)), stat.st_size, stat.st_mtime_ns])
-    return hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:16]
-
-
-def _grid_record(workdir: Path) -> dict[str, Any]:
-    record = json.loads(WorkDir(workdir).subjects_json.read_text())
-    return {"shape": record.get("shape"), "spacing_mm": record.get("spacing_mm")}
-
-
-def stage_inputs(workdir: str | Path, config: dict[str, dict[str, Any]], stage: str) -> dict[str, Any]:
-    """Digests of what ``stage`` reads from the work folder (its fingerprint, with its configuration):
-
-    - ``prepare``: the dataset's files (names, sizes, modification times);
-    - ``split``: the prepared subjects' ids;
-    - ``shapes``: each prepared subject's labels and voxel size;
-    - ``references``: the training and validation subjects, their landmarks, the grid;
-    - ``train``: those subjects' images and labels, and their reference records (with
-      ``targets = "references"``);
-    - ``evaluate``: the test subjects' images and labels, and the checkpoint.
-
-    Raises FileNotFoundError where an input is missing.
-    """
-    from svfnet.common.staging import file_digest
-    from svfnet.common.workdir import prepared_digests, subject_ids
-
-    workdir = Path(workdir)
-    folder = WorkDir(workdir)
-    ctx = StageContext(workdir, config, False)
-    if stage == "data":
-        return {}
-    if stage == "prepare":
-        dataset = _dataset_path(ctx)
-        if not dataset.is_dir():
-            raise FileNotFoundError(f"{dataset}: no such dataset folder")
-        return {"dataset": _listing_digest(dataset)}
-    if stage == "split":
-        return {"subjects": subject_ids(workdir)}
-    if stage == "shapes":
-        return {"prepared": prepared_digests(workdir, parts=("labels",)), "grid": _grid_record(workdir)}
-    split = _read_split(workdir)
-    if stage == "references":
-        subjects = sorted(split["train"] + split["val"])
-        landmarks = {s: file_digest(folder.shapes / "landmarks" / f"{s}.npz") for s in subjects}
-        return {"subjects": subjects, "landmarks": landmarks, "grid": _grid_record(workdir)}
-    if stage == "train":
-        subjects = sorted(split["train"] + split["val"])
-        inputs: dict[str, Any] = {
-            "train": split["train"],
-            "val": split["val"],
-            "prepared": prepared_digests(workdir, subjects),
-        }
-        if config["train"]["targets"] == "references":
-            inputs["references"] = {
-                s: file_digest(path)
-                for s in subjects
-                if (path := folder.references / "pairs" / f"{s}.json").is_file()
-            }
-        return inputs
-    if stage == "evaluate":
-        return {
-            "test": split["test"],
-            "val": split["val"],
-            "prepared": prepared_digests(workdir, sorted(split["test"] or split["val"])),
-            "checkpoint": file_digest(folder.models / "svfnet" / "checkpoint.pt"),
-        }
-    raise ValueError(f"stage_inputs(): unknown stage {stage!r}")
-
-
-def _fingerprint(config: dict, stage: str, inputs: dict[str, Any]) -> str:
-    sections: dict[str, Any] = {s: config[s] for s in SECTIONS[stage]}
-    if stage == "prepare":
-        sections = {"data": {key: config["data"][key] for key in PREPARE_KEYS}}
-    elif stage == "data":
-        keys = DATA_KEYS if config["data"]["source"] == "synthetic" else ("source",)
-        sections = {"data": {key: config["data"][key] for key in keys}}
-    payload = json.dumps({"stage": stage, "sections": sections, "inputs": inputs}, sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
-
-
-# Where each stage's main output is, to tell whether it is still there.
-def _output_present(workdir: Path, stage: str, config: dict) -> bool:
-    folder = WorkDir(workdir)
-    return {
-        "data": lambda: config["data"]["source"] != "synthetic" or (workdir / "raw").is_dir(),
-        "prepare": lambda: folder.subjects_json.is_file(),
-        "split": lambda: (workdir / "split.json").is_file(),
-        "shapes": lambda: (folder.shapes / "summary.json").is_file(),
-        "references": lambda: (folder.references / "pairs").is_dir(),
-        "train": lambda: (folder.models / "svfnet" / "checkpoint.pt").is_file(),
-        "evaluate": lambda: (folder.evaluation / "evaluation.json").is_file(),
-    }[stage]()
-
-
 # ---------------------------------------------------------------------------------- before anything
 # what each stage reads, by the stage that makes it
 _NEEDS = {
@@ -419,7 +287,7 @@ def _check_inputs(ctx: StageContext, stages: tuple[str, ...]) -> None:
         for need in _NEEDS.get(stage, ()):
             if need == "references" and ctx.config["train"]["targets"] != "references":
                 continue
-            if need in stages or _output_present(ctx.workdir, need, ctx.config):
+            if need in stages or output_present(ctx.workdir, need, ctx.config):
                 continue
             raise FileNotFoundError(
                 f"stage {stage} needs {_MADE[need]}, which {ctx.workdir} does not hold: add the {need} stage "
@@ -430,11 +298,40 @@ def _check_inputs(ctx: StageContext, stages: tuple[str, ...]) -> None:
 def _check_resources(ctx: StageContext, stages: tuple[str, ...]) -> None:
     """The cohort's size, the memory and the disk the requested stages need, against the limits and
     this machine (estimates: :mod:`svfnet.common.limits`)."""
-    from svfnet.common.workdir import subject_ids
-    from svfnet.data.split import split_sizes
+    count = _cohort_size(ctx, stages)
+    if count is None:
+        return
+    if count > limits.MAX_SUBJECTS:
+        raise limits.ResourceError(
+            f"the cohort has {count:,} subjects, above the limit of {limits.MAX_SUBJECTS:,}"
+        )
+    config = ctx.config
+    n_train, n_val, n_test = _split_sizes(ctx, stages, count)
+    if "evaluate" in stages and n_test < 2 and n_val < 2:
+        raise ValueError(
+            f"stage evaluate needs at least 2 test (or validation) subjects: {count} subjects with [split] "
+            f"test_fraction = {config['split']['test_fraction']} give {n_test}; add subjects or raise test_fraction"
+        )
+    if "references" in stages:
+        _check_references_resources(ctx, n_train + n_val)
+    if "train" in stages:
+        grid = tuple(config["data"]["shape"])
+        model, train = config["model"], config["train"]
+        limits.check_memory(
+            limits.train_memory_bytes(
+                grid, model["widths"], model["convs_per_level"], train["batch_size"], n_train + n_val
+            ),
+            f"training on a {'x'.join(map(str, grid))} grid with batches of {train['batch_size']} and widths {model['widths']}",
+            "use a smaller [train] batch_size, [model] widths or [data] shape",
+        )
 
-    config, workdir = ctx.config, ctx.workdir
-    data = config["data"]
+
+def _cohort_size(ctx: StageContext, stages: tuple[str, ...]) -> int | None:
+    """The number of subjects the run will work on (None when nothing tells yet), after checking the
+    disk the synthetic cohort and the memory the preparation need."""
+    from svfnet.common.workdir import subject_ids
+
+    workdir, data = ctx.workdir, ctx.config["data"]
     grid = tuple(data["shape"])
     count = None
     if ctx.synthetic and ("data" in stages or not (workdir / "raw").is_dir()):
@@ -462,60 +359,49 @@ def _check_resources(ctx: StageContext, stages: tuple[str, ...]) -> None:
             check_preparation(dataset, grid)
     if count is None and WorkDir(workdir).subjects_json.is_file() and "prepare" not in stages:
         count = len(subject_ids(workdir))
-    if count is None:
-        return
-    if count > limits.MAX_SUBJECTS:
-        raise limits.ResourceError(
-            f"the cohort has {count:,} subjects, above the limit of {limits.MAX_SUBJECTS:,}"
+    return count
+
+
+def _split_sizes(ctx: StageContext, stages: tuple[str, ...], count: int) -> tuple[int, int, int]:
+    """Training, validation and test sizes: the split on disk if this run keeps it, else the one the
+    split stage will make of ``count`` subjects."""
+    from svfnet.data.split import split_sizes
+
+    if "split" not in stages and (ctx.workdir / "split.json").is_file() and "prepare" not in stages:
+        split = read_split(ctx.workdir)
+        return len(split["train"]), len(split["val"]), len(split["test"])
+    try:
+        return split_sizes(
+            count,
+            test_fraction=ctx.config["split"]["test_fraction"],
+            val_fraction=ctx.config["split"]["val_fraction"],
         )
-    split_file = workdir / "split.json"
-    if "split" not in stages and split_file.is_file() and "prepare" not in stages:
-        split = _read_split(workdir)
-        n_train, n_val, n_test = len(split["train"]), len(split["val"]), len(split["test"])
-    else:
-        try:
-            n_train, n_val, n_test = split_sizes(
-                count,
-                test_fraction=config["split"]["test_fraction"],
-                val_fraction=config["split"]["val_fraction"],
-            )
-        except ValueError as error:
-            raise ValueError(f"a cohort of {count} subjects cannot be split: {error}") from None
-    if "evaluate" in stages and n_test < 2 and n_val < 2:
-        raise ValueError(
-            f"stage evaluate needs at least 2 test (or validation) subjects: {count} subjects with [split] "
-            f"test_fraction = {config['split']['test_fraction']} give {n_test}; add subjects or raise test_fraction"
-        )
-    pairs_subjects = n_train + n_val
-    if "references" in stages:
-        dtype = config["references"]["dtype"]
-        limits.check_disk(
-            limits.references_disk_bytes(pairs_subjects, grid, dtype),
-            workdir,
-            f"the reference SVFs of {pairs_subjects:,} subjects' {pairs_subjects * (pairs_subjects - 1):,} pairs",
-            'use fewer subjects, a smaller grid or [references] dtype = "float16"',
-        )
-        workers = ctx.workers or os.cpu_count() or 1
-        limits.check_memory(
-            limits.references_memory_bytes(
-                config["shapes"]["landmarks"],
-                grid,
-                workers,
-                deformation=config["references"]["deformation"],
-                subjects=pairs_subjects,
-            ),
-            f"the references stage with {config['shapes']['landmarks']:,} landmarks on {workers} workers",
-            "use fewer [shapes] landmarks or [run] workers",
-        )
-    if "train" in stages:
-        model, train = config["model"], config["train"]
-        limits.check_memory(
-            limits.train_memory_bytes(
-                grid, model["widths"], model["convs_per_level"], train["batch_size"], pairs_subjects
-            ),
-            f"training on a {'x'.join(map(str, grid))} grid with batches of {train['batch_size']} and widths {model['widths']}",
-            "use a smaller [train] batch_size, [model] widths or [data] shape",
-        )
+    except ValueError as error:
+        raise ValueError(f"a cohort of {count} subjects cannot be split: {error}") from None
+
+
+def _check_references_resources(ctx: StageContext, pairs_subjects: int) -> None:
+    """The disk the reference SVFs of ``pairs_subjects`` subjects take and the memory the stage needs."""
+    config, grid = ctx.config, tuple(ctx.config["data"]["shape"])
+    dtype = config["references"]["dtype"]
+    limits.check_disk(
+        limits.references_disk_bytes(pairs_subjects, grid, dtype),
+        ctx.workdir,
+        f"the reference SVFs of {pairs_subjects:,} subjects' {pairs_subjects * (pairs_subjects - 1):,} pairs",
+        'use fewer subjects, a smaller grid or [references] dtype = "float16"',
+    )
+    workers = ctx.workers or os.cpu_count() or 1
+    limits.check_memory(
+        limits.references_memory_bytes(
+            config["shapes"]["landmarks"],
+            grid,
+            workers,
+            deformation=config["references"]["deformation"],
+            subjects=pairs_subjects,
+        ),
+        f"the references stage with {config['shapes']['landmarks']:,} landmarks on {workers} workers",
+        "use fewer [shapes] landmarks or [run] workers",
+    )
 
 
 def _warn_stale(ctx: StageContext, stages: tuple[str, ...]) -> None:
@@ -527,7 +413,7 @@ def _warn_stale(ctx: StageContext, stages: tuple[str, ...]) -> None:
         if not marker.is_file():
             continue
         try:
-            fingerprint = _fingerprint(ctx.config, stage, stage_inputs(ctx.workdir, ctx.config, stage))
+            fingerprint = stage_fingerprint(ctx.config, stage, stage_inputs(ctx.workdir, ctx.config, stage))
             state = json.loads(marker.read_text())
         except (OSError, ValueError, KeyError):
             continue
@@ -582,11 +468,11 @@ def run_pipeline(
             temporary.write_text(render_config(config))
         outcomes = []
         for stage in stages:
-            fingerprint = _fingerprint(config, stage, stage_inputs(workdir, config, stage))
+            fingerprint = stage_fingerprint(config, stage, stage_inputs(workdir, config, stage))
             marker = workdir / "stages" / f"{stage}.json"
             state = json.loads(marker.read_text()) if marker.is_file() else {}
             same = state.get("fingerprint") == fingerprint
-            if same and state.get("finished") and _output_present(workdir, stage, config):
+            if same and state.get("finished") and output_present(workdir, stage, config):
                 outcome = StageOutcome(stage, "skipped", 0.0, state.get("result", {}))
             else:
                 resumed = same and not state.get("finished")

@@ -133,8 +133,21 @@ def subject_split(
                 ", ".join(leaked[:5]) + (f" and {len(leaked) - 5} more" if len(leaked) > 5 else ""),
             )
         return split
-    split = plan_split(known, test_fraction=test_fraction, val_fraction=val_fraction, seed=seed)
+    return run_split(workdir, test_fraction=test_fraction, val_fraction=val_fraction, seed=seed)
+
+
+def run_split(
+    workdir: str | Path, *, test_fraction: float = 0.25, val_fraction: float = 0.1, seed: int = 0
+) -> Split:
+    """The split stage: splits the work folder's prepared subjects afresh (:func:`plan_split`) and
+    writes ``WORKDIR/split.json``, replacing an old one in one atomic step (``svfnet run`` runs it
+    when the split settings or the prepared subjects change; :func:`subject_split` reads the split,
+    making it on first use)."""
+    split = plan_split(
+        subject_ids(workdir), test_fraction=test_fraction, val_fraction=val_fraction, seed=seed
+    )
     write_json(
-        path, {"train": list(split.train), "val": list(split.val), "test": list(split.test), "seed": seed}
+        split_path(workdir),
+        {"train": list(split.train), "val": list(split.val), "test": list(split.test), "seed": seed},
     )
     return split
