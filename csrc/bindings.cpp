@@ -135,6 +135,26 @@ PYBIND11_MODULE(_core, m) {
       },
       py::arg("labels").noconvert(), py::arg("disp").noconvert(), py::arg("out").noconvert(),
       py::arg("onehot"), py::arg("fill_label"), py::arg("threads"));
+  // positions first, and the labels' grid as numbers, so that the CUDA launcher (given the first
+  // array's shape) knows both grids
+  m.def(
+      "sample_labels_cpu",
+      [](const FloatArray& positions, const IntArray& labels, IntArray& out, bool clamp, int32_t fill_label,
+         int64_t ni, int64_t nj, int64_t nk, int threads) {
+        const Batch p = batch_of(positions, "positions"), s = batch_of(labels, "labels");
+        require_channels(p, "positions", 3);
+        require_channels(s, "labels", 1);
+        require_same_grid(p, "positions", batch_of(out, "out"), "out");
+        if (p.batch != 1 || s.batch != 1 || s.grid.ni != ni || s.grid.nj != nj || s.grid.nk != nk)
+          throw std::invalid_argument("sample_labels: one label map, whose grid is (ni, nj, nk)");
+        py::gil_scoped_release release;
+        sample_labels_cpu(labels.data(), s.grid, positions.data(), out.mutable_data(), p.grid, clamp,
+                          fill_label, threads);
+      },
+      py::arg("positions").noconvert(), py::arg("labels").noconvert(), py::arg("out").noconvert(),
+      py::arg("clamp"), py::arg("fill_label"), py::arg("ni"), py::arg("nj"), py::arg("nk"),
+      py::arg("threads"),
+      "Labels read by the one-hot vote at voxel positions of their grid (another grid's voxels).");
   m.def(
       "compose_cpu",
       [](const FloatArray& u, const FloatArray& w, FloatArray& out, int threads) {
@@ -310,6 +330,13 @@ PYBIND11_MODULE(_core, m) {
     warp_labels_cuda(at<const int32_t>(labels), at<const float>(disp), at<int32_t>(out),
                      batch_of_shape(shape), onehot, fill_label, stream);
   });
+  m.def("sample_labels_cuda",
+        [](Address positions, Address labels, Address out, const Shape& shape, bool clamp, int32_t fill_label,
+           int64_t ni, int64_t nj, int64_t nk, Address stream) {
+          const svfcore::Grid grid = batch_from_dims(1, 1, ni, nj, nk).grid;
+          sample_labels_cuda(at<const int32_t>(labels), grid, at<const float>(positions), at<int32_t>(out),
+                             batch_of_shape(shape).grid, clamp, fill_label, stream);
+        });
   m.def("compose_cuda", [](Address u, Address w, Address out, const Shape& shape, Address stream) {
     compose_cuda(at<const float>(u), at<const float>(w), at<float>(out), batch_of_shape(shape), stream);
   });

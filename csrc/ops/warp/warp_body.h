@@ -99,4 +99,35 @@ struct WarpLabelsBody {
   }
 };
 
+// Labels read at given positions by the one-hot vote (sample_labels): out(x) is the vote of `labels`
+// (grid `grid`) at the voxel position positions(:, x), for every voxel x of another grid (`out_grid`),
+// e.g. the original image's grid and the prepared one. With `clamp` a position outside `grid` reads at
+// the nearest point of its box (SciPy's mode "nearest" for order 1); without, it reads `fill_label`
+// (SciPy's mode "constant": no interpolation with the outside, unlike warp's fill).
+struct SampleLabelsBody {
+  const int32_t* labels;
+  const float* positions;
+  int32_t* out;
+  svfcore::Grid grid;
+  svfcore::Grid out_grid;
+  bool clamp;
+  int32_t fill_label;
+
+  SVF_HOST_DEVICE void operator()(int64_t, int i, int j, int k) const {
+    const int64_t n = out_grid.size();
+    const int v = out_grid.index(i, j, k);
+    float x = positions[v], y = positions[n + v], z = positions[2 * n + v];
+    const float hi = float(grid.ni - 1), hj = float(grid.nj - 1), hk = float(grid.nk - 1);
+    if (clamp) {
+      x = svfcore::clamp_to(x, 0.f, hi);
+      y = svfcore::clamp_to(y, 0.f, hj);
+      z = svfcore::clamp_to(z, 0.f, hk);
+    } else if (!(x >= 0.f && x <= hi && y >= 0.f && y <= hj && z >= 0.f && z <= hk)) {
+      out[v] = fill_label;  // also a NaN position
+      return;
+    }
+    out[v] = svfcore::vote_label(labels, grid, svfcore::fill_stencil(grid, x, y, z), fill_label);
+  }
+};
+
 }  // namespace svfnet

@@ -11,6 +11,7 @@ constexpr int64_t kLinearCost = 7;     // a trilinear sample of one channel
 constexpr int64_t kNearestCost = 10;   // a nearest-neighbour sample of one channel
 constexpr int64_t kLabelsCost = 13;    // a label, nearest (one-hot votes cost more, rarely used)
 constexpr int64_t kGradientCost = 30;  // the gradient of a trilinear sample, a channel
+constexpr int64_t kVoteCost = 40;      // a one-hot vote of the eight corners
 }  // namespace
 
 void warp_cpu(const float* image, const float* disp, float* out, const Batch& shape, int order, float fill,
@@ -34,6 +35,12 @@ void warp_disp_vjp_cpu(const float* image, const float* disp, const float* grad_
                        const Batch& shape, float fill, int threads) {
   for_each_voxel(shape.batch, shape.grid, threads, kGradientCost * shape.channels,
                  WarpDispGradientBody{image, disp, grad_out, grad_disp, shape.channels, shape.grid, fill});
+}
+
+void sample_labels_cpu(const int32_t* labels, const svfcore::Grid& grid, const float* positions, int32_t* out,
+                       const svfcore::Grid& out_grid, bool clamp, int32_t fill_label, int threads) {
+  for_each_voxel(1, out_grid, threads, kVoteCost,
+                 SampleLabelsBody{labels, positions, out, grid, out_grid, clamp, fill_label});
 }
 
 }  // namespace svfnet

@@ -28,4 +28,11 @@ void warp_disp_vjp_cuda(const float* image, const float* disp, const float* grad
                 "warp_disp_vjp");
 }
 
+void sample_labels_cuda(const int32_t* labels, const svfcore::Grid& grid, const float* positions,
+                        int32_t* out, const svfcore::Grid& out_grid, bool clamp, int32_t fill_label,
+                        std::uintptr_t stream) {
+  launch_voxels(1, out_grid, stream,
+                SampleLabelsBody{labels, positions, out, grid, out_grid, clamp, fill_label}, "sample_labels");
+}
+
 }  // namespace svfnet

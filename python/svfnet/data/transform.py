@@ -22,7 +22,7 @@ import numpy as np
 from scipy.ndimage import map_coordinates
 
 from svfnet.common.workdir import WorkDir
-from svfnet.data.labels import label_values
+from svfnet.ops import fields
 
 
 @dataclass(frozen=True)
@@ -143,27 +143,20 @@ def to_original(
 
 
 def resample_labels(labels: np.ndarray, positions: np.ndarray, *, mode: str = "constant") -> np.ndarray:
-    """Labels read at voxel positions by one-hot trilinear interpolation and argmax.
+    """Labels read at voxel positions by one-hot trilinear interpolation and argmax (the one vote of
+    :func:`svfnet.ops.fields.sample_labels`, the compiled kernel ``warp_labels`` uses too).
 
     Args:
         labels: ``(I, J, K)`` integer labels.
-        positions: ``(3, ...)`` voxel positions in ``labels``.
+        positions: ``(3, ...)`` voxel positions in ``labels`` (read in float32).
         mode: outside the grid, ``"constant"`` reads background, ``"nearest"`` the border voxel.
 
     Returns:
         uint8 labels of shape ``positions.shape[1:]``.
     """
-    values = [int(v) for v in label_values(labels) if v != 0]
-    best = map_coordinates((labels == 0).astype(np.float32), positions, order=1, mode=mode, cval=1.0)
-    result = np.zeros(positions.shape[1:], dtype=np.uint8)
-    for value in values:
-        weight = map_coordinates(
-            (labels == value).astype(np.float32), positions, order=1, mode=mode, cval=0.0
-        )
-        better = weight > best
-        result[better] = value
-        best = np.where(better, weight, best)
-    return result
+    return np.asarray(fields.sample_labels(np.asarray(labels), np.asarray(positions), mode=mode)).astype(
+        np.uint8, copy=False
+    )
 
 
 def original_positions(disp: np.ndarray, fixed: PreparedTransform, moving: PreparedTransform) -> np.ndarray:
