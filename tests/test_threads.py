@@ -218,3 +218,16 @@ def test_bad_environment_variable_fails_the_import_naming_it(value):
     done = _import_with(value)
     assert done.returncode != 0
     assert "SVFNET_MIN_PARALLEL_WORK must be a non-negative integer" in done.stderr and value in done.stderr
+
+
+@pytest.mark.parametrize("count", [1, 7, 65_536, 65_537, 300_001])
+def test_count_nonfinite_against_numpy(count):
+    """The bit test counts NaN and both infinities (not the largest finite float) across its chunks."""
+    rng = np.random.default_rng(count)
+    values = rng.normal(size=count).astype(np.float32)
+    chosen = rng.choice(count, size=min(count, 13), replace=False)
+    values[chosen] = np.resize(
+        np.array([np.nan, np.inf, -np.inf, np.finfo(np.float32).max], np.float32), chosen.size
+    )
+    for threads in (1, 2):
+        assert _core.count_nonfinite_cpu(values, threads) == int(np.count_nonzero(~np.isfinite(values)))
