@@ -120,14 +120,14 @@ def test_demo_quick_end_to_end_then_skips_everything(tmp_path, capsys):
 
 
 def test_pipeline_killed_during_training_resumes(tmp_path, monkeypatch):
-    import svfnet.training.train as train_module
+    import svfnet.pipeline as pipeline_module  # the stage calls the name it imported
     from svfnet.config import demo_config
 
     config = demo_config(quick=True)
     config["data"]["subjects"] = 6
     config["train"].update(steps=20, checkpoint_every=5, validate_every=10)
     config["model"]["widths"] = [4, 8, 8, 8]
-    real_train = train_module.train
+    real_train = pipeline_module.train
 
     class Killed(Exception):
         pass
@@ -136,7 +136,7 @@ def test_pipeline_killed_during_training_resumes(tmp_path, monkeypatch):
         if step == 12:
             raise Killed
 
-    monkeypatch.setattr(train_module, "train", lambda *a, **k: real_train(*a, **k, on_step=kill_at_step_12))
+    monkeypatch.setattr(pipeline_module, "train", lambda *a, **k: real_train(*a, **k, on_step=kill_at_step_12))
     with pytest.raises(Killed):
         run_pipeline(
             tmp_path,
@@ -144,7 +144,7 @@ def test_pipeline_killed_during_training_resumes(tmp_path, monkeypatch):
             stages=("data", "prepare", "split", "shapes", "references", "train"),
             progress=False,
         )
-    monkeypatch.setattr(train_module, "train", real_train)
+    monkeypatch.setattr(pipeline_module, "train", real_train)
     outcomes = run_pipeline(
         tmp_path, config, stages=("data", "prepare", "split", "shapes", "references", "train"), progress=False
     )

@@ -15,8 +15,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from svfnet.common.workdir import WorkDir
+from svfnet.common.staging import file_digest
+from svfnet.common.workdir import WorkDir, prepared_digests, subject_ids
 from svfnet.config import DATA_KEYS, PREPARE_KEYS, SECTIONS
+from svfnet.data.split import split_path
 
 __all__ = ["dataset_path", "output_present", "read_split", "stage_fingerprint", "stage_inputs"]
 
@@ -29,8 +31,6 @@ def dataset_path(workdir: Path, config: dict[str, dict[str, Any]]) -> Path:
 
 def read_split(workdir: Path) -> dict[str, list[str]]:
     """The work folder's split.json as lists of subject ids per side."""
-    from svfnet.data.split import split_path
-
     data = json.loads(split_path(workdir).read_text())
     return {side: list(data.get(side, [])) for side in ("train", "val", "test")}
 
@@ -69,9 +69,6 @@ def stage_inputs(workdir: str | Path, config: dict[str, dict[str, Any]], stage: 
 
     Raises FileNotFoundError where an input is missing.
     """
-    from svfnet.common.staging import file_digest
-    from svfnet.common.workdir import prepared_digests, subject_ids
-
     workdir = Path(workdir)
     folder = WorkDir(workdir)
     if stage == "data":

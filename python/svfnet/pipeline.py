@@ -46,7 +46,9 @@ from typing import Any
 
 from svfnet.common import limits
 from svfnet.common.atomic import atomic_path, write_json
-from svfnet.common.workdir import WorkDir
+from svfnet.common.locks import folder_lock
+from svfnet.common.staging import STAGING, recover_workdir, remove_staging, replace_tree, shadow_workdir
+from svfnet.common.workdir import WorkDir, subject_ids
 from svfnet.config import (
     STAGES,
     reference_parameters,
@@ -55,7 +57,16 @@ from svfnet.config import (
     train_config,
     validate_config,
 )
+from svfnet.data.labels import parse_label_mapping
+from svfnet.data.prepare import check_preparation, prepare_dataset
+from svfnet.data.readers import read_dataset
+from svfnet.data.split import run_split, split_sizes
+from svfnet.data.synthetic import write_synthetic_dataset
+from svfnet.evaluation.evaluate import run_evaluation
 from svfnet.fingerprints import dataset_path, output_present, read_split, stage_fingerprint, stage_inputs
+from svfnet.references.stage import STORE_FORMAT, run_references
+from svfnet.shapes.stage import run_shapes
+from svfnet.training.train import run_folder, train
 
 __all__ = ["run_pipeline"]
 
@@ -83,9 +94,6 @@ class StageContext:
 
 
 def _read_dataset(ctx: StageContext):
-    from svfnet.data.labels import parse_label_mapping
-    from svfnet.data.readers import read_dataset
-
     data = ctx.config["data"]
     mapping = parse_label_mapping(data["labels"]) if data["labels"] else None
     layout = data["layout"] or ("plain" if ctx.synthetic else None)
@@ -100,8 +108,6 @@ def _stage_data(ctx: StageContext, fresh: bool) -> dict[str, Any]:
         if not source.exists():
             raise FileNotFoundError(f"[data] source {source} does not exist")
         return {"dataset": str(source)}
-    from svfnet.common.staging import STAGING, remove_staging, replace_tree
-    from svfnet.data.synthetic import write_synthetic_dataset
 
     # the new cohort is written beside the old one and swapped in complete
     staging = ctx.workdir / STAGING / "data"
@@ -122,8 +128,6 @@ def _stage_data(ctx: StageContext, fresh: bool) -> dict[str, Any]:
 
 
 def _stage_prepare(ctx: StageContext, fresh: bool) -> dict[str, Any]:
-    from svfnet.data.prepare import prepare_dataset
-
     data = ctx.config["data"]
     report = prepare_dataset(
         _read_dataset(ctx),
@@ -137,15 +141,11 @@ def _stage_prepare(ctx: StageContext, fresh: bool) -> dict[str, Any]:
 
 
 def _stage_split(ctx: StageContext, fresh: bool) -> dict[str, Any]:
-    from svfnet.data.split import run_split
-
     split = run_split(ctx.workdir, **ctx.config["split"])  # replaces the old split in one step
     return {"train": len(split.train), "val": len(split.val), "test": len(split.test)}
 
 
 def _stage_shapes(ctx: StageContext, fresh: bool) -> dict[str, Any]:
-    from svfnet.shapes.stage import run_shapes
-
     shapes = ctx.config["shapes"]
     summary = run_shapes(
         ctx.workdir,
@@ -167,8 +167,6 @@ def _references_compatible(folder: Path, parameters: Any, subjects: list[str]) -
     """Whether the store in ``folder`` can be brought up to date in place: written with the same
     parameters and store format, and holding no fixed subject outside ``subjects`` (the store itself
     recomputes the fixed subjects whose landmarks or grid changed)."""
-    from svfnet.references.stage import STORE_FORMAT
-
     config_path = folder / "config.json"
     if not config_path.is_file():
         return not any(folder.glob("pairs/*.json"))
@@ -180,9 +178,6 @@ def _references_compatible(folder: Path, parameters: Any, subjects: list[str]) -
 
 
 def _stage_references(ctx: StageContext, fresh: bool) -> dict[str, Any]:
-    from svfnet.common.staging import STAGING, remove_staging, replace_tree, shadow_workdir
-    from svfnet.references.stage import run_references
-
     parameters = reference_parameters(ctx.config)
     live = WorkDir(ctx.workdir).references
     split = read_split(ctx.workdir)
@@ -212,9 +207,6 @@ def _stage_references(ctx: StageContext, fresh: bool) -> dict[str, Any]:
 
 
 def _stage_train(ctx: StageContext, fresh: bool) -> dict[str, Any]:
-    from svfnet.common.staging import STAGING, remove_staging, replace_tree, shadow_workdir
-    from svfnet.training.train import run_folder, train
-
     live = run_folder(ctx.workdir, "svfnet")
     staging = ctx.workdir / STAGING / "train"
     if fresh:
@@ -234,8 +226,6 @@ def _stage_train(ctx: StageContext, fresh: bool) -> dict[str, Any]:
 
 
 def _stage_evaluate(ctx: StageContext, fresh: bool) -> dict[str, Any]:
-    from svfnet.evaluation.evaluate import run_evaluation
-
     summary = run_evaluation(
         ctx.workdir,
         WorkDir(ctx.workdir).models / "svfnet" / "checkpoint.pt",
@@ -329,8 +319,6 @@ def _check_resources(ctx: StageContext, stages: tuple[str, ...]) -> None:
 def _cohort_size(ctx: StageContext, stages: tuple[str, ...]) -> int | None:
     """The number of subjects the run will work on (None when nothing tells yet), after checking the
     disk the synthetic cohort and the memory the preparation need."""
-    from svfnet.common.workdir import subject_ids
-
     workdir, data = ctx.workdir, ctx.config["data"]
     grid = tuple(data["shape"])
     count = None
@@ -352,8 +340,6 @@ def _cohort_size(ctx: StageContext, stages: tuple[str, ...]) -> int | None:
                 "use a smaller [data] shape (64 x 64 x 16 needs about 0.3 GB)",
             )
         else:
-            from svfnet.data.prepare import check_preparation
-
             dataset = _read_dataset(ctx)
             count = len(dataset)
             check_preparation(dataset, grid)
@@ -365,8 +351,6 @@ def _cohort_size(ctx: StageContext, stages: tuple[str, ...]) -> int | None:
 def _split_sizes(ctx: StageContext, stages: tuple[str, ...], count: int) -> tuple[int, int, int]:
     """Training, validation and test sizes: the split on disk if this run keeps it, else the one the
     split stage will make of ``count`` subjects."""
-    from svfnet.data.split import split_sizes
-
     if "split" not in stages and (ctx.workdir / "split.json").is_file() and "prepare" not in stages:
         split = read_split(ctx.workdir)
         return len(split["train"]), len(split["val"]), len(split["test"])
@@ -448,9 +432,6 @@ def run_pipeline(
     run left half done are finished or undone, and every requested stage's inputs, the cohort's
     size, and the memory and disk the stages need are checked. Nothing is written before that.
     """
-    from svfnet.common.locks import folder_lock
-    from svfnet.common.staging import recover_workdir
-
     unknown = set(stages) - set(STAGES)
     if unknown:
         raise ValueError(f"run_pipeline(): unknown stages {sorted(unknown)} (known: {', '.join(STAGES)})")
