@@ -48,7 +48,8 @@ from typing import Any
 import numpy as np
 from scipy.ndimage import map_coordinates
 
-from svfnet.evaluation.metrics import checked_spacing, gaussian_sigma_vox, local_moments, smooth, standardised
+from svfnet.evaluation.checks import checked_spacing
+from svfnet.evaluation.metrics import gaussian_sigma_vox, local_moments, smooth, standardised
 from svfnet.ops import fields
 
 __all__ = ["LCCDemonsInfo", "LCCDemonsParams", "LevelInfo", "register"]
