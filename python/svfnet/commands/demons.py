@@ -165,7 +165,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="NAME=V[,V...]",
         help="search these values of the LCCDemonsParams field NAME (repeatable; given at all, the grid is "
         "exactly the fields given, e.g. --grid sigma_lcc_mm=4,5,6.5 --grid sigma_i=0.3,0.5; default: "
-        "svfnet.baselines.tuning.DEFAULT_GRID, 18 configurations)",
+        "svfnet.baselines.tuning_search.DEFAULT_GRID, 18 configurations)",
     )
     tuning.add_argument("--workers", type=int, metavar="N", help="local processes (default: one per core)")
     tuning.add_argument("--no-progress", action="store_true", help="no progress bar")
