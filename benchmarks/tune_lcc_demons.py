@@ -1,6 +1,6 @@
 """Grid search of LCC Log-Demons' parameters on synthetic training pairs (the record of its defaults).
 
-The search itself is the library's (:func:`svfnet.baselines.tuning.search_lcc_demons`, which
+The search itself is the library's (:func:`svfnet.baselines.tuning_search.search_lcc_demons`, which
 ``svfnet demons --tune WORKDIR`` runs on a work folder's own training pairs); this script gives it
 the synthetic cohort and the two stages of grids that chose ``LCCDemonsParams``' defaults.
 
@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from tests.demons_fixtures import prepared_subjects
 
-    from svfnet.baselines.tuning import search_lcc_demons, summary_lines
+    from svfnet.baselines.tuning import summary_lines
+    from svfnet.baselines.tuning_search import search_lcc_demons
     from svfnet.common.atomic import write_json
 
     with tempfile.TemporaryDirectory() as folder:

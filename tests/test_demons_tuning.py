@@ -19,13 +19,12 @@ import pytest
 
 from svfnet.baselines import lcc_demons
 from svfnet.baselines.tuning import (
-    DEFAULT_GRID,
     draw_pairs,
     read_tuned_params,
     record_path,
-    select_configuration,
     tune_lcc_demons,
 )
+from svfnet.baselines.tuning_search import DEFAULT_GRID, select_configuration
 from svfnet.common.workdir import REGIONS, read_prepared, write_prepared_subject
 from svfnet.evaluation import metrics
 from svfnet.ops import fields

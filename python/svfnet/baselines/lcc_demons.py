@@ -41,14 +41,15 @@ import dataclasses
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from scipy.ndimage import map_coordinates
 
-from svfnet.evaluation.metrics import checked_spacing, gaussian_sigma_vox, local_moments, smooth, standardised
+from svfnet.evaluation.checks import checked_spacing
+from svfnet.evaluation.metrics import gaussian_sigma_vox, local_moments, smooth, standardised
 from svfnet.ops import fields
 
 __all__ = ["LCCDemonsInfo", "LCCDemonsParams", "LevelInfo", "register"]
@@ -410,16 +411,7 @@ def register(
             "grid (resample them first, e.g. with `svfnet prepare`)"
         )
     spacing_mm = checked_spacing(func, spacing)
-    params = params if params is not None else LCCDemonsParams()
-    if not isinstance(params, LCCDemonsParams):
-        raise TypeError(f"{func}(): 'params' must be an LCCDemonsParams, got {type(params).__name__}")
-    known = {f.name for f in dataclasses.fields(LCCDemonsParams)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise TypeError(
-            f"{func}(): unknown parameter(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
-        )
-    params = dataclasses.replace(params, **overrides).checked()
+    params = _checked_params(func, params, overrides)
     initial = None if initial_svf is None else _as_initial_svf(initial_svf, fixed_np.shape)
 
     moving_np, fixed_np = standardised(moving_np), standardised(fixed_np)
@@ -430,6 +422,47 @@ def register(
             "LCC demons: %d level(s) instead of %d (no axis left to halve)", len(grids), params.levels
         )
 
+    velocity, level_infos = _run_levels(moving_np, fixed_np, initial, grids, iterations, spacing_mm, params)
+
+    assert velocity is not None
+    svf = np.ascontiguousarray(velocity, dtype=np.float32)
+    result: Any = svf
+    if kind == "torch":
+        import torch
+
+        result = torch.from_numpy(svf)
+    if not return_info:
+        return result
+    return result, LCCDemonsInfo(tuple(level_infos), time.perf_counter() - started, params)
+
+
+def _checked_params(
+    func: str, params: LCCDemonsParams | None, overrides: Mapping[str, Any]
+) -> LCCDemonsParams:
+    """``params`` (default ``LCCDemonsParams()``) with ``overrides``, checked; TypeError for unknown names."""
+    params = params if params is not None else LCCDemonsParams()
+    if not isinstance(params, LCCDemonsParams):
+        raise TypeError(f"{func}(): 'params' must be an LCCDemonsParams, got {type(params).__name__}")
+    known = {f.name for f in dataclasses.fields(LCCDemonsParams)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise TypeError(
+            f"{func}(): unknown parameter(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+        )
+    return dataclasses.replace(params, **overrides).checked()
+
+
+def _run_levels(
+    moving_np: np.ndarray,
+    fixed_np: np.ndarray,
+    initial: np.ndarray | None,
+    grids: Sequence[tuple[tuple[int, ...], tuple[float, ...]]],
+    iterations: Sequence[int],
+    spacing_mm: tuple[float, float, float],
+    params: LCCDemonsParams,
+) -> tuple[np.ndarray | None, list[LevelInfo]]:
+    """The pyramid, coarsest level first: each level starts from the previous one's velocity
+    (upsampled), the first from ``initial`` (or zero); returns the finest velocity and each level's info."""
     # lengths in mm on the finest grid, kept constant in voxels across levels
     sigma_lcc = gaussian_sigma_vox(params.sigma_lcc_mm, spacing_mm)
     sigma_fluid = gaussian_sigma_vox(params.sigma_fluid_mm, spacing_mm)
@@ -470,17 +503,7 @@ def register(
             info[1].lcc_start,
             info[1].lcc_end,
         )
-
-    assert velocity is not None
-    svf = np.ascontiguousarray(velocity, dtype=np.float32)
-    result: Any = svf
-    if kind == "torch":
-        import torch
-
-        result = torch.from_numpy(svf)
-    if not return_info:
-        return result
-    return result, LCCDemonsInfo(tuple(level_infos), time.perf_counter() - started, params)
+    return velocity, level_infos
 
 
 def _register_level(

@@ -198,15 +198,6 @@ def ants_syn(
             f"and {fixed.shape}"
         )
     spacing = tuple(float(s) for s in spacing_mm)
-
-    def to_ants(volume: np.ndarray) -> Any:
-        return ants.from_numpy(
-            np.ascontiguousarray(volume, dtype=np.float32),
-            origin=(0.0, 0.0, 0.0),
-            spacing=spacing,
-            direction=np.eye(3),
-        )
-
     settings = {
         "type_of_transform": "SyNOnly",
         "initial_transform": "Identity",
@@ -217,43 +208,73 @@ def ants_syn(
         "flow_sigma": float(flow_sigma),
         "total_sigma": float(total_sigma),
     }
+    with tempfile.TemporaryDirectory(prefix="svfnet-ants-") as folder:
+        result = _seeded_registration(
+            ants,
+            _to_ants(ants, fixed, spacing),
+            _to_ants(ants, moving, spacing),
+            folder,
+            settings,
+            random_seed,
+        )
+        disp_mm = _forward_warp_mm(ants, list(result["fwdtransforms"]), fixed.shape, spacing)
+    scale = np.asarray(spacing, dtype=np.float64).reshape(3, 1, 1, 1)
+    return np.ascontiguousarray(disp_mm / scale, dtype=np.float32)
+
+
+def _to_ants(ants: Any, volume: np.ndarray, spacing: tuple[float, ...]) -> Any:
+    """``volume`` as an ANTs image: float32, origin 0, identity direction, ``spacing`` mm."""
+    return ants.from_numpy(
+        np.ascontiguousarray(volume, dtype=np.float32),
+        origin=(0.0, 0.0, 0.0),
+        spacing=spacing,
+        direction=np.eye(3),
+    )
+
+
+def _seeded_registration(
+    ants: Any, fixed: Any, moving: Any, folder: str, settings: Mapping[str, Any], random_seed: int | None
+) -> Any:
+    """``ants.registration`` writing into ``folder``, with ANTs' random seed set to ``random_seed``
+    for the call (where this antspyx has one) and restored after."""
     config = getattr(ants, "config", None)  # ants.registration reads its seed from there
     seeded = random_seed is not None and hasattr(config, "_random_seed")
     previous_seed = config._random_seed if seeded else None
-    with tempfile.TemporaryDirectory(prefix="svfnet-ants-") as folder:
-        try:
-            if seeded:
-                config._random_seed = int(random_seed)
-            result = ants.registration(
-                to_ants(fixed), to_ants(moving), outprefix=os.path.join(folder, "syn_"), **settings
-            )
-        finally:
-            if seeded:
-                config._random_seed = previous_seed
-        transforms = list(result["fwdtransforms"])
-        warps = [path for path in transforms if path.endswith("Warp.nii.gz")]
-        others = [path for path in transforms if path not in warps]
-        if len(warps) != 1:
-            raise RuntimeError(f"ants_syn(): expected one forward warp from ANTs, got {transforms}")
-        for path in others:  # the identity initial transform, written as an affine
-            matrix = np.asarray(ants.read_transform(path).parameters, dtype=np.float64)
-            if not np.allclose(matrix, [1, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0], atol=1e-6):
-                raise RuntimeError(f"ants_syn(): ANTs' initial transform {path} is not the identity")
-        warp = ants.image_read(warps[0])
-        if tuple(warp.shape) != fixed.shape or warp.components != 3:
-            raise RuntimeError(
-                f"ants_syn(): ANTs' warp is {tuple(warp.shape)} with {warp.components} components, "
-                f"expected {fixed.shape} with 3"
-            )
-        if not (
-            np.allclose(warp.spacing, spacing, rtol=1e-5)
-            and np.allclose(warp.origin, 0.0, atol=1e-5)
-            and np.allclose(warp.direction, np.eye(3), atol=1e-6)
-        ):
-            raise RuntimeError(
-                f"ants_syn(): ANTs' warp has spacing {warp.spacing}, origin {warp.origin}, direction "
-                f"{np.asarray(warp.direction).tolist()}: not the fixed grid"
-            )
-        disp_mm = np.moveaxis(np.asarray(warp.numpy(), dtype=np.float64), -1, 0)  # (I, J, K, 3) -> (3, ...)
-    scale = np.asarray(spacing, dtype=np.float64).reshape(3, 1, 1, 1)
-    return np.ascontiguousarray(disp_mm / scale, dtype=np.float32)
+    try:
+        if seeded:
+            config._random_seed = int(random_seed)
+        return ants.registration(fixed, moving, outprefix=os.path.join(folder, "syn_"), **settings)
+    finally:
+        if seeded:
+            config._random_seed = previous_seed
+
+
+def _forward_warp_mm(
+    ants: Any, transforms: list[str], shape: tuple[int, ...], spacing: tuple[float, ...]
+) -> np.ndarray:
+    """ANTs' one forward warp, checked (identity initial transform, on the fixed grid), as a
+    ``(3, I, J, K)`` float64 displacement in mm; RuntimeError otherwise."""
+    warps = [path for path in transforms if path.endswith("Warp.nii.gz")]
+    others = [path for path in transforms if path not in warps]
+    if len(warps) != 1:
+        raise RuntimeError(f"ants_syn(): expected one forward warp from ANTs, got {transforms}")
+    for path in others:  # the identity initial transform, written as an affine
+        matrix = np.asarray(ants.read_transform(path).parameters, dtype=np.float64)
+        if not np.allclose(matrix, [1, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0], atol=1e-6):
+            raise RuntimeError(f"ants_syn(): ANTs' initial transform {path} is not the identity")
+    warp = ants.image_read(warps[0])
+    if tuple(warp.shape) != shape or warp.components != 3:
+        raise RuntimeError(
+            f"ants_syn(): ANTs' warp is {tuple(warp.shape)} with {warp.components} components, "
+            f"expected {shape} with 3"
+        )
+    if not (
+        np.allclose(warp.spacing, spacing, rtol=1e-5)
+        and np.allclose(warp.origin, 0.0, atol=1e-5)
+        and np.allclose(warp.direction, np.eye(3), atol=1e-6)
+    ):
+        raise RuntimeError(
+            f"ants_syn(): ANTs' warp has spacing {warp.spacing}, origin {warp.origin}, direction "
+            f"{np.asarray(warp.direction).tolist()}: not the fixed grid"
+        )
+    return np.moveaxis(np.asarray(warp.numpy(), dtype=np.float64), -1, 0)  # (I, J, K, 3) -> (3, ...)

@@ -165,7 +165,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="NAME=V[,V...]",
         help="search these values of the LCCDemonsParams field NAME (repeatable; given at all, the grid is "
         "exactly the fields given, e.g. --grid sigma_lcc_mm=4,5,6.5 --grid sigma_i=0.3,0.5; default: "
-        "svfnet.baselines.tuning.DEFAULT_GRID, 18 configurations)",
+        "svfnet.baselines.tuning_search.DEFAULT_GRID, 18 configurations)",
     )
     tuning.add_argument("--workers", type=int, metavar="N", help="local processes (default: one per core)")
     tuning.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -249,26 +249,15 @@ def params_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    """``svfnet demons MOVING FIXED --out OUT``: one registration, its files and record in OUT."""
     import time
 
     from svfnet.baselines import lcc_demons
     from svfnet.common.atomic import write_json
-    from svfnet.data.nifti import read_nifti, write_nifti
-    from svfnet.data.readers import refuse_complex
     from svfnet.ops import fields
 
     params = params_from_args(args)  # bad parameters fail before any file is read
-    refuse_complex(args.moving, "moving image")
-    refuse_complex(args.fixed, "fixed image")
-    moving, moving_affine = read_nifti(args.moving, kind="image")
-    fixed, fixed_affine = read_nifti(args.fixed, kind="image")
-    check_same_grid(args.moving, moving.shape, moving_affine, args.fixed, fixed.shape, fixed_affine)
-    labels = None
-    if args.moving_labels is not None:
-        labels, labels_affine = read_nifti(args.moving_labels, kind="labels")
-        check_same_grid(
-            args.moving_labels, labels.shape, labels_affine, args.moving, moving.shape, moving_affine
-        )
+    moving, fixed, fixed_affine, labels = _read_inputs(args)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"{out} exists and is not a folder")
@@ -282,6 +271,67 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     svf, info = lcc_demons.register(moving, fixed, spacing=spacing, params=params, return_info=True)
     disp = fields.exp(svf)
+
+    _write_outputs(out, outputs, svf, disp, moving, labels, fixed_affine)
+    write_json(
+        out / RECORD_FILE,
+        {
+            "method": "LCC Log-Demons (svfnet.baselines.lcc_demons)",
+            "moving": str(args.moving),
+            "fixed": str(args.fixed),
+            "spacing_mm": list(spacing),
+            "params": {
+                k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(params).items()
+            },
+            "levels": [dataclasses.asdict(level) for level in info.levels],
+            "seconds": time.perf_counter() - started,
+            "svf": {
+                "file": SVF_FILE,
+                "units": "voxels of the fixed grid",
+                "components": "(v_i, v_j, v_k)",
+                "transformation": "warped(x) = moving(x + exp(v)(x))",
+            },
+        },
+    )
+    final = info.levels[-1]
+    print(
+        f"registered in {info.seconds:.2f} s ({info.iterations} iterations over {len(info.levels)} levels); "
+        f"mean LCC on the finest level {final.lcc_start:.3f} -> {final.lcc_end:.3f}; wrote {out}"
+    )
+    return 0
+
+
+def _read_inputs(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """The moving and fixed images, the fixed affine and the moving labels (or None), on one grid."""
+    from svfnet.data.nifti import read_nifti
+    from svfnet.data.readers import refuse_complex
+
+    refuse_complex(args.moving, "moving image")
+    refuse_complex(args.fixed, "fixed image")
+    moving, moving_affine = read_nifti(args.moving, kind="image")
+    fixed, fixed_affine = read_nifti(args.fixed, kind="image")
+    check_same_grid(args.moving, moving.shape, moving_affine, args.fixed, fixed.shape, fixed_affine)
+    labels = None
+    if args.moving_labels is not None:
+        labels, labels_affine = read_nifti(args.moving_labels, kind="labels")
+        check_same_grid(
+            args.moving_labels, labels.shape, labels_affine, args.moving, moving.shape, moving_affine
+        )
+    return moving, fixed, fixed_affine, labels
+
+
+def _write_outputs(
+    out: Path,
+    outputs: list[Path],
+    svf: np.ndarray,
+    disp: np.ndarray,
+    moving: np.ndarray,
+    labels: np.ndarray | None,
+    fixed_affine: np.ndarray,
+) -> None:
+    """Writes the SVF, displacement, warped image (and labels) into ``out``, replacing a previous set."""
+    from svfnet.data.nifti import write_nifti
+    from svfnet.ops import fields
 
     out.mkdir(parents=True, exist_ok=True)
     # replacing a result: the new files are written beside the old ones first (a folder of their own
@@ -309,32 +359,6 @@ def run(args: argparse.Namespace) -> int:
             os.replace(written, out / written.name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    write_json(
-        out / RECORD_FILE,
-        {
-            "method": "LCC Log-Demons (svfnet.baselines.lcc_demons)",
-            "moving": str(args.moving),
-            "fixed": str(args.fixed),
-            "spacing_mm": list(spacing),
-            "params": {
-                k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(params).items()
-            },
-            "levels": [dataclasses.asdict(level) for level in info.levels],
-            "seconds": time.perf_counter() - started,
-            "svf": {
-                "file": SVF_FILE,
-                "units": "voxels of the fixed grid",
-                "components": "(v_i, v_j, v_k)",
-                "transformation": "warped(x) = moving(x + exp(v)(x))",
-            },
-        },
-    )
-    final = info.levels[-1]
-    print(
-        f"registered in {info.seconds:.2f} s ({info.iterations} iterations over {len(info.levels)} levels); "
-        f"mean LCC on the finest level {final.lcc_start:.3f} -> {final.lcc_end:.3f}; wrote {out}"
-    )
-    return 0
 
 
 def spacing_of(affine: np.ndarray) -> tuple[float, float, float]:

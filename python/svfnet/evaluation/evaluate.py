@@ -31,20 +31,24 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from svfnet.baselines.peers import SITK_DEFAULTS, ants_settings, require_ants
 from svfnet.common.atomic import write_json
 from svfnet.common.workdir import REGIONS, WorkDir
 from svfnet.evaluation.gallery import gallery_entries
-from svfnet.evaluation.records import Records, error_text, file_digest, settings_key, subject_digest
+from svfnet.evaluation.method_settings import (
+    MethodSettings,
+    checked_methods,
+    method_settings,
+    segmentation_refinement,
+)
+from svfnet.evaluation.records import Records, error_text, subject_digest
 from svfnet.evaluation.tables import (
     METHOD_NAMES,
-    METHODS,
     OUTLIER_COLUMNS,
     PAIR_COLUMNS,
     STATISTICS_COLUMNS,
@@ -108,25 +112,8 @@ def _grid_problem(moving: Any, fixed: Any) -> str | None:
     return None
 
 
-def _demons_settings(demons_params: Mapping[str, Any] | None) -> dict[str, Any]:
-    from svfnet.baselines.lcc_demons import LCCDemonsParams
-
-    overrides = dict(demons_params or {})
-    if isinstance(overrides.get("iterations"), list):
-        overrides["iterations"] = tuple(overrides["iterations"])
-    try:
-        params = dataclasses.replace(LCCDemonsParams(), **overrides).checked()
-    except TypeError as error:
-        raise ValueError(
-            f"run_evaluation(): bad 'demons_params' {dict(demons_params or {})!r}: {error}"
-        ) from None
-    return {
-        name: list(value) if isinstance(value, tuple) else value
-        for name, value in dataclasses.asdict(params).items()
-    }
-
-
 # ------------------------------------------------------------------------------------------ the run
+# Long on purpose: its signature and docstring (the public API) are 70 of its lines; the body calls one helper a step.
 def run_evaluation(
     workdir: str | Path,
     checkpoint: str | Path | None,
@@ -198,74 +185,89 @@ def run_evaluation(
     """
     func = "run_evaluation"
     workdir = Path(workdir)
-    methods = list(dict.fromkeys(methods))
-    if include_sitk and "sitk_demons" not in methods:
-        methods.append("sitk_demons")
-    if include_ants and "ants_syn" not in methods:
-        methods.append("ants_syn")
-    if include_refinement and "svfnet_refined" not in methods:
-        methods.append("svfnet_refined")
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown or not methods:
-        raise ValueError(f"{func}(): unknown or no methods {unknown or methods}; known: {', '.join(METHODS)}")
-    methods = [m for m in METHODS if m in methods]  # the display order
-    if max_pairs is not None and (
-        isinstance(max_pairs, bool) or not isinstance(max_pairs, int) or max_pairs < 1
-    ):
-        raise ValueError(f"{func}(): 'max_pairs' must be a positive integer, got {max_pairs!r}")
-    if "ants_syn" in methods:
-        require_ants()  # a missing package is said once, before any work, not once per pair
-    segmentation_refine: bool | dict[str, Any] = False
+    methods = checked_methods(methods, include_sitk, include_ants, include_refinement, max_pairs, func)
+    segmentation_refine = segmentation_refinement(
+        segmentation, checkpoint, include_refinement, refine_params, func
+    )
+    settings = method_settings(
+        workdir,
+        checkpoint,
+        methods,
+        demons_params=demons_params,
+        sitk_params=sitk_params,
+        ants_params=ants_params,
+        tuned_demons=tuned_demons,
+        refine_params=refine_params,
+        func=func,
+    )
+    pairs = _evaluation_pairs(workdir, max_pairs, settings, func)
+    computed = _compute_pairs(methods, pairs, settings, workers, scheduler, progress)
+
+    folder = pairs.folder
+    rows = pair_rows(pairs.records, pairs.pairs, methods, dict(REGIONS))
+    summary, statistics, outliers, files = _write_tables(folder, rows, methods)
+
+    failed = len({(r["moving"], r["fixed"], r["method"]) for r in rows if r["status"] == "failed"})
+    headline = headline_lines(summary, methods, len(pairs.pairs), pairs.subject_set)
+    segmented = None
     if segmentation:
-        from svfnet.registration.arrays import refinement_params
+        from svfnet.segmentation.evaluation import evaluate_segmentation
 
-        if checkpoint is None:
-            raise ValueError(f"{func}(): 'checkpoint' is needed to evaluate the segmentation")
-        if include_refinement:
-            segmentation_refine = dict(refine_params) if refine_params else True
-        refinement_params(segmentation_refine, f"{func}()")  # bad refine_params: said before any work
+        segmented = evaluate_segmentation(
+            workdir, settings.checkpoint, model=settings.model, refine=segmentation_refine, progress=progress
+        )
+    report_path = ""
+    if report:
+        report_path = _write_report(
+            workdir,
+            pairs,
+            settings,
+            methods,
+            tables=(rows, summary, statistics, outliers),
+            headline=headline,
+            failed=failed,
+            segmented=segmented,
+            workers=workers,
+            scheduler=scheduler,
+            progress=progress,
+        )
+    result = {
+        "report": report_path,
+        "headline": headline,
+        "folder": str(folder),
+        "subjects": list(pairs.subject_ids),
+        "subject_set": pairs.subject_set,
+        "pairs": len(pairs.pairs),
+        "methods": list(methods),
+        "computed": computed,
+        "failed": failed,
+        "outliers": len(outliers),
+        "demons_params_source": settings.demons_source,
+        "files": {name: str(path) for name, path in files.items()},
+    }
+    if segmented is not None:
+        result["segmentation"] = segmented.json_ready()
+    write_json(folder / "evaluation.json", result)
+    return result
 
-    keys: dict[str, str] = {}
-    params: dict[str, dict[str, Any]] = {}
-    model = None
-    if "svfnet" in methods or "svfnet_refined" in methods:
-        if checkpoint is None:
-            raise ValueError(f"{func}(): 'checkpoint' is needed to evaluate SVF-Net")
-        from svfnet.training.model import as_model
 
-        checkpoint = Path(checkpoint)
-        model = as_model(checkpoint, func="run_evaluation")
-        keys["svfnet"] = settings_key("svfnet", {"checkpoint_sha256": file_digest(checkpoint)})
-    demons_source = ""
-    if "lcc_demons" in methods or "svfnet_refined" in methods:
-        from svfnet.baselines.tuning import read_tuned_params, record_path
-        from svfnet.registration.arrays import REFINEMENT
+@dataclasses.dataclass
+class _EvaluationPairs:
+    """The subjects and pairs to evaluate, where their records live, and why a pair cannot be compared."""
 
-        tuned = read_tuned_params(workdir) if tuned_demons else None
-        demons = {**(tuned or {}), **dict(demons_params or {})}
-        demons_source = _demons_source(tuned, demons_params, record_path(workdir), tuned_demons)
-        if "lcc_demons" in methods:
-            params["lcc_demons"] = _demons_settings(demons)
-            keys["lcc_demons"] = settings_key("lcc_demons", params["lcc_demons"])
-        if "svfnet_refined" in methods:
-            params["svfnet_refined"] = _demons_settings({**demons, **REFINEMENT, **dict(refine_params or {})})
-            keys["svfnet_refined"] = settings_key(
-                "svfnet_refined", {**params["svfnet_refined"], "checkpoint_sha256": file_digest(checkpoint)}
-            )
-    if "sitk_demons" in methods:
-        unknown_sitk = set(sitk_params or {}) - set(SITK_DEFAULTS)
-        if unknown_sitk:
-            raise ValueError(
-                f"{func}(): unknown 'sitk_params' {sorted(unknown_sitk)}; known: {sorted(SITK_DEFAULTS)}"
-            )
-        params["sitk_demons"] = {**SITK_DEFAULTS, **dict(sitk_params or {})}
-        keys["sitk_demons"] = settings_key("sitk_demons", params["sitk_demons"])
-    if "ants_syn" in methods:
-        params["ants_syn"] = ants_settings(ants_params)
-        keys["ants_syn"] = settings_key("ants_syn", params["ants_syn"])
-    if "identity" in methods:
-        keys["identity"] = settings_key("identity", {})
+    subject_ids: list[str]
+    subject_set: str
+    pairs: list[tuple[str, str]]
+    folder: Path
+    subjects: dict[str, Any]
+    records: Records
+    problem_of: Callable[[str, str], str | None]
 
+
+def _evaluation_pairs(
+    workdir: Path, max_pairs: int | None, settings: MethodSettings, func: str
+) -> _EvaluationPairs:
+    """Reads the subjects to evaluate (checking them against the model's grid) and opens their records."""
     subject_ids, subject_set = _evaluation_subjects(workdir)
     if len(subject_ids) < 2:
         raise ValueError(
@@ -276,18 +278,13 @@ def run_evaluation(
     folder = WorkDir(workdir).evaluation
     folder.mkdir(parents=True, exist_ok=True)
     subjects, unreadable = _read_subjects(workdir, subject_ids)
-    if model is not None:
-        _check_model_grid(checkpoint, model, subjects)
+    if settings.model is not None:
+        _check_model_grid(settings.checkpoint, settings.model, subjects)
     digests = {
         subject_id: subject_digest(subjects[subject_id]) if subject_id in subjects else "unreadable"
         for subject_id in subject_ids
     }
     records = Records(folder, lambda moving_id, fixed_id: f"{digests[moving_id]}-{digests[fixed_id]}")
-
-    computed = {method: 0 for method in methods}
-    pending = {method: [p for p in pairs if not records.done(method, *p, keys[method])] for method in methods}
-    for method in methods:
-        logger.info("%s: %d of %d pairs to compute", METHOD_NAMES[method], len(pending[method]), len(pairs))
 
     def problem_of(moving_id: str, fixed_id: str) -> str | None:
         for subject_id in (moving_id, fixed_id):
@@ -295,10 +292,29 @@ def run_evaluation(
                 return f"cannot read subject {subject_id}: {unreadable[subject_id]}"
         return _grid_problem(subjects[moving_id], subjects[fixed_id])
 
+    return _EvaluationPairs(subject_ids, subject_set, pairs, folder, subjects, records, problem_of)
+
+
+def _compute_pairs(
+    methods: Sequence[str],
+    evaluation_pairs: _EvaluationPairs,
+    settings: MethodSettings,
+    workers: int | None,
+    scheduler: str | None,
+    progress: bool,
+) -> dict[str, int]:
+    """Registers and scores the pairs not on disk yet; how many were computed now, per method."""
+    pairs, subjects, records = evaluation_pairs.pairs, evaluation_pairs.subjects, evaluation_pairs.records
+    problem_of, keys = evaluation_pairs.problem_of, settings.keys
+    computed = {method: 0 for method in methods}
+    pending = {method: [p for p in pairs if not records.done(method, *p, keys[method])] for method in methods}
+    for method in methods:
+        logger.info("%s: %d of %d pairs to compute", METHOD_NAMES[method], len(pending[method]), len(pairs))
+
     # in this process first (fast), then the optimisation methods in parallel: no competing timings
     for method in (m for m in methods if m not in TASK_METHODS):
         computed[method] = run_in_process(
-            method, pending[method], subjects, problem_of, records, keys[method], model, progress
+            method, pending[method], subjects, problem_of, records, keys[method], settings.model, progress
         )
     task_pairs = [(method, pair) for method in methods if method in TASK_METHODS for pair in pending[method]]
     computed_tasks = run_as_tasks(
@@ -307,17 +323,22 @@ def run_evaluation(
         problem_of,
         records,
         keys,
-        params,
-        model,
+        settings.params,
+        settings.model,
         workers=workers,
         scheduler=scheduler,
         progress=progress,
     )
     for method, count in computed_tasks.items():
         computed[method] = count
+    return computed
 
-    regions = dict(REGIONS)
-    rows = pair_rows(records, pairs, methods, regions)
+
+def _write_tables(
+    folder: Path, rows: list[dict[str, Any]], methods: Sequence[str]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]], dict[str, Path]]:
+    """Summary, statistics and outliers of the pair rows, written with them as CSV files; returns
+    the three tables and the files by name."""
     summary = summary_rows(rows, methods)
     statistics = statistics_rows(rows, methods)
     outliers = outlier_rows(rows, methods)
@@ -331,103 +352,70 @@ def run_evaluation(
     write_csv(files["summary"], SUMMARY_COLUMNS, summary)
     write_csv(files["statistics"], STATISTICS_COLUMNS, statistics)
     write_csv(files["outliers"], OUTLIER_COLUMNS, outliers)
-
-    failed = len({(r["moving"], r["fixed"], r["method"]) for r in rows if r["status"] == "failed"})
-    headline = headline_lines(summary, methods, len(pairs), subject_set)
-    segmented = None
-    if segmentation:
-        from svfnet.segmentation.evaluation import evaluate_segmentation
-        from svfnet.segmentation.evaluation_report import report_section
-
-        segmented = evaluate_segmentation(
-            workdir, checkpoint, model=model, refine=segmentation_refine, progress=progress
-        )
-    report_path = ""
-    if report:
-        from svfnet.evaluation.report import ReportInputs, write_report
-
-        gallery = gallery_entries(
-            rows,
-            methods,
-            subjects,
-            problem_of,
-            folder,
-            keys,
-            params,
-            model,
-            inputs_of=records.inputs_of,
-            workers=workers,
-            scheduler=scheduler,
-            progress=progress,
-        )
-        report_path = str(
-            write_report(
-                folder,
-                ReportInputs(
-                    workdir=str(workdir),
-                    checkpoint=str(checkpoint) if "svfnet" in methods else "",
-                    training=_training_summary(checkpoint) if "svfnet" in methods else "",
-                    subject_set=subject_set,
-                    subjects=tuple(subject_ids),
-                    pair_count=len(pairs),
-                    methods=tuple(methods),
-                    rows=rows,
-                    summary=summary,
-                    statistics=statistics,
-                    outliers=outliers,
-                    gallery=gallery,
-                    headline=tuple(headline) + (tuple(segmented.headline) if segmented else ()),
-                    method_params=params,
-                    method_sources={
-                        m: demons_source for m in ("lcc_demons", "svfnet_refined") if m in params
-                    },
-                    failed=failed,
-                    sections=(functools.partial(report_section, segmented),) if segmented else (),
-                ),
-            )
-        )
-    result = {
-        "report": report_path,
-        "headline": headline,
-        "folder": str(folder),
-        "subjects": list(subject_ids),
-        "subject_set": subject_set,
-        "pairs": len(pairs),
-        "methods": list(methods),
-        "computed": computed,
-        "failed": failed,
-        "outliers": len(outliers),
-        "demons_params_source": demons_source,
-        "files": {name: str(path) for name, path in files.items()},
-    }
-    if segmented is not None:
-        result["segmentation"] = segmented.json_ready()
-    write_json(folder / "evaluation.json", result)
-    return result
+    return summary, statistics, outliers, files
 
 
-def _demons_source(
-    tuned: Mapping[str, Any] | None,
-    explicit: Mapping[str, Any] | None,
-    record: Path,
-    tuned_demons: bool,
+def _write_report(
+    workdir: Path,
+    pairs: _EvaluationPairs,
+    settings: MethodSettings,
+    methods: Sequence[str],
+    *,
+    tables: tuple[Any, Any, Any, Any],
+    headline: Sequence[str],
+    failed: int,
+    segmented: Any,
+    workers: int | None,
+    scheduler: str | None,
+    progress: bool,
 ) -> str:
-    """Where LCC Log-Demons' parameters came from, in one sentence for the report."""
-    if tuned is not None:
-        source = f"tuned on this cohort's training pairs ({record.name}, `svfnet demons --tune`)"
-    elif not tuned_demons:
-        source = "the defaults (tuning not used: tuned_demons=False / --demons-defaults)"
-    elif record.is_file():
-        source = (
-            f"the defaults ({record.name} is stale or selected nothing: run `svfnet demons --tune` again)"
+    """Renders the gallery and writes ``report.html`` (with the segmentation's section where there
+    is one); returns its path."""
+    from svfnet.evaluation.report import ReportInputs, write_report
+    from svfnet.segmentation.evaluation_report import report_section
+
+    checkpoint, params = settings.checkpoint, settings.params
+    rows, summary, statistics, outliers = tables
+    gallery = gallery_entries(
+        rows,
+        methods,
+        pairs.subjects,
+        pairs.problem_of,
+        pairs.folder,
+        settings.keys,
+        params,
+        settings.model,
+        inputs_of=pairs.records.inputs_of,
+        workers=workers,
+        scheduler=scheduler,
+        progress=progress,
+    )
+    return str(
+        write_report(
+            pairs.folder,
+            ReportInputs(
+                workdir=str(workdir),
+                checkpoint=str(checkpoint) if "svfnet" in methods else "",
+                training=_training_summary(checkpoint) if "svfnet" in methods else "",
+                subject_set=pairs.subject_set,
+                subjects=tuple(pairs.subject_ids),
+                pair_count=len(pairs.pairs),
+                methods=tuple(methods),
+                rows=rows,
+                summary=summary,
+                statistics=statistics,
+                outliers=outliers,
+                gallery=gallery,
+                headline=tuple(headline) + (tuple(segmented.headline) if segmented else ()),
+                method_params=params,
+                method_sources={
+                    m: settings.demons_source for m in ("lcc_demons", "svfnet_refined") if m in params
+                },
+                failed=failed,
+                sections=(functools.partial(report_section, segmented),) if segmented else (),
+            ),
         )
-    else:
-        source = (
-            "the defaults, tuned on the synthetic cohort (no `svfnet demons --tune` record for this folder)"
-        )
-    if explicit:
-        source += f"; given explicitly: {', '.join(sorted(explicit))}"
-    return source
+    )
 
 
 def _training_summary(checkpoint: Path) -> str:

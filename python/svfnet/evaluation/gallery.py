@@ -76,54 +76,23 @@ def gallery_entries(
     The fields are not kept per pair (1,369 pairs × methods would be gigabytes): the few pairs shown
     are registered again (the methods are deterministic) and cached in ``gallery/<pair>.npz``.
     """
-    from svfnet.common.parallel import run_tasks
-    from svfnet.evaluation.metrics import warp_pair
-
     cases = [(pair, why) for pair, why in gallery_cases(rows, methods) if problem_of(*pair) is None]
     cache = folder / "gallery"
-    gallery: list[dict[str, Any]] = []
     missing_tasks, missing_owner = [], []
     warped_of: dict[tuple[tuple[str, str], str], tuple[np.ndarray, np.ndarray]] = {}
     for pair, _ in cases:
-        moving, fixed = subjects[pair[0]], subjects[pair[1]]
         cache_key = gallery_key(keys, methods, inputs_of(*pair))
         cached = read_gallery_cache(cache / f"{pair_name(*pair)}.npz", cache_key, methods)
         if cached is not None:
             warped_of.update({(pair, m): value for m, value in cached.items()})
             continue
         for method in methods:
-            try:
-                if method == "identity":
-                    disp = np.zeros((3, *fixed.image.shape), dtype=np.float32)
-                elif method == "svfnet":
-                    disp, _ = svfnet_displacement(model, moving, fixed)
-                else:
-                    missing_tasks.append(
-                        make_task(method, moving, fixed, params[method], model, scores=False)
-                    )
-                    missing_owner.append((pair, method))
-                    continue
-                warped_of[(pair, method)] = warp_pair(moving.image, moving.labels, disp)
-            except Exception as error:  # the example is then drawn without this method
-                logger.warning(
-                    "gallery: %s failed on %s -> %s: %s", METHOD_NAMES[method], *pair, error_text(error)
-                )
-    for outcome in run_tasks(
-        evaluate_task,
-        missing_tasks,
-        workers=workers,
-        scheduler=scheduler,
-        progress=progress,
-        description="gallery",
-    ):
-        pair, method = missing_owner[outcome.index]
-        if outcome.error is None:
-            moving = subjects[pair[0]]
-            warped_of[(pair, method)] = warp_pair(moving.image, moving.labels, outcome.value["disp"])
-        else:
-            logger.warning(
-                "gallery: %s failed on %s -> %s: %s", METHOD_NAMES[method], *pair, error_text(outcome.error)
-            )
+            task = _warp_here(pair, method, subjects, params, model, warped_of)
+            if task is not None:
+                missing_tasks.append(task)
+                missing_owner.append((pair, method))
+    _warp_as_tasks(missing_tasks, missing_owner, subjects, warped_of, workers, scheduler, progress)
+    gallery: list[dict[str, Any]] = []
     for pair, why in cases:
         moving, fixed = subjects[pair[0]], subjects[pair[1]]
         warped = {m: warped_of[(pair, m)] for m in methods if (pair, m) in warped_of}
@@ -147,6 +116,64 @@ def gallery_entries(
             }
         )
     return gallery
+
+
+def _warp_here(
+    pair: tuple[str, str],
+    method: str,
+    subjects: Mapping[str, Any],
+    params: Mapping[str, Mapping[str, Any]],
+    model: Any,
+    warped_of: dict[tuple[tuple[str, str], str], tuple[np.ndarray, np.ndarray]],
+) -> Any:
+    """Warps the pair by the identity or SVF-Net in this process, into ``warped_of`` (a failure is
+    logged); for the optimisation methods, returns the task that will register it instead."""
+    from svfnet.evaluation.metrics import warp_pair
+
+    moving, fixed = subjects[pair[0]], subjects[pair[1]]
+    try:
+        if method == "identity":
+            disp = np.zeros((3, *fixed.image.shape), dtype=np.float32)
+        elif method == "svfnet":
+            disp, _ = svfnet_displacement(model, moving, fixed)
+        else:
+            return make_task(method, moving, fixed, params[method], model, scores=False)
+        warped_of[(pair, method)] = warp_pair(moving.image, moving.labels, disp)
+    except Exception as error:  # the example is then drawn without this method
+        logger.warning("gallery: %s failed on %s -> %s: %s", METHOD_NAMES[method], *pair, error_text(error))
+    return None
+
+
+def _warp_as_tasks(
+    tasks: Sequence[Any],
+    owners: Sequence[tuple[tuple[str, str], str]],
+    subjects: Mapping[str, Any],
+    warped_of: dict[tuple[tuple[str, str], str], tuple[np.ndarray, np.ndarray]],
+    workers: int | None,
+    scheduler: str | None,
+    progress: bool,
+) -> None:
+    """Runs the optimisation methods' tasks (``owners``: the pair and method of each) and warps each
+    pair by its result, into ``warped_of``; a failure is logged."""
+    from svfnet.common.parallel import run_tasks
+    from svfnet.evaluation.metrics import warp_pair
+
+    for outcome in run_tasks(
+        evaluate_task,
+        tasks,
+        workers=workers,
+        scheduler=scheduler,
+        progress=progress,
+        description="gallery",
+    ):
+        pair, method = owners[outcome.index]
+        if outcome.error is None:
+            moving = subjects[pair[0]]
+            warped_of[(pair, method)] = warp_pair(moving.image, moving.labels, outcome.value["disp"])
+        else:
+            logger.warning(
+                "gallery: %s failed on %s -> %s: %s", METHOD_NAMES[method], *pair, error_text(outcome.error)
+            )
 
 
 def read_gallery_cache(

@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 from scipy.ndimage import binary_erosion, distance_transform_edt, generate_binary_structure
 
+from svfnet.evaluation.checks import as_numpy, checked_field, checked_spacing, checked_volume
 from svfnet.ops import smoothing
 from svfnet.ops.smoothing import GAUSSIAN_TRUNCATE
 from svfnet.ops.smoothing import positive_number as _positive
@@ -83,88 +84,6 @@ METRIC_KEYS = (
 )
 
 
-# ----------------------------------------------------------------------------- argument checks
-def _as_numpy(func: str, name: str, x: Any) -> np.ndarray:
-    """``x`` as a NumPy array (torch tensors are detached and moved to the CPU)."""
-    if isinstance(x, np.ndarray):
-        return x
-    if hasattr(x, "detach") and hasattr(x, "cpu"):  # a torch tensor: no need to import torch
-        return x.detach().cpu().numpy()
-    if isinstance(x, list | tuple):
-        return np.asarray(x)
-    raise TypeError(f"{func}(): '{name}' must be a NumPy array or a torch tensor, got {type(x).__name__}")
-
-
-def _volume(
-    func: str,
-    name: str,
-    x: Any,
-    *,
-    kind: str = "image",
-    shape: tuple[int, ...] | None = None,
-    shape_of: str = "",
-) -> np.ndarray:
-    """A checked ``(I, J, K)`` volume: float64 finite image, int64 labels or bool mask."""
-    a = _as_numpy(func, name, x)
-    if a.ndim != 3 or min(a.shape) == 0:
-        raise ValueError(
-            f"{func}(): '{name}' must be a non-empty (I, J, K) volume, got shape {tuple(a.shape)}"
-        )
-    if shape is not None and tuple(a.shape) != tuple(shape):
-        raise ValueError(
-            f"{func}(): '{name}' has shape {tuple(a.shape)} but '{shape_of}' has {tuple(shape)}: "
-            "they must be on the same grid"
-        )
-    if kind == "mask":
-        if a.dtype != np.bool_:
-            raise ValueError(f"{func}(): '{name}' must be a boolean mask, got dtype {a.dtype}")
-        return a
-    if kind == "labels":
-        if not (np.issubdtype(a.dtype, np.integer) or a.dtype == np.bool_):
-            raise ValueError(f"{func}(): '{name}' must hold integer labels, got dtype {a.dtype}")
-        return a.astype(np.int64, copy=False)
-    if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
-        raise ValueError(f"{func}(): '{name}' must be a real-valued image, got dtype {a.dtype}")
-    a = a.astype(np.float64, copy=False)
-    if not np.all(np.isfinite(a)):
-        raise ValueError(
-            f"{func}(): '{name}' holds {int(np.count_nonzero(~np.isfinite(a)))} NaN or infinite values"
-        )
-    return a
-
-
-def checked_spacing(func: str, spacing: Any) -> tuple[float, float, float]:
-    """``spacing`` as three positive finite floats (mm); ValueError naming ``func`` otherwise."""
-    try:
-        values = tuple(float(s) for s in spacing)
-    except (TypeError, ValueError):
-        raise ValueError(
-            f"{func}(): 'spacing' must be three positive numbers (mm), got {spacing!r}"
-        ) from None
-    if len(values) != 3 or not all(math.isfinite(s) and s > 0 for s in values):
-        raise ValueError(f"{func}(): 'spacing' must be three positive numbers (mm), got {spacing!r}")
-    return values  # type: ignore[return-value]
-
-
-def _field(func: str, name: str, x: Any, grid: tuple[int, ...], grid_of: str) -> np.ndarray:
-    a = _as_numpy(func, name, x)
-    if a.ndim != 4 or a.shape[0] != 3:
-        raise ValueError(
-            f"{func}(): '{name}' must be a (3, I, J, K) field in voxels, got shape {tuple(a.shape)}"
-        )
-    if tuple(a.shape[1:]) != tuple(grid):
-        raise ValueError(
-            f"{func}(): '{name}' has grid {tuple(a.shape[1:])} but '{grid_of}' has {tuple(grid)}: "
-            "they must be on the same grid"
-        )
-    if not np.issubdtype(a.dtype, np.floating):
-        raise ValueError(f"{func}(): '{name}' must be a floating-point field, got dtype {a.dtype}")
-    a = np.ascontiguousarray(a, dtype=np.float32)
-    if not np.all(np.isfinite(a)):
-        raise ValueError(f"{func}(): '{name}' holds NaN or infinite values")
-    return a
-
-
 # ----------------------------------------------------------------------------- overlap and distances
 def dice(mask_a: Any, mask_b: Any) -> float:
     """Dice coefficient ``2 |A ∩ B| / (|A| + |B|)`` of two boolean masks of one grid.
@@ -177,8 +96,8 @@ def dice(mask_a: Any, mask_b: Any) -> float:
         missing data, not a failed overlap).
     """
     func = "dice"
-    a = _volume(func, "mask_a", mask_a, kind="mask")
-    b = _volume(func, "mask_b", mask_b, kind="mask", shape=a.shape, shape_of="mask_a")
+    a = checked_volume(func, "mask_a", mask_a, kind="mask")
+    b = checked_volume(func, "mask_b", mask_b, kind="mask", shape=a.shape, shape_of="mask_a")
     size_a, size_b = int(np.count_nonzero(a)), int(np.count_nonzero(b))
     if size_a == 0 or size_b == 0:
         return math.nan
@@ -207,8 +126,8 @@ def surface_distances(mask_a: Any, mask_b: Any, spacing: Sequence[float]) -> tup
     """
     func = "surface_distances"
     spacing = checked_spacing(func, spacing)
-    a = _volume(func, "mask_a", mask_a, kind="mask")
-    b = _volume(func, "mask_b", mask_b, kind="mask", shape=a.shape, shape_of="mask_a")
+    a = checked_volume(func, "mask_a", mask_a, kind="mask")
+    b = checked_volume(func, "mask_b", mask_b, kind="mask", shape=a.shape, shape_of="mask_a")
     for name, mask in (("mask_a", a), ("mask_b", b)):
         if not mask.any():
             raise ValueError(f"{func}(): '{name}' is empty: it has no surface")
@@ -234,8 +153,8 @@ def hausdorff(mask_a: Any, mask_b: Any, spacing: Sequence[float], *, percentile:
     func = "hausdorff"
     if not 0.0 < float(percentile) <= 100.0:
         raise ValueError(f"{func}(): 'percentile' must be in (0, 100], got {percentile!r}")
-    a = _volume(func, "mask_a", mask_a, kind="mask")
-    b = _volume(func, "mask_b", mask_b, kind="mask", shape=a.shape, shape_of="mask_a")
+    a = checked_volume(func, "mask_a", mask_a, kind="mask")
+    b = checked_volume(func, "mask_b", mask_b, kind="mask", shape=a.shape, shape_of="mask_a")
     if not a.any() or not b.any():
         return math.nan
     a_to_b, b_to_a = surface_distances(a, b, spacing)
@@ -273,7 +192,7 @@ def smooth(volume: Any, sigma_vox: Sequence[float]) -> np.ndarray:
     ``gaussian_filter(volume, sigma_vox, mode="nearest", truncate=GAUSSIAN_TRUNCATE)``, computed by
     svfnet's compiled kernels (:func:`svfnet.ops.smoothing.smooth`). Returns float32 NumPy.
     """
-    return np.asarray(smoothing.smooth(_as_numpy("smooth", "volume", volume), sigma_vox))
+    return np.asarray(smoothing.smooth(as_numpy("smooth", "volume", volume), sigma_vox))
 
 
 def local_moments(
@@ -314,8 +233,8 @@ def local_moments(
         Lorenzi et al., NeuroImage 2013 (the criterion of LCC-Demons, section 2).
     """
     func = "local_moments"
-    a = _as_numpy(func, "a", a)
-    b = _as_numpy(func, "b", b)
+    a = as_numpy(func, "a", a)
+    b = as_numpy(func, "b", b)
     if floor_a is None:
         floor_a = max(LCC_VARIANCE_FLOOR * float(np.var(a)), 1e-12)
     if floor_b is None:
@@ -346,8 +265,8 @@ def local_correlation(
     func = "local_correlation"
     spacing = checked_spacing(func, spacing)
     sigma_mm = _positive(func, "sigma_mm", sigma_mm)
-    a = _volume(func, "image_a", image_a)
-    b = _volume(func, "image_b", image_b, shape=a.shape, shape_of="image_a")
+    a = checked_volume(func, "image_a", image_a)
+    b = checked_volume(func, "image_b", image_b, shape=a.shape, shape_of="image_a")
     return local_moments(standardised(a), standardised(b), gaussian_sigma_vox(sigma_mm, spacing)).lcc
 
 
@@ -386,11 +305,11 @@ def log_jacobian_spread(jacobian: Any, mask: Any | None = None) -> tuple[float, 
         ``(variance, normalised_variance)``; both NaN when the region is empty or fully folded.
     """
     func = "log_jacobian_spread"
-    det = _volume(func, "jacobian", jacobian)
+    det = checked_volume(func, "jacobian", jacobian)
     inside = (
         np.ones(det.shape, dtype=bool)
         if mask is None
-        else _volume(func, "mask", mask, kind="mask", shape=det.shape, shape_of="jacobian")
+        else checked_volume(func, "mask", mask, kind="mask", shape=det.shape, shape_of="jacobian")
     )
     values = det[inside & (det > 0)]
     if values.size == 0:
@@ -413,10 +332,10 @@ def folding_fraction(jacobian: Any, mask: Any | None = None) -> float:
         The fraction in ``[0, 1]``; NaN when the region is empty.
     """
     func = "folding_fraction"
-    det = _volume(func, "jacobian", jacobian)
+    det = checked_volume(func, "jacobian", jacobian)
     if mask is None:
         return float(np.count_nonzero(det <= 0)) / det.size
-    inside = _volume(func, "mask", mask, kind="mask", shape=det.shape, shape_of="jacobian")
+    inside = checked_volume(func, "mask", mask, kind="mask", shape=det.shape, shape_of="jacobian")
     count = int(np.count_nonzero(inside))
     return math.nan if count == 0 else float(np.count_nonzero(det[inside] <= 0)) / count
 
@@ -439,11 +358,11 @@ def warp_pair(
     from svfnet.ops import fields
 
     func = "warp_pair"
-    image = _volume(func, "moving_image", moving_image).astype(np.float32)
-    labels = _volume(
+    image = checked_volume(func, "moving_image", moving_image).astype(np.float32)
+    labels = checked_volume(
         func, "moving_labels", moving_labels, kind="labels", shape=image.shape, shape_of="moving_image"
     )
-    field = _field(func, "disp", disp, image.shape, "moving_image")
+    field = checked_field(func, "disp", disp, image.shape, "moving_image")
     warped_image = np.asarray(fields.warp(image, field))
     warped_labels = np.asarray(fields.warp_labels(labels.astype(np.int32), field, mode=label_interpolation))
     return warped_image, warped_labels.astype(np.int64)
@@ -509,21 +428,9 @@ def evaluate_pair(
         raise ValueError(
             f"{func}(): 'label_interpolation' must be 'nearest' or 'onehot', got {label_interpolation!r}"
         )
-    fixed = _volume(func, "fixed_image", fixed_image).astype(np.float32)
-    grid = fixed.shape
-    moving = _volume(func, "moving_image", moving_image, shape=grid, shape_of="fixed_image").astype(
-        np.float32
+    moving, fixed, moving_lab, fixed_lab, field = _checked_pair(
+        func, moving_image, fixed_image, moving_labels, fixed_labels, svf, disp
     )
-    moving_lab = _volume(
-        func, "moving_labels", moving_labels, kind="labels", shape=grid, shape_of="fixed_image"
-    )
-    fixed_lab = _volume(func, "fixed_labels", fixed_labels, kind="labels", shape=grid, shape_of="fixed_image")
-    if (svf is None) == (disp is None):
-        raise ValueError(f"{func}(): give exactly one of 'svf' and 'disp'")
-    if svf is not None:
-        field = np.asarray(fields.exp(_field(func, "svf", svf, grid, "fixed_image")))
-    else:
-        field = _field(func, "disp", disp, grid, "fixed_image")
     regions = dict(REGIONS if regions is None else regions)
 
     warped, warped_lab = warp_pair(moving, moving_lab, field, label_interpolation=label_interpolation)
@@ -531,40 +438,82 @@ def evaluate_pair(
         standardised(warped), standardised(fixed), gaussian_sigma_vox(lcc_sigma_mm, spacing)
     ).lcc
     jacobian = np.asarray(fields.jacobian_det(field, spacing)).astype(np.float64)
+    labels = (moving_lab, fixed_lab, warped_lab)
+    rows = [_region_row(value, name, labels, spacing, lcc_map, jacobian) for value, name in regions.items()]
+    rows.append(_whole_grid_row(fixed.shape, lcc_map, jacobian))
+    return rows
 
-    rows: list[dict[str, Any]] = []
-    for value, name in regions.items():
-        in_moving, in_fixed = bool(np.any(moving_lab == value)), bool(np.any(fixed_lab == value))
-        fixed_mask, warped_mask = fixed_lab == value, warped_lab == value
-        row: dict[str, Any] = {
-            "region": int(value),
-            "name": str(name),
-            "status": "ok",
-            "voxels_fixed": int(np.count_nonzero(fixed_mask)),
-            "voxels_warped": int(np.count_nonzero(warped_mask)),
-        }
-        if not (in_moving and in_fixed):
-            row["status"] = (
-                "missing in both"
-                if not (in_moving or in_fixed)
-                else "missing in moving"
-                if not in_moving
-                else "missing in fixed"
-            )
-            row.update(dice=math.nan, hausdorff_mm=math.nan, hausdorff95_mm=math.nan)
-        elif not warped_mask.any():
-            row["status"] = "lost"
-            row.update(dice=0.0, hausdorff_mm=math.nan, hausdorff95_mm=math.nan)
-        else:
-            a_to_b, b_to_a = surface_distances(warped_mask, fixed_mask, spacing)
-            row.update(
-                dice=dice(warped_mask, fixed_mask),
-                hausdorff_mm=float(max(a_to_b.max(), b_to_a.max())),
-                hausdorff95_mm=float(max(np.percentile(a_to_b, 95), np.percentile(b_to_a, 95))),
-            )
-        row.update(_field_metrics(lcc_map, jacobian, fixed_mask if in_fixed else None))
-        rows.append(row)
 
+def _checked_pair(
+    func: str, moving_image: Any, fixed_image: Any, moving_labels: Any, fixed_labels: Any, svf: Any, disp: Any
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The checked images (float32), labels and displacement (``exp(svf)`` or ``disp``) of one pair."""
+    from svfnet.ops import fields
+
+    fixed = checked_volume(func, "fixed_image", fixed_image).astype(np.float32)
+    grid = fixed.shape
+    moving = checked_volume(func, "moving_image", moving_image, shape=grid, shape_of="fixed_image").astype(
+        np.float32
+    )
+    moving_lab = checked_volume(
+        func, "moving_labels", moving_labels, kind="labels", shape=grid, shape_of="fixed_image"
+    )
+    fixed_lab = checked_volume(
+        func, "fixed_labels", fixed_labels, kind="labels", shape=grid, shape_of="fixed_image"
+    )
+    if (svf is None) == (disp is None):
+        raise ValueError(f"{func}(): give exactly one of 'svf' and 'disp'")
+    if svf is not None:
+        field = np.asarray(fields.exp(checked_field(func, "svf", svf, grid, "fixed_image")))
+    else:
+        field = checked_field(func, "disp", disp, grid, "fixed_image")
+    return moving, fixed, moving_lab, fixed_lab, field
+
+
+def _region_row(
+    value: int,
+    name: str,
+    labels: tuple[np.ndarray, np.ndarray, np.ndarray],
+    spacing: Sequence[float],
+    lcc_map: np.ndarray,
+    jacobian: np.ndarray,
+) -> dict[str, Any]:
+    """The row of one region: its status, overlap and distances, and the field metrics over it."""
+    moving_lab, fixed_lab, warped_lab = labels
+    in_moving, in_fixed = bool(np.any(moving_lab == value)), bool(np.any(fixed_lab == value))
+    fixed_mask, warped_mask = fixed_lab == value, warped_lab == value
+    row: dict[str, Any] = {
+        "region": int(value),
+        "name": str(name),
+        "status": "ok",
+        "voxels_fixed": int(np.count_nonzero(fixed_mask)),
+        "voxels_warped": int(np.count_nonzero(warped_mask)),
+    }
+    if not (in_moving and in_fixed):
+        row["status"] = (
+            "missing in both"
+            if not (in_moving or in_fixed)
+            else "missing in moving"
+            if not in_moving
+            else "missing in fixed"
+        )
+        row.update(dice=math.nan, hausdorff_mm=math.nan, hausdorff95_mm=math.nan)
+    elif not warped_mask.any():
+        row["status"] = "lost"
+        row.update(dice=0.0, hausdorff_mm=math.nan, hausdorff95_mm=math.nan)
+    else:
+        a_to_b, b_to_a = surface_distances(warped_mask, fixed_mask, spacing)
+        row.update(
+            dice=dice(warped_mask, fixed_mask),
+            hausdorff_mm=float(max(a_to_b.max(), b_to_a.max())),
+            hausdorff95_mm=float(max(np.percentile(a_to_b, 95), np.percentile(b_to_a, 95))),
+        )
+    row.update(_field_metrics(lcc_map, jacobian, fixed_mask if in_fixed else None))
+    return row
+
+
+def _whole_grid_row(grid: tuple[int, ...], lcc_map: np.ndarray, jacobian: np.ndarray) -> dict[str, Any]:
+    """The last row: the field metrics over the whole grid (no overlap or distances)."""
     whole = {
         "region": 0,
         "name": "whole grid",
@@ -576,8 +525,7 @@ def evaluate_pair(
         "hausdorff95_mm": math.nan,
     }
     whole.update(_field_metrics(lcc_map, jacobian, np.ones(grid, dtype=bool)))
-    rows.append(whole)
-    return rows
+    return whole
 
 
 def _field_metrics(lcc_map: np.ndarray, jacobian: np.ndarray, mask: np.ndarray | None) -> dict[str, float]:

@@ -467,36 +467,50 @@ def outlier_rows(
                 }
             )
             continue
-        dice = as_float(row["dice"])
-        reference = identity_dice.get((row["moving"], row["fixed"], int(row["region"])), math.nan)
-        if (
-            row["method"] != "identity"
-            and math.isfinite(dice)
-            and math.isfinite(reference)
-            and dice < reference - dice_margin
-        ):
-            out.append(
-                {
-                    **base,
-                    "kind": "below identity",
-                    "value": dice,
-                    "detail": f"Dice {dice:.3f} against {reference:.3f} without registration",
-                }
-            )
-        folding = as_float(row["folding_fraction"])
-        if int(row["region"]) == WHOLE_GRID and math.isfinite(folding) and folding > folding_limit:
-            out.append(
-                {
-                    **base,
-                    "kind": "folding",
-                    "value": folding,
-                    "detail": f"{100 * folding:.2f}% of the grid folds (limit {100 * folding_limit:g}%)",
-                }
-            )
+        out += _score_outliers(row, base, identity_dice, dice_margin, folding_limit)
     order = {kind: rank for rank, kind in enumerate(OUTLIER_KINDS)}
     return sorted(
         out, key=lambda r: (order[r["kind"]], r["moving"], r["fixed"], r["method"], str(r["region"]))
     )
+
+
+def _score_outliers(
+    row: Mapping[str, Any],
+    base: Mapping[str, Any],
+    identity_dice: Mapping[tuple[str, str, int], float],
+    dice_margin: float,
+    folding_limit: float,
+) -> list[dict[str, Any]]:
+    """The ``below identity`` and ``folding`` outliers of one scored row (``base``: its pair, method
+    and region)."""
+    found: list[dict[str, Any]] = []
+    dice = as_float(row["dice"])
+    reference = identity_dice.get((row["moving"], row["fixed"], int(row["region"])), math.nan)
+    if (
+        row["method"] != "identity"
+        and math.isfinite(dice)
+        and math.isfinite(reference)
+        and dice < reference - dice_margin
+    ):
+        found.append(
+            {
+                **base,
+                "kind": "below identity",
+                "value": dice,
+                "detail": f"Dice {dice:.3f} against {reference:.3f} without registration",
+            }
+        )
+    folding = as_float(row["folding_fraction"])
+    if int(row["region"]) == WHOLE_GRID and math.isfinite(folding) and folding > folding_limit:
+        found.append(
+            {
+                **base,
+                "kind": "folding",
+                "value": folding,
+                "detail": f"{100 * folding:.2f}% of the grid folds (limit {100 * folding_limit:g}%)",
+            }
+        )
+    return found
 
 
 def absent_regions(rows: Sequence[Mapping[str, Any]]) -> list[str]:

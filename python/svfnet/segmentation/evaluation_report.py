@@ -39,7 +39,7 @@ def reliability_figure(calibration: Sequence[Mapping[str, Any]], methods: Sequen
     """The reliability plot: error rate per bin against the bin's mean value, for each fused method;
     left the uncertainty map (normalised entropy), right the probability of error (with the diagonal
     of a calibrated vote). False when there is nothing to draw."""
-    from svfnet.evaluation.report import new_figure, save_figure
+    from svfnet.evaluation.report_figures import new_figure, save_figure
 
     present = [m for m in methods if any(r["method"] == m for r in calibration)]
     if not present:
@@ -153,7 +153,7 @@ def example_figure(
 ) -> None:
     """One subject: its image with the true outlines, then each method's labels and uncertainty
     (short-axis slice on top, long-axis cut below), in millimetres."""
-    from svfnet.evaluation.report import new_figure, save_figure
+    from svfnet.evaluation.report_figures import new_figure, save_figure
 
     spacing = np.asarray(views["spacing_mm"], np.float64)
     low, high = np.percentile(views["image_sa"], [0.5, 99.5])
