@@ -136,7 +136,9 @@ def test_pipeline_killed_during_training_resumes(tmp_path, monkeypatch):
         if step == 12:
             raise Killed
 
-    monkeypatch.setattr(pipeline_module, "train", lambda *a, **k: real_train(*a, **k, on_step=kill_at_step_12))
+    monkeypatch.setattr(
+        pipeline_module, "train", lambda *a, **k: real_train(*a, **k, on_step=kill_at_step_12)
+    )
     with pytest.raises(Killed):
         run_pipeline(
             tmp_path,

@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 from scipy.ndimage import map_coordinates
 
-from svfnet.evaluation.checks import checked_spacing
+from svfnet.common.arrays import checked_field, checked_spacing, checked_volume
 from svfnet.evaluation.metrics import gaussian_sigma_vox, local_moments, smooth, standardised
 from svfnet.ops import fields
 
@@ -190,28 +190,11 @@ class LCCDemonsInfo:
 
 # ----------------------------------------------------------------------------- inputs
 def _as_volume(name: str, x: Any) -> tuple[np.ndarray, str]:
-    """A checked ``(I, J, K)`` image as float32 NumPy, and its kind ("numpy" or "torch")."""
+    """A checked ``(I, J, K)`` image as float32 NumPy (:mod:`svfnet.common.arrays`), and its kind
+    ("numpy" or "torch"); a constant image is refused too (nothing to register)."""
     func = "lcc_demons.register"
-    kind = "numpy"
-    if not isinstance(x, np.ndarray):
-        if hasattr(x, "detach") and hasattr(x, "cpu"):
-            kind = "torch"
-            x = x.detach().cpu().numpy()
-        else:
-            raise TypeError(
-                f"{func}(): '{name}' must be a NumPy array or a torch tensor, got {type(x).__name__}"
-            )
-    if x.ndim != 3 or min(x.shape) == 0:
-        raise ValueError(
-            f"{func}(): '{name}' must be a non-empty (I, J, K) image, got shape {tuple(x.shape)}"
-        )
-    if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
-        raise ValueError(f"{func}(): '{name}' must be a real-valued image, got dtype {x.dtype}")
-    volume = np.ascontiguousarray(x, dtype=np.float32)
-    if not np.all(np.isfinite(volume)):
-        raise ValueError(
-            f"{func}(): '{name}' holds {int(np.count_nonzero(~np.isfinite(volume)))} NaN or infinite values"
-        )
+    kind = "torch" if not isinstance(x, np.ndarray) and hasattr(x, "detach") else "numpy"
+    volume = checked_volume(func, name, x, dtype=np.float32, what="image")
     if float(volume.max()) <= float(volume.min()):
         raise ValueError(
             f"{func}(): '{name}' is constant ({float(volume.min())}): there is nothing to register"
@@ -285,25 +268,11 @@ def _downsample_field(field: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 def _as_initial_svf(x: Any, shape: tuple[int, ...]) -> np.ndarray:
     """A checked ``(3, I, J, K)`` starting velocity as float32 NumPy (voxels of the fixed grid)."""
     func = "lcc_demons.register"
-    if hasattr(x, "detach") and hasattr(x, "cpu"):
-        x = x.detach().cpu().numpy()
-    if not isinstance(x, np.ndarray):
+    if not isinstance(x, np.ndarray) and not hasattr(x, "detach"):  # a list is not a field here
         raise TypeError(
             f"{func}(): 'initial_svf' must be a NumPy array or a torch tensor, got {type(x).__name__}"
         )
-    if tuple(x.shape) != (3, *shape):
-        raise ValueError(
-            f"{func}(): 'initial_svf' must be (3, {', '.join(map(str, shape))}) like the images, "
-            f"got {tuple(x.shape)}"
-        )
-    if not np.issubdtype(x.dtype, np.floating):
-        raise ValueError(f"{func}(): 'initial_svf' must be a float field (voxels), got dtype {x.dtype}")
-    svf = np.ascontiguousarray(x, dtype=np.float32)
-    if not np.all(np.isfinite(svf)):
-        raise ValueError(
-            f"{func}(): 'initial_svf' holds {int(np.count_nonzero(~np.isfinite(svf)))} non-finite values"
-        )
-    return svf
+    return checked_field(func, "initial_svf", x, shape, "fixed")
 
 
 # ----------------------------------------------------------------------------- the force

@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 from scipy.ndimage import binary_erosion, distance_transform_edt, generate_binary_structure
 
-from svfnet.evaluation.checks import as_numpy, checked_field, checked_spacing, checked_volume
+from svfnet.common.arrays import as_numpy, checked_field, checked_spacing, checked_volume
 from svfnet.ops import smoothing
 from svfnet.ops.smoothing import GAUSSIAN_TRUNCATE
 from svfnet.ops.smoothing import positive_number as _positive
