@@ -457,12 +457,11 @@ def test_pipeline_stage_gets_report_and_headline(evaluated, tmp_path, monkeypatc
 
     from svfnet import pipeline
     from svfnet.config import load_config
-    from svfnet.evaluation import evaluate
 
     # the fixture's quick demons parameters, so that every record on disk is reused; no report (the
     # main test checks it), which keeps this test to the contract: the keys the pipeline prints
     monkeypatch.setattr(
-        evaluate,
+        pipeline,  # the stage calls the name the pipeline imported
         "run_evaluation",
         functools.partial(run_evaluation, demons_params=DEMONS, include_sitk=True, report=False),
     )

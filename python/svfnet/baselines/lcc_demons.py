@@ -49,7 +49,13 @@ import numpy as np
 from scipy.ndimage import map_coordinates
 
 from svfnet.common.arrays import checked_field, checked_spacing, checked_volume
-from svfnet.evaluation.metrics import gaussian_sigma_vox, local_moments, smooth, standardised
+from svfnet.evaluation.metrics import (
+    LCC_VARIANCE_FLOOR,
+    gaussian_sigma_vox,
+    local_moments,
+    smooth,
+    standardised,
+)
 from svfnet.ops import fields
 
 __all__ = ["LCCDemonsInfo", "LCCDemonsParams", "LevelInfo", "register"]
@@ -488,8 +494,6 @@ def _register_level(
     sigma_i: float,
 ) -> tuple[np.ndarray, LevelInfo]:
     """Runs the demons iterations of one level from ``velocity``; returns the new velocity and its info."""
-    from svfnet.evaluation.metrics import LCC_VARIANCE_FLOOR
-
     # variance floors from the unwarped images, fixed for the level (a warp barely changes them)
     floor_fixed = LCC_VARIANCE_FLOOR * float(np.var(fixed))
     floor_moving = LCC_VARIANCE_FLOOR * float(np.var(moving))

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from svfnet.evaluation.metrics import standardised
+
 logger = logging.getLogger(__name__)
 
 # SimpleITK's diffeomorphic demons (sum of squared differences): iterations, update smoothing (voxels).
@@ -95,8 +97,6 @@ def sitk_demons(
     """
     import SimpleITK as sitk
     import torch
-
-    from svfnet.evaluation.metrics import standardised
 
     def to_itk(volume: np.ndarray) -> Any:
         image = sitk.GetImageFromArray(

@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from svfnet.baselines.lcc_demons import LCCDemonsParams
 from svfnet.baselines.tuning_search import (
     TuningResult,
     check_count,
@@ -46,6 +47,9 @@ from svfnet.baselines.tuning_search import (
     run_search,
     sortable,
 )
+from svfnet.common.atomic import write_json
+from svfnet.common.workdir import REGIONS, WorkDir, prepared_digests, read_prepared
+from svfnet.data.split import patient_of, split_path, subject_split
 
 __all__ = [
     "RECORD_FILE",
@@ -74,8 +78,6 @@ def draw_pairs(subject_ids: Sequence[str], count: int, *, seed: int = PAIR_SEED)
     (:func:`svfnet.data.split.patient_of`): the evaluation's pairs are almost all between patients. At
     most ``N (N - 1)`` pairs exist.
     """
-    from svfnet.data.split import patient_of
-
     ids = sorted(dict.fromkeys(subject_ids))
     order = [ids[i] for i in np.random.default_rng(seed).permutation(len(ids))]
     n = len(order)
@@ -88,8 +90,6 @@ def draw_pairs(subject_ids: Sequence[str], count: int, *, seed: int = PAIR_SEED)
 # ------------------------------------------------------------------------------------------ a work folder
 def record_path(workdir: str | Path) -> Path:
     """``WORKDIR/evaluation/demons_tuning.json``."""
-    from svfnet.common.workdir import WorkDir
-
     return WorkDir(workdir).evaluation / RECORD_FILE
 
 
@@ -151,8 +151,6 @@ def tune_lcc_demons(
         func, subjects, chosen, grid_values, configurations, workers=workers, progress=progress
     )
 
-    from svfnet.common.atomic import write_json
-
     record = _json_safe(_record(workdir, fingerprint, train, pairs, result))
     path = record_path(workdir)
     write_json(path, record)
@@ -165,9 +163,6 @@ def _training_pairs(
 ) -> tuple[list[str], list[tuple[str, str]], dict[str, Any], dict[str, Any]]:
     """The training subjects, the pairs drawn from them, the subjects those use (read and checked)
     and the fingerprint of what the search reads."""
-    from svfnet.common.workdir import WorkDir, prepared_digests, read_prepared
-    from svfnet.data.split import split_path, subject_split
-
     if not WorkDir(workdir).subjects_json.is_file():
         raise ValueError(
             f"{func}(): 'workdir' {workdir} has no prepared subjects ({WorkDir(workdir).subjects_json} not "
@@ -195,8 +190,6 @@ def _record(
     workdir: Path, fingerprint: dict[str, Any], train: list[str], pairs: int, result: TuningResult
 ) -> dict[str, Any]:
     """The record of a search on the work folder (see :func:`tune_lcc_demons`), before NaNs become None."""
-    from svfnet.baselines.lcc_demons import LCCDemonsParams
-
     selected = result.selected
     return {
         "version": RECORD_VERSION,
@@ -243,10 +236,6 @@ def read_tuned_params(workdir: str | Path) -> dict[str, Any] | None:
         them was prepared again (its digest changed), or the record cannot be read. A record that
         exists but is not used is said in a logged warning.
     """
-    from svfnet.baselines.lcc_demons import LCCDemonsParams
-    from svfnet.common.workdir import prepared_digests
-    from svfnet.data.split import split_path
-
     path = record_path(workdir)
     if not path.is_file():
         return None
@@ -298,8 +287,6 @@ def read_tuned_params(workdir: str | Path) -> dict[str, Any] | None:
 def summary_lines(result: TuningResult, *, limit: int | None = None) -> list[str]:
     """A Markdown summary: the identity, the selected configuration, then one row per configuration,
     eligible ones first, by mean Dice (at most ``limit`` rows)."""
-    from svfnet.common.workdir import REGIONS
-
     identity = result.identity
     lines = [
         f"identity: mean Dice {_cell(identity['mean_dice'])} "

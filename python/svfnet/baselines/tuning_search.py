@@ -17,6 +17,13 @@ from typing import Any
 
 import numpy as np
 
+from svfnet.baselines import lcc_demons
+from svfnet.baselines.lcc_demons import LCCDemonsParams
+from svfnet.common.parallel import run_tasks
+from svfnet.common.workdir import REGIONS
+from svfnet.evaluation.metrics import evaluate_pair
+from svfnet.ops import fields
+
 __all__ = [
     "DEFAULT_GRID",
     "TuningResult",
@@ -107,8 +114,6 @@ def checked_grid(
     """The grid as JSON-ready lists and its configurations as checked :class:`LCCDemonsParams`."""
     import itertools
 
-    from svfnet.baselines.lcc_demons import LCCDemonsParams
-
     if grid is None:
         grid = DEFAULT_GRID
     if not isinstance(grid, Mapping) or not grid:
@@ -170,11 +175,6 @@ def _scores(rows: Sequence[Mapping[str, Any]], regions: Sequence[int]) -> tuple[
 
 def _register_and_score(job: _PairJob) -> dict[str, Any]:
     """A worker's job: register the pair with the job's parameters and score it."""
-    from svfnet.baselines import lcc_demons
-    from svfnet.common.workdir import REGIONS
-    from svfnet.evaluation.metrics import evaluate_pair
-    from svfnet.ops import fields
-
     started = time.perf_counter()
     svf = lcc_demons.register(job.moving_image, job.fixed_image, spacing=job.spacing_mm, params=job.params)
     seconds = time.perf_counter() - started
@@ -205,15 +205,10 @@ def _nanmean(values: Any) -> float:
 
 
 def _per_region(dice: np.ndarray) -> dict[str, float]:
-    from svfnet.common.workdir import REGIONS
-
     return {name: _nanmean(dice[:, column]) for column, name in enumerate(REGIONS.values())}
 
 
 def _identity(subjects: Mapping[str, Any], pairs: Sequence[tuple[str, str]]) -> dict[str, Any]:
-    from svfnet.common.workdir import REGIONS
-    from svfnet.evaluation.metrics import evaluate_pair
-
     dice, hd95 = [], []
     for moving_id, fixed_id in pairs:
         moving, fixed = subjects[moving_id], subjects[fixed_id]
@@ -332,8 +327,6 @@ def run_search(
     one; ``func`` names the caller in the log."""
     import os
 
-    from svfnet.baselines.lcc_demons import LCCDemonsParams
-
     jobs = _pair_jobs(subjects, pairs, configurations)
     used_workers = min(workers or os.cpu_count() or 1, len(jobs))
     logger.info(
@@ -395,8 +388,6 @@ def _run_jobs(
     jobs: Sequence[_PairJob], *, workers: int | None, progress: bool
 ) -> tuple[dict[int, Any], float]:
     """Runs the jobs as tasks; their outcomes by job index and the wall time."""
-    from svfnet.common.parallel import run_tasks
-
     outcomes: dict[int, Any] = {}
     started = time.perf_counter()
     for outcome in run_tasks(
@@ -416,8 +407,6 @@ def _configuration_entry(
     defaults: Mapping[str, Any],
 ) -> dict[str, Any]:
     """The JSON-ready entry of configuration ``index`` (see :class:`TuningResult`) from its pairs' outcomes."""
-    from svfnet.common.workdir import REGIONS
-
     dice, hd95, per_pair, folding, failed = [], [], [], [], []
     min_det = math.inf
     times = []

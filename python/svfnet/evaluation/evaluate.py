@@ -38,7 +38,8 @@ from typing import Any
 import numpy as np
 
 from svfnet.common.atomic import write_json
-from svfnet.common.workdir import REGIONS, WorkDir
+from svfnet.common.workdir import REGIONS, WorkDir, read_prepared
+from svfnet.data.split import subject_split
 from svfnet.evaluation.gallery import gallery_entries
 from svfnet.evaluation.method_settings import (
     MethodSettings,
@@ -47,6 +48,7 @@ from svfnet.evaluation.method_settings import (
     segmentation_refinement,
 )
 from svfnet.evaluation.records import Records, error_text, subject_digest
+from svfnet.evaluation.report import ReportInputs, write_report
 from svfnet.evaluation.tables import (
     METHOD_NAMES,
     OUTLIER_COLUMNS,
@@ -61,6 +63,10 @@ from svfnet.evaluation.tables import (
     write_csv,
 )
 from svfnet.evaluation.tasks import TASK_METHODS, run_as_tasks, run_in_process
+from svfnet.segmentation.evaluation import evaluate_segmentation
+from svfnet.segmentation.evaluation_report import report_section
+from svfnet.training.model import read_checkpoint
+from svfnet.training.train import TrainConfig
 
 __all__ = ["run_evaluation"]
 
@@ -69,8 +75,6 @@ logger = logging.getLogger(__name__)
 
 def _evaluation_subjects(workdir: Path) -> tuple[list[str], str]:
     """The subjects to evaluate on and which part of the split they are ("test" or "val")."""
-    from svfnet.data.split import subject_split
-
     split = subject_split(workdir)
     if split.test:
         return sorted(split.test), "test"
@@ -211,8 +215,6 @@ def run_evaluation(
     headline = headline_lines(summary, methods, len(pairs.pairs), pairs.subject_set)
     segmented = None
     if segmentation:
-        from svfnet.segmentation.evaluation import evaluate_segmentation
-
         segmented = evaluate_segmentation(
             workdir, settings.checkpoint, model=settings.model, refine=segmentation_refine, progress=progress
         )
@@ -371,9 +373,6 @@ def _write_report(
 ) -> str:
     """Renders the gallery and writes ``report.html`` (with the segmentation's section where there
     is one); returns its path."""
-    from svfnet.evaluation.report import ReportInputs, write_report
-    from svfnet.segmentation.evaluation_report import report_section
-
     checkpoint, params = settings.checkpoint, settings.params
     rows, summary, statistics, outliers = tables
     gallery = gallery_entries(
@@ -420,9 +419,6 @@ def _write_report(
 
 def _training_summary(checkpoint: Path) -> str:
     """How the checkpoint's model was trained (its recipe, steps, augmentation), or "" where it does not say."""
-    from svfnet.training.model import read_checkpoint
-    from svfnet.training.train import TrainConfig
-
     saved = read_checkpoint(checkpoint).get("train_config")
     if not isinstance(saved, dict):
         return ""
@@ -452,8 +448,6 @@ def _check_model_grid(checkpoint: Path, model: Any, subjects: Mapping[str, Any])
 
 def _read_subjects(workdir: Path, subject_ids: Sequence[str]) -> tuple[dict[str, Any], dict[str, str]]:
     """The prepared subjects that load, and the error of each that does not."""
-    from svfnet.common.workdir import read_prepared
-
     subjects, unreadable = {}, {}
     for subject_id in subject_ids:
         try:

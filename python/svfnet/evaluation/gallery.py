@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 
 from svfnet.common.atomic import atomic_path
+from svfnet.common.parallel import run_tasks
+from svfnet.evaluation.metrics import warp_pair
 from svfnet.evaluation.records import error_text, pair_name, settings_key
 from svfnet.evaluation.tables import METHOD_NAMES, pair_scores
 from svfnet.evaluation.tasks import evaluate_task, make_task, svfnet_displacement
@@ -128,8 +130,6 @@ def _warp_here(
 ) -> Any:
     """Warps the pair by the identity or SVF-Net in this process, into ``warped_of`` (a failure is
     logged); for the optimisation methods, returns the task that will register it instead."""
-    from svfnet.evaluation.metrics import warp_pair
-
     moving, fixed = subjects[pair[0]], subjects[pair[1]]
     try:
         if method == "identity":
@@ -155,9 +155,6 @@ def _warp_as_tasks(
 ) -> None:
     """Runs the optimisation methods' tasks (``owners``: the pair and method of each) and warps each
     pair by its result, into ``warped_of``; a failure is logged."""
-    from svfnet.common.parallel import run_tasks
-    from svfnet.evaluation.metrics import warp_pair
-
     for outcome in run_tasks(
         evaluate_task,
         tasks,

@@ -9,9 +9,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from svfnet.baselines.lcc_demons import LCCDemonsParams
 from svfnet.baselines.peers import SITK_DEFAULTS, ants_settings, require_ants
+from svfnet.baselines.tuning import read_tuned_params, record_path
 from svfnet.evaluation.records import file_digest, settings_key
 from svfnet.evaluation.tables import METHODS
+from svfnet.registration.arrays import REFINEMENT, refinement_params
+from svfnet.training.model import as_model
 
 __all__ = ["MethodSettings", "checked_methods", "method_settings", "segmentation_refinement"]
 
@@ -57,8 +61,6 @@ def segmentation_refinement(
     checked before any work."""
     segmentation_refine: bool | dict[str, Any] = False
     if segmentation:
-        from svfnet.registration.arrays import refinement_params
-
         if checkpoint is None:
             raise ValueError(f"{func}(): 'checkpoint' is needed to evaluate the segmentation")
         if include_refinement:
@@ -98,16 +100,12 @@ def method_settings(
     if "svfnet" in methods or "svfnet_refined" in methods:
         if checkpoint is None:
             raise ValueError(f"{func}(): 'checkpoint' is needed to evaluate SVF-Net")
-        from svfnet.training.model import as_model
 
         checkpoint = Path(checkpoint)
         model = as_model(checkpoint, func="run_evaluation")
         keys["svfnet"] = settings_key("svfnet", {"checkpoint_sha256": file_digest(checkpoint)})
     demons_source = ""
     if "lcc_demons" in methods or "svfnet_refined" in methods:
-        from svfnet.baselines.tuning import read_tuned_params, record_path
-        from svfnet.registration.arrays import REFINEMENT
-
         tuned = read_tuned_params(workdir) if tuned_demons else None
         demons = {**(tuned or {}), **dict(demons_params or {})}
         demons_source = _demons_source(tuned, demons_params, record_path(workdir), tuned_demons)
@@ -136,8 +134,6 @@ def method_settings(
 
 
 def _demons_settings(demons_params: Mapping[str, Any] | None) -> dict[str, Any]:
-    from svfnet.baselines.lcc_demons import LCCDemonsParams
-
     overrides = dict(demons_params or {})
     if isinstance(overrides.get("iterations"), list):
         overrides["iterations"] = tuple(overrides["iterations"])

@@ -43,7 +43,8 @@ import numpy as np
 from scipy.ndimage import binary_erosion, distance_transform_edt, generate_binary_structure
 
 from svfnet.common.arrays import as_numpy, checked_field, checked_spacing, checked_volume
-from svfnet.ops import smoothing
+from svfnet.common.workdir import REGIONS
+from svfnet.ops import fields, smoothing
 from svfnet.ops.smoothing import GAUSSIAN_TRUNCATE
 from svfnet.ops.smoothing import positive_number as _positive
 
@@ -355,8 +356,6 @@ def warp_pair(
     Returns:
         ``(warped_image float32, warped_labels int64)``, NumPy.
     """
-    from svfnet.ops import fields
-
     func = "warp_pair"
     image = checked_volume(func, "moving_image", moving_image).astype(np.float32)
     labels = checked_volume(
@@ -418,9 +417,6 @@ def evaluate_pair(
         ValueError: arrays on different grids, bad shapes or values (the message names the
             argument), both or neither of ``svf`` and ``disp``.
     """
-    from svfnet.common.workdir import REGIONS
-    from svfnet.ops import fields
-
     func = "evaluate_pair"
     spacing = checked_spacing(func, spacing)
     lcc_sigma_mm = _positive(func, "lcc_sigma_mm", lcc_sigma_mm)
@@ -448,8 +444,6 @@ def _checked_pair(
     func: str, moving_image: Any, fixed_image: Any, moving_labels: Any, fixed_labels: Any, svf: Any, disp: Any
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The checked images (float32), labels and displacement (``exp(svf)`` or ``disp``) of one pair."""
-    from svfnet.ops import fields
-
     fixed = checked_volume(func, "fixed_image", fixed_image).astype(np.float32)
     grid = fixed.shape
     moving = checked_volume(func, "moving_image", moving_image, shape=grid, shape_of="fixed_image").astype(

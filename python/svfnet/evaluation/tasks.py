@@ -14,9 +14,14 @@ from typing import Any
 
 import numpy as np
 
+from svfnet.baselines import lcc_demons
 from svfnet.baselines.peers import ants_syn, sitk_demons
+from svfnet.common.parallel import run_tasks
+from svfnet.evaluation.metrics import evaluate_pair
 from svfnet.evaluation.records import Records, error_text
 from svfnet.evaluation.tables import METHOD_NAMES
+from svfnet.ops import fields
+from svfnet.registration.arrays import register
 
 logger = logging.getLogger(__name__)
 
@@ -61,12 +66,8 @@ def task_displacement(task: PairTask) -> tuple[np.ndarray, float]:
 
     The time covers the registration and, for LCC Log-Demons, the exponential of its SVF.
     """
-    from svfnet.ops import fields
-
     started = time.perf_counter()
     if task.method in ("lcc_demons", "svfnet_refined"):
-        from svfnet.baselines import lcc_demons
-
         params = dict(task.params)
         if isinstance(params.get("iterations"), list):
             params["iterations"] = tuple(params["iterations"])
@@ -95,8 +96,6 @@ def evaluate_task(task: PairTask) -> dict[str, Any]:
     """
     import torch
 
-    from svfnet.evaluation.metrics import evaluate_pair
-
     disp, seconds = task_displacement(task)
     result: dict[str, Any] = {"seconds": seconds, "threads": torch.get_num_threads()}
     if not task.scores:
@@ -115,8 +114,6 @@ def evaluate_task(task: PairTask) -> dict[str, Any]:
 
 def svfnet_displacement(model: Any, moving: Any, fixed: Any) -> tuple[np.ndarray, float]:
     """SVF-Net on a pair: ``(displacement, seconds of network + exponential + warp)``."""
-    from svfnet.registration.arrays import register
-
     registration = register(moving.image, fixed.image, model, spacing_mm=tuple(moving.spacing_mm))
     return np.asarray(registration.displacement, dtype=np.float32), float(registration.seconds)
 
@@ -133,8 +130,6 @@ def run_in_process(
 ) -> int:
     """SVF-Net or the identity on each pair, in this process; each pair's record written at once."""
     from tqdm.auto import tqdm
-
-    from svfnet.evaluation.metrics import evaluate_pair
 
     threads = torch_threads()
     if method == "svfnet":
@@ -191,8 +186,6 @@ def make_task(
 ) -> PairTask:
     initial_svf, network_seconds = None, 0.0
     if method == "svfnet_refined":  # the network here (fast, maybe on the GPU); the demons in the task
-        from svfnet.registration.arrays import register
-
         registration = register(moving.image, fixed.image, model, spacing_mm=tuple(moving.spacing_mm))
         initial_svf, network_seconds = registration.svf, float(registration.seconds)
     return PairTask(
@@ -225,8 +218,6 @@ def run_as_tasks(
     progress: bool,
 ) -> dict[str, int]:
     """The optimisation methods' pairs as parallel tasks; each record written as its task completes."""
-    from svfnet.common.parallel import run_tasks
-
     computed: dict[str, int] = {}
     tasks, owners = [], []
     for method, (moving_id, fixed_id) in task_pairs:
