@@ -581,7 +581,7 @@ def test_an_unwritable_folder_is_one_clear_line(tmp_path, capsys, monkeypatch):
     def denied(path, what):
         raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr(locks, "_acquire_flock", denied)
+    monkeypatch.setattr(locks, "acquire_flock", denied)
     assert main(["prepare", str(tmp_path / "raw"), str(tmp_path / "w"), "--no-progress"]) == 2
     error = capsys.readouterr().err
     assert error.startswith("svfnet prepare: error: ") and "Traceback" not in error

@@ -122,8 +122,11 @@ def _busy(lock_file: Path, what: str, holder: dict | None) -> FolderLocked:
     )
 
 
-def _acquire_flock(lock_file: Path, what: str) -> int:
-    import fcntl
+def acquire_flock(lock_file: Path, what: str) -> int:
+    """An exclusive ``flock`` on ``lock_file`` (created if missing), as an open descriptor; a folder held
+    by a live process raises the busy error naming it, a stale holder is cleared. Raises OSError where
+    the file system has no ``flock`` (the caller then falls back to an exclusive create)."""
+    import fcntl  # POSIX only
 
     for _ in range(10):
         fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
@@ -212,7 +215,7 @@ def hold_lock(lock_file: str | os.PathLike, what: str) -> Iterator[Path]:
     if entry is None:
         try:
             try:
-                fd = _acquire_flock(lock_file, what)
+                fd = acquire_flock(lock_file, what)
             except PermissionError:
                 raise PermissionError(
                     errno.EACCES, "cannot write in this folder (permission denied)", str(lock_file.parent)
