@@ -406,7 +406,7 @@ def run_references(
             raise ValueError(
                 f"{config_path} was written with other parameters {previous}: remove {folder} to recompute"
             )
-    from svfnet.shapes.stage import read_landmarks
+    from svfnet.shapes.landmarks import read_landmarks
 
     stored = {
         subject: read_landmarks(workdir, subject) for subject in subjects
