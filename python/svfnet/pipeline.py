@@ -188,7 +188,7 @@ def _references_compatible(folder: Path, parameters: Any, subjects: list[str]) -
     """Whether the store in ``folder`` can be brought up to date in place: written with the same
     parameters and store format, and holding no fixed subject outside ``subjects`` (the store itself
     recomputes the fixed subjects whose landmarks or grid changed)."""
-    from svfnet.references.stage import STORE_FORMAT
+    from svfnet.references.store import STORE_FORMAT
 
     config_path = folder / "config.json"
     if not config_path.is_file():
