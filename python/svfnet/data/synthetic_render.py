@@ -214,12 +214,23 @@ def render_subject(
     n_i, n_j, n_k = geometry.shape
     dx, dz = geometry.in_plane_mm, geometry.slice_mm
     n_sub = int(math.ceil(dz / sub_slice_mm)) | 1  # odd, so that one sub-slice sits at the slice centre
-    heart_to_stack = np.array(geometry.heart_to_stack)
-    heart_origin = np.array(geometry.heart_origin_stack_mm)
-    stack_to_patient = np.array(geometry.stack_to_patient)
-    look = appearance
+    x, y, z, x_heart, y_heart, x_chest, y_chest, shift_mm = _stack_positions(geometry, n_sub)
 
-    # stack positions (mm), laid out (I, J, K, n_sub): the last axis is averaged into the slice
+    texture = _smooth_noise(rng, (n_i, n_j, n_k), (dx, dx, dz), 12.0)[..., None]
+    fine_texture = _smooth_noise(rng, (n_i, n_j, n_k), (dx, dx, dz), 4.0)[..., None]
+    image = _draw_chest(anatomy, geometry, appearance, x_chest, y_chest, z, n_sub, texture, fine_texture)
+    volume, labels = _draw_heart(
+        image, anatomy, geometry, appearance, x_heart, y_heart, z, n_sub, shift_mm, texture, fine_texture
+    )
+    return _acquire(rng, volume, appearance, geometry), labels
+
+
+def _stack_positions(geometry: ScanGeometry, n_sub: int):
+    """Stack positions (mm) ``x, y, z`` laid out ``(I, J, K, n_sub)``, the in-plane ones of the heart
+    and of the chest (shifted per slice in the clinical cohort), and the largest shift (mm)."""
+    n_i, n_j, n_k = geometry.shape
+    dx, dz = geometry.in_plane_mm, geometry.slice_mm
+    # the last axis is averaged into the slice
     x = (np.arange(n_i, dtype=np.float32) * dx)[:, None, None, None]
     y = (np.arange(n_j, dtype=np.float32) * dx)[None, :, None, None]
     sub = (np.arange(n_sub, dtype=np.float32) + 0.5) / n_sub - 0.5
@@ -234,9 +245,16 @@ def render_subject(
         x_chest, y_chest = x - np.float32(0.5) * shift_i, y - np.float32(0.5) * shift_j
         shift_mm = float(np.abs(offsets).max())
 
-    texture = _smooth_noise(rng, (n_i, n_j, n_k), (dx, dx, dz), 12.0)[..., None]
-    fine_texture = _smooth_noise(rng, (n_i, n_j, n_k), (dx, dx, dz), 4.0)[..., None]
+    return x, y, z, x_heart, y_heart, x_chest, y_chest, shift_mm
 
+
+def _draw_chest(anatomy, geometry, look, x_chest, y_chest, z, n_sub, texture, fine_texture) -> np.ndarray:
+    """The chest around the heart (body, fat, muscle, lungs with vessels, liver, spine, aorta),
+    ``(I, J, K, 1)`` float32, textured."""
+    n_i, n_j, n_k = geometry.shape
+    heart_to_stack = np.array(geometry.heart_to_stack)
+    heart_origin = np.array(geometry.heart_origin_stack_mm)
+    stack_to_patient = np.array(geometry.stack_to_patient)
     # --- the chest, in patient-aligned coordinates centred on the heart (R, A, S)
     lv_centre_stack = heart_origin + heart_to_stack @ np.array([0.0, 0.0, 0.4 * anatomy.lv_length_mm])
     # the chest is smooth across a slice: it is drawn at slice centres only (the heart gets sub-slices)
@@ -274,9 +292,16 @@ def render_subject(
     aorta = (right + 5.0) ** 2 + (anterior + 68.0) ** 2 <= 11.0**2
     image = np.where(aorta, look["blood"], image)
     image *= 1.0 + look["texture"] * texture  # organ textures, different in every subject
-    del right, anterior, superior, body_r2, inner_r2, lungs, vessels, liver, spine, aorta
+    return image
 
-    # --- the heart, evaluated in a box around it only
+
+def _draw_heart(image, anatomy, geometry, look, x_heart, y_heart, z, n_sub, shift_mm, texture, fine_texture):
+    """The heart drawn into ``image`` (in a box around it only, averaged over the sub-slices):
+    returns the volume ``(I, J, K)`` (a view of ``image``) and the labels at slice centres."""
+    n_i, n_j, n_k = geometry.shape
+    dx = geometry.in_plane_mm
+    heart_to_stack = np.array(geometry.heart_to_stack)
+    heart_origin = np.array(geometry.heart_origin_stack_mm)
     epicardial = anatomy.lv_radius_mm + anatomy.lv_wall_mm
     crescent = epicardial + anatomy.rv_depth_mm + anatomy.rv_wall_mm
     atria_mm = 70.0  # the atria and the aortic root reach this far from the LV base centre
@@ -313,8 +338,13 @@ def render_subject(
     for value, name in ((1, "lv_blood"), (2, "lv_myo"), (3, "rv_blood"), (4, "rv_myo")):
         heart_labels[regions[name][..., centre_sub]] = value
     labels[box] = heart_labels
+    return volume, labels
 
-    # --- acquisition: bias field, Rician noise, scanner gain
+
+def _acquire(rng: np.random.Generator, volume: np.ndarray, look: dict[str, Any], geometry: ScanGeometry):
+    """Acquisition: bias field (and the clinical shading), Rician noise, scanner gain; float32."""
+    n_i, n_j, n_k = geometry.shape
+    dx = geometry.in_plane_mm
     u, v, w = np.meshgrid(
         np.linspace(-1, 1, n_i, dtype=np.float32),
         np.linspace(-1, 1, n_j, dtype=np.float32),
@@ -340,7 +370,7 @@ def render_subject(
     real = volume * bias + rng.normal(0.0, sigma, size=volume.shape).astype(np.float32)
     imaginary = rng.normal(0.0, sigma, size=volume.shape).astype(np.float32)
     magnitude = np.sqrt(real * real + imaginary * imaginary) * look["gain"]
-    return magnitude.astype(np.float32), labels
+    return magnitude.astype(np.float32)
 
 
 def _clinical_shading(look: dict[str, Any], shape: tuple[int, int, int], in_plane_mm: float) -> np.ndarray:
