@@ -353,6 +353,37 @@ def write_synthetic_dataset(
     from svfnet.data.nifti import write_nifti
 
     out = Path(out)
+    _check_dataset_arguments(out, n_subjects, outlier_fraction, realism, header_style, max_voxels, overwrite)
+    out.mkdir(parents=True, exist_ok=True)
+
+    written: list[Path] = []
+    subjects_meta: dict[str, Any] = {}
+    for index in tqdm(range(n_subjects), desc="synth", unit="subject", disable=not progress):
+        subject = generate_subject(
+            seed,
+            index,
+            outlier_fraction=outlier_fraction,
+            realism=realism,
+            header_style=header_style,
+            max_voxels=max_voxels,
+        )
+        name = subject_name(index)
+        if subject.header is None:
+            write_nifti(out / f"{name}.nii.gz", subject.image, subject.affine)
+            write_nifti(out / f"{name}_gt.nii.gz", subject.labels, subject.affine)
+        else:
+            write_nifti_encoded(out / f"{name}.nii.gz", subject.image, subject.header)
+            write_nifti_encoded(out / f"{name}_gt.nii.gz", subject.labels, subject.header)
+        subjects_meta[name] = subject.parameters()
+        written.append(out / f"{name}.nii.gz")
+    record = _dataset_record(seed, outlier_fraction, realism, header_style, max_voxels, subjects_meta)
+    write_json(out / "synth.json", record)
+    logger.info("wrote %d synthetic subjects to %s", n_subjects, out)
+    return written
+
+
+def _check_dataset_arguments(out, n_subjects, outlier_fraction, realism, header_style, max_voxels, overwrite):
+    """Raises on a bad argument of :func:`write_synthetic_dataset`, or an ``out`` it may not write into."""
     if int(n_subjects) != n_subjects or n_subjects < 1:
         raise ValueError(
             f"the number of subjects (n_subjects, --subjects) must be a positive integer, got {n_subjects}"
@@ -379,28 +410,12 @@ def write_synthetic_dataset(
         raise FileExistsError(f"{out} exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out} is not empty: choose an empty folder, or overwrite (--force)")
-    out.mkdir(parents=True, exist_ok=True)
 
-    written: list[Path] = []
-    subjects_meta: dict[str, Any] = {}
-    for index in tqdm(range(n_subjects), desc="synth", unit="subject", disable=not progress):
-        subject = generate_subject(
-            seed,
-            index,
-            outlier_fraction=outlier_fraction,
-            realism=realism,
-            header_style=header_style,
-            max_voxels=max_voxels,
-        )
-        name = subject_name(index)
-        if subject.header is None:
-            write_nifti(out / f"{name}.nii.gz", subject.image, subject.affine)
-            write_nifti(out / f"{name}_gt.nii.gz", subject.labels, subject.affine)
-        else:
-            write_nifti_encoded(out / f"{name}.nii.gz", subject.image, subject.header)
-            write_nifti_encoded(out / f"{name}_gt.nii.gz", subject.labels, subject.header)
-        subjects_meta[name] = subject.parameters()
-        written.append(out / f"{name}.nii.gz")
+
+def _dataset_record(
+    seed, outlier_fraction, realism, header_style, max_voxels, subjects_meta
+) -> dict[str, Any]:
+    """``synth.json``'s content: the seed, the label names and every subject's parameters."""
     record: dict[str, Any] = {
         "generator": "svfnet.data.synthetic",
         "seed": int(seed),
@@ -420,6 +435,4 @@ def write_synthetic_dataset(
         record["header_style"] = header_style or "drawn per subject"
         record["groups"] = GROUP_NAMES
         record["max_voxels"] = int(max_voxels)
-    write_json(out / "synth.json", record)
-    logger.info("wrote %d synthetic subjects to %s", n_subjects, out)
-    return written
+    return record
