@@ -317,22 +317,10 @@ def sample_clinical_geometry(
     wobble = axis_angle_rotation(rng.normal(size=3), math.radians(rng.uniform(0.0, 10.0)))
     stack_to_patient = wobble @ _anatomical_heart_to_patient() @ heart_to_stack.T
 
-    # along the stack, from the LV base centre (positive towards the apex): the tilted base plane
-    # and stack move the base rim by up to `slope_mm`
     lateral_mm = _heart_lateral_reach_mm(anatomy)
-    epicardial_mm = anatomy.lv_radius_mm + anatomy.lv_wall_mm
-    slope_mm = math.tan(tilt_rad) * lateral_mm + max(abs(t) for t in anatomy.base_tilt) * epicardial_mm
-    thinnest_apex_mm = min(anatomy.lv_wall_mm, anatomy.infarct.wall_mm if anatomy.infarct else math.inf)
-    if covers_base:
-        first_mm = -(rng.uniform(0.5, 1.5) * slice_mm + 5.0 + slope_mm)
-    else:  # the first slice already cuts the ventricles
-        first_mm = rng.uniform(0.2, 0.8) * slice_mm
-    if covers_apex:  # the last slice lies at least this far: beyond the epicardial apex
-        last_mm = anatomy.lv_length_mm + 0.8 * anatomy.lv_wall_mm + rng.uniform(0.3, 1.2) * slice_mm
-        n_slices = int(math.ceil((last_mm - first_mm) / slice_mm)) + 1
-    else:  # the last slice lies at most this far: it still cuts the apical myocardium
-        last_mm = anatomy.lv_length_mm + 0.8 * thinnest_apex_mm - rng.uniform(0.6, 1.5) * slice_mm
-        n_slices = int(math.floor((last_mm - first_mm) / slice_mm)) + 1
+    first_mm, n_slices = _clinical_slices(
+        rng, anatomy, slice_mm, tilt_rad, lateral_mm, covers_base, covers_apex
+    )
 
     # field of view: rectangular, the heart (and its misplacement) always inside
     min_fov_mm = 2.0 * (lateral_mm + 35.0)
@@ -366,6 +354,27 @@ def sample_clinical_geometry(
         covers_base=covers_base,
         covers_apex=covers_apex,
     )
+
+
+def _clinical_slices(rng, anatomy, slice_mm, tilt_rad, lateral_mm, covers_base, covers_apex):
+    """Where the clinical stack's first slice lies (mm along the stack from the LV base centre,
+    positive towards the apex) and how many slices it has, for the coverage drawn."""
+    # along the stack, from the LV base centre (positive towards the apex): the tilted base plane
+    # and stack move the base rim by up to `slope_mm`
+    epicardial_mm = anatomy.lv_radius_mm + anatomy.lv_wall_mm
+    slope_mm = math.tan(tilt_rad) * lateral_mm + max(abs(t) for t in anatomy.base_tilt) * epicardial_mm
+    thinnest_apex_mm = min(anatomy.lv_wall_mm, anatomy.infarct.wall_mm if anatomy.infarct else math.inf)
+    if covers_base:
+        first_mm = -(rng.uniform(0.5, 1.5) * slice_mm + 5.0 + slope_mm)
+    else:  # the first slice already cuts the ventricles
+        first_mm = rng.uniform(0.2, 0.8) * slice_mm
+    if covers_apex:  # the last slice lies at least this far: beyond the epicardial apex
+        last_mm = anatomy.lv_length_mm + 0.8 * anatomy.lv_wall_mm + rng.uniform(0.3, 1.2) * slice_mm
+        n_slices = int(math.ceil((last_mm - first_mm) / slice_mm)) + 1
+    else:  # the last slice lies at most this far: it still cuts the apical myocardium
+        last_mm = anatomy.lv_length_mm + 0.8 * thinnest_apex_mm - rng.uniform(0.6, 1.5) * slice_mm
+        n_slices = int(math.floor((last_mm - first_mm) / slice_mm)) + 1
+    return first_mm, n_slices
 
 
 def sample_clinical_appearance(rng: np.random.Generator, n_slices: int) -> dict[str, Any]:
