@@ -15,8 +15,9 @@ from __future__ import annotations
 import numpy as np
 
 from svfnet.common.workdir import WorkDir, write_prepared_subject, write_subjects
-from svfnet.references.stage import ReferenceParameters, ReferenceStore, run_references
-from svfnet.shapes.stage import write_landmarks
+from svfnet.references.stage import ReferenceParameters, run_references
+from svfnet.references.store import ReferenceStore
+from svfnet.shapes.landmarks import write_landmarks
 
 GRID, SPACING_MM = (64, 64, 16), (2.04, 2.04, 8.06)
 SUBJECTS, LANDMARKS = 32, 1000

@@ -24,7 +24,7 @@ from scipy.ndimage import binary_dilation
 from svfnet.common.workdir import REGIONS, read_prepared
 from svfnet.evaluation.metrics import dice
 from svfnet.ops import fields
-from svfnet.references.stage import EXCLUSION_REASONS, ReferenceStore
+from svfnet.references.store import EXCLUSION_REASONS, ReferenceStore
 
 STORED = (None, "not converged")  # reasons whose SVF is in the store
 

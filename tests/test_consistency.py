@@ -99,7 +99,7 @@ def workdir(tmp_path):
 def test_a_batch_holds_pairs_then_their_reverses_augmented_alike(workdir):
     """Pair n and pair n + B/2 are one pair both ways, shifted alike (the swapped images are equal
     voxel for voxel), and each has its own reference as target."""
-    from svfnet.references.stage import ReferenceStore
+    from svfnet.references.store import ReferenceStore
     from svfnet.training.train import Cohort, ReferenceTargets
 
     cohort = Cohort.load(workdir, ["s0", "s1", "s2", "s3"])

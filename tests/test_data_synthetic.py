@@ -18,13 +18,12 @@ from svfnet.commands import synth as synth_command
 from svfnet.data.nifti import read_nifti
 from svfnet.data.readers import load_subject, read_dataset
 from svfnet.data.synthetic import (
-    GROUPS,
-    HEADER_STYLES,
-    OUTLIER_KINDS,
     generate_cohort,
     generate_subject,
     write_synthetic_dataset,
 )
+from svfnet.data.synthetic_anatomy import GROUPS, OUTLIER_KINDS
+from svfnet.data.synthetic_headers import HEADER_STYLES
 
 N_SUBJECTS = 10
 

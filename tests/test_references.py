@@ -10,9 +10,10 @@ import pytest
 from svfnet.common.workdir import WorkDir
 from svfnet.ops import fields
 from svfnet.ops.ebs import fit_ebs
-from svfnet.references.stage import ReferenceParameters, ReferenceStore, run_references
+from svfnet.references.stage import ReferenceParameters, run_references
+from svfnet.references.store import ReferenceStore
+from svfnet.shapes.landmarks import write_landmarks
 from svfnet.shapes.lddmm import LddmmParameters, control_point_grid, geodesic_flow
-from svfnet.shapes.stage import write_landmarks
 from tests.pipeline_fixtures import GRID, SPACING_MM, deformed_cohort, write_split
 from tests.test_fields import lands_inside
 

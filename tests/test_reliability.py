@@ -548,7 +548,8 @@ def test_a_truncated_npy_is_named(tmp_path):
 def test_a_truncated_reference_store_is_named_and_recomputed(tmp_path, caplog):
     """Reproduction: a truncated reference .npy failed with "mmap length is greater than file size"
     naming no file, and re-running `svfnet references` did not repair it."""
-    from svfnet.references.stage import ReferenceParameters, ReferenceStore, run_references
+    from svfnet.references.stage import ReferenceParameters, run_references
+    from svfnet.references.store import ReferenceStore
 
     workdir = tmp_path / "w"
     deformed_cohort(workdir, count=3)

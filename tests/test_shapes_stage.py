@@ -10,9 +10,11 @@ import pytest
 from svfnet import cli
 from svfnet.common.workdir import WorkDir
 from svfnet.shapes import stage
+from svfnet.shapes.landmarks import read_landmarks
 from svfnet.shapes.parameters import LddmmParameters
-from svfnet.shapes.stage import farthest_points, read_landmarks, run_shapes
+from svfnet.shapes.stage import run_shapes
 from svfnet.shapes.surfaces import load_surfaces
+from svfnet.shapes.template import farthest_points
 from tests.shapes_fixtures import heart_labels, small_cohort, write_prepared
 
 FAST = LddmmParameters(max_iterations=15)

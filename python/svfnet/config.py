@@ -373,7 +373,8 @@ def validate_config(config: dict[str, dict[str, Any]]) -> None:
 # keys whose values come from a fixed list: refused when the configuration is read, not when (maybe
 # an hour later) their stage starts
 def check_choices(config: dict) -> None:
-    from svfnet.data.synthetic import HEADER_STYLES, REALISM_LEVELS
+    from svfnet.data.synthetic import REALISM_LEVELS
+    from svfnet.data.synthetic_headers import HEADER_STYLES
 
     choices = {("data", "realism"): REALISM_LEVELS, ("data", "header_style"): ("", *HEADER_STYLES)}
     for (section, key), allowed in choices.items():

@@ -64,7 +64,8 @@ from svfnet.data.split import run_split, split_sizes
 from svfnet.data.synthetic import write_synthetic_dataset
 from svfnet.evaluation.evaluate import run_evaluation
 from svfnet.fingerprints import dataset_path, output_present, read_split, stage_fingerprint, stage_inputs
-from svfnet.references.stage import STORE_FORMAT, run_references
+from svfnet.references.stage import run_references
+from svfnet.references.store import STORE_FORMAT
 from svfnet.shapes.stage import run_shapes
 from svfnet.training.train import run_folder, train
 

@@ -37,6 +37,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--scheduler", metavar="ADDRESS", help="run on a Dask cluster (tcp://host:8786)")
     parser.add_argument("--workers", type=int, metavar="N", help="local processes (default: one per core)")
+    _add_lddmm_arguments(parser, defaults)
+    _add_surface_arguments(parser)
+    parser.add_argument("--save-meshes", action="store_true", help="also write each deformed template (VTK)")
+    parser.add_argument("--overwrite", action="store_true", help="recompute everything")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.set_defaults(func=guarded(run, writes="workdir"))
+
+
+def _add_lddmm_arguments(parser: argparse.ArgumentParser, defaults) -> None:
+    """The "registration (LDDMM)" options, their defaults those of ``LddmmParameters``."""
     group = parser.add_argument_group("registration (LDDMM)")
     group.add_argument(
         "--sigma-v",
@@ -78,6 +88,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help=f"L-BFGS iterations at most (default {defaults.max_iterations})",
     )
     group.add_argument("--float64", action="store_true", help="compute in float64 (slower)")
+
+
+def _add_surface_arguments(parser: argparse.ArgumentParser) -> None:
+    """The "surfaces and landmarks" options."""
     group = parser.add_argument_group("surfaces and landmarks")
     group.add_argument(
         "--triangles",
@@ -107,10 +121,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="N|all",
         help="template vertices to carry, farthest-point sampled (default 1000)",
     )
-    parser.add_argument("--save-meshes", action="store_true", help="also write each deformed template (VTK)")
-    parser.add_argument("--overwrite", action="store_true", help="recompute everything")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    parser.set_defaults(func=guarded(run, writes="workdir"))
 
 
 def run(args: argparse.Namespace) -> int:

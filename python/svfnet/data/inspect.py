@@ -79,7 +79,8 @@ class SubjectInspection:
 
 def inspect_subject(files: SubjectFiles, *, long_axis: str = "slices") -> SubjectInspection:
     """Looks at one subject as ``svfnet prepare`` would, without stopping at the first problem."""
-    from svfnet.data.prepare import canonical_frame, label_warnings
+    from svfnet.data.label_checks import label_warnings
+    from svfnet.data.prepare import canonical_frame
 
     result = SubjectInspection(files.id, files.layout, files.phase, str(files.image), str(files.labels))
     try:

@@ -195,61 +195,63 @@ def nifti_geometry(header, path: str | Path = "") -> NiftiGeometry:
         )
         directions, origin, source = lps_to_ras, np.zeros(3), "pixdim"
     else:
-        qform = _qform_matrix(header, pixdim) if qform_code > 0 else np.diag([*np.abs(pixdim[1:4]), 1.0])
-        sform = np.asarray(header.get_sform(), dtype=np.float64) if sform_code > 0 else np.zeros((4, 4))
-        if sform_code > 0 and not np.all(np.isfinite(sform)):
-            raise ValueError(f"{path}: the sform holds non-finite values")
-        use_sform = bool(
-            np.abs(sform[:3, :3] - qform[:3, :3]).max() <= 1e-5
-            and np.abs(sform[:3, 3] - qform[:3, 3]).sum() <= 1e-7
-            and np.abs(sform[3] - qform[3]).sum() <= 1e-7
+        directions, origin, source = _from_forms(
+            header, pixdim, qform_code, sform_code, scale, path, sizes_text, problems
         )
-        rigid = sform_code > 0 and _sform_is_rigid(sform)
-        if rigid:
-            if qform_code <= 0 or sform_code == NIFTI_XFORM_SCANNER_ANAT:
-                use_sform = True
-            else:
-                use_sform = _same_space(sform, qform)
-        if use_sform:
-            source, chosen = "sform", sform
-        elif qform_code > 0:
-            source, chosen = "qform", qform
-        else:  # an sform with shear and no qform: ITK's permissive reading
-            if abs(np.linalg.det(sform[:3, :3])) < 1e-9:
-                raise ValueError(
-                    f"{path}: the affine is singular (its sform, and there is no qform):\n{sform}"
-                )
-            source, chosen = "sform", sform.copy()
-            u, _, vt = np.linalg.svd(sform[:3, :3])
-            chosen[:3, :3] = u @ vt
-            problems.append(
-                f"{path}: the sform has shear and there is no qform; read with its nearest rotation"
-            )
-        if qform_code > 0 and sform_code > 0 and not _same_space(sform, qform):
-            problems.append(
-                f"{path}: sform (code {sform_code}, voxels {_sizes(sform)} mm) and qform (code {qform_code}, "
-                f"voxels {_sizes(qform)} mm) describe different spaces; read with the {source} and pixdim's "
-                f"{sizes_text} mm, as ITK does"
-                + (" (nibabel's affine would be the sform)" if source == "qform" else "")
-            )
-        elif (
-            sform_code > 0
-            and np.abs(np.linalg.norm(sform[:3, :3], axis=0) - np.abs(pixdim[1:4])).max() > 1e-3
-        ):
-            # ITK's "unexpected scales in sform" (1e-3 mm), e.g. ACDC's sform without voxel size
-            problems.append(
-                f"{path}: the sform gives voxels of {_sizes(sform)} mm but pixdim {sizes_text} mm; read with "
-                "pixdim's voxel size and the sform's orientation and origin, as ITK does "
-                "(nibabel's affine would be the sform)"
-            )
-        directions = _normalised_columns(chosen[:3, :3])
-        if directions is None or not np.all(np.isfinite(chosen[:3, 3])):
-            raise ValueError(f"{path}: the header's {source} is singular or not finite:\n{chosen}")
-        origin = chosen[:3, 3] * scale
     affine = np.eye(4)
     affine[:3, :3] = directions @ np.diag(np.where(pixdim[1:4] < 0, -spacing_array, spacing_array))
     affine[:3, 3] = origin
     return NiftiGeometry(affine, spacing, source, tuple(problems))
+
+
+def _from_forms(header, pixdim, qform_code, sform_code, scale, path, sizes_text: str, problems: list[str]):
+    """Orientation and origin from the sform or the qform, chosen by ITK's rules (see
+    :func:`nifti_geometry`): ``(directions, origin_mm, source)``; problems found are appended."""
+    qform = _qform_matrix(header, pixdim) if qform_code > 0 else np.diag([*np.abs(pixdim[1:4]), 1.0])
+    sform = np.asarray(header.get_sform(), dtype=np.float64) if sform_code > 0 else np.zeros((4, 4))
+    if sform_code > 0 and not np.all(np.isfinite(sform)):
+        raise ValueError(f"{path}: the sform holds non-finite values")
+    use_sform = bool(
+        np.abs(sform[:3, :3] - qform[:3, :3]).max() <= 1e-5
+        and np.abs(sform[:3, 3] - qform[:3, 3]).sum() <= 1e-7
+        and np.abs(sform[3] - qform[3]).sum() <= 1e-7
+    )
+    rigid = sform_code > 0 and _sform_is_rigid(sform)
+    if rigid:
+        if qform_code <= 0 or sform_code == NIFTI_XFORM_SCANNER_ANAT:
+            use_sform = True
+        else:
+            use_sform = _same_space(sform, qform)
+    if use_sform:
+        source, chosen = "sform", sform
+    elif qform_code > 0:
+        source, chosen = "qform", qform
+    else:  # an sform with shear and no qform: ITK's permissive reading
+        if abs(np.linalg.det(sform[:3, :3])) < 1e-9:
+            raise ValueError(f"{path}: the affine is singular (its sform, and there is no qform):\n{sform}")
+        source, chosen = "sform", sform.copy()
+        u, _, vt = np.linalg.svd(sform[:3, :3])
+        chosen[:3, :3] = u @ vt
+        problems.append(f"{path}: the sform has shear and there is no qform; read with its nearest rotation")
+    if qform_code > 0 and sform_code > 0 and not _same_space(sform, qform):
+        problems.append(
+            f"{path}: sform (code {sform_code}, voxels {_sizes(sform)} mm) and qform (code {qform_code}, "
+            f"voxels {_sizes(qform)} mm) describe different spaces; read with the {source} and pixdim's "
+            f"{sizes_text} mm, as ITK does"
+            + (" (nibabel's affine would be the sform)" if source == "qform" else "")
+        )
+    elif sform_code > 0 and np.abs(np.linalg.norm(sform[:3, :3], axis=0) - np.abs(pixdim[1:4])).max() > 1e-3:
+        # ITK's "unexpected scales in sform" (1e-3 mm), e.g. ACDC's sform without voxel size
+        problems.append(
+            f"{path}: the sform gives voxels of {_sizes(sform)} mm but pixdim {sizes_text} mm; read with "
+            "pixdim's voxel size and the sform's orientation and origin, as ITK does "
+            "(nibabel's affine would be the sform)"
+        )
+    directions = _normalised_columns(chosen[:3, :3])
+    if directions is None or not np.all(np.isfinite(chosen[:3, 3])):
+        raise ValueError(f"{path}: the header's {source} is singular or not finite:\n{chosen}")
+    origin = chosen[:3, 3] * scale
+    return directions, origin, source
 
 
 def _file_geometry(path: Path, image: nib.Nifti1Image | nib.Nifti2Image) -> NiftiGeometry:

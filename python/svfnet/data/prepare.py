@@ -41,9 +41,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.ndimage import binary_dilation, gaussian_filter, map_coordinates
+from scipy.ndimage import gaussian_filter, map_coordinates
 
 from svfnet.common.workdir import REGIONS, WorkDir
+from svfnet.data.label_checks import label_warnings
 from svfnet.data.labels import label_values
 from svfnet.data.readers import Dataset, Subject, load_subject
 from svfnet.data.transform import resample_labels
@@ -61,7 +62,6 @@ RV_DIRECTION_RAS = np.array([1.0, 1.0, 0.0]) / math.sqrt(2.0)
 
 _MIN_SKEWNESS = 0.15  # LV profile skewness below which it does not decide the apex (synthetic: 0.3–0.45)
 _MIN_PROJECTION = 0.3  # an anatomical direction must be this far from the long axis to be used
-_ENCLOSURE_WARNING = 0.2  # LV blood-pool border touching background, above which a warning is raised
 
 
 # ----------------------------------------------------------------------------- the frame
@@ -291,39 +291,6 @@ class PreparedVolumes:
     labels: np.ndarray
     transform: dict[str, Any]
     entry: dict[str, Any]
-
-
-def label_warnings(subject: Subject) -> list[str]:
-    """Checks of a subject's labels that do not stop preparation but deserve a look."""
-    warnings: list[str] = []
-    labels = subject.labels
-    if subject.unmapped_values:
-        warnings.append(
-            f"label values {list(subject.unmapped_values)} are not in the mapping and became background"
-        )
-    if subject.regions & {3, 4} and 1 not in subject.regions:
-        warnings.append(
-            "RV labels but no LV blood pool: is the label mapping right? (ACDC-style labels need "
-            "--labels acdc)"
-        )
-    labelled_slices = np.flatnonzero(labels.any(axis=(0, 1)))
-    if labelled_slices[0] == 0 or labelled_slices[-1] == labels.shape[2] - 1:
-        warnings.append("labels reach the first or last slice: the heart may extend beyond the field of view")
-    # the LV blood pool should be ringed by myocardium in every slice that has both
-    touching, border_total = 0, 0
-    cross = np.zeros((3, 3, 1), dtype=bool)
-    cross[1, :, 0] = cross[:, 1, 0] = True
-    blood = labels == 1
-    for k in np.flatnonzero(blood.any(axis=(0, 1)) & (labels == 2).any(axis=(0, 1))):
-        ring = binary_dilation(blood[:, :, k : k + 1], structure=cross) & ~blood[:, :, k : k + 1]
-        touching += int(np.count_nonzero(labels[:, :, k : k + 1][ring] == 0))
-        border_total += int(np.count_nonzero(ring))
-    if border_total and touching / border_total > _ENCLOSURE_WARNING:
-        warnings.append(
-            f"the LV blood pool touches background on {100 * touching / border_total:.0f}% of its border "
-            "where the myocardium is labelled: the myocardium may be misplaced"
-        )
-    return warnings
 
 
 def _antialias(image: np.ndarray, matrix: np.ndarray) -> np.ndarray:

@@ -52,7 +52,6 @@ import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -65,33 +64,29 @@ from svfnet.common.workdir import WorkDir, read_prepared, subject_ids
 from svfnet.data.split import subject_split
 from svfnet.ops import fields
 from svfnet.ops.ebs import factorize_ebs
+from svfnet.references.flows import checked_flows, composed_flows, tabulate_flows
+from svfnet.references.store import (
+    EXCLUSION_REASONS,
+    FOLDED,
+    NON_FINITE,
+    NOT_CONVERGED,
+    OUT_OF_RANGE,
+    STORE_FORMAT,
+    USABLE_RESIDUAL_MAX_VOX,
+    USABLE_RESIDUAL_MEAN_VOX,
+    exclusion,
+)
 
 __all__ = [
-    "EXCLUSION_REASONS",
     "ReferenceParameters",
-    "ReferenceStore",
     "ReferencesSummary",
-    "exclusion",
     "run_references",
 ]
 
 log = logging.getLogger(__name__)
 
-# Why a pair is left out of training: a record's "excluded" (None: usable).
-FOLDED = "folded"  # id + u folds: it has no logarithm
-NOT_CONVERGED = "not converged"  # the logarithm's residual is above the usable limits below
-NON_FINITE = "non-finite"  # the spline or the logarithm produced a non-finite value
-OUT_OF_RANGE = "out of range"  # the storage dtype cannot hold the SVF (float16 tops out at 65504)
-EXCLUSION_REASONS = (FOLDED, NOT_CONVERGED, NON_FINITE, OUT_OF_RANGE)
-# A usable pair's logarithm residual |exp(v) - u|, voxels, over the voxels id + u maps into the
-# grid: at most this anywhere and on average (ReferenceStore.pairs' defaults).
-USABLE_RESIDUAL_MAX_VOX = 1.0
-USABLE_RESIDUAL_MEAN_VOX = 0.05
 # How a pair's displacement u is made from the shapes stage's results (ReferenceParameters.deformation).
 DEFORMATIONS = ("lddmm", "ebs")
-# The store's layout: 1 had no "excluded" in its records (derived when read, see exclusion());
-# 2 says why each pair is left out and never holds a non-finite value.
-STORE_FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -145,7 +140,7 @@ def references_task(task: dict[str, Any]) -> dict[str, Any]:
     parameters = ReferenceParameters(**task["parameters"])
     started = time.perf_counter()
     if parameters.deformation == "lddmm":
-        grids, initials = _composed_flows(task)
+        grids, initials = composed_flows(task)
     else:
         fixed_mm = task["fixed_landmarks_mm"]
         factor = factorize_ebs(fixed_mm, nu=parameters.nu, smoothing=parameters.smoothing)
@@ -166,107 +161,6 @@ def references_task(task: dict[str, Any]) -> dict[str, Any]:
             }
         )
     return {"svfs": svfs, "records": records}
-
-
-def _grid_points_mm(shape: tuple[int, int, int], spacing_mm) -> np.ndarray:
-    """Every voxel centre of a grid, ``(I·J·K, 3)`` mm, voxel ``(i, j, k)`` at ``(i, j, k) · spacing``."""
-    indices = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), axis=-1).reshape(-1, 3)
-    return indices * np.asarray(spacing_mm, dtype=np.float64)
-
-
-def _inverse_flow_task(task: dict[str, Any]) -> np.ndarray:
-    """``φ_n⁻¹`` of every voxel of the grid, ``(I·J·K, 3)`` mm float32: where subject n's voxels
-    come from in the template's space (the grid's points for the template itself)."""
-    from svfnet.shapes.lddmm import LddmmParameters, geodesic_flow
-
-    points = _grid_points_mm(task["shape"], task["spacing_mm"])
-    if task["flow"] is None:
-        return points.astype(np.float32)
-    flow = geodesic_flow(*task["flow"], LddmmParameters(**task["lddmm"]))
-    return flow.inverse_transform_points(points).astype(np.float32)
-
-
-@dataclass(frozen=True)
-class _FlowTable:
-    """Where the template space's points land, tabulated: ``φ_n`` on a regular grid of the template
-    space (``origin_mm + index · step_mm``) as cubic B-spline coefficients, one array per axis."""
-
-    origin_mm: np.ndarray  # (3,)
-    step_mm: float
-    counts: tuple[int, int, int]
-
-    @staticmethod
-    def covering(points_mm: list[np.ndarray], sigma_v_mm: float) -> _FlowTable:
-        """A table over the box of all ``points_mm`` plus a margin, its step ``σ_V / 8``: the flows
-        vary at the scale σ_V, and cubic interpolation at that step is within 0.1 mm of them."""
-        step = sigma_v_mm / 8.0
-        low = np.min([p.min(axis=0) for p in points_mm], axis=0) - _TABLE_MARGIN * step
-        high = np.max([p.max(axis=0) for p in points_mm], axis=0) + _TABLE_MARGIN * step
-        counts = tuple(int(n) for n in np.ceil((high - low) / step).astype(int) + 1)
-        return _FlowTable(low.astype(np.float64), float(step), counts)
-
-    def points_mm(self) -> np.ndarray:
-        return self.origin_mm + _grid_points_mm(self.counts, (self.step_mm,) * 3)
-
-    def sample(self, coefficients: np.ndarray | None, points_mm: np.ndarray) -> np.ndarray:
-        """``φ_n(points)`` (mm, float64) from the coefficients of :func:`_flow_table_task` (None:
-        the identity)."""
-        if coefficients is None:
-            return points_mm.astype(np.float64)
-        from scipy.ndimage import map_coordinates
-
-        at = ((points_mm - self.origin_mm) / self.step_mm).T
-        return np.stack(
-            [
-                map_coordinates(coefficients[axis], at, order=3, mode="nearest", prefilter=False)
-                for axis in range(3)
-            ],
-            axis=1,
-        )
-
-
-_TABLE_MARGIN = 4  # table steps beyond the points: the cubic prefilter's border reaches ~0.27^4 of a step in
-
-
-def _flow_table_task(task: dict[str, Any]) -> np.ndarray | None:
-    """``φ_n`` on a :class:`_FlowTable`'s points as cubic B-spline coefficients ``(3, *counts)``
-    float32 (None for the template: the identity)."""
-    from scipy.ndimage import spline_filter
-
-    from svfnet.shapes.lddmm import LddmmParameters, geodesic_flow
-
-    if task["flow"] is None:
-        return None
-    table: _FlowTable = task["table"]
-    moved = geodesic_flow(*task["flow"], LddmmParameters(**task["lddmm"])).transform_points(table.points_mm())
-    moved = moved.reshape(*table.counts, 3)
-    coefficients = [spline_filter(moved[..., axis], order=3, mode="nearest") for axis in range(3)]
-    return np.stack(coefficients).astype(np.float32)
-
-
-def _composed_flows(task: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    """``u = φ_moving ∘ φ_fixed⁻¹ − id`` on the fixed grid (voxels) for every moving subject, and
-    ``(u − u⁻¹) / 2`` to start its logarithm from (``u⁻¹ = φ_fixed ∘ φ_moving⁻¹ − id``, its inverse).
-
-    ``φ_n`` is the LDDMM deformation of the template onto subject n (the shapes stage's momenta).
-    The task carries, per subject, ``φ_n⁻¹`` of the grid's voxels (:func:`_inverse_flow_task`) and
-    ``φ_n`` tabulated over the template space (:func:`_flow_table_task`), both computed once per
-    subject: a pair is then two interpolations.
-    """
-    shape, spacing = tuple(task["shape"]), np.asarray(task["spacing_mm"], dtype=np.float64)
-    points = _grid_points_mm(shape, spacing)
-    table: _FlowTable = task["table"]
-    fixed_inverse, fixed_table = task["fixed"]
-
-    def displacement(moved: np.ndarray) -> np.ndarray:
-        return ((moved - points) / spacing).T.reshape(3, *shape).astype(np.float32)
-
-    grids = np.empty((len(task["moving"]), 3, *shape), dtype=np.float32)
-    initials = np.empty_like(grids)
-    for n, (moving_inverse, moving_table) in enumerate(task["moving"]):
-        grids[n] = displacement(table.sample(moving_table, fixed_inverse))
-        initials[n] = 0.5 * (grids[n] - displacement(table.sample(fixed_table, moving_inverse)))
-    return grids, initials
 
 
 def reference_svf(
@@ -381,6 +275,37 @@ def run_references(
     workdir = Path(workdir)
     parameters = parameters or ReferenceParameters()
     folder = WorkDir(workdir).references
+    subjects = _checked_subjects(workdir, subjects)
+    _check_store_config(folder, parameters)
+    landmarks, flows, lddmm = _read_shapes(workdir, subjects, parameters)
+    first = read_prepared(workdir, subjects[0])
+    shape, spacing = first.image.shape, first.spacing_mm
+    write_json(folder / "config.json", {**asdict(parameters), "format": STORE_FORMAT})
+    inputs_of = _inputs_digests(subjects, landmarks, flows, shape, spacing, lddmm)
+
+    todo = [fixed for fixed in subjects if not _is_done(folder, fixed, subjects, inputs_of(fixed))]
+    for stale in (folder / "svf").glob(".*.partial.npy"):  # left by a killed run (one run per folder)
+        stale.unlink()
+    started = time.perf_counter()  # the per-subject flows count in the time per pair
+    subject_flows: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
+    table = None
+    if todo and parameters.deformation == "lddmm":
+        subject_flows, table = tabulate_flows(
+            subjects, flows, lddmm, shape, spacing, workers, scheduler, progress
+        )
+    tasks, owners = _pair_tasks(
+        folder, todo, subjects, parameters, shape, spacing, landmarks, subject_flows, table
+    )
+    computed = _run_pair_tasks(
+        folder, tasks, owners, subjects, parameters, shape, inputs_of, workers, scheduler, progress
+    )
+    elapsed = time.perf_counter() - started
+    return _summary(folder, subjects, len(todo), len(subjects) - len(todo), elapsed, computed)
+
+
+def _checked_subjects(workdir: Path, subjects: list[str] | None) -> list[str]:
+    """The subjects (default: the split's training and validation subjects), each once, at least
+    two, all prepared."""
     if subjects is None:
         split = subject_split(workdir)
         subjects = sorted(split.train + split.val)
@@ -392,6 +317,11 @@ def run_references(
     unknown = [subject for subject in subjects if known is not None and subject not in known]
     if unknown:
         raise ValueError(f"run_references(): not prepared in {workdir}: {unknown}")
+    return subjects
+
+
+def _check_store_config(folder: Path, parameters: ReferenceParameters) -> None:
+    """Raises when the store on disk is of another format or was computed with other parameters."""
     config_path = folder / "config.json"
     if config_path.is_file():
         previous = json.loads(config_path.read_text())
@@ -406,7 +336,12 @@ def run_references(
             raise ValueError(
                 f"{config_path} was written with other parameters {previous}: remove {folder} to recompute"
             )
-    from svfnet.shapes.stage import read_landmarks
+
+
+def _read_shapes(workdir: Path, subjects: list[str], parameters: ReferenceParameters):
+    """The shapes stage's results for ``subjects``, checked: landmarks per subject (all the same
+    count), and with ``deformation="lddmm"`` the flows and their parameters (else ``{}``, ``{}``)."""
+    from svfnet.shapes.landmarks import read_landmarks
 
     stored = {
         subject: read_landmarks(workdir, subject) for subject in subjects
@@ -418,14 +353,18 @@ def run_references(
         for subject, count in counts.items():
             by_count.setdefault(count, []).append(subject)
         raise ValueError(f"subjects have different landmark counts {by_count}: re-run `svfnet shapes`")
-    flows, lddmm = _checked_flows(workdir, stored) if parameters.deformation == "lddmm" else ({}, {})
-    first = read_prepared(workdir, subjects[0])
-    shape, spacing = first.image.shape, first.spacing_mm
-    write_json(config_path, {**asdict(parameters), "format": STORE_FORMAT})
+    flows, lddmm = checked_flows(workdir, stored) if parameters.deformation == "lddmm" else ({}, {})
+    return landmarks, flows, lddmm
 
-    # A fixed subject is done when its record lists the same moving subjects, computed from the
-    # same landmarks (and LDDMM flows) on the same grid (a re-run of the shapes stage or another
-    # subject list recomputes it) and its SVFs are all there.
+
+def _inputs_digests(subjects, landmarks, flows, shape, spacing, lddmm):
+    """``inputs_of(fixed)``: a digest of what a fixed subject's record is computed from.
+
+    A fixed subject is done when its record lists the same moving subjects, computed from the
+    same landmarks (and LDDMM flows) on the same grid (a re-run of the shapes stage or another
+    subject list recomputes it) and its SVFs are all there.
+    """
+
     def digest(subject: str) -> str:
         arrays = [landmarks[subject], *(flows.get(subject) or ())]
         return hashlib.sha256(b"".join(np.ascontiguousarray(a).tobytes() for a in arrays)).hexdigest()
@@ -437,16 +376,12 @@ def run_references(
         text = json.dumps([digests[fixed], [digests[m] for m in movings], list(shape), list(spacing), lddmm])
         return hashlib.sha256(text.encode()).hexdigest()
 
-    todo = [fixed for fixed in subjects if not _is_done(folder, fixed, subjects, inputs_of(fixed))]
-    for stale in (folder / "svf").glob(".*.partial.npy"):  # left by a killed run (one run per folder)
-        stale.unlink()
-    started = time.perf_counter()  # the per-subject flows count in the time per pair
-    subject_flows: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
-    table = None
-    if todo and parameters.deformation == "lddmm":
-        subject_flows, table = _tabulate_flows(
-            subjects, flows, lddmm, shape, spacing, workers, scheduler, progress
-        )
+    return inputs_of
+
+
+def _pair_tasks(folder, todo, subjects, parameters, shape, spacing, landmarks, subject_flows, table):
+    """The tasks (a fixed subject and up to ``moving_per_task`` moving ones each) and their owners
+    ``(fixed, start, chunk)``; each fixed subject's stale record is removed."""
     tasks, owners = [], []
     for fixed in todo:
         (folder / "pairs" / f"{fixed}.json").unlink(missing_ok=True)  # stale: not done until rewritten
@@ -462,7 +397,14 @@ def run_references(
                 )
             tasks.append(task)
             owners.append((fixed, start, chunk))
+    return tasks, owners
 
+
+def _run_pair_tasks(
+    folder, tasks, owners, subjects, parameters, shape, inputs_of, workers, scheduler, progress
+) -> int:
+    """Runs the tasks, filling each fixed subject's store as its chunks come back; returns how
+    many pairs were computed. Half-filled stores are dropped when interrupted."""
     pending: dict[str, dict[str, Any]] = {}
     computed = 0
     try:
@@ -482,21 +424,7 @@ def run_references(
             movings = [moving for moving in subjects if moving != fixed]
             entry = pending.get(fixed)
             if entry is None:
-                # the fixed subject's store fills chunk by chunk, memory-mapped under a temporary
-                # name, and takes its real name only when complete
-                final = folder / "svf" / f"{fixed}.npy"
-                final.parent.mkdir(parents=True, exist_ok=True)
-                partial = final.with_name(f".{fixed}.partial.npy")
-                store = np.lib.format.open_memmap(
-                    partial, mode="w+", dtype=parameters.dtype, shape=(len(movings), 3, *shape)
-                )
-                entry = pending[fixed] = {
-                    "final": final,
-                    "partial": partial,
-                    "store": store,
-                    "records": [None] * len(movings),
-                    "remaining": sum(1 for owner in owners if owner[0] == fixed),
-                }
+                entry = pending[fixed] = _open_store(folder, fixed, owners, len(movings), parameters, shape)
             svfs = outcome.value["svfs"]
             if not np.isfinite(
                 svfs
@@ -507,31 +435,48 @@ def run_references(
             entry["remaining"] -= 1
             computed += len(chunk)
             if entry["remaining"] == 0:
-                entry["store"].flush()
-                del entry["store"]
-                with open(entry["partial"], "rb") as written:  # header and data on disk before the rename
-                    os.fsync(written.fileno())
-                os.replace(entry["partial"], entry["final"])
-                # the record is written last: it marks the fixed subject as done
-                write_json(
-                    folder / "pairs" / f"{fixed}.json",
-                    {
-                        "fixed": fixed,
-                        "moving": movings,
-                        "inputs": inputs_of(fixed),
-                        "pairs": [
-                            {"moving": m, **record}
-                            for m, record in zip(movings, entry["records"], strict=True)
-                        ],
-                    },
-                )
+                _close_store(folder, fixed, movings, entry, inputs_of(fixed))
                 del pending[fixed]
     finally:
         for entry in pending.values():  # interrupted: drop the half-filled stores
             entry.pop("store", None)
             entry["partial"].unlink(missing_ok=True)
-    elapsed = time.perf_counter() - started
-    return _summary(folder, subjects, len(todo), len(subjects) - len(todo), elapsed, computed)
+    return computed
+
+
+def _open_store(folder, fixed, owners, count, parameters, shape) -> dict[str, Any]:
+    """A fixed subject's store, filled chunk by chunk: memory-mapped under a temporary name, it
+    takes its real name only when complete (:func:`_close_store`)."""
+    final = folder / "svf" / f"{fixed}.npy"
+    final.parent.mkdir(parents=True, exist_ok=True)
+    partial = final.with_name(f".{fixed}.partial.npy")
+    store = np.lib.format.open_memmap(partial, mode="w+", dtype=parameters.dtype, shape=(count, 3, *shape))
+    return {
+        "final": final,
+        "partial": partial,
+        "store": store,
+        "records": [None] * count,
+        "remaining": sum(1 for owner in owners if owner[0] == fixed),
+    }
+
+
+def _close_store(folder, fixed, movings, entry, inputs: str) -> None:
+    """A complete store on disk under its real name, then its record (which marks it done)."""
+    entry["store"].flush()
+    del entry["store"]
+    with open(entry["partial"], "rb") as written:  # header and data on disk before the rename
+        os.fsync(written.fileno())
+    os.replace(entry["partial"], entry["final"])
+    # the record is written last: it marks the fixed subject as done
+    write_json(
+        folder / "pairs" / f"{fixed}.json",
+        {
+            "fixed": fixed,
+            "moving": movings,
+            "inputs": inputs,
+            "pairs": [{"moving": m, **record} for m, record in zip(movings, entry["records"], strict=True)],
+        },
+    )
 
 
 def _checked_landmarks(subject: str, stored: dict[str, Any]) -> np.ndarray:
@@ -551,67 +496,6 @@ def _checked_landmarks(subject: str, stored: dict[str, Any]) -> np.ndarray:
     if problem:
         raise ValueError(f"landmarks of subject {subject!r} {problem}: re-run `svfnet shapes`")
     return points
-
-
-def _tabulate_flows(subjects, flows, lddmm, shape, spacing, workers, scheduler, progress):
-    """Every subject's ``φ_n⁻¹`` of the grid and ``φ_n`` tabulated over the template space that
-    those cover (two passes of one task per subject)."""
-    from svfnet.shapes.parameters import LddmmParameters
-
-    common = {"lddmm": lddmm, "shape": shape, "spacing_mm": spacing}
-
-    def each(func, description: str, extra: dict[str, Any]) -> dict[str, Any]:
-        out = {}
-        tasks = [{**common, **extra, "flow": flows[subject]} for subject in subjects]
-        for outcome in run_tasks(
-            func, tasks, workers=workers, scheduler=scheduler, progress=progress, description=description
-        ):
-            subject = subjects[outcome.index]
-            if outcome.error is not None:
-                raise RuntimeError(
-                    f"the LDDMM flow of subject {subject} failed: {outcome.error}"
-                ) from outcome.error
-            out[subject] = outcome.value
-        return out
-
-    inverse = each(_inverse_flow_task, "inverse flows", {})
-    table = _FlowTable.covering(list(inverse.values()), LddmmParameters(**lddmm).sigma_v_mm)
-    tables = each(_flow_table_task, "flow tables", {"table": table})
-    return {subject: (inverse[subject], tables[subject]) for subject in subjects}, table
-
-
-def _checked_flows(workdir: Path, stored: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Each subject's LDDMM flow from its shapes record ``stored[subject]``, ``(control_points_mm,
-    momenta)`` (None for the template, mapped onto itself by the identity), and the flow's parameters."""
-    config_path = WorkDir(workdir).shapes / "config.json"
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{config_path} not found: run `svfnet shapes` for this work folder first")
-    config = json.loads(config_path.read_text())
-    settings = config.get("lddmm", {})
-    lddmm = {
-        key: settings[key] for key in ("sigma_v_mm", "time_steps", "integrator", "dtype") if key in settings
-    }
-    flows: dict[str, Any] = {}
-    for subject, record in stored.items():
-        if "momenta" not in record or "control_points_mm" not in record:
-            if subject == config.get("template"):
-                flows[subject] = None
-                continue
-            raise ValueError(
-                f"the shapes stage stored no LDDMM momenta for subject {subject!r}: re-run `svfnet shapes`"
-            )
-        control_points = np.asarray(record["control_points_mm"], dtype=np.float64)
-        momenta = np.asarray(record["momenta"], dtype=np.float64)
-        if control_points.ndim != 2 or control_points.shape[1] != 3 or momenta.shape != control_points.shape:
-            raise ValueError(
-                f"the LDDMM momenta of subject {subject!r} are malformed: re-run `svfnet shapes`"
-            )
-        if not (np.isfinite(control_points).all() and np.isfinite(momenta).all()):
-            raise ValueError(
-                f"the LDDMM momenta of subject {subject!r} have non-finite values: re-run `svfnet shapes`"
-            )
-        flows[subject] = (control_points, momenta)
-    return flows, lddmm
 
 
 def _is_done(folder: Path, fixed: str, subjects: list[str], inputs: str) -> bool:
@@ -660,99 +544,3 @@ def _summary(
         f"; left out: {left_out}" if left_out else "",
     )
     return summary
-
-
-def exclusion(record: dict[str, Any]) -> str | None:
-    """Why a pair's record leaves it out of training (one of :data:`EXCLUSION_REASONS`), or None.
-
-    Records of format 2 say it (``"excluded"``); for a store written before (format 1) it is
-    derived from the fields those records have, with the same limits, so that an old store reads
-    the same way (an SVF whose float16 storage overflowed, recorded with an infinite
-    ``float16_error``, is out of range).
-    """
-    if "excluded" in record:
-        return record["excluded"]
-    if record.get("folds"):
-        return FOLDED
-    residual_max, residual_mean = record.get("residual_max"), record.get("residual_mean")
-    if residual_max is None or residual_mean is None or not math.isfinite(residual_max + residual_mean):
-        return NON_FINITE
-    error = record.get("float16_error")
-    if error is not None and not math.isfinite(error):
-        return OUT_OF_RANGE
-    if residual_max > USABLE_RESIDUAL_MAX_VOX or residual_mean > USABLE_RESIDUAL_MEAN_VOX:
-        return NOT_CONVERGED
-    return None
-
-
-class ReferenceStore:
-    """Reads the reference SVFs written by :func:`run_references` (memory-mapped, fast)."""
-
-    def __init__(self, workdir: str | Path) -> None:
-        self.folder = WorkDir(workdir).references
-        if not (self.folder / "pairs").is_dir():
-            raise FileNotFoundError(f"no references in {self.folder}: run `svfnet references` first")
-
-    @cache  # noqa: B019 - one store per work folder, kept for the process
-    def _record(self, fixed: str) -> dict[str, Any]:
-        return json.loads((self.folder / "pairs" / f"{fixed}.json").read_text())
-
-    @cache  # noqa: B019
-    def _svfs(self, fixed: str) -> np.ndarray:
-        return load_npy(self.folder / "svf" / f"{fixed}.npy")  # a truncated file is named
-
-    def fixed_subjects(self) -> list[str]:
-        return sorted(path.stem for path in (self.folder / "pairs").glob("*.json"))
-
-    def records(self) -> list[dict[str, Any]]:
-        """Every pair's record: moving, fixed, ``excluded`` (why it is left out of training, or
-        None), residuals, folds, iterations, timings."""
-        return [
-            {"fixed": fixed, **pair, "excluded": exclusion(pair)}
-            for fixed in self.fixed_subjects()
-            for pair in self._record(fixed)["pairs"]
-        ]
-
-    def pairs(
-        self,
-        *,
-        max_residual_vox: float | None = USABLE_RESIDUAL_MAX_VOX,
-        max_mean_residual_vox: float = USABLE_RESIDUAL_MEAN_VOX,
-    ) -> list[tuple[str, str]]:
-        """(moving, fixed) pairs whose reference is usable for training.
-
-        A pair is left out when its record excludes it for anything but its residual: ``id + u``
-        folded (no logarithm), a value was non-finite, or the store could not hold the SVF (see
-        :data:`EXCLUSION_REASONS`); and when the logarithm's residual ``|exp(v) − u|`` exceeds
-        ``max_residual_vox`` anywhere (None: no limit) or ``max_mean_residual_vox`` on average, both
-        over the voxels that ``id + u`` maps into the grid (elsewhere a warp reads the fill and no
-        SVF reaches an outward stretch: see :func:`svfnet.ops.fields.log`). With the default limits
-        these are exactly the pairs whose record has ``excluded: null``.
-        """
-        return [
-            (r["moving"], r["fixed"])
-            for r in self.records()
-            if r["excluded"] in (None, NOT_CONVERGED)
-            and (max_residual_vox is None or r["residual_max"] <= max_residual_vox)
-            and r["residual_mean"] <= max_mean_residual_vox
-        ]
-
-    def svf(self, moving: str, fixed: str) -> np.ndarray:
-        """The reference SVF of (moving, fixed), float32 ``(3, I, J, K)`` in voxels of the fixed grid.
-
-        Raises:
-            KeyError: no such pair.
-            ValueError: the stored SVF holds non-finite values (a store written before format 2,
-                where float16 could overflow; :meth:`pairs` leaves such pairs out).
-        """
-        try:
-            index = self._record(fixed)["moving"].index(moving)
-        except (FileNotFoundError, ValueError):
-            raise KeyError(f"no reference for moving {moving!r}, fixed {fixed!r}") from None
-        svf = np.asarray(self._svfs(fixed)[index], dtype=np.float32)
-        if not np.isfinite(svf).all():
-            raise ValueError(
-                f"the reference SVF of moving {moving!r}, fixed {fixed!r} in {self.folder} holds non-finite values "
-                "(written by an older svfnet): remove the folder and run `svfnet references` again"
-            )
-        return svf

@@ -355,45 +355,10 @@ def register_surfaces(
     """
     func = "register_surfaces"
     parameters = parameters or LddmmParameters()
-    if not isinstance(parameters, LddmmParameters):
-        raise TypeError(f"{func}(): 'parameters' must be LddmmParameters, got {type(parameters).__name__}")
-    template = _surfaces_checked(func, "template", template)
-    subject = _surfaces_checked(func, "subject", subject)
-    if set(template) != set(subject):
-        raise ValueError(
-            f"{func}(): the template has regions {sorted(template)} but the subject has {sorted(subject)}; "
-            "they must be the same"
-        )
-    weights = {r: 1.0 for r in template}
-    if parameters.region_weights:
-        weights.update({r: w for r, w in parameters.region_weights.items() if r in weights})
+    template, subject, weights = _checked_inputs(func, template, subject, parameters)
     started = time.perf_counter()
     dtype = _torch_dtype(parameters.dtype)
-
-    # template vertices of all regions in one array: one kernel sum flows them all
-    offsets, vertices, faces = 0, [], {}
-    for region in sorted(template):
-        vertices.append(template[region].vertices_mm)
-        faces[region] = torch.from_numpy(template[region].faces + offsets)
-        offsets += len(template[region].vertices_mm)
-    template_vertices = torch.from_numpy(np.concatenate(vertices)).to(dtype)
-    subject_currents, subject_norms = {}, {}
-    for region in sorted(subject):
-        s = subject[region]
-        v = torch.from_numpy(s.vertices_mm).to(dtype)
-        f = torch.from_numpy(s.faces)
-        a, b, c = v[f[:, 0]], v[f[:, 1]], v[f[:, 2]]
-        centres, normals = (
-            ((a + b + c) / 3.0).contiguous(),
-            (0.5 * torch.linalg.cross(b - a, c - a)).contiguous(),
-        )
-        subject_currents[region] = (centres, normals)
-        subject_norms[region] = float(
-            BilinearFormFunction.apply(centres, normals, centres, normals, parameters.sigma_w_mm, True)
-        )
-    problem = _Problem(
-        template_vertices, faces, subject_currents, subject_norms, weights, parameters.sigma_w_mm
-    )
+    problem, template_vertices = _problem(template, subject, weights, parameters, dtype)
 
     control_points = control_point_grid(
         template_vertices.double().numpy(), parameters.spacing_mm, parameters.margin_mm
@@ -426,29 +391,7 @@ def register_surfaces(
             )
         return value, gradient
 
-    from scipy.optimize import minimize
-
-    momenta0 = np.zeros(q0.numel(), dtype=np.float64)
-    if parameters.max_iterations > 0:
-        solution = minimize(
-            energy_and_gradient,
-            momenta0,
-            jac=True,
-            method="L-BFGS-B",
-            options={
-                "maxiter": parameters.max_iterations,
-                "ftol": parameters.tolerance,
-                "gtol": 1e-10,
-                "maxcor": 10,
-            },
-        )
-        momenta, iterations, message = solution.x, int(solution.nit), str(solution.message)
-        converged = bool(solution.success)
-    else:
-        momenta, iterations, message, converged = momenta0, 0, "max_iterations is 0", False
-    if not np.isfinite(momenta).all():
-        raise ValueError(f"{func}(): L-BFGS returned non-finite momenta ({message})")
-
+    momenta, iterations, message, converged = _minimized(func, energy_and_gradient, q0.numel(), parameters)
     with torch.no_grad():
         p0 = torch.from_numpy(momenta.reshape(-1, 3)).to(dtype)
         flowed, trajectory = _shoot(q0, p0, template_vertices, parameters)
@@ -471,3 +414,77 @@ def register_surfaces(
         seconds=time.perf_counter() - started,
         _trajectory=trajectory,
     )
+
+
+def _checked_inputs(func: str, template, subject, parameters) -> tuple[dict, dict, dict[int, float]]:
+    """The parameters, template and subject checked (same regions), and each region's weight."""
+    if not isinstance(parameters, LddmmParameters):
+        raise TypeError(f"{func}(): 'parameters' must be LddmmParameters, got {type(parameters).__name__}")
+    template = _surfaces_checked(func, "template", template)
+    subject = _surfaces_checked(func, "subject", subject)
+    if set(template) != set(subject):
+        raise ValueError(
+            f"{func}(): the template has regions {sorted(template)} but the subject has {sorted(subject)}; "
+            "they must be the same"
+        )
+    weights = {r: 1.0 for r in template}
+    if parameters.region_weights:
+        weights.update({r: w for r, w in parameters.region_weights.items() if r in weights})
+    return template, subject, weights
+
+
+def _problem(template, subject, weights, parameters: LddmmParameters, dtype) -> tuple[_Problem, torch.Tensor]:
+    """The data term's problem (the subject's currents and their norms) and the template's
+    vertices of all regions in one array."""
+    # template vertices of all regions in one array: one kernel sum flows them all
+    offsets, vertices, faces = 0, [], {}
+    for region in sorted(template):
+        vertices.append(template[region].vertices_mm)
+        faces[region] = torch.from_numpy(template[region].faces + offsets)
+        offsets += len(template[region].vertices_mm)
+    template_vertices = torch.from_numpy(np.concatenate(vertices)).to(dtype)
+    subject_currents, subject_norms = {}, {}
+    for region in sorted(subject):
+        s = subject[region]
+        v = torch.from_numpy(s.vertices_mm).to(dtype)
+        f = torch.from_numpy(s.faces)
+        a, b, c = v[f[:, 0]], v[f[:, 1]], v[f[:, 2]]
+        centres, normals = (
+            ((a + b + c) / 3.0).contiguous(),
+            (0.5 * torch.linalg.cross(b - a, c - a)).contiguous(),
+        )
+        subject_currents[region] = (centres, normals)
+        subject_norms[region] = float(
+            BilinearFormFunction.apply(centres, normals, centres, normals, parameters.sigma_w_mm, True)
+        )
+    problem = _Problem(
+        template_vertices, faces, subject_currents, subject_norms, weights, parameters.sigma_w_mm
+    )
+    return problem, template_vertices
+
+
+def _minimized(func: str, energy_and_gradient, count: int, parameters: LddmmParameters):
+    """L-BFGS-B from zero momenta: ``(momenta, iterations, message, converged)``."""
+    from scipy.optimize import minimize
+
+    momenta0 = np.zeros(count, dtype=np.float64)
+    if parameters.max_iterations > 0:
+        solution = minimize(
+            energy_and_gradient,
+            momenta0,
+            jac=True,
+            method="L-BFGS-B",
+            options={
+                "maxiter": parameters.max_iterations,
+                "ftol": parameters.tolerance,
+                "gtol": 1e-10,
+                "maxcor": 10,
+            },
+        )
+        momenta, iterations, message = solution.x, int(solution.nit), str(solution.message)
+        converged = bool(solution.success)
+    else:
+        momenta, iterations, message, converged = momenta0, 0, "max_iterations is 0", False
+    if not np.isfinite(momenta).all():
+        raise ValueError(f"{func}(): L-BFGS returned non-finite momenta ({message})")
+    return momenta, iterations, message, converged

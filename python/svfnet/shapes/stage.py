@@ -40,15 +40,20 @@ import numpy as np
 
 from svfnet.common.atomic import atomic_path, write_json
 from svfnet.common.workdir import REGIONS, WorkDir, read_prepared, subject_ids
+from svfnet.shapes.landmarks import (
+    inputs_digest,
+    stored_inputs,
+    surfaces_arrays,
+    surfaces_from_arrays,
+    write_landmarks,
+)
 from svfnet.shapes.parameters import LddmmParameters
 from svfnet.shapes.surfaces import ENCLOSED_LABELS, Surface
+from svfnet.shapes.template import choose_template, extract_surfaces, farthest_points
 
-__all__ = ["ShapesSummary", "choose_template", "farthest_points", "read_landmarks", "run_shapes"]
+__all__ = ["ShapesSummary", "run_shapes"]
 
 logger = logging.getLogger(__name__)
-
-# how many subjects the template pre-pass compares each candidate with, at most
-_TEMPLATE_PEERS = 64
 
 
 @dataclass
@@ -82,133 +87,16 @@ class ShapesSummary:
         return "\n".join(lines)
 
 
-# -------------------------------------------------------------------- helpers
-def farthest_points(points: np.ndarray, count: int) -> np.ndarray:
-    """Indices of ``count`` points spread over ``points`` ``(N, 3)`` by farthest-point sampling
-    (deterministic: starts from the point nearest the centroid)."""
-    points = np.asarray(points, dtype=np.float64)
-    if count >= len(points):
-        return np.arange(len(points))
-    chosen = np.empty(count, dtype=np.int64)
-    chosen[0] = int(np.argmin(np.linalg.norm(points - points.mean(axis=0), axis=1)))
-    nearest = np.linalg.norm(points - points[chosen[0]], axis=1)
-    for n in range(1, count):
-        chosen[n] = int(np.argmax(nearest))
-        nearest = np.minimum(nearest, np.linalg.norm(points - points[chosen[n]], axis=1))
-    return np.sort(chosen)
-
-
-def _extract(labels, spacing, regions, surface_settings: dict[str, Any], subject: str) -> dict[int, Surface]:
-    from svfnet.shapes.surfaces import surfaces_from_labels
-
-    return surfaces_from_labels(
-        labels,
-        spacing,
-        regions=regions,
-        target_triangles=surface_settings["target_triangles"],
-        smoothing_vox=surface_settings["smoothing_vox"],
-        subject=subject,
-    )
-
-
-def choose_template(
-    workdir: str | Path,
-    subjects: list[str],
-    regions: list[int],
-    surface_settings: dict[str, Any],
-    sigma_w_mm: float,
-    *,
-    progress: bool = True,
-) -> str:
-    """The subject whose surfaces are closest, on average, to the others' (currents distance).
-
-    A cheap pre-pass: coarse surfaces (a quarter of the triangles, at least 1000), each subject
-    compared with at most 64 others (a fixed random choice when there are more).
-    """
-    import torch
-    from tqdm.auto import tqdm
-
-    from svfnet.ops.kernels import BilinearFormFunction
-    from svfnet.shapes.currents import as_currents
-
-    coarse = dict(surface_settings, target_triangles=max(1000, surface_settings["target_triangles"] // 4))
-    currents, norms = {}, {}
-    for subject in tqdm(subjects, desc="template pre-pass", disable=not progress, unit="subject"):
-        prepared = read_prepared(workdir, subject)
-        surfaces = _extract(prepared.labels, prepared.spacing_mm, regions, coarse, subject)
-        currents[subject] = {
-            r: as_currents("choose_template", subject, s, torch.float32) for r, s in surfaces.items()
-        }
-        norms[subject] = {
-            r: float(BilinearFormFunction.apply(c, n, c, n, sigma_w_mm, True))
-            for r, (c, n) in currents[subject].items()
-        }
-    rng = np.random.default_rng(0)
-    mean_distance = {}
-    for subject in subjects:
-        others = [s for s in subjects if s != subject]
-        if len(others) > _TEMPLATE_PEERS:
-            others = list(rng.choice(others, _TEMPLATE_PEERS, replace=False))
-        total = 0.0
-        for other in others:
-            d2 = 0.0
-            for region in regions:
-                (ca, na), (cb, nb) = currents[subject][region], currents[other][region]
-                cross = float(BilinearFormFunction.apply(ca, na, cb, nb, sigma_w_mm, False))
-                d2 += norms[subject][region] - 2 * cross + norms[other][region]
-            total += math.sqrt(max(d2, 0.0))
-        mean_distance[subject] = total / max(len(others), 1)
-    return min(subjects, key=lambda s: (mean_distance[s], s))
-
-
-def _surfaces_arrays(surfaces: dict[int, Surface]) -> dict[str, np.ndarray]:
-    out = {"regions": np.array(sorted(surfaces), dtype=np.int64)}
-    for region, surface in surfaces.items():
-        out[f"vertices_mm_{region}"] = surface.vertices_mm
-        out[f"faces_{region}"] = surface.faces
-    return out
-
-
-def _surfaces_from_arrays(arrays: Any) -> dict[int, Surface]:
-    return {
-        int(r): Surface(arrays[f"vertices_mm_{int(r)}"], arrays[f"faces_{int(r)}"]) for r in arrays["regions"]
-    }
-
-
-def read_landmarks(workdir: str | Path, subject: str) -> dict[str, Any]:
-    """The stage's result for one subject: ``landmarks_mm`` ``(K, 3)`` and its residuals."""
-    path = WorkDir(workdir).shapes / "landmarks" / f"{subject}.npz"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: run `svfnet shapes` for this work folder first")
-    with np.load(path) as data:
-        out = {key: data[key] for key in data.files}
-    out["summary"] = json.loads(str(out["summary"]))
-    return out
-
-
-def write_landmarks(
-    path: Path, landmarks_mm: np.ndarray, summary: dict[str, Any], extra: dict[str, np.ndarray]
-) -> None:
-    with atomic_path(path) as temporary:
-        with open(temporary, "wb") as handle:
-            np.savez(
-                handle,
-                landmarks_mm=landmarks_mm,
-                summary=np.array(json.dumps(summary, sort_keys=True)),
-                **extra,
-            )
-
-
 # -------------------------------------------------------------------- the task (runs in workers)
 def _register_subject(task: dict[str, Any]) -> dict[str, Any]:
     """Extracts one subject's surfaces, registers the template, returns landmarks and residuals."""
     from svfnet.shapes.lddmm import register_surfaces
 
     subject = task["subject"]
-    subject_surfaces = _extract(
+    subject_surfaces = extract_surfaces(
         task["labels"], task["spacing_mm"], task["regions"], task["surface_settings"], subject
     )
-    template = _surfaces_from_arrays(task["template"])
+    template = surfaces_from_arrays(task["template"])
     try:
         result = register_surfaces(template, subject_surfaces, task["parameters"])
     except ValueError as error:
@@ -228,7 +116,7 @@ def _register_subject(task: dict[str, Any]) -> dict[str, Any]:
             count = len(template[region].vertices_mm)
             deformed[region] = Surface(moved[offset : offset + count], template[region].faces)
             offset += count
-        out["deformed"] = _surfaces_arrays(deformed)
+        out["deformed"] = surfaces_arrays(deformed)
     return out
 
 
@@ -275,13 +163,43 @@ def run_shapes(
         ValueError: bad settings, settings that differ from the results on disk (without
             ``overwrite``), or subjects that failed (after the others are stored; rerun to resume).
     """
-    from svfnet.common.limits import MAX_LANDMARKS, MAX_TRIANGLES, check_workers
     from svfnet.common.locks import folder_lock
-    from svfnet.common.staging import STAGING, recover_replaced, remove_staging, replace_tree
+    from svfnet.common.staging import recover_replaced, remove_staging, replace_tree
 
     func = "run_shapes"
     folder = WorkDir(workdir)
     parameters = parameters or LddmmParameters()
+    subjects, present, digests, chosen_regions, surface_settings, settings = _plan_run(
+        func, workdir, folder, template, parameters, target_triangles, smoothing_vox, landmarks, regions,
+        outlier_threshold, workers, scheduler,
+    )  # fmt: skip
+
+    with folder_lock(folder.root, f"the work folder {folder.root}"):
+        recover_replaced(folder.root)
+        out = _choose_output(func, folder, settings, template, digests, overwrite)
+        summary = _shapes_into(
+            workdir, out, subjects, present, digests, chosen_regions, settings, template, parameters,
+            surface_settings, landmarks, _stored_config(out), workers, scheduler, save_meshes,
+            outlier_threshold, progress,
+        )  # fmt: skip
+        if out != folder.shapes and not summary.failed:
+            replace_tree(out, folder.shapes)
+            remove_staging(folder.root, "shapes")
+    if summary.failed:
+        lines = "\n  ".join(summary.failed[s] for s in sorted(summary.failed))
+        raise ValueError(
+            f"{func}(): {len(summary.failed)} subject(s) failed (the others are stored; rerun to "
+            f"resume):\n  {lines}"
+        )
+    return summary
+
+
+def _check_settings(
+    func, parameters, target_triangles, smoothing_vox, landmarks, outlier_threshold, workers, scheduler
+) -> None:
+    """Raises on a bad setting of :func:`run_shapes` (the messages name ``func``)."""
+    from svfnet.common.limits import MAX_LANDMARKS, MAX_TRIANGLES, check_workers
+
     if not isinstance(parameters, LddmmParameters):
         raise TypeError(f"{func}(): 'parameters' must be LddmmParameters, got {type(parameters).__name__}")
     if (
@@ -306,20 +224,46 @@ def run_shapes(
     check_workers(workers, f"{func}(): 'workers'")
     if scheduler is not None and not isinstance(scheduler, str):
         raise TypeError(f"{func}(): 'scheduler' must be an address string, got {type(scheduler).__name__}")
+
+
+def _plan_run(
+    func, workdir, folder, template, parameters, target_triangles, smoothing_vox, landmarks, regions,
+    outlier_threshold, workers, scheduler,
+):  # fmt: skip
+    """Checks :func:`run_shapes`' settings and reads the prepared subjects: returns the subjects,
+    their regions and input digests, the regions to match, the surface settings and the settings
+    that a stored config must match."""
+    _check_settings(
+        func, parameters, target_triangles, smoothing_vox, landmarks, outlier_threshold, workers, scheduler
+    )
+    subjects, present, digests = _read_subjects(func, workdir, folder, template)
+    surface_settings = {"target_triangles": target_triangles, "smoothing_vox": float(smoothing_vox)}
+    chosen_regions = _choose_regions(func, subjects, present, regions)
+    settings = {
+        "lddmm": parameters.to_dict(),
+        "surfaces": surface_settings,
+        "regions": chosen_regions,
+        "landmarks": landmarks,
+    }
+    return subjects, present, digests, chosen_regions, surface_settings, settings
+
+
+def _read_subjects(func, workdir, folder: WorkDir, template) -> tuple[list[str], dict, dict[str, str]]:
+    """The prepared subjects, each read once: its regions, and the digest of what this stage reads
+    of it (labels and voxel size), which every result records so that a re-prepared subject is redone."""
     subjects = subject_ids(workdir)
     if not subjects:
         raise ValueError(f"{func}(): {folder.subjects_json} lists no subject")
     if template is not None and template not in subjects:
         raise ValueError(f"{func}(): template {template!r} is not a prepared subject of {workdir}")
-    surface_settings = {"target_triangles": target_triangles, "smoothing_vox": float(smoothing_vox)}
-
-    # every prepared subject read once: its regions, and the digest of what this stage reads of it
-    # (labels and voxel size), which every result records so that a re-prepared subject is redone
     prepared_subjects = {s: read_prepared(workdir, s) for s in subjects}
     present = {s: p.regions for s, p in prepared_subjects.items()}
-    digests = {s: _inputs_digest(p) for s, p in prepared_subjects.items()}
-    del prepared_subjects
-    # regions: given, or those that every subject has (read from the prepared labels)
+    digests = {s: inputs_digest(p) for s, p in prepared_subjects.items()}
+    return subjects, present, digests
+
+
+def _choose_regions(func, subjects, present, regions: Iterable[int] | None) -> list[int]:
+    """The regions to match: given, or those that every subject has (read from the prepared labels)."""
     if regions is None:
         common = set(ENCLOSED_LABELS)
         for s in subjects:
@@ -334,113 +278,67 @@ def run_shapes(
             raise ValueError(
                 f"{func}(): 'regions' must be among {sorted(ENCLOSED_LABELS)}, got {chosen_regions}"
             )
-    settings = {
-        "lddmm": parameters.to_dict(),
-        "surfaces": surface_settings,
-        "regions": chosen_regions,
-        "landmarks": landmarks,
-    }
+    return chosen_regions
 
-    def differing_settings(stored: dict[str, Any]) -> list[str]:
-        differing = sorted(k for k in settings if stored.get(k) != json.loads(json.dumps(settings[k])))
-        if template is not None and stored.get("template") != template:
-            differing.append("template")
-        return differing
 
-    def template_current(stored: dict[str, Any]) -> bool:
-        """The stored template is still a prepared subject, with the labels it was made from."""
-        chosen = stored.get("template")
-        return chosen in digests and stored.get("template_inputs") == digests[chosen]
+def _differing_settings(settings, template, stored: dict[str, Any]) -> list[str]:
+    """The settings (and the template, when one was asked for) that differ from a stored config."""
+    differing = sorted(k for k in settings if stored.get(k) != json.loads(json.dumps(settings[k])))
+    if template is not None and stored.get("template") != template:
+        differing.append("template")
+    return differing
 
-    def stored_config(out: Path) -> dict[str, Any] | None:
-        path = out / "config.json"
-        return json.loads(path.read_text()) if path.is_file() else None
 
-    with folder_lock(folder.root, f"the work folder {folder.root}"):
-        recover_replaced(folder.root)
-        # Where the results go: in place (resuming, or updating the subjects whose prepared labels
-        # changed), or beside the old results (WORKDIR/.staging/shapes/shapes), swapped in when
-        # complete: with `overwrite`, or when the template itself must be recomputed. An unfinished
-        # replacement with these settings resumes.
-        staging_root = folder.root / STAGING / "shapes"
-        staged_out = staging_root / "shapes"
-        live_config, staged_config = stored_config(folder.shapes), stored_config(staged_out)
-        if (
-            staged_config is not None
-            and not differing_settings(staged_config)
-            and template_current(staged_config)
-        ):
-            out = staged_out
-        elif overwrite:
-            out = staged_out if folder.shapes.exists() else folder.shapes
-        elif live_config is None:
-            out = folder.shapes
-        elif differing := differing_settings(live_config):
-            raise ValueError(
-                f"{func}(): {folder.shapes} holds results computed with other settings "
-                f"({', '.join(differing)} "
-                "differ); pass overwrite=True (--overwrite) to recompute, or use the same settings to resume"
-            )
-        elif not template_current(live_config):
-            logger.warning(
-                "%s: the template %s is no longer a prepared subject or its labels changed (prepared again?): "
-                "every subject is registered again, beside the old results, which are replaced when done",
-                folder.shapes,
-                live_config.get("template"),
-            )
-            out = staged_out
-        else:
-            out = folder.shapes
-        if out == staged_out and staged_config is None and staging_root.exists():
-            shutil.rmtree(staging_root)  # an earlier replacement with other settings: not ours to resume
-        summary = _shapes_into(
-            workdir,
-            out,
-            subjects,
-            present,
-            digests,
-            chosen_regions,
-            settings,
-            template,
-            parameters,
-            surface_settings,
-            landmarks,
-            stored_config(out),
-            workers,
-            scheduler,
-            save_meshes,
-            outlier_threshold,
-            progress,
-        )
-        if out != folder.shapes and not summary.failed:
-            replace_tree(out, folder.shapes)
-            remove_staging(folder.root, "shapes")
-    if summary.failed:
-        lines = "\n  ".join(summary.failed[s] for s in sorted(summary.failed))
+def _template_current(digests, stored: dict[str, Any]) -> bool:
+    """The stored template is still a prepared subject, with the labels it was made from."""
+    chosen = stored.get("template")
+    return chosen in digests and stored.get("template_inputs") == digests[chosen]
+
+
+def _stored_config(out: Path) -> dict[str, Any] | None:
+    path = out / "config.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _choose_output(func, folder: WorkDir, settings, template, digests, overwrite: bool) -> Path:
+    """Where the results go: in place (resuming, or updating the subjects whose prepared labels
+    changed), or beside the old results (WORKDIR/.staging/shapes/shapes), swapped in when
+    complete: with `overwrite`, or when the template itself must be recomputed. An unfinished
+    replacement with these settings resumes."""
+    from svfnet.common.staging import STAGING
+
+    staging_root = folder.root / STAGING / "shapes"
+    staged_out = staging_root / "shapes"
+    live_config, staged_config = _stored_config(folder.shapes), _stored_config(staged_out)
+    if (
+        staged_config is not None
+        and not _differing_settings(settings, template, staged_config)
+        and _template_current(digests, staged_config)
+    ):
+        out = staged_out
+    elif overwrite:
+        out = staged_out if folder.shapes.exists() else folder.shapes
+    elif live_config is None:
+        out = folder.shapes
+    elif differing := _differing_settings(settings, template, live_config):
         raise ValueError(
-            f"{func}(): {len(summary.failed)} subject(s) failed (the others are stored; rerun to "
-            f"resume):\n  {lines}"
+            f"{func}(): {folder.shapes} holds results computed with other settings "
+            f"({', '.join(differing)} "
+            "differ); pass overwrite=True (--overwrite) to recompute, or use the same settings to resume"
         )
-    return summary
-
-
-def _inputs_digest(prepared: Any) -> str:
-    """What the stage reads of a prepared subject: its labels and voxel size (a digest)."""
-    import hashlib
-
-    labels = np.ascontiguousarray(prepared.labels, dtype=np.uint8)
-    digest = hashlib.sha256(f"{labels.shape}{[float(np.float32(s)) for s in prepared.spacing_mm]}".encode())
-    digest.update(labels.tobytes())
-    return digest.hexdigest()[:16]
-
-
-def _stored_inputs(path: Path) -> str | None:
-    """The inputs digest a landmarks file was computed from (None: none recorded, or unreadable)."""
-    try:
-        with np.load(path) as data:
-            return str(data["inputs"]) if "inputs" in data.files else None
-    except (OSError, ValueError, KeyError):
-        return None
+    elif not _template_current(digests, live_config):
+        logger.warning(
+            "%s: the template %s is no longer a prepared subject or its labels changed (prepared again?): "
+            "every subject is registered again, beside the old results, which are replaced when done",
+            folder.shapes,
+            live_config.get("template"),
+        )
+        out = staged_out
+    else:
+        out = folder.shapes
+    if out == staged_out and staged_config is None and staging_root.exists():
+        shutil.rmtree(staging_root)  # an earlier replacement with other settings: not ours to resume
+    return out
 
 
 def _shapes_into(
@@ -463,78 +361,35 @@ def _shapes_into(
     progress,
 ) -> ShapesSummary:
     """The stage's work, writing into ``out`` (the work folder's ``shapes/`` or its replacement)."""
-    from svfnet.common.parallel import run_tasks
-
-    func = "run_shapes"
-    config_path = out / "config.json"
     landmarks_dir = out / "landmarks"
     if stored is not None:
         template = stored["template"]
-
-    # the template: its surfaces and landmarks, stored once
-    template_npz = out / "template.npz"
     if template is None:
         template = choose_template(
             workdir, subjects, chosen_regions, surface_settings, parameters.sigma_w_mm, progress=progress
         )
         logger.info("template: %s (closest on average to the others)", template)
-    if template_npz.is_file() and stored is not None:
-        with np.load(template_npz) as data:
-            template_surfaces = _surfaces_from_arrays(data)
-            landmark_index = data["landmark_vertex_index"]
-    else:
-        missing = {r for r in chosen_regions if r not in present[template]}
-        if missing:
-            raise ValueError(f"{func}(): the template {template} lacks region(s) {sorted(missing)}")
-        prepared = read_prepared(workdir, template)
-        template_surfaces = _extract(
-            prepared.labels, prepared.spacing_mm, chosen_regions, surface_settings, template
-        )
-        vertices = np.concatenate([template_surfaces[r].vertices_mm for r in chosen_regions])
-        landmark_index = farthest_points(vertices, landmarks or len(vertices))
-        vertex_region = np.concatenate(
-            [np.full(len(template_surfaces[r].vertices_mm), r) for r in chosen_regions]
-        )
-        arrays = _surfaces_arrays(template_surfaces)
-        arrays.update(
-            landmark_vertex_index=landmark_index,
-            landmarks_mm=vertices[landmark_index],
-            landmark_region=vertex_region[landmark_index],
-            template=np.array(template),
-        )
-        from svfnet.shapes.surfaces import save_surfaces
-
-        # the configuration first: a run stopped before template.npz then recomputes it
-        write_json(config_path, dict(settings, template=template, template_inputs=digests[template]))
-        with atomic_path(template_npz) as temporary:
-            with open(temporary, "wb") as handle:
-                np.savez(handle, **arrays)
-        save_surfaces(out / "template.vtk", template_surfaces)
+    template_surfaces, landmark_index = _template_into(
+        workdir,
+        out,
+        template,
+        present,
+        digests,
+        chosen_regions,
+        settings,
+        surface_settings,
+        landmarks,
+        stored,
+    )
     all_vertices = np.concatenate([template_surfaces[r].vertices_mm for r in chosen_regions])
     landmarks_template_mm = all_vertices[landmark_index]
-    template_arrays = _surfaces_arrays(template_surfaces)
 
     # a subject is done when its file was computed from its current labels and this template
     def inputs_of(subject: str) -> str:
         return f"{digests[subject]}-{digests[template]}"
 
     summary = ShapesSummary(template=template)
-    todo: list[str] = []
-    for subject in subjects:
-        path = landmarks_dir / f"{subject}.npz"
-        if path.is_file():
-            if _stored_inputs(path) == inputs_of(subject):
-                summary.skipped.append(subject)
-                continue
-            logger.info(
-                "%s: computed from other prepared labels (prepared again?): registered again", subject
-            )
-        missing = {r for r in chosen_regions if r not in present[subject]}
-        if missing:
-            names = ", ".join(f"{r} ({REGIONS[r]})" for r in sorted(missing))
-            summary.failed[subject] = f"subject {subject}: region(s) {names} empty in its label map"
-            continue
-        todo.append(subject)
+    todo = _subjects_to_do(subjects, landmarks_dir, inputs_of, present, chosen_regions, summary)
 
     # the template itself: identity, nothing to register
     if template in todo:
@@ -552,25 +407,106 @@ def _shapes_into(
         )
         summary.computed.append(template)
 
+    common = {
+        "regions": chosen_regions,
+        "surface_settings": surface_settings,
+        "template": surfaces_arrays(template_surfaces),
+        "parameters": parameters,
+        "landmarks_template_mm": landmarks_template_mm,
+        "save_meshes": save_meshes,
+    }
+    _register_into(workdir, out, todo, common, inputs_of, summary, workers, scheduler, progress)
+    _summarize_into(out, subjects, digests, template, outlier_threshold, summary)
+    return summary
+
+
+def _template_into(
+    workdir,
+    out: Path,
+    template,
+    present,
+    digests,
+    chosen_regions,
+    settings,
+    surface_settings,
+    landmarks,
+    stored,
+) -> tuple[dict[int, Surface], np.ndarray]:
+    """The template's surfaces and landmark vertex indices: read from ``out``, or made and stored
+    there once (config.json first, then template.npz and template.vtk)."""
+    template_npz = out / "template.npz"
+    if template_npz.is_file() and stored is not None:
+        with np.load(template_npz) as data:
+            return surfaces_from_arrays(data), data["landmark_vertex_index"]
+    missing = {r for r in chosen_regions if r not in present[template]}
+    if missing:
+        raise ValueError(f"run_shapes(): the template {template} lacks region(s) {sorted(missing)}")
+    prepared = read_prepared(workdir, template)
+    template_surfaces = extract_surfaces(
+        prepared.labels, prepared.spacing_mm, chosen_regions, surface_settings, template
+    )
+    vertices = np.concatenate([template_surfaces[r].vertices_mm for r in chosen_regions])
+    landmark_index = farthest_points(vertices, landmarks or len(vertices))
+    vertex_region = np.concatenate(
+        [np.full(len(template_surfaces[r].vertices_mm), r) for r in chosen_regions]
+    )
+    arrays = surfaces_arrays(template_surfaces)
+    arrays.update(
+        landmark_vertex_index=landmark_index,
+        landmarks_mm=vertices[landmark_index],
+        landmark_region=vertex_region[landmark_index],
+        template=np.array(template),
+    )
+    from svfnet.shapes.surfaces import save_surfaces
+
+    # the configuration first: a run stopped before template.npz then recomputes it
+    write_json(out / "config.json", dict(settings, template=template, template_inputs=digests[template]))
+    with atomic_path(template_npz) as temporary:
+        with open(temporary, "wb") as handle:
+            np.savez(handle, **arrays)
+    save_surfaces(out / "template.vtk", template_surfaces)
+    return template_surfaces, landmark_index
+
+
+def _subjects_to_do(subjects, landmarks_dir: Path, inputs_of, present, chosen_regions, summary) -> list[str]:
+    """The subjects to register: not done with their current inputs (those go to ``summary.skipped``)
+    and with every region (those without go to ``summary.failed``)."""
+    todo: list[str] = []
+    for subject in subjects:
+        path = landmarks_dir / f"{subject}.npz"
+        if path.is_file():
+            if stored_inputs(path) == inputs_of(subject):
+                summary.skipped.append(subject)
+                continue
+            logger.info(
+                "%s: computed from other prepared labels (prepared again?): registered again", subject
+            )
+        missing = {r for r in chosen_regions if r not in present[subject]}
+        if missing:
+            names = ", ".join(f"{r} ({REGIONS[r]})" for r in sorted(missing))
+            summary.failed[subject] = f"subject {subject}: region(s) {names} empty in its label map"
+            continue
+        todo.append(subject)
+    return todo
+
+
+def _register_into(
+    workdir, out: Path, todo, common, inputs_of, summary, workers, scheduler, progress
+) -> None:
+    """Registers the template to every subject of ``todo`` (tasks: ``common`` plus the subject's
+    labels), writing each one's landmarks (and deformed mesh) as it comes back."""
+    from svfnet.common.parallel import run_tasks
+
     def tasks() -> list[dict[str, Any]]:
         tasks_ = []
         for subject in todo:
             prepared = read_prepared(workdir, subject)
             tasks_.append(
-                {
-                    "subject": subject,
-                    "labels": prepared.labels,
-                    "spacing_mm": prepared.spacing_mm,
-                    "regions": chosen_regions,
-                    "surface_settings": surface_settings,
-                    "template": template_arrays,
-                    "parameters": parameters,
-                    "landmarks_template_mm": landmarks_template_mm,
-                    "save_meshes": save_meshes,
-                }
+                {"subject": subject, "labels": prepared.labels, "spacing_mm": prepared.spacing_mm, **common}
             )
         return tasks_
 
+    landmarks_dir = out / "landmarks"
     for outcome in run_tasks(
         _register_subject,
         tasks(),
@@ -594,10 +530,14 @@ def _shapes_into(
         if "deformed" in value:
             from svfnet.shapes.surfaces import save_surfaces
 
-            save_surfaces(out / "meshes" / f"{subject}.vtk", _surfaces_from_arrays(value["deformed"]))
+            save_surfaces(out / "meshes" / f"{subject}.vtk", surfaces_from_arrays(value["deformed"]))
         summary.computed.append(subject)
 
-    # residuals of every subject done, outliers flagged; files of subjects no longer prepared go
+
+def _summarize_into(out: Path, subjects, digests, template, outlier_threshold, summary) -> None:
+    """Residuals of every subject done, outliers flagged (summary.json); files of subjects no longer
+    prepared go."""
+    landmarks_dir = out / "landmarks"
     for path in landmarks_dir.glob("*.npz") if landmarks_dir.is_dir() else ():
         if path.stem not in digests:
             logger.info("removing %s: %s is no longer a prepared subject", path, path.stem)
@@ -618,7 +558,6 @@ def _shapes_into(
             "outlier_threshold": outlier_threshold,
         },
     )
-    return summary
 
 
 def _outliers(residuals: dict[str, dict[str, Any]], template: str, threshold: float) -> list[str]:

@@ -102,6 +102,37 @@ def surfaces_from_labels(
 
     func = "surfaces_from_labels"
     where = f" (subject {subject})" if subject else ""
+    labels, spacing, chosen = _checked_arguments(
+        func, where, labels, spacing_mm, regions, target_triangles, smoothing_vox
+    )
+    pad = 2
+    fields = _indicators(func, where, labels, chosen, pad, smoothing_vox, ndimage)
+
+    def extract(step_mm: float) -> dict[int, Surface]:
+        out = {}
+        for region, field in fields.items():
+            # a step too coarse for a small region can miss it: refine until the surface appears
+            step = step_mm
+            while (surface := _isosurface(field, spacing, step, pad, ndimage, marching_cubes)) is None:
+                step /= 2
+            out[region] = surface
+        return out
+
+    # a first pass at about the in-plane voxel size tells the total area; the second pass takes
+    # the step that gives the target count (triangles scale as area / step²)
+    first_step = min(spacing)
+    surfaces = extract(first_step)
+    count = sum(s.n_triangles for s in surfaces.values())
+    step = first_step * math.sqrt(count / target_triangles)
+    step = min(max(step, 0.1 * min(spacing)), 4.0 * max(spacing))
+    if abs(step - first_step) > 0.05 * first_step:
+        surfaces = extract(step)
+    return surfaces
+
+
+def _checked_arguments(func, where, labels, spacing_mm, regions, target_triangles, smoothing_vox):
+    """:func:`surfaces_from_labels`' arguments checked: the label map, the spacing and the regions
+    to extract (given, or those of :data:`ENCLOSED_LABELS` that occur)."""
     labels = np.asarray(labels)
     if labels.ndim != 3:
         raise ValueError(
@@ -131,9 +162,11 @@ def surfaces_from_labels(
                 raise ValueError(
                     f"{func}(): region {region} ({REGIONS[region]}) is empty in the label map{where}"
                 )
+    return labels, spacing, chosen
 
-    # the smoothed indicator of each region, padded so that every surface closes
-    pad = 2
+
+def _indicators(func, where, labels, chosen, pad, smoothing_vox, ndimage) -> dict[int, np.ndarray]:
+    """The smoothed indicator of each chosen region, padded by ``pad`` so that every surface closes."""
     fields: dict[int, np.ndarray] = {}
     for region in chosen:
         indicator = np.isin(labels, ENCLOSED_LABELS[region]).astype(np.float32)
@@ -146,27 +179,7 @@ def surfaces_from_labels(
                 f"smoothing by {smoothing_vox} voxels{where}"
             )
         fields[region] = indicator
-
-    def extract(step_mm: float) -> dict[int, Surface]:
-        out = {}
-        for region, field in fields.items():
-            # a step too coarse for a small region can miss it: refine until the surface appears
-            step = step_mm
-            while (surface := _isosurface(field, spacing, step, pad, ndimage, marching_cubes)) is None:
-                step /= 2
-            out[region] = surface
-        return out
-
-    # a first pass at about the in-plane voxel size tells the total area; the second pass takes
-    # the step that gives the target count (triangles scale as area / step²)
-    first_step = min(spacing)
-    surfaces = extract(first_step)
-    count = sum(s.n_triangles for s in surfaces.values())
-    step = first_step * math.sqrt(count / target_triangles)
-    step = min(max(step, 0.1 * min(spacing)), 4.0 * max(spacing))
-    if abs(step - first_step) > 0.05 * first_step:
-        surfaces = extract(step)
-    return surfaces
+    return fields
 
 
 def _isosurface(field, spacing, step_mm, pad, ndimage, marching_cubes) -> Surface | None:

@@ -346,7 +346,7 @@ class ReferenceTargets:
         ``(moving, fixed, reason)`` and, with ``log_refused``, logged as warnings, one a pair.
         ValueError where the store offers no pair, or where every pair is refused.
         """
-        from svfnet.references.stage import ReferenceStore
+        from svfnet.references.store import ReferenceStore
 
         self.cohort = cohort
         self.store = ReferenceStore(workdir)
