@@ -6,7 +6,14 @@ import argparse
 
 from svfnet.commands.guard import guarded
 
-HEADER_STYLES = ("itk", "acdc", "qform-only", "sform-only", "disagree", "oblique")  # synthetic.HEADER_STYLES
+HEADER_STYLES = (
+    "itk",
+    "acdc",
+    "qform-only",
+    "sform-only",
+    "disagree",
+    "oblique",
+)  # = synthetic_headers.HEADER_STYLES
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
