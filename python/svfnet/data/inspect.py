@@ -16,8 +16,10 @@ import nibabel as nib
 import numpy as np
 
 from svfnet.common.workdir import REGIONS
+from svfnet.data.label_checks import label_warnings
 from svfnet.data.labels import label_values
 from svfnet.data.nifti import read_geometry, read_nifti
+from svfnet.data.prepare import canonical_frame
 from svfnet.data.readers import Dataset, SubjectFiles, load_subject
 
 __all__ = ["RegionSummary", "SubjectInspection", "inspect_dataset", "inspect_subject", "summarise"]
@@ -79,9 +81,6 @@ class SubjectInspection:
 
 def inspect_subject(files: SubjectFiles, *, long_axis: str = "slices") -> SubjectInspection:
     """Looks at one subject as ``svfnet prepare`` would, without stopping at the first problem."""
-    from svfnet.data.label_checks import label_warnings
-    from svfnet.data.prepare import canonical_frame
-
     result = SubjectInspection(files.id, files.layout, files.phase, str(files.image), str(files.labels))
     try:
         for path in (files.image, files.labels):

@@ -43,7 +43,10 @@ from typing import Any
 import numpy as np
 from scipy.ndimage import gaussian_filter, map_coordinates
 
-from svfnet.common.workdir import REGIONS, WorkDir
+from svfnet.common.limits import MAX_SUBJECTS, check_grid_shape, check_memory, prepare_memory_bytes
+from svfnet.common.locks import folder_lock
+from svfnet.common.staging import STAGING, recover_replaced, remove_staging, replace_tree
+from svfnet.common.workdir import REGIONS, WorkDir, write_prepared_subject, write_subjects
 from svfnet.data.label_checks import label_warnings
 from svfnet.data.labels import label_values
 from svfnet.data.readers import Dataset, Subject, load_subject
@@ -441,8 +444,6 @@ def _largest_volume(dataset: Dataset) -> int:
 def check_preparation(dataset: Dataset, shape: tuple[int, int, int]) -> None:
     """The cohort's size and the memory preparing it needs (one subject at a time: the grid and the
     largest image), against the limits and this machine; ValueError before anything is read."""
-    from svfnet.common.limits import MAX_SUBJECTS, check_memory, prepare_memory_bytes
-
     if len(dataset) > MAX_SUBJECTS:
         raise ValueError(f"{dataset.root}: {len(dataset):,} subjects, above the limit of {MAX_SUBJECTS:,}")
     check_memory(
@@ -493,10 +494,6 @@ def prepare_dataset(
         FileNotFoundError, ValueError: a bad input (named in the message).
         svfnet.common.locks.FolderLocked: another process is writing the work folder.
     """
-    from svfnet.common.limits import check_grid_shape
-    from svfnet.common.locks import folder_lock
-    from svfnet.common.staging import STAGING, recover_replaced, remove_staging, replace_tree
-
     shape = check_grid_shape(tuple(shape), "--shape")
     if spacing_mm is not None and (
         len(spacing_mm) != 3 or not all(math.isfinite(s) and 0 < s <= 1000 for s in spacing_mm)
@@ -544,8 +541,6 @@ def _prepare_into(
 ) -> PreparationReport:
     """The two passes of :func:`prepare_dataset`, writing ``folder.prepared``."""
     from tqdm.auto import tqdm
-
-    from svfnet.common.workdir import write_prepared_subject, write_subjects
 
     # pass 1: read and check everything, compute the frames (nothing written)
     frames: list[CanonicalFrame] = []

@@ -46,6 +46,8 @@ from typing import Any
 
 import numpy as np
 
+from svfnet.common.atomic import write_json
+from svfnet.data.nifti import write_nifti
 from svfnet.data.synthetic_anatomy import (
     CLINICAL_MAX_VOXELS,
     GROUP_NAMES,
@@ -348,9 +350,6 @@ def write_synthetic_dataset(
         FileExistsError: ``out`` holds files and ``overwrite`` is false.
     """
     from tqdm.auto import tqdm
-
-    from svfnet.common.atomic import write_json
-    from svfnet.data.nifti import write_nifti
 
     out = Path(out)
     _check_dataset_arguments(out, n_subjects, outlier_fraction, realism, header_style, max_voxels, overwrite)

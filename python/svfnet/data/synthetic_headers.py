@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from svfnet.common.atomic import atomic_path
 from svfnet.data.synthetic_anatomy import ScanGeometry, axis_angle_rotation, matrix_tuple
 
 #: How the clinical cohort's NIfTI headers encode each subject's geometry (see :func:`encode_header`).
@@ -175,8 +176,6 @@ def nibabel_affine(encoding: HeaderEncoding) -> np.ndarray:
 def write_nifti_encoded(path: str | Path, data: np.ndarray, encoding: HeaderEncoding) -> None:
     """Writes a 3D volume atomically with the header ``encoding`` describes (not svfnet's own)."""
     import nibabel as nib
-
-    from svfnet.common.atomic import atomic_path
 
     data = np.asarray(data)
     if data.ndim != 3:

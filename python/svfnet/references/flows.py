@@ -13,6 +13,8 @@ import numpy as np
 
 from svfnet.common.parallel import run_tasks
 from svfnet.common.workdir import WorkDir
+from svfnet.shapes.lddmm import geodesic_flow
+from svfnet.shapes.parameters import LddmmParameters
 
 __all__ = ["checked_flows", "composed_flows", "tabulate_flows"]
 
@@ -26,8 +28,6 @@ def _grid_points_mm(shape: tuple[int, int, int], spacing_mm) -> np.ndarray:
 def _inverse_flow_task(task: dict[str, Any]) -> np.ndarray:
     """``φ_n⁻¹`` of every voxel of the grid, ``(I·J·K, 3)`` mm float32: where subject n's voxels
     come from in the template's space (the grid's points for the template itself)."""
-    from svfnet.shapes.lddmm import LddmmParameters, geodesic_flow
-
     points = _grid_points_mm(task["shape"], task["spacing_mm"])
     if task["flow"] is None:
         return points.astype(np.float32)
@@ -82,8 +82,6 @@ def _flow_table_task(task: dict[str, Any]) -> np.ndarray | None:
     float32 (None for the template: the identity)."""
     from scipy.ndimage import spline_filter
 
-    from svfnet.shapes.lddmm import LddmmParameters, geodesic_flow
-
     if task["flow"] is None:
         return None
     table: _FlowTable = task["table"]
@@ -121,8 +119,6 @@ def composed_flows(task: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
 def tabulate_flows(subjects, flows, lddmm, shape, spacing, workers, scheduler, progress):
     """Every subject's ``φ_n⁻¹`` of the grid and ``φ_n`` tabulated over the template space that
     those cover (two passes of one task per subject)."""
-    from svfnet.shapes.parameters import LddmmParameters
-
     common = {"lddmm": lddmm, "shape": shape, "spacing_mm": spacing}
 
     def each(func, description: str, extra: dict[str, Any]) -> dict[str, Any]:

@@ -76,6 +76,7 @@ from svfnet.references.store import (
     USABLE_RESIDUAL_MEAN_VOX,
     exclusion,
 )
+from svfnet.shapes.landmarks import read_landmarks
 
 __all__ = [
     "ReferenceParameters",
@@ -341,8 +342,6 @@ def _check_store_config(folder: Path, parameters: ReferenceParameters) -> None:
 def _read_shapes(workdir: Path, subjects: list[str], parameters: ReferenceParameters):
     """The shapes stage's results for ``subjects``, checked: landmarks per subject (all the same
     count), and with ``deformation="lddmm"`` the flows and their parameters (else ``{}``, ``{}``)."""
-    from svfnet.shapes.landmarks import read_landmarks
-
     stored = {
         subject: read_landmarks(workdir, subject) for subject in subjects
     }  # names a missing shapes stage

@@ -39,6 +39,10 @@ from typing import Any
 import numpy as np
 
 from svfnet.common.atomic import atomic_path, write_json
+from svfnet.common.limits import MAX_LANDMARKS, MAX_TRIANGLES, check_workers
+from svfnet.common.locks import folder_lock
+from svfnet.common.parallel import run_tasks
+from svfnet.common.staging import STAGING, recover_replaced, remove_staging, replace_tree
 from svfnet.common.workdir import REGIONS, WorkDir, read_prepared, subject_ids
 from svfnet.shapes.landmarks import (
     inputs_digest,
@@ -47,8 +51,9 @@ from svfnet.shapes.landmarks import (
     surfaces_from_arrays,
     write_landmarks,
 )
+from svfnet.shapes.lddmm import register_surfaces
 from svfnet.shapes.parameters import LddmmParameters
-from svfnet.shapes.surfaces import ENCLOSED_LABELS, Surface
+from svfnet.shapes.surfaces import ENCLOSED_LABELS, Surface, save_surfaces
 from svfnet.shapes.template import choose_template, extract_surfaces, farthest_points
 
 __all__ = ["ShapesSummary", "run_shapes"]
@@ -90,8 +95,6 @@ class ShapesSummary:
 # -------------------------------------------------------------------- the task (runs in workers)
 def _register_subject(task: dict[str, Any]) -> dict[str, Any]:
     """Extracts one subject's surfaces, registers the template, returns landmarks and residuals."""
-    from svfnet.shapes.lddmm import register_surfaces
-
     subject = task["subject"]
     subject_surfaces = extract_surfaces(
         task["labels"], task["spacing_mm"], task["regions"], task["surface_settings"], subject
@@ -163,9 +166,6 @@ def run_shapes(
         ValueError: bad settings, settings that differ from the results on disk (without
             ``overwrite``), or subjects that failed (after the others are stored; rerun to resume).
     """
-    from svfnet.common.locks import folder_lock
-    from svfnet.common.staging import recover_replaced, remove_staging, replace_tree
-
     func = "run_shapes"
     folder = WorkDir(workdir)
     parameters = parameters or LddmmParameters()
@@ -198,8 +198,6 @@ def _check_settings(
     func, parameters, target_triangles, smoothing_vox, landmarks, outlier_threshold, workers, scheduler
 ) -> None:
     """Raises on a bad setting of :func:`run_shapes` (the messages name ``func``)."""
-    from svfnet.common.limits import MAX_LANDMARKS, MAX_TRIANGLES, check_workers
-
     if not isinstance(parameters, LddmmParameters):
         raise TypeError(f"{func}(): 'parameters' must be LddmmParameters, got {type(parameters).__name__}")
     if (
@@ -305,8 +303,6 @@ def _choose_output(func, folder: WorkDir, settings, template, digests, overwrite
     changed), or beside the old results (WORKDIR/.staging/shapes/shapes), swapped in when
     complete: with `overwrite`, or when the template itself must be recomputed. An unfinished
     replacement with these settings resumes."""
-    from svfnet.common.staging import STAGING
-
     staging_root = folder.root / STAGING / "shapes"
     staged_out = staging_root / "shapes"
     live_config, staged_config = _stored_config(folder.shapes), _stored_config(staged_out)
@@ -457,7 +453,6 @@ def _template_into(
         landmark_region=vertex_region[landmark_index],
         template=np.array(template),
     )
-    from svfnet.shapes.surfaces import save_surfaces
 
     # the configuration first: a run stopped before template.npz then recomputes it
     write_json(out / "config.json", dict(settings, template=template, template_inputs=digests[template]))
@@ -495,7 +490,6 @@ def _register_into(
 ) -> None:
     """Registers the template to every subject of ``todo`` (tasks: ``common`` plus the subject's
     labels), writing each one's landmarks (and deformed mesh) as it comes back."""
-    from svfnet.common.parallel import run_tasks
 
     def tasks() -> list[dict[str, Any]]:
         tasks_ = []
@@ -528,8 +522,6 @@ def _register_into(
         }
         write_landmarks(landmarks_dir / f"{subject}.npz", value["landmarks_mm"], value["summary"], extra)
         if "deformed" in value:
-            from svfnet.shapes.surfaces import save_surfaces
-
             save_surfaces(out / "meshes" / f"{subject}.vtk", surfaces_from_arrays(value["deformed"]))
         summary.computed.append(subject)
 

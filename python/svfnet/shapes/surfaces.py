@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from svfnet.common.atomic import atomic_path
 from svfnet.common.workdir import REGIONS
 
 __all__ = [
@@ -222,8 +223,6 @@ def save_surfaces(path: str | Path, surfaces: Mapping[int, Surface] | Surface) -
     property) so that ParaView can colour or threshold them.
     """
     import meshio
-
-    from svfnet.common.atomic import atomic_path
 
     if isinstance(surfaces, Surface):
         surfaces = {0: surfaces}

@@ -10,7 +10,9 @@ from typing import Any
 import numpy as np
 
 from svfnet.common.workdir import read_prepared
-from svfnet.shapes.surfaces import Surface
+from svfnet.ops.kernels import BilinearFormFunction
+from svfnet.shapes.currents import as_currents
+from svfnet.shapes.surfaces import Surface, surfaces_from_labels
 
 __all__ = ["choose_template", "extract_surfaces", "farthest_points"]
 
@@ -37,8 +39,6 @@ def extract_surfaces(
     labels, spacing, regions, surface_settings: dict[str, Any], subject: str
 ) -> dict[int, Surface]:
     """One subject's surfaces with the stage's ``surface_settings`` (target_triangles, smoothing_vox)."""
-    from svfnet.shapes.surfaces import surfaces_from_labels
-
     return surfaces_from_labels(
         labels,
         spacing,
@@ -65,9 +65,6 @@ def choose_template(
     """
     import torch
     from tqdm.auto import tqdm
-
-    from svfnet.ops.kernels import BilinearFormFunction
-    from svfnet.shapes.currents import as_currents
 
     coarse = dict(surface_settings, target_triangles=max(1000, surface_settings["target_triangles"] // 4))
     currents, norms = {}, {}
