@@ -49,7 +49,7 @@ from svfnet.common.parallel import run_tasks
 import slow_task
 
 
-def register(subparsers):
+def add_parser(subparsers):
     parser = subparsers.add_parser("slow")
     parser.add_argument("folder")
     parser.set_defaults(func=run)

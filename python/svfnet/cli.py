@@ -1,6 +1,6 @@
 """The ``svfnet`` command. Each stage registers its subcommand from its own module, so that this
 file stays a table of contents: add a module to ``COMMAND_MODULES`` and give it
-``register(subparsers)``, which adds a subparser whose ``func(args) -> int`` runs the command."""
+``add_parser(subparsers)``, which adds a subparser whose ``func(args) -> int`` runs the command."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
-        import_module(name).register(subparsers)
+        import_module(name).add_parser(subparsers)
     return parser
 
 

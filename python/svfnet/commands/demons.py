@@ -99,7 +99,7 @@ def _grid_entry(text: str) -> tuple[str, list]:
     return name, parsed
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
     # parameters default to None, meaning LCCDemonsParams' tuned defaults (listed in docs/evaluation.md):
     # importing the method here would load SciPy for every `svfnet --help`
     parser = subparsers.add_parser(

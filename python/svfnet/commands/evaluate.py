@@ -9,7 +9,7 @@ from pathlib import Path
 from svfnet.commands.guard import guarded
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "evaluate",
         help="compare SVF-Net with LCC Log-Demons and the identity on the test pairs (tables, HTML report)",

@@ -9,7 +9,7 @@ import sys
 from svfnet.commands.dataset_options import add_dataset_options, add_long_axis_option, dataset_from_options
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "inspect",
         help="list what a dataset holds (geometry, header problems, regions) before preparing it",

@@ -8,7 +8,7 @@ from svfnet.commands.dataset_options import add_dataset_options, add_long_axis_o
 from svfnet.commands.guard import guarded
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "prepare",
         help="align a dataset from its labels and resample it onto the common grid (OUT/prepared/)",

@@ -8,7 +8,7 @@ import math
 from svfnet.commands.guard import guarded
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "references",
         help="composed shape deformations + logarithm: a reference SVF for every ordered pair of subjects",

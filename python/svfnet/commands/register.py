@@ -10,7 +10,7 @@ from svfnet.commands.argument_types import add_refine_iterations, refinement_opt
 from svfnet.commands.guard import guarded
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "register",
         help="register a pair (or a list of pairs) of NIfTI images with a trained SVF-Net",

@@ -8,7 +8,7 @@ from pathlib import Path
 from svfnet.commands.guard import guarded
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
     run_parser = subparsers.add_parser(
         "run",
         help="run the whole pipeline (data, prepare, shapes, references, train, evaluate) from a TOML file",

@@ -16,7 +16,7 @@ DEFAULT_FUSION = "weighted"
 DEFAULT_MIN_CORRELATION = 0.4
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "segment",
         help="segment a NIfTI image from the labelled subjects of a work folder (multi-atlas, with "

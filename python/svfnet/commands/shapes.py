@@ -17,7 +17,7 @@ def _landmarks(text: str) -> int | None:
         raise argparse.ArgumentTypeError(f"expected a positive integer or 'all', got {text!r}") from None
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
     from svfnet.shapes.parameters import LddmmParameters  # torch-free: `svfnet --help` stays light
 
     defaults = LddmmParameters()

@@ -16,7 +16,7 @@ HEADER_STYLES = (
 )  # = synthetic_headers.HEADER_STYLES
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "synth",
         help="write the built-in synthetic cardiac cohort (NIfTI, plain layout)",

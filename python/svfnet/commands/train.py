@@ -13,7 +13,7 @@ from svfnet.commands.argument_types import (
 from svfnet.commands.guard import guarded
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "train",
         help="train SVF-Net on reference (or random) SVFs",
