@@ -25,11 +25,11 @@ def prepared_subjects(folder: str | Path, n_subjects: int, seed: int) -> list[Pr
     Writes the dataset and the work folder under ``folder`` (about 0.3 s a subject).
     """
     from svfnet.common.workdir import read_all_prepared
-    from svfnet.data import prepare_dataset, read_dataset, write_synthetic_dataset
+    from svfnet.data import read_dataset, run_prepare, write_synthetic_dataset
 
     folder = Path(folder)
     write_synthetic_dataset(folder / "dataset", n_subjects, seed, outlier_fraction=0.0, progress=False)
-    prepare_dataset(read_dataset(folder / "dataset"), folder / "work", progress=False)
+    run_prepare(folder / "work", read_dataset(folder / "dataset"), progress=False)
     return read_all_prepared(folder / "work")
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from svfnet.cli import main
 from svfnet.data.nifti import HeaderWarning, write_nifti
-from svfnet.data.prepare import prepare_dataset
+from svfnet.data.prepare import run_prepare
 from svfnet.data.readers import read_dataset
 from tests.data_fixtures import (
     SUNNYBROOK,
@@ -62,7 +62,7 @@ def test_acdc_headers_are_reported_with_the_true_voxel_size(tmp_path, capsys):
 def test_prepare_records_the_true_spacing_of_acdc_headers_and_warns(tmp_path):
     root = _acdc_with_real_headers(tmp_path / "acdc")
     with pytest.warns(HeaderWarning) as caught:
-        report = prepare_dataset(read_dataset(root), tmp_path / "work", progress=False)
+        report = run_prepare(tmp_path / "work", read_dataset(root), progress=False)
     messages = {str(w.message) for w in caught}  # pytest shows every repeat; Python's filter, one a file
     assert len(messages) == 4, messages  # 2 subjects × image and label map
     assert any(

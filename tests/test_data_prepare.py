@@ -17,8 +17,8 @@ from svfnet.data.prepare import (
     canonical_frame,
     cohort_grid,
     heart_extent,
-    prepare_dataset,
     prepare_subject,
+    run_prepare,
 )
 from svfnet.data.readers import Subject, SubjectFiles, load_subject, read_dataset
 from svfnet.data.synthetic import generate_subject, write_synthetic_dataset
@@ -188,7 +188,7 @@ def test_mapping_back_to_the_original_image(tmp_path, synthetic_subjects):
     root.mkdir()
     write_nifti(root / "heart.nii.gz", source.image, source.affine)
     write_nifti(root / "heart_gt.nii.gz", source.labels, source.affine)
-    report = prepare_dataset(read_dataset(root), tmp_path / "work", progress=False)
+    report = run_prepare(tmp_path / "work", read_dataset(root), progress=False)
     transform = read_transform(tmp_path / "work", "heart")
     prepared = read_prepared(tmp_path / "work", "heart")
 
@@ -240,9 +240,9 @@ def synthetic_dataset(tmp_path_factory):
     return root
 
 
-def test_prepare_dataset_writes_the_work_folder(tmp_path, synthetic_dataset):
+def test_run_prepare_writes_the_work_folder(tmp_path, synthetic_dataset):
     work = tmp_path / "work"
-    report = prepare_dataset(read_dataset(synthetic_dataset), work, progress=False)
+    report = run_prepare(work, read_dataset(synthetic_dataset), progress=False)
     assert subject_ids(work) == ["synth_000", "synth_001", "synth_002"]
     record = json.loads(WorkDir(work).subjects_json.read_text())
     assert record["shape"] == [64, 64, 16] and record["spacing_mm"] == list(report.grid.spacing_mm)
@@ -279,7 +279,7 @@ def test_missing_regions_are_reported_not_dropped(tmp_path, synthetic_dataset):
         labels = subject.labels if name == "full" else np.where(subject.labels >= 3, 0, subject.labels)
         write_nifti(data / f"{name}.nii.gz", subject.image, subject.affine)
         write_nifti(data / f"{name}_gt.nii.gz", labels.astype(np.uint8), subject.affine)
-    report = prepare_dataset(read_dataset(data), tmp_path / "work", progress=False)
+    report = run_prepare(tmp_path / "work", read_dataset(data), progress=False)
     assert [e["id"] for e in report.entries] == ["full", "no_rv"]
     assert report.with_missing_regions == {"no_rv": [3, 4]}
     record = json.loads(WorkDir(tmp_path / "work").subjects_json.read_text())
@@ -300,34 +300,34 @@ def test_a_bad_subject_stops_preparation_before_any_output(tmp_path, synthetic_d
     write_nifti(data / "synth_009_gt.nii.gz", subject.labels, subject.affine)
     work = tmp_path / "work"
     with pytest.raises(ValueError, match=r"synth_009\.nii\.gz.*NaN"):
-        prepare_dataset(read_dataset(data), work, progress=False)
+        run_prepare(work, read_dataset(data), progress=False)
     assert not work.exists()
 
     write_nifti(data / "synth_009.nii.gz", np.full_like(image, 7.0), subject.affine)
     with pytest.raises(ValueError, match=r"synth_009\.nii\.gz.*constant"):
-        prepare_dataset(read_dataset(data), work, progress=False)
+        run_prepare(work, read_dataset(data), progress=False)
     assert not work.exists()
 
 
 def test_existing_preparation_is_kept_unless_forced(tmp_path, synthetic_dataset):
     work = tmp_path / "work"
-    prepare_dataset(read_dataset(synthetic_dataset), work, progress=False)
+    run_prepare(work, read_dataset(synthetic_dataset), progress=False)
     with pytest.raises(FileExistsError, match="--force"):
-        prepare_dataset(read_dataset(synthetic_dataset), work, progress=False)
+        run_prepare(work, read_dataset(synthetic_dataset), progress=False)
     fewer = tmp_path / "fewer"
     fewer.mkdir()
     for path in synthetic_dataset.glob("synth_001*.nii.gz"):
         (fewer / path.name).write_bytes(path.read_bytes())
-    prepare_dataset(read_dataset(fewer), work, overwrite=True, progress=False)
+    run_prepare(work, read_dataset(fewer), overwrite=True, progress=False)
     assert subject_ids(work) == ["synth_001"]
     assert sorted(p.name for p in (WorkDir(work).prepared / "images").iterdir()) == ["synth_001.nii.gz"]
     assert sorted(p.name for p in (WorkDir(work).prepared / "transforms").iterdir()) == ["synth_001.json"]
 
 
 def test_explicit_spacing_and_labels_outside_the_grid(tmp_path, synthetic_dataset):
-    report = prepare_dataset(
-        read_dataset(synthetic_dataset),
+    report = run_prepare(
         tmp_path / "work",
+        read_dataset(synthetic_dataset),
         shape=(16, 16, 4),
         spacing_mm=(2.0, 2.0, 6.0),
         progress=False,
@@ -349,16 +349,16 @@ def test_explicit_spacing_and_labels_outside_the_grid(tmp_path, synthetic_datase
         ({"long_axis": "pca"}, "--long-axis"),
     ],
 )
-def test_prepare_dataset_rejects_bad_options(tmp_path, synthetic_dataset, options, message):
+def test_run_prepare_rejects_bad_options(tmp_path, synthetic_dataset, options, message):
     with pytest.raises(ValueError, match=message):
-        prepare_dataset(read_dataset(synthetic_dataset), tmp_path / "work", progress=False, **options)
+        run_prepare(tmp_path / "work", read_dataset(synthetic_dataset), progress=False, **options)
     assert not (tmp_path / "work").exists()
 
 
 # ----------------------------------------------------------------------------- the real sample
 def test_sunnybrook_sample_is_prepared(tmp_path):
     dataset = read_dataset(SUNNYBROOK, phase="ED", label_mapping=parse_label_mapping("acdc"))
-    report = prepare_dataset(dataset, tmp_path / "work", progress=False)
+    report = run_prepare(tmp_path / "work", dataset, progress=False)
     assert len(report.entries) == 5
     assert report.with_missing_regions == {e["id"]: [3, 4] for e in report.entries}  # LV only
     warnings = report.with_warnings

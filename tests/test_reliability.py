@@ -602,7 +602,7 @@ def test_a_read_only_folder_is_one_clear_line(tmp_path, capsys):
 
 
 def test_complex_images_are_refused_naming_the_file(tmp_path):
-    from svfnet.data.prepare import prepare_dataset
+    from svfnet.data.prepare import run_prepare
     from svfnet.data.readers import read_dataset
     from svfnet.data.synthetic import write_synthetic_dataset
 
@@ -615,5 +615,5 @@ def test_complex_images_are_refused_naming_the_file(tmp_path):
     data = np.asarray(image.dataobj).astype(np.complex64) * (1 + 1j)
     nib.save(nib.Nifti1Image(data, image.affine, header), path)
     with pytest.raises(ValueError, match=f"{path}: the image holds complex values"):
-        prepare_dataset(read_dataset(raw), tmp_path / "w", progress=False)
+        run_prepare(tmp_path / "w", read_dataset(raw), progress=False)
     assert not (tmp_path / "w").exists()

@@ -17,7 +17,7 @@ from scipy.ndimage import map_coordinates
 from scipy.stats import entropy
 
 from svfnet.cli import main
-from svfnet.data import prepare_dataset, read_dataset, write_synthetic_dataset
+from svfnet.data import read_dataset, run_prepare, write_synthetic_dataset
 from svfnet.data.nifti import read_nifti, write_nifti
 from svfnet.data.synthetic import generate_subject
 from svfnet.evaluation.metrics import dice
@@ -50,7 +50,7 @@ def data(tmp_path_factory) -> Path:
     files: ``new`` (as drawn) and ``aniso`` (1.25 mm pixels, 9.5 mm slices)."""
     folder = tmp_path_factory.mktemp("segmentation")
     write_synthetic_dataset(folder / "dataset", ATLASES, SEED, outlier_fraction=0.0, progress=False)
-    prepare_dataset(read_dataset(folder / "dataset"), folder / "work", progress=False)
+    run_prepare(folder / "work", read_dataset(folder / "dataset"), progress=False)
     ids = [f"synth_{n:03d}" for n in range(ATLASES)]
     (folder / "work" / "split.json").write_text(json.dumps({"train": ids[:5], "val": ids[5:], "test": []}))
     subjects = json.loads((folder / "work" / "prepared" / "subjects.json").read_text())

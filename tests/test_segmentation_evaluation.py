@@ -16,7 +16,7 @@ import torch
 
 import svfnet
 from svfnet.cli import main
-from svfnet.data import prepare_dataset, read_dataset, write_synthetic_dataset
+from svfnet.data import read_dataset, run_prepare, write_synthetic_dataset
 from svfnet.data.nifti import read_nifti
 from svfnet.segmentation import evaluation as segmentation_evaluation
 from svfnet.segmentation.evaluation import evaluate_segmentation
@@ -52,7 +52,7 @@ def data(tmp_path_factory) -> Path:
     tiny model on its grid with a small non-trivial SVF (as tests/test_segmentation.py)."""
     folder = tmp_path_factory.mktemp("segmentation_evaluation")
     write_synthetic_dataset(folder / "dataset", COUNT, SEED, outlier_fraction=0.0, progress=False)
-    prepare_dataset(read_dataset(folder / "dataset"), folder / "work", progress=False)
+    run_prepare(folder / "work", read_dataset(folder / "dataset"), progress=False)
     (folder / "work" / "split.json").write_text(json.dumps({"train": TRAIN, "val": [], "test": TEST}))
     subjects = json.loads((folder / "work" / "prepared" / "subjects.json").read_text())
     torch.manual_seed(0)

@@ -58,7 +58,7 @@ from svfnet.config import (
     validate_config,
 )
 from svfnet.data.labels import parse_label_mapping
-from svfnet.data.prepare import check_preparation, prepare_dataset
+from svfnet.data.prepare import check_preparation, run_prepare
 from svfnet.data.readers import read_dataset
 from svfnet.data.split import run_split, split_sizes
 from svfnet.data.synthetic import write_synthetic_dataset
@@ -130,9 +130,9 @@ def _stage_data(ctx: StageContext, fresh: bool) -> dict[str, Any]:
 
 def _stage_prepare(ctx: StageContext, fresh: bool) -> dict[str, Any]:
     data = ctx.config["data"]
-    report = prepare_dataset(
-        _read_dataset(ctx),
+    report = run_prepare(
         ctx.workdir,
+        _read_dataset(ctx),
         shape=tuple(data["shape"]),
         long_axis=data["long_axis"],
         overwrite=True,

@@ -51,12 +51,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from svfnet.common.workdir import REGIONS
-    from svfnet.data.prepare import prepare_dataset
+    from svfnet.data.prepare import run_prepare
 
     dataset = dataset_from_options(args)
-    report = prepare_dataset(
-        dataset,
+    report = run_prepare(
         args.out,
+        dataset,
         shape=tuple(args.shape),
         spacing_mm=tuple(args.spacing) if args.spacing else None,
         margin_mm=args.margin,

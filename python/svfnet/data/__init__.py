@@ -4,7 +4,7 @@
 - :mod:`svfnet.data.readers`: ``read_dataset`` for the plain, nnU-Net/Decathlon and ACDC layouts,
   ``load_subject``.
 - :mod:`svfnet.data.labels`: label mappings (``parse_label_mapping``, ``ACDC_LABELS``...).
-- :mod:`svfnet.data.prepare`: ``prepare_dataset`` (``svfnet prepare``): rigid alignment from the
+- :mod:`svfnet.data.prepare`: ``run_prepare`` (``svfnet prepare``): rigid alignment from the
   labels, crop, resampling onto the common grid, intensity normalisation.
 - :mod:`svfnet.data.transform`: the recorded transform, and mapping results back to the
   original images (``read_transform``, ``to_original``, ``original_positions``).
@@ -29,7 +29,7 @@ _EXPORTS = {
     "parse_label_mapping": "labels",
     "ACDC_LABELS": "labels",
     "IDENTITY_LABELS": "labels",
-    "prepare_dataset": "prepare",
+    "run_prepare": "prepare",
     "canonical_frame": "prepare",
     "PreparedTransform": "transform",
     "read_transform": "transform",

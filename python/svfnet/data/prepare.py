@@ -406,7 +406,7 @@ def prepare_subject(subject: Subject, frame: CanonicalFrame, grid: CommonGrid) -
 # ----------------------------------------------------------------------------- a dataset
 @dataclass(frozen=True)
 class PreparationReport:
-    """What ``prepare_dataset`` did.
+    """What ``run_prepare`` did.
 
     Attributes:
         workdir: the work folder.
@@ -453,9 +453,9 @@ def check_preparation(dataset: Dataset, shape: tuple[int, int, int]) -> None:
     )
 
 
-def prepare_dataset(
-    dataset: Dataset,
+def run_prepare(
     workdir: str | Path,
+    dataset: Dataset,
     *,
     shape: tuple[int, int, int] = DEFAULT_SHAPE,
     spacing_mm: tuple[float, float, float] | None = None,
@@ -464,7 +464,7 @@ def prepare_dataset(
     overwrite: bool = False,
     progress: bool = True,
 ) -> PreparationReport:
-    """Prepares every subject of a dataset into ``workdir/prepared/``.
+    """The prepare stage: every subject of a dataset prepared into ``workdir/prepared/``.
 
     Every subject is read and checked, and every frame computed, before anything is written: a
     bad file stops the run with an error naming it and leaves the work folder as it was. The grid
@@ -475,8 +475,8 @@ def prepare_dataset(
     ``subjects.json`` (``"digests"``): later stages' fingerprints are made of them.
 
     Args:
-        dataset: from :func:`svfnet.data.read_dataset`.
         workdir: the work folder.
+        dataset: from :func:`svfnet.data.read_dataset`.
         shape: the common grid's shape ``(I, J, K)``.
         spacing_mm: the grid's voxel size; ``None`` fits the cohort's hearts (see :func:`cohort_grid`).
         margin_mm: margin around the hearts when the spacing is fitted.
@@ -539,7 +539,7 @@ def _prepare_into(
     long_axis: str,
     progress: bool,
 ) -> PreparationReport:
-    """The two passes of :func:`prepare_dataset`, writing ``folder.prepared``."""
+    """The two passes of :func:`run_prepare`, writing ``folder.prepared``."""
     from tqdm.auto import tqdm
 
     # pass 1: read and check everything, compute the frames (nothing written)
