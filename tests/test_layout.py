@@ -16,8 +16,6 @@ MAX_LINES = 900
 LONG_MODULES = {
     # the synthetic cohort: anatomy, motion, acquisition and header styles of one generator, in one place
     "svfnet.data.synthetic": "one generator",
-    # the training loop, its targets, guards and checkpoints; split further once issue 14's recipe settles
-    "svfnet.training.train": "training loop",
 }
 
 

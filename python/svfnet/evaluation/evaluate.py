@@ -433,7 +433,7 @@ def _demons_source(
 def _training_summary(checkpoint: Path) -> str:
     """How the checkpoint's model was trained (its recipe, steps, augmentation), or "" where it does not say."""
     from svfnet.training.model import read_checkpoint
-    from svfnet.training.train import TrainConfig
+    from svfnet.training.train_config import TrainConfig
 
     saved = read_checkpoint(checkpoint).get("train_config")
     if not isinstance(saved, dict):
