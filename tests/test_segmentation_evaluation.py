@@ -187,7 +187,7 @@ def test_scores_equal_svfnet_segment_and_numpy_dice(data, evaluated, tmp_path, c
             )
     # single atlas: each atlas's warped labels alone, Dice in NumPy, mean over the atlases
     from svfnet.segmentation.fusion import argmax_labels
-    from svfnet.segmentation.multi_atlas import probabilities_to_original
+    from svfnet.segmentation.outputs import probabilities_to_original
 
     singles = [
         argmax_labels(probabilities_to_original(p, result.prepared.transform), result.label_values)

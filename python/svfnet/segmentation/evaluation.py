@@ -210,7 +210,7 @@ def _settings_key(settings: Mapping[str, Any]) -> str:
 def _fused_outputs(fused: np.ndarray, prepared: Any, label_values: tuple[int, ...]) -> dict[str, np.ndarray]:
     """Labels, uncertainty and probability of error on the image's grid, as segment() computes them."""
     from svfnet.segmentation.fusion import argmax_labels, normalised_entropy
-    from svfnet.segmentation.multi_atlas import probabilities_to_original
+    from svfnet.segmentation.outputs import probabilities_to_original
 
     probabilities = probabilities_to_original(fused, prepared.transform)
     return {
@@ -256,10 +256,12 @@ def _score_subject(
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Segments one subject with every method; its record (scores, calibration, timings) and views."""
     from svfnet.segmentation import multi_atlas as seg
+    from svfnet.segmentation.outputs import probabilities_to_original
+    from svfnet.segmentation.target import DEFAULT_REFERENCES, prepare_target, read_image
 
     timings: dict[str, float] = {}
     started = tick = time.perf_counter()
-    original = seg._read_image(subject.image)
+    original = read_image(subject.image)
     timings["read"] = time.perf_counter() - tick
     if original.image.shape != subject.truth.shape:
         raise ValueError(
@@ -267,9 +269,7 @@ def _score_subject(
         )
     # as segment() does with its defaults (tests/test_segmentation_evaluation.py compares the two)
     tick = time.perf_counter()
-    prepared = seg.prepare_target(
-        original, atlases, references=seg.DEFAULT_REFERENCES, rigid_initial="geometry"
-    )
+    prepared = prepare_target(original, atlases, references=DEFAULT_REFERENCES, rigid_initial="geometry")
     timings["align_prepare"] = time.perf_counter() - tick
     tick = time.perf_counter()
     similarities = seg.image_similarity(
@@ -335,7 +335,7 @@ def _score_subject(
         tick = time.perf_counter()
         singles = [
             region_scores(
-                seg.argmax_labels(seg.probabilities_to_original(p, prepared.transform), values),
+                seg.argmax_labels(probabilities_to_original(p, prepared.transform), values),
                 subject.truth,
                 subject.spacing_mm,
             )
@@ -622,11 +622,8 @@ def evaluate_segmentation(
     from svfnet.registration.arrays import refinement_params
     from svfnet.segmentation.atlases import read_atlases
     from svfnet.segmentation.fusion import DEFAULT_SHARPNESS
-    from svfnet.segmentation.multi_atlas import (
-        DEFAULT_LCC_SIGMA_MM,
-        DEFAULT_REFERENCES,
-        check_atlas_grid,
-    )
+    from svfnet.segmentation.multi_atlas import DEFAULT_LCC_SIGMA_MM, check_atlas_grid
+    from svfnet.segmentation.target import DEFAULT_REFERENCES
 
     workdir = Path(workdir)
     checkpoint = Path(checkpoint)
