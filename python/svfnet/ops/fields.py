@@ -376,6 +376,20 @@ def _polish_loss_gradient(backend: Backend, target: Array, remaining: Array, cou
     return -(weight * remaining)
 
 
+def _log_step(backend: Backend, v: Array, exp_v: Array, remaining: Array, scale: float, plain: bool) -> Array:
+    """One candidate step of :func:`log` from ``v`` (``remaining = u − exp(v)``): the BCH step to third
+    order, ``v + scale (d + ½[v, d] + (1/12)[v, [v, d]])`` with ``d = (I + ∇exp(v))⁻¹ remaining``, or with
+    ``plain`` the fixed-point step ``v + scale remaining`` (slower, but it goes on where BCH stalls)."""
+    if plain:
+        return v + scale * remaining
+    d = backend.empty(tuple(v.shape), "float32")
+    backend.launch("jacobian_solve", [exp_v, remaining, d])
+    bracket = _lie_bracket_batched(backend, v, d)
+    return v + scale * (d + 0.5 * bracket + _lie_bracket_batched(backend, v, bracket) / 12.0)
+
+
+# Long on purpose: one iteration whose state (v, its exponential, the residual, the step scale, the
+# BCH/plain/polishing mode) is shared by every branch; its docstring documents the algorithm.
 def log(
     u: Array,
     *,
@@ -464,13 +478,7 @@ def log(
                 break  # cannot happen with finite residuals; stop rather than carry NaNs on
             exp_c = polish.exp_v
         else:
-            if plain:  # the fixed-point step v + (u − exp v): slower, but it goes on where BCH stalls
-                candidate = v + scale * remaining
-            else:
-                d = backend.empty(tuple(v.shape), "float32")
-                backend.launch("jacobian_solve", [exp_v, remaining, d])
-                bracket = _lie_bracket_batched(backend, v, d)
-                candidate = v + scale * (d + 0.5 * bracket + _lie_bracket_batched(backend, v, bracket) / 12.0)
+            candidate = _log_step(backend, v, exp_v, remaining, scale, plain)
             exp_c = None
             if not backend.count_nonfinite(candidate):  # NaN/inf: a near-singular Jacobian, refused
                 exp_c = _exp_batched(backend, candidate, None)
