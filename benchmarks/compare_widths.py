@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 
 from svfnet.training.model import SVFNet, SVFNetConfig
-from svfnet.training.train import TrainConfig, train
+from svfnet.training.train import train
+from svfnet.training.train_config import TrainConfig
 
 
 def main() -> None:

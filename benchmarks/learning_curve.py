@@ -25,7 +25,8 @@ from svfnet.common.workdir import REGIONS, read_prepared
 from svfnet.evaluation.metrics import dice, hausdorff
 from svfnet.registration.arrays import register
 from svfnet.training.model import SVFNet, SVFNetConfig, read_checkpoint
-from svfnet.training.train import TrainConfig, run_folder, train
+from svfnet.training.train import run_folder, train
+from svfnet.training.train_config import TrainConfig
 
 
 def demons_scores(workdir: Path) -> dict[tuple[str, str], tuple[float, float]]:

@@ -1,7 +1,7 @@
 """Training recipes side by side: each trained on one work folder, then measured on its test pairs
 against LCC Log-Demons (issue 14's criterion).
 
-A variant is a named set of :class:`svfnet.training.train.TrainConfig` changes (``VARIANTS`` below). Each
+A variant is a named set of :class:`svfnet.training.train_config.TrainConfig` changes (``VARIANTS`` below). Each
 trains its own run ``WORKDIR/models/recipe-<variant>`` (resumed where a run was killed) and, at the
 steps given with ``--at``, registers every ordered test pair with that step's checkpoint and
 scores it as ``svfnet evaluate`` does (:func:`svfnet.evaluation.metrics.evaluate_pair`, labels one-hot):
@@ -36,7 +36,8 @@ from svfnet.common.workdir import REGIONS, read_prepared
 from svfnet.evaluation.metrics import evaluate_pair
 from svfnet.registration.arrays import register
 from svfnet.training.model import SVFNet, SVFNetConfig, read_checkpoint
-from svfnet.training.train import TrainConfig, run_folder, train
+from svfnet.training.train import run_folder, train
+from svfnet.training.train_config import TrainConfig
 
 # name -> TrainConfig changes (on top of the defaults and --steps)
 VARIANTS: dict[str, dict] = {

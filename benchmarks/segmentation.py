@@ -37,12 +37,9 @@ from svfnet.segmentation.fusion import (
     lcc_weights,
     normalised_entropy,
 )
-from svfnet.segmentation.multi_atlas import (
-    DEFAULT_REFERENCES,
-    prepare_target,
-    probabilities_to_original,
-    segment,
-)
+from svfnet.segmentation.multi_atlas import segment
+from svfnet.segmentation.outputs import probabilities_to_original
+from svfnet.segmentation.target import DEFAULT_REFERENCES, prepare_target
 from svfnet.training.model import load
 
 REGION_VALUES = (1, 2, 3, 4)

@@ -7,7 +7,8 @@ import torch
 import torch.distributed as dist
 
 from svfnet.training.model import SVFNetConfig
-from svfnet.training.train import TrainConfig, train
+from svfnet.training.train import train
+from svfnet.training.train_config import TrainConfig
 
 if __name__ == "__main__":
     workdir, out = sys.argv[1], sys.argv[2]

@@ -12,7 +12,9 @@ import torch
 from svfnet.ops import fields
 from svfnet.training.consistency import compose, inverse_consistency_loss, velocity_inverse_consistency
 from svfnet.training.model import SVFNetConfig
-from svfnet.training.train import Batch, TrainConfig, augment, draw_batch, train
+from svfnet.training.pairs import Batch, augment, draw_batch
+from svfnet.training.train import train
+from svfnet.training.train_config import TrainConfig
 from tests.conftest import smooth_field
 from tests.pipeline_fixtures import GRID, deformed_cohort, write_exact_references, write_split
 
@@ -100,7 +102,7 @@ def test_a_batch_holds_pairs_then_their_reverses_augmented_alike(workdir):
     """Pair n and pair n + B/2 are one pair both ways, shifted alike (the swapped images are equal
     voxel for voxel), and each has its own reference as target."""
     from svfnet.references.store import ReferenceStore
-    from svfnet.training.train import Cohort, ReferenceTargets
+    from svfnet.training.pairs import Cohort, ReferenceTargets
 
     cohort = Cohort.load(workdir, ["s0", "s1", "s2", "s3"])
     source = ReferenceTargets(workdir, cohort)

@@ -39,7 +39,7 @@ CHROMIUM = next(
 
 
 def _tiny_checkpoint(path: Path) -> Path:
-    from svfnet.training.train import TrainConfig
+    from svfnet.training.train_config import TrainConfig
 
     torch.manual_seed(0)
     config = SVFNetConfig(widths=(4, 8, 8, 8), grid=GRID, spacing_mm=SPACING_MM)

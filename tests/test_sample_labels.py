@@ -1,4 +1,4 @@
-"""fields.sample_labels (the one-hot label vote at positions of another grid, used by the preparation)
+"""sample_labels (the one-hot label vote at positions of another grid, used by the preparation)
 against SciPy: each label's indicator interpolated with map_coordinates in float64, then the argmax."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import pytest
 from scipy.ndimage import map_coordinates
 
 from svfnet.data.transform import resample_labels
-from svfnet.ops import fields
+from svfnet.ops.resample import sample_labels
 from tests.conftest import KINDS, as_numpy, to_kind
 
 
@@ -39,9 +39,7 @@ def test_sample_labels_matches_scipy(mode, seed, kind, device):
     halves = np.stack([rng.integers(-2, 2 * n + 2, size=300) / 2.0 for n in grid])
     positions = np.concatenate([random, halves], axis=1).astype(np.float32).astype(np.float64)
     expected, margin = scipy_vote(labels, positions, mode)
-    got = as_numpy(
-        fields.sample_labels(to_kind(labels, kind, device), to_kind(positions, kind, device), mode=mode)
-    )
+    got = as_numpy(sample_labels(to_kind(labels, kind, device), to_kind(positions, kind, device), mode=mode))
     assert got.dtype == labels.dtype and got.shape == (800,)
     clear = margin > 1e-5  # exact ties break to the smaller label in both; near-ties may round either way
     assert clear.mean() > 0.5
@@ -57,12 +55,12 @@ def test_sample_labels_matches_scipy(mode, seed, kind, device):
 def test_sample_labels_refuses_bad_input():
     labels = np.zeros((4, 4, 4), np.int32)
     with pytest.raises(ValueError, match=r"sample_labels\(\): 'mode' must be"):
-        fields.sample_labels(labels, np.zeros((3, 2)), mode="linear")
+        sample_labels(labels, np.zeros((3, 2)), mode="linear")
     with pytest.raises(ValueError, match=r"'positions' must be \(3, \.\.\.\)"):
-        fields.sample_labels(labels, np.zeros((2, 5)))
+        sample_labels(labels, np.zeros((2, 5)))
     with pytest.raises(ValueError, match="'positions' has 1 non-finite"):
-        fields.sample_labels(labels, np.array([[0.0], [np.nan], [1.0]]))
+        sample_labels(labels, np.array([[0.0], [np.nan], [1.0]]))
     with pytest.raises(TypeError, match="'labels' must have a int or bool dtype"):
-        fields.sample_labels(labels.astype(np.float32), np.zeros((3, 2)))
+        sample_labels(labels.astype(np.float32), np.zeros((3, 2)))
     with pytest.raises(ValueError, match=r"'labels' must be a non-empty \(I, J, K\)"):
-        fields.sample_labels(np.zeros((4, 4), np.int32), np.zeros((3, 2)))
+        sample_labels(np.zeros((4, 4), np.int32), np.zeros((3, 2)))

@@ -25,7 +25,8 @@ from svfnet.registration.arrays import register
 from svfnet.segmentation.atlas_registration import register_atlases, warped_probabilities
 from svfnet.segmentation.atlases import image_similarity, read_atlases
 from svfnet.segmentation.fusion import argmax_labels, fuse, lcc_weights, normalised_entropy
-from svfnet.segmentation.multi_atlas import output_paths, probabilities_to_original, segment
+from svfnet.segmentation.multi_atlas import segment
+from svfnet.segmentation.outputs import output_paths, probabilities_to_original
 from svfnet.training.model import SVFNet, SVFNetConfig, save_checkpoint
 from tests.conftest import grid_positions, smooth_field
 

@@ -187,7 +187,7 @@ def test_scores_equal_svfnet_segment_and_numpy_dice(data, evaluated, tmp_path, c
             )
     # single atlas: each atlas's warped labels alone, Dice in NumPy, mean over the atlases
     from svfnet.segmentation.fusion import argmax_labels
-    from svfnet.segmentation.multi_atlas import probabilities_to_original
+    from svfnet.segmentation.outputs import probabilities_to_original
 
     singles = [
         argmax_labels(probabilities_to_original(p, result.prepared.transform), result.label_values)
@@ -250,7 +250,7 @@ def test_files_are_written_without_nan_and_a_rerun_resumes(data, evaluated, monk
         segmented.append(subject.id)
         return {k: v for k, v in stale.items() if k != "key"}, views
 
-    monkeypatch.setattr(segmentation_evaluation, "_score_subject", segment_again)
+    monkeypatch.setattr(segmentation_evaluation, "score_subject", segment_again)
     again = evaluate_segmentation(data / "work", data / "model.pt", refine=REFINE, progress=False)
     assert segmented == [TEST[1]] and again.computed == 1
     assert json.loads(path.read_text())["key"] == stale["key"]

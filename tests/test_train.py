@@ -18,7 +18,9 @@ import torch
 
 from svfnet.ops import fields
 from svfnet.training.model import SVFNetConfig, load
-from svfnet.training.train import Cohort, TrainConfig, dice_per_region, shift_in_plane, train
+from svfnet.training.pairs import Cohort, shift_in_plane
+from svfnet.training.train import dice_per_region, train
+from svfnet.training.train_config import TrainConfig
 from tests.pipeline_fixtures import GRID, deformed_cohort, write_exact_references, write_split
 
 SMALL = SVFNetConfig(widths=(8, 16, 16, 16), grid=GRID, spacing_mm=(4.0, 4.0, 10.0))
@@ -92,7 +94,7 @@ def test_resume_after_a_kill_reaches_the_same_weights(workdir):
 
 def test_shift_keeps_the_pair_and_target_consistent(workdir):
     cohort = Cohort.load(workdir, ["s0", "s1"])
-    from svfnet.training.train import ReferenceTargets
+    from svfnet.training.pairs import ReferenceTargets
 
     batch = ReferenceTargets(workdir, cohort).batch([0])
     shifted = shift_in_plane(batch, np.array([[2, -1]]))
@@ -110,7 +112,7 @@ def test_the_configured_augmentations_keep_each_pair_registered_by_its_target(wo
     labels onto the fixed ones, and the images changed. Rotation is exact up to interpolation: on
     this 16x16 grid of 4 mm voxels the two label maps' resampling costs about 0.07 of agreement
     (0.93-0.97 unrotated, 0.86-0.98 rotated by up to 20 degrees, against 0.50-0.77 unregistered)."""
-    from svfnet.training.train import ReferenceTargets, augment
+    from svfnet.training.pairs import ReferenceTargets, augment
 
     cohort = Cohort.load(workdir, ["s0", "s1", "s2", "s3"])
     batch = ReferenceTargets(workdir, cohort).batch([0, 1, 2])
@@ -269,7 +271,7 @@ def test_broken_reference_pairs_are_refused_named_once_and_training_goes_on(work
     named once with its reason; a 500-voxel value where the heart mask does not count is kept under
     the heart mask and refused when the whole grid counts. Nothing refused reaches the loss."""
     import svfnet.training.train as train_module
-    from svfnet.training.train import ReferenceTargets, heart_mask
+    from svfnet.training.pairs import ReferenceTargets, heart_mask
 
     cohort = Cohort.load(workdir, ["s0", "s1", "s2", "s3"])
     near = tuple(np.argwhere(cohort.labels[2] == 2)[0])  # fixed s2's myocardium
@@ -347,7 +349,7 @@ def test_every_pair_refused_is_a_clear_error_before_training(workdir):
 
 
 def test_a_non_finite_image_refuses_its_pairs(workdir, caplog):
-    from svfnet.training.train import RandomTargets, ReferenceTargets
+    from svfnet.training.pairs import RandomTargets, ReferenceTargets
 
     cohort = Cohort.load(workdir, ["s0", "s1", "s2", "s3"])
     images = cohort.images.copy()
@@ -457,7 +459,8 @@ def test_validation_never_takes_exp_of_a_non_finite_prediction(workdir, monkeypa
     """validate() says the prediction is not finite (never exp()'s error from deep inside); in
     training that stops the run at the validation's step and keeps the checkpoint before it."""
     from svfnet.training.model import SVFNet
-    from svfnet.training.train import ReferenceTargets, TrainingDiverged, validate
+    from svfnet.training.pairs import ReferenceTargets
+    from svfnet.training.train import TrainingDiverged, validate
 
     cohort = Cohort.load(workdir, ["s0", "s1", "s2", "s3"])
     batch = ReferenceTargets(workdir, cohort).validation(3)

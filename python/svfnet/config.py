@@ -405,7 +405,7 @@ def shapes_parameters(config: dict):
 
 def train_config(config: dict):
     from svfnet.training.model import SVFNetConfig
-    from svfnet.training.train import TrainConfig
+    from svfnet.training.train_config import TrainConfig
 
     model = config["model"]
     try:

@@ -116,7 +116,8 @@ _TRAIN_FLAGS = {  # flag -> TrainConfig field
 def run(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from svfnet.training.train import TrainConfig, saved_config, train
+    from svfnet.training.train import saved_config, train
+    from svfnet.training.train_config import TrainConfig
 
     # a resumed run starts from its saved configuration; a new one from the defaults. The flags
     # given change it (train() refuses a resumed run whose flags change anything but --steps).

@@ -141,7 +141,7 @@ def check_run_name(run: Any) -> str:
 
 
 def check_train_config(config: Any) -> None:
-    """A :class:`svfnet.training.train.TrainConfig` against the limits (its own checks refuse what is not
+    """A :class:`svfnet.training.train_config.TrainConfig` against the limits (its own checks refuse what is not
     positive or not finite; these refuse what is too large to be meant)."""
     for name, high in (
         ("steps", MAX_STEPS),

@@ -22,7 +22,7 @@ import numpy as np
 from scipy.ndimage import map_coordinates
 
 from svfnet.common.workdir import WorkDir
-from svfnet.ops import fields
+from svfnet.ops.resample import sample_labels
 
 
 @dataclass(frozen=True)
@@ -144,7 +144,7 @@ def to_original(
 
 def resample_labels(labels: np.ndarray, positions: np.ndarray, *, mode: str = "constant") -> np.ndarray:
     """Labels read at voxel positions by one-hot trilinear interpolation and argmax (the one vote of
-    :func:`svfnet.ops.fields.sample_labels`, the compiled kernel ``warp_labels`` uses too).
+    :func:`svfnet.ops.resample.sample_labels`, the compiled kernel ``warp_labels`` uses too).
 
     Args:
         labels: ``(I, J, K)`` integer labels.
@@ -154,7 +154,7 @@ def resample_labels(labels: np.ndarray, positions: np.ndarray, *, mode: str = "c
     Returns:
         uint8 labels of shape ``positions.shape[1:]``.
     """
-    return np.asarray(fields.sample_labels(np.asarray(labels), np.asarray(positions), mode=mode)).astype(
+    return np.asarray(sample_labels(np.asarray(labels), np.asarray(positions), mode=mode)).astype(
         np.uint8, copy=False
     )
 

@@ -66,7 +66,7 @@ from svfnet.evaluation.tasks import TASK_METHODS, run_as_tasks, run_in_process
 from svfnet.segmentation.evaluation import evaluate_segmentation
 from svfnet.segmentation.evaluation_report import report_section
 from svfnet.training.model import read_checkpoint
-from svfnet.training.train import TrainConfig
+from svfnet.training.train_config import TrainConfig
 
 __all__ = ["run_evaluation"]
 

@@ -212,5 +212,13 @@ def require_finite(func: str, name: str, backend: Backend, a: Array) -> None:
         raise ValueError(f"{func}(): '{name}' has {bad} non-finite values (NaN or infinity)")
 
 
+def labels_int32(func: str, backend: Backend, labels: Array) -> Array:
+    """``labels`` as int32 of the compute form; ValueError naming ``func`` when a value does not fit."""
+    lo, hi = int(labels.min()), int(labels.max())
+    if lo < -(2**31) or hi >= 2**31:
+        raise ValueError(f"{func}(): 'labels' values must fit in int32, got range [{lo}, {hi}]")
+    return backend.to_compute(func, "labels", labels, "int32")
+
+
 def shape_text(shape: tuple[int, ...]) -> str:
     return "(" + ", ".join(str(int(s)) for s in shape) + ")"

@@ -18,7 +18,15 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
-from svfnet.ops.backend import Array, Backend, backend_of, require_dtype, require_finite, shape_text
+from svfnet.ops.backend import (
+    Array,
+    Backend,
+    backend_of,
+    labels_int32,
+    require_dtype,
+    require_finite,
+    shape_text,
+)
 
 __all__ = [
     "LogConvergenceWarning",
@@ -30,7 +38,6 @@ __all__ = [
     "jacobian_det",
     "lie_bracket",
     "log",
-    "sample_labels",
     "warp",
     "warp_labels",
 ]
@@ -184,7 +191,7 @@ def warp_labels(labels: Array, disp: Array, *, mode: str = "nearest", fill: int 
     if layout[1] != 1:
         raise ValueError(f"{func}(): 'labels' must hold one label map per pair, got {shape_text(shape)}")
     field = _field(func, "disp", backend, disp)
-    data = _labels_int32(func, backend, labels)
+    data = labels_int32(func, backend, labels)
     out = backend.empty(layout, "int32")
     backend.launch("warp_labels", [data.reshape(layout), field.data5, out], mode == "onehot", fill)
     result = backend.from_compute(out.reshape(shape))
@@ -195,57 +202,6 @@ def warp_labels(labels: Array, disp: Array, *, mode: str = "nearest", fill: int 
         if backend.kind != "torch"
         else result.to(labels.dtype)
     )
-
-
-def sample_labels(labels: Array, positions: Array, *, mode: str = "constant") -> Array:
-    """Reads a label map at voxel positions of its grid by the one-hot vote of :func:`warp_labels`.
-
-    The same vote (each label's indicator interpolated trilinearly, then the argmax; ties to the smaller
-    label) as ``warp_labels(mode="onehot")``, at positions that may lie on another grid: the original
-    image's voxels read in the prepared grid, or the reverse (:mod:`svfnet.data.transform`).
-
-    Args:
-        labels: ``(I, J, K)`` integer or bool labels, values within int32.
-        positions: ``(3, ...)`` voxel positions in ``labels`` (component order i, j, k), finite; read in
-            float32.
-        mode: outside the grid's box ``[0, n - 1]`` along an axis, ``"constant"`` reads background (0),
-            ``"nearest"`` the nearest point of the box (as SciPy's ``map_coordinates`` modes of those names).
-
-    Returns:
-        Labels of shape ``positions.shape[1:]``, with ``labels``'s dtype.
-    """
-    func = "sample_labels"
-    backend = backend_of(func, labels=labels, positions=positions)
-    if mode not in ("constant", "nearest"):
-        raise ValueError(f"{func}(): 'mode' must be 'constant' or 'nearest', got {mode!r}")
-    require_dtype(func, "labels", labels, ("int", "bool"))
-    require_dtype(func, "positions", positions, ("float",))
-    grid, out_shape = tuple(labels.shape), tuple(positions.shape[1:])
-    if len(grid) != 3 or min(grid) == 0:
-        raise ValueError(
-            f"{func}(): 'labels' must be a non-empty (I, J, K) label map, got {shape_text(grid)}"
-        )
-    if len(positions.shape) < 2 or positions.shape[0] != 3 or math.prod(out_shape) == 0:
-        raise ValueError(
-            f"{func}(): 'positions' must be (3, ...) voxel positions, got {shape_text(positions.shape)}"
-        )
-    count = math.prod(out_shape)
-    points = backend.to_compute(func, "positions", positions, "float32").reshape(1, 3, 1, 1, count)
-    require_finite(func, "positions", backend, points)
-    data = _labels_int32(func, backend, labels).reshape(1, 1, *grid)
-    out = backend.empty((1, 1, 1, 1, count), "int32")
-    backend.launch("sample_labels", [points, data, out], mode == "nearest", 0, *grid)
-    result = backend.from_compute(out.reshape(out_shape))
-    if result.dtype == labels.dtype:
-        return result
-    return result.astype(labels.dtype) if backend.kind != "torch" else result.to(labels.dtype)
-
-
-def _labels_int32(func: str, backend: Backend, labels: Array) -> Array:
-    lo, hi = int(labels.min()), int(labels.max())
-    if lo < -(2**31) or hi >= 2**31:
-        raise ValueError(f"{func}(): 'labels' values must fit in int32, got range [{lo}, {hi}]")
-    return backend.to_compute(func, "labels", labels, "int32")
 
 
 # -------------------------------------------------------------------- composition, exp, log
@@ -421,6 +377,20 @@ def _polish_loss_gradient(backend: Backend, target: Array, remaining: Array, cou
     return -(weight * remaining)
 
 
+def _log_step(backend: Backend, v: Array, exp_v: Array, remaining: Array, scale: float, plain: bool) -> Array:
+    """One candidate step of :func:`log` from ``v`` (``remaining = u − exp(v)``): the BCH step to third
+    order, ``v + scale (d + ½[v, d] + (1/12)[v, [v, d]])`` with ``d = (I + ∇exp(v))⁻¹ remaining``, or with
+    ``plain`` the fixed-point step ``v + scale remaining`` (slower, but it goes on where BCH stalls)."""
+    if plain:
+        return v + scale * remaining
+    d = backend.empty(tuple(v.shape), "float32")
+    backend.launch("jacobian_solve", [exp_v, remaining, d])
+    bracket = _lie_bracket_batched(backend, v, d)
+    return v + scale * (d + 0.5 * bracket + _lie_bracket_batched(backend, v, bracket) / 12.0)
+
+
+# Long on purpose: one iteration whose state (v, its exponential, the residual, the step scale, the
+# BCH/plain/polishing mode) is shared by every branch; its docstring documents the algorithm.
 def log(
     u: Array,
     *,
@@ -509,13 +479,7 @@ def log(
                 break  # cannot happen with finite residuals; stop rather than carry NaNs on
             exp_c = polish.exp_v
         else:
-            if plain:  # the fixed-point step v + (u − exp v): slower, but it goes on where BCH stalls
-                candidate = v + scale * remaining
-            else:
-                d = backend.empty(tuple(v.shape), "float32")
-                backend.launch("jacobian_solve", [exp_v, remaining, d])
-                bracket = _lie_bracket_batched(backend, v, d)
-                candidate = v + scale * (d + 0.5 * bracket + _lie_bracket_batched(backend, v, bracket) / 12.0)
+            candidate = _log_step(backend, v, exp_v, remaining, scale, plain)
             exp_c = None
             if not backend.count_nonfinite(candidate):  # NaN/inf: a near-singular Jacobian, refused
                 exp_c = _exp_batched(backend, candidate, None)

@@ -125,6 +125,63 @@ def _device_of(model: SVFNet) -> torch.device:
     return next(model.parameters()).device
 
 
+def _checked_images(moving, fixed, moving_labels) -> tuple[np.ndarray, np.ndarray]:  # noqa: ANN001
+    """:func:`register`'s images as float32, refused where they are not finite volumes on one grid (with
+    the moving labels on it)."""
+    moving = np.asarray(moving, dtype=np.float32)
+    fixed = np.asarray(fixed, dtype=np.float32)
+    if moving.ndim != 3 or moving.shape != fixed.shape:
+        raise ValueError(
+            f"register(): 'moving' {moving.shape} and 'fixed' {fixed.shape} must be (I, J, K) volumes on one grid"
+        )
+    for name, image in (("moving", moving), ("fixed", fixed)):
+        if not np.isfinite(image).all():
+            raise ValueError(f"register(): '{name}' has non-finite values")
+    if moving_labels is not None and np.shape(moving_labels) != moving.shape:
+        raise ValueError(
+            f"register(): 'moving_labels' {np.shape(moving_labels)} must match 'moving' {moving.shape}"
+        )
+    return moving, fixed
+
+
+def _warn_other_grid(model: SVFNet, shape: tuple[int, ...], spacing_mm) -> None:  # noqa: ANN001
+    """:class:`ModelGridWarning` (for :func:`register`'s caller) where the images' grid or ``spacing_mm``
+    is not the one the model was trained on."""
+    trained_grid, trained_spacing = tuple(model.config.grid), tuple(model.config.spacing_mm)
+    if tuple(shape) != trained_grid or (
+        spacing_mm is not None and not np.allclose(spacing_mm, trained_spacing, rtol=1e-3, atol=0)
+    ):
+        here = "x".join(map(str, shape)) + (
+            f" at {' x '.join(f'{s:g}' for s in spacing_mm)} mm" if spacing_mm is not None else ""
+        )
+        warnings.warn(
+            f"register(): the images are on a {here} grid, the model was trained on "
+            f"{'x'.join(map(str, trained_grid))} at {' x '.join(f'{s:g}' for s in trained_spacing)} mm: it sees the "
+            "anatomy at another scale than it learnt (prepare the images on the model's grid, e.g. with "
+            "svfnet.registration.files)",
+            ModelGridWarning,
+            stacklevel=3,  # register()'s caller
+        )
+
+
+def _refined(
+    svf: torch.Tensor,
+    moving: np.ndarray,
+    fixed: np.ndarray,
+    spacing: tuple[float, ...],
+    overrides: dict[str, Any],
+    device: torch.device,
+) -> tuple[torch.Tensor, float]:
+    """SVF-Net's SVF refined by LCC Log-Demons started from it (on the CPU), and the seconds it took."""
+    from svfnet.baselines import lcc_demons
+
+    refine_started = time.perf_counter()
+    svf = torch.from_numpy(
+        lcc_demons.register(moving, fixed, spacing=spacing, initial_svf=svf.cpu().numpy(), **overrides)
+    ).to(device)
+    return svf, time.perf_counter() - refine_started
+
+
 def register(
     moving: np.ndarray,
     fixed: np.ndarray,
@@ -160,38 +217,12 @@ def register(
             exactly that grid.
     """
     model = as_model(model)
-    moving = np.asarray(moving, dtype=np.float32)
-    fixed = np.asarray(fixed, dtype=np.float32)
-    if moving.ndim != 3 or moving.shape != fixed.shape:
-        raise ValueError(
-            f"register(): 'moving' {moving.shape} and 'fixed' {fixed.shape} must be (I, J, K) volumes on one grid"
-        )
-    for name, image in (("moving", moving), ("fixed", fixed)):
-        if not np.isfinite(image).all():
-            raise ValueError(f"register(): '{name}' has non-finite values")
-    if moving_labels is not None and np.shape(moving_labels) != moving.shape:
-        raise ValueError(
-            f"register(): 'moving_labels' {np.shape(moving_labels)} must match 'moving' {moving.shape}"
-        )
+    moving, fixed = _checked_images(moving, fixed, moving_labels)
     overrides = refinement_params(refine, "register()")
     from svfnet.training.model import check_grid
 
     check_grid(moving.shape, "register()")
-    trained_grid, trained_spacing = tuple(model.config.grid), tuple(model.config.spacing_mm)
-    if tuple(moving.shape) != trained_grid or (
-        spacing_mm is not None and not np.allclose(spacing_mm, trained_spacing, rtol=1e-3, atol=0)
-    ):
-        here = "x".join(map(str, moving.shape)) + (
-            f" at {' x '.join(f'{s:g}' for s in spacing_mm)} mm" if spacing_mm is not None else ""
-        )
-        warnings.warn(
-            f"register(): the images are on a {here} grid, the model was trained on "
-            f"{'x'.join(map(str, trained_grid))} at {' x '.join(f'{s:g}' for s in trained_spacing)} mm: it sees the "
-            "anatomy at another scale than it learnt (prepare the images on the model's grid, e.g. with "
-            "svfnet.registration.files)",
-            ModelGridWarning,
-            stacklevel=2,
-        )
+    _warn_other_grid(model, moving.shape, spacing_mm)
     device = _device_of(model)
     started = time.perf_counter()
     with torch.no_grad():
@@ -203,19 +234,8 @@ def register(
         )[0]
     refinement_seconds = 0.0
     if overrides is not None:
-        from svfnet.baselines import lcc_demons
-
-        refine_started = time.perf_counter()
-        svf = torch.from_numpy(
-            lcc_demons.register(
-                moving,
-                fixed,
-                spacing=tuple(spacing_mm if spacing_mm is not None else model.config.spacing_mm),
-                initial_svf=svf.cpu().numpy(),
-                **overrides,
-            )
-        ).to(device)
-        refinement_seconds = time.perf_counter() - refine_started
+        spacing = tuple(spacing_mm if spacing_mm is not None else model.config.spacing_mm)
+        svf, refinement_seconds = _refined(svf, moving, fixed, spacing, overrides, device)
     with torch.no_grad():
         displacement = fields.exp(svf)
         warped = fields.warp(torch.from_numpy(moving).to(device), displacement)

@@ -49,6 +49,7 @@ from svfnet.data.transform import original_positions
 from svfnet.registration.arrays import Registration, refinement_params, register
 from svfnet.registration.pairs import PairFiles
 from svfnet.registration.prepare import (
+    OriginalImage,
     PreparedPair,
     labels_inside,
     prepare_pair,
@@ -264,6 +265,7 @@ def _register_nifti(
     started: float,
     refine: bool | Mapping[str, Any] = False,
 ) -> NiftiRegistration:
+    """:func:`register_nifti`'s work, once its arguments are checked, its outputs claimed and the prefix locked."""
     net = as_model(model, device, func="register_nifti")
     timings: dict[str, float] = {}
 
@@ -272,6 +274,47 @@ def _register_nifti(
     fixed_original = read_original("fixed", pair.fixed, pair.fixed_labels, mapping)
     timings["read"] = time.perf_counter() - tick
 
+    prepared = _prepared(pair, moving_original, fixed_original, net, rigid_initial, timings)
+
+    result = register(
+        prepared.moving,
+        prepared.fixed,
+        net,
+        moving_labels=prepared.moving_labels,
+        spacing_mm=tuple(net.config.spacing_mm),
+        refine=refine,
+    )
+    timings["network_exp_warp"] = result.seconds - result.refinement_seconds
+    if result.refinement_seconds:
+        timings["refinement"] = result.refinement_seconds
+
+    tick = time.perf_counter()
+    originals = _on_original_grid(result, prepared, moving_original, fixed_original)
+    timings["map_to_original"] = time.perf_counter() - tick
+    warnings = _warnings(prepared, moving_original, fixed_original)
+    source = checkpoint or (model if isinstance(model, (str, os.PathLike)) else None)
+    metadata = _metadata(
+        pair, source, net, mapping, prepared, fixed_original, result, refine, warnings, timings, outputs
+    )
+    if outputs:
+        _write_outputs(outputs, pair, result, prepared, fixed_original, originals, metadata, timings, started)
+    else:
+        timings["total"] = time.perf_counter() - started
+    return NiftiRegistration(
+        result, prepared, originals["positions"], originals["displacement"], outputs, metadata
+    )
+
+
+def _prepared(
+    pair: PairFiles,
+    moving_original: OriginalImage,
+    fixed_original: OriginalImage,
+    net: SVFNet,
+    rigid_initial: str,
+    timings: dict[str, float],
+) -> PreparedPair:
+    """The pair prepared on the model's grid (``timings`` gains the preparation's and the rigid
+    pre-alignment's seconds; the preparation path is logged)."""
     tick = time.perf_counter()
     prepared = prepare_pair(
         moving_original,
@@ -291,20 +334,17 @@ def _register_nifti(
         prepared.path,
         prepared.record["frame_from"],
     )
+    return prepared
 
-    result = register(
-        prepared.moving,
-        prepared.fixed,
-        net,
-        moving_labels=prepared.moving_labels,
-        spacing_mm=tuple(net.config.spacing_mm),
-        refine=refine,
-    )
-    timings["network_exp_warp"] = result.seconds - result.refinement_seconds
-    if result.refinement_seconds:
-        timings["refinement"] = result.refinement_seconds
 
-    tick = time.perf_counter()
+def _on_original_grid(
+    result: Registration,
+    prepared: PreparedPair,
+    moving_original: OriginalImage,
+    fixed_original: OriginalImage,
+) -> dict[str, np.ndarray | None]:
+    """The registration on the fixed image's original grid: the positions in the moving original grid,
+    the displacement and the SVF in world mm, the warped image and the warped labels (None without)."""
     fixed_t, moving_t = prepared.fixed_transform, prepared.moving_transform
     positions = original_positions(result.displacement, fixed_t, moving_t)
     fixed_grid_world = world_points(
@@ -324,8 +364,19 @@ def _register_nifti(
     warped_labels_original = (
         labels_inside(moving_original.labels, positions) if moving_original.labels is not None else None
     )
-    timings["map_to_original"] = time.perf_counter() - tick
+    return {
+        "positions": positions,
+        "displacement": displacement_mm,
+        "svf": svf_world,
+        "warped": warped_original,
+        "warped_labels": warped_labels_original,
+    }
 
+
+def _warnings(
+    prepared: PreparedPair, moving_original: OriginalImage, fixed_original: OriginalImage
+) -> list[str]:
+    """The preparation's warnings (logged) and the problems of the inputs' headers."""
     warnings = list(prepared.warnings)
     for warning in warnings:
         logger.warning("%s", warning)
@@ -334,7 +385,25 @@ def _register_nifti(
             if path is not None:
                 warnings += list(read_geometry(path)[0].problems)
 
-    metadata: dict[str, Any] = {
+    return warnings
+
+
+def _metadata(
+    pair: PairFiles,
+    source: str | os.PathLike | None,
+    net: SVFNet,
+    mapping: LabelMapping,
+    prepared: PreparedPair,
+    fixed_original: OriginalImage,
+    result: Registration,
+    refine: bool | Mapping[str, Any],
+    warnings: list[str],
+    timings: dict[str, float],
+    outputs: dict[str, Path],
+) -> dict[str, Any]:
+    """The registration's metadata (``PREFIX_metadata.json``): inputs, model (``source``: the checkpoint it
+    came from, if known), preparation, timings, outputs."""
+    return {
         "format": "svfnet-registration-1",
         "inputs": {
             "moving": str(pair.moving.resolve()),
@@ -344,9 +413,7 @@ def _register_nifti(
             "label_mapping": format_label_mapping(mapping),
         },
         "model": {
-            "checkpoint": str(Path(source).resolve())
-            if (source := checkpoint or (model if isinstance(model, (str, os.PathLike)) else None))
-            else None,
+            "checkpoint": str(Path(source).resolve()) if source else None,
             "config": net.config.to_dict(),
             "device": str(next(net.parameters()).device),
         },
@@ -366,51 +433,64 @@ def _register_nifti(
             for key, path in outputs.items()
         },
     }
-    if outputs:
-        tick = time.perf_counter()
-        volumes: dict[str, nib.Nifti1Image] = {
-            "warped": nifti_image(result.warped.astype(np.float32), prepared.fixed_prepared_affine),
-            "svf": vector_image(result.svf, prepared.fixed_prepared_affine, itk=False, name="svf vox ijk"),
-            "displacement": vector_image(
-                result.displacement, prepared.fixed_prepared_affine, itk=False, name="disp vox ijk"
-            ),
-            "fixed_prepared": nifti_image(prepared.fixed, prepared.fixed_prepared_affine),
-            "moving_prepared": nifti_image(prepared.moving, prepared.moving_prepared_affine),
-            "warped_original": nifti_image(warped_original, fixed_original.affine),
-            "svf_original": vector_image(svf_world, fixed_original.affine, itk=False, name="svf RAS mm"),
-            "displacement_original": vector_image(
-                displacement_mm, fixed_original.affine, itk=False, name="disp RAS mm"
-            ),
-        }
-        if result.warped_labels is not None:
-            volumes["warped_labels"] = nifti_image(
-                result.warped_labels.astype(np.uint8), prepared.fixed_prepared_affine
-            )
-        if warped_labels_original is not None:
-            volumes["warped_labels_original"] = nifti_image(warped_labels_original, fixed_original.affine)
-        # everything is computed before the first file is written, and every file is written beside
-        # its final name before any takes it (write beside, then swap): a failure while writing
-        # leaves an old set as it was. Then the old set's metadata (the mark of a complete set) goes
-        # first, with the old label outputs a registration without labels does not replace, the new
-        # files take their names, and the new metadata, written last, marks the new set complete: a
-        # kill half way never leaves new files beside old metadata.
-        with contextlib.ExitStack() as renames:
-            for key, image in volumes.items():
-                nib.save(image, str(renames.enter_context(atomic_path(outputs[key]))))
-            write_itk_displacement(
-                renames.enter_context(atomic_path(outputs["displacement_itk"])),
-                displacement_mm,
-                fixed_original.affine,
-            )
-            every = output_paths(pair.out_prefix, with_labels=True)
-            for stale in [every.pop("metadata"), *(p for k, p in every.items() if k not in outputs)]:
-                stale.unlink(missing_ok=True)
-        timings["write"] = time.perf_counter() - tick
-        timings["total"] = time.perf_counter() - started
-        write_json(outputs["metadata"], metadata)
-    else:
-        timings["total"] = time.perf_counter() - started
-    return NiftiRegistration(result, prepared, positions, displacement_mm, outputs, metadata)
+
+
+def _write_outputs(
+    outputs: dict[str, Path],
+    pair: PairFiles,
+    result: Registration,
+    prepared: PreparedPair,
+    fixed_original: OriginalImage,
+    originals: dict[str, np.ndarray | None],
+    metadata: dict[str, Any],
+    timings: dict[str, float],
+    started: float,
+) -> None:
+    """Writes every output beside its final name, swaps them in, the metadata last (``originals``: the
+    warped image, SVF, displacement and warped labels on the fixed original grid)."""
+    warped_original, svf_world = originals["warped"], originals["svf"]
+    displacement_mm, warped_labels_original = originals["displacement"], originals["warped_labels"]
+    tick = time.perf_counter()
+    volumes: dict[str, nib.Nifti1Image] = {
+        "warped": nifti_image(result.warped.astype(np.float32), prepared.fixed_prepared_affine),
+        "svf": vector_image(result.svf, prepared.fixed_prepared_affine, itk=False, name="svf vox ijk"),
+        "displacement": vector_image(
+            result.displacement, prepared.fixed_prepared_affine, itk=False, name="disp vox ijk"
+        ),
+        "fixed_prepared": nifti_image(prepared.fixed, prepared.fixed_prepared_affine),
+        "moving_prepared": nifti_image(prepared.moving, prepared.moving_prepared_affine),
+        "warped_original": nifti_image(warped_original, fixed_original.affine),
+        "svf_original": vector_image(svf_world, fixed_original.affine, itk=False, name="svf RAS mm"),
+        "displacement_original": vector_image(
+            displacement_mm, fixed_original.affine, itk=False, name="disp RAS mm"
+        ),
+    }
+    if result.warped_labels is not None:
+        volumes["warped_labels"] = nifti_image(
+            result.warped_labels.astype(np.uint8), prepared.fixed_prepared_affine
+        )
+    if warped_labels_original is not None:
+        volumes["warped_labels_original"] = nifti_image(warped_labels_original, fixed_original.affine)
+    # everything is computed before the first file is written, and every file is written beside
+    # its final name before any takes it (write beside, then swap): a failure while writing
+    # leaves an old set as it was. Then the old set's metadata (the mark of a complete set) goes
+    # first, with the old label outputs a registration without labels does not replace, the new
+    # files take their names, and the new metadata, written last, marks the new set complete: a
+    # kill half way never leaves new files beside old metadata.
+    with contextlib.ExitStack() as renames:
+        for key, image in volumes.items():
+            nib.save(image, str(renames.enter_context(atomic_path(outputs[key]))))
+        write_itk_displacement(
+            renames.enter_context(atomic_path(outputs["displacement_itk"])),
+            displacement_mm,
+            fixed_original.affine,
+        )
+        every = output_paths(pair.out_prefix, with_labels=True)
+        for stale in [every.pop("metadata"), *(p for k, p in every.items() if k not in outputs)]:
+            stale.unlink(missing_ok=True)
+    timings["write"] = time.perf_counter() - tick
+    timings["total"] = time.perf_counter() - started
+    write_json(outputs["metadata"], metadata)
 
 
 def _check_pair(pair: PairFiles, outputs: dict[str, Path], overwrite: bool) -> None:

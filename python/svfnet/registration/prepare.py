@@ -210,29 +210,17 @@ MIN_GRID_COVERAGE = 0.1
 LARGE_ROTATION_DEG = 30.0
 
 
-def prepare_pair(
+def _frames(
     moving: OriginalImage,
     fixed: OriginalImage,
     grid_shape: tuple[int, int, int],
     spacing_mm: tuple[float, float, float],
-    *,
-    rigid_initial: str = "geometry",
-    long_axis: str = "slices",
-) -> PreparedPair:
-    """Puts a pair on the model grid (see the module's description of the two paths).
-
-    Args:
-        moving, fixed: the inputs (:func:`read_original`).
-        grid_shape: the model's grid ``(I, J, K)``.
-        spacing_mm: the model's voxel size.
-        rigid_initial: start of the rigid pre-alignment (intensity path), see :func:`rigid_prealignment`.
-        long_axis: how the long axis is found from labels (:func:`svfnet.data.prepare.canonical_frame`):
-            the model's, as its training subjects were prepared.
-
-    Raises:
-        ValueError: an image cannot be prepared (the reason is given).
-    """
-    warnings: list[str] = []
+    rigid_initial: str,
+    long_axis: str,
+    warnings: list[str],
+) -> tuple[str, CanonicalFrame, CanonicalFrame, CommonGrid, str, RigidAlignment | None]:
+    """The pair's path ("labels" or "intensity"), the two canonical frames, the grid, where the frames came
+    from and the rigid pre-alignment (None on the labels path); ``warnings`` gains a large rotation."""
     rigid: RigidAlignment | None = None
     if moving.subject is not None and fixed.subject is not None:
         path = "labels"
@@ -267,14 +255,19 @@ def prepare_pair(
             grid = CommonGrid(tuple(grid_shape), tuple(spacing_mm), tuple(float(o) for o in origin))  # type: ignore[arg-type]
             frame_from = "fixed image geometry (field-of-view centre, slice normal, anatomy)"
         moving_frame = moved_frame(fixed_frame, to_moving, "rigid_prealignment")
+    return path, moving_frame, fixed_frame, grid, frame_from, rigid
 
-    moving_image, moving_labels, moving_transform, moving_outside, moving_warnings = prepare_one(
-        moving, moving_frame, grid, "moving"
-    )
-    fixed_image, fixed_labels, fixed_transform, fixed_outside, fixed_warnings = prepare_one(
-        fixed, fixed_frame, grid, "fixed"
-    )
-    warnings += moving_warnings + fixed_warnings
+
+def _check_coverage(
+    moving: OriginalImage,
+    fixed: OriginalImage,
+    moving_outside: float,
+    fixed_outside: float,
+    grid: CommonGrid,
+    warnings: list[str],
+) -> None:
+    """Refuses an image that leaves too little of the grid in its field of view; ``warnings`` gains one
+    that leaves more than half of it outside."""
     for role, original, outside in (("moving", moving, moving_outside), ("fixed", fixed, fixed_outside)):
         if 1.0 - outside < MIN_GRID_COVERAGE:
             raise ValueError(
@@ -286,6 +279,42 @@ def prepare_pair(
             warnings.append(
                 f"{role}: {100 * outside:.0f}% of the model's grid lies outside the image's field of view"
             )
+
+
+def prepare_pair(
+    moving: OriginalImage,
+    fixed: OriginalImage,
+    grid_shape: tuple[int, int, int],
+    spacing_mm: tuple[float, float, float],
+    *,
+    rigid_initial: str = "geometry",
+    long_axis: str = "slices",
+) -> PreparedPair:
+    """Puts a pair on the model grid (see the module's description of the two paths).
+
+    Args:
+        moving, fixed: the inputs (:func:`read_original`).
+        grid_shape: the model's grid ``(I, J, K)``.
+        spacing_mm: the model's voxel size.
+        rigid_initial: start of the rigid pre-alignment (intensity path), see :func:`rigid_prealignment`.
+        long_axis: how the long axis is found from labels (:func:`svfnet.data.prepare.canonical_frame`):
+            the model's, as its training subjects were prepared.
+
+    Raises:
+        ValueError: an image cannot be prepared (the reason is given).
+    """
+    warnings: list[str] = []
+    path, moving_frame, fixed_frame, grid, frame_from, rigid = _frames(
+        moving, fixed, grid_shape, spacing_mm, rigid_initial, long_axis, warnings
+    )
+    moving_image, moving_labels, moving_transform, moving_outside, moving_warnings = prepare_one(
+        moving, moving_frame, grid, "moving"
+    )
+    fixed_image, fixed_labels, fixed_transform, fixed_outside, fixed_warnings = prepare_one(
+        fixed, fixed_frame, grid, "fixed"
+    )
+    warnings += moving_warnings + fixed_warnings
+    _check_coverage(moving, fixed, moving_outside, fixed_outside, grid, warnings)
     record = {
         "path": path,
         "frame_from": frame_from,

@@ -82,6 +82,57 @@ def heart_region_mask(shape: tuple[int, ...], affine: np.ndarray, radius_mm: flo
     return (np.linalg.norm(across, axis=0) <= radius_mm).reshape(shape).astype(np.uint8)
 
 
+def _registration_method(sitk, mask, seed: int, threads: int | None):  # noqa: ANN001, ANN202
+    """The SimpleITK registration :func:`rigid_prealignment` runs: Mattes mutual information over
+    ``mask``, regular-step gradient descent, three levels."""
+    method = sitk.ImageRegistrationMethod()
+    if threads is not None:
+        method.SetNumberOfThreads(int(threads))
+    method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
+    method.SetMetricSamplingStrategy(method.RANDOM)
+    method.SetMetricSamplingPercentage(0.25, seed)
+    method.SetMetricFixedMask(mask)
+    method.SetInterpolator(sitk.sitkLinear)
+    method.SetOptimizerAsRegularStepGradientDescent(
+        learningRate=1.0, minStep=1e-3, numberOfIterations=100, relaxationFactor=0.5
+    )
+    method.SetOptimizerScalesFromPhysicalShift()
+    method.SetShrinkFactorsPerLevel([4, 2, 1])
+    method.SetSmoothingSigmasPerLevel([4.0, 2.0, 0.0])
+    method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
+    return method
+
+
+def _initial_transform(sitk, fixed_image, moving_image, initial: str):  # noqa: ANN001, ANN202
+    """The Euler 3D start: field-of-view centres aligned (``"geometry"``) or the identity of the world
+    frames, centred on the fixed image (``"world"``)."""
+    if initial == "geometry":
+        start = sitk.CenteredTransformInitializer(
+            fixed_image,
+            moving_image,
+            sitk.Euler3DTransform(),
+            sitk.CenteredTransformInitializerFilter.GEOMETRY,
+        )
+    else:
+        start = sitk.Euler3DTransform()
+        start.SetCenter(
+            fixed_image.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in fixed_image.GetSize()])
+        )
+    return start
+
+
+def _ras_matrix(transform) -> np.ndarray:  # noqa: ANN001
+    """The fixed-world (RAS+) to moving-world ``(4, 4)`` matrix of a SimpleITK (LPS) affine transform."""
+    # the transform is affine: read its matrix off the images of the origin and the unit vectors
+    origin = np.array(transform.TransformPoint((0.0, 0.0, 0.0)))
+    columns = [np.array(transform.TransformPoint(tuple(np.eye(3)[n]))) - origin for n in range(3)]
+    lps = np.eye(4)
+    lps[:3, :3], lps[:3, 3] = np.stack(columns, axis=1), origin
+    flip = np.diag([-1.0, -1.0, 1.0, 1.0])
+    ras = flip @ lps @ flip
+    return ras
+
+
 def rigid_prealignment(
     moving: np.ndarray,
     moving_affine: np.ndarray,
@@ -133,46 +184,14 @@ def rigid_prealignment(
     )
     mask.CopyInformation(fixed_image)
 
-    method = sitk.ImageRegistrationMethod()
-    if threads is not None:
-        method.SetNumberOfThreads(int(threads))
-    method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
-    method.SetMetricSamplingStrategy(method.RANDOM)
-    method.SetMetricSamplingPercentage(0.25, seed)
-    method.SetMetricFixedMask(mask)
-    method.SetInterpolator(sitk.sitkLinear)
-    method.SetOptimizerAsRegularStepGradientDescent(
-        learningRate=1.0, minStep=1e-3, numberOfIterations=100, relaxationFactor=0.5
-    )
-    method.SetOptimizerScalesFromPhysicalShift()
-    method.SetShrinkFactorsPerLevel([4, 2, 1])
-    method.SetSmoothingSigmasPerLevel([4.0, 2.0, 0.0])
-    method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
-    if initial == "geometry":
-        start = sitk.CenteredTransformInitializer(
-            fixed_image,
-            moving_image,
-            sitk.Euler3DTransform(),
-            sitk.CenteredTransformInitializerFilter.GEOMETRY,
-        )
-    else:
-        start = sitk.Euler3DTransform()
-        start.SetCenter(
-            fixed_image.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in fixed_image.GetSize()])
-        )
+    method = _registration_method(sitk, mask, seed, threads)
+    start = _initial_transform(sitk, fixed_image, moving_image, initial)
     method.SetInitialTransform(start, inPlace=False)
     try:
         transform = method.Execute(fixed_image, moving_image)
     except RuntimeError as error:  # ITK exceptions (e.g. too few samples in the overlap)
         raise ValueError(f"the rigid pre-alignment failed: {str(error).strip().splitlines()[-1]}") from None
-
-    # the transform is affine: read its matrix off the images of the origin and the unit vectors
-    origin = np.array(transform.TransformPoint((0.0, 0.0, 0.0)))
-    columns = [np.array(transform.TransformPoint(tuple(np.eye(3)[n]))) - origin for n in range(3)]
-    lps = np.eye(4)
-    lps[:3, :3], lps[:3, 3] = np.stack(columns, axis=1), origin
-    flip = np.diag([-1.0, -1.0, 1.0, 1.0])
-    ras = flip @ lps @ flip
+    ras = _ras_matrix(transform)
     metric = float(method.GetMetricValue())
     if not (np.all(np.isfinite(ras)) and math.isfinite(metric)):
         raise ValueError("the rigid pre-alignment diverged (non-finite transform or metric)")

@@ -45,7 +45,6 @@ import json
 import logging
 import math
 import os
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,12 +55,11 @@ import numpy as np
 from svfnet.common.atomic import atomic_path, write_json
 from svfnet.common.workdir import REGIONS, WorkDir
 from svfnet.evaluation.tables import SUMMARY_COLUMNS, describe, write_csv
+from svfnet.segmentation.evaluation_subjects import file_digest, read_subject, score_subject, split_subjects
 from svfnet.segmentation.scores import (
-    calibration_counts,
     calibration_rows,
     expected_calibration_error,
     pooled,
-    region_scores,
 )
 
 __all__ = [
@@ -130,238 +128,9 @@ CALIBRATION_COLUMNS = (
 METRICS = (("dice", "Dice"), ("hausdorff95_mm", "Hausdorff 95% (mm)"))
 
 
-# ------------------------------------------------------------------------------------------ inputs
-@dataclass(frozen=True)
-class _Subject:
-    """A subject to segment: its image (path or array/affine) and its true labels on that image's grid."""
-
-    id: str
-    image: Any
-    truth: np.ndarray
-    spacing_mm: tuple[float, float, float]
-    source: str  # "original" or "prepared"
-    digest: str
-
-
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
-
-
-def _read_subject(workdir: Path, subject_id: str, entry: Mapping[str, Any]) -> _Subject:
-    """The subject's source image and labels (mapped as the dataset was), else its prepared ones."""
-    from svfnet.data.labels import parse_label_mapping
-    from svfnet.data.nifti import read_nifti
-    from svfnet.registration.prepare import read_original
-
-    source = entry.get("source") or {}
-    image_path, labels_path = source.get("image"), source.get("labels")
-    if image_path and labels_path and Path(image_path).is_file() and Path(labels_path).is_file():
-        mapping = parse_label_mapping(source["label_mapping"]) if source.get("label_mapping") else None
-        if mapping is None:
-            from svfnet.data.labels import IDENTITY_LABELS
-
-            mapping = dict(IDENTITY_LABELS)
-        original = read_original("image", image_path, labels_path, mapping)
-        spacing = tuple(float(s) for s in np.linalg.norm(original.affine[:3, :3], axis=0))
-        mapping_text = source.get("label_mapping")
-        digest = f"{_file_digest(Path(image_path))}-{_file_digest(Path(labels_path))}-{mapping_text}"
-        return _Subject(
-            subject_id, Path(image_path), original.labels.astype(np.uint8), spacing, "original", digest
-        )
-    folder = WorkDir(workdir)
-    image, affine = read_nifti(folder.image(subject_id), kind="image")
-    labels = read_nifti(folder.labels(subject_id), kind="labels")[0].astype(np.uint8)
-    spacing = tuple(float(s) for s in np.linalg.norm(affine[:3, :3], axis=0))
-    from svfnet.common.workdir import array_digest
-
-    digest = f"prepared-{array_digest(image)}-{array_digest(labels)}"
-    return _Subject(subject_id, (image, affine), labels, spacing, "prepared", digest)
-
-
-def _split_subjects(workdir: Path) -> tuple[list[str], list[str], str]:
-    """(subjects to segment, atlas subjects, "test" or "val")."""
-    from svfnet.data.split import subject_split
-
-    split = subject_split(workdir)
-    if not split.train:
-        raise ValueError(f"{workdir / 'split.json'} has no training subjects: no atlases to segment from")
-    if split.test:
-        return sorted(split.test), list(split.train), "test"
-    if split.val:
-        logger.warning(
-            "%s has no test subjects: segmenting the %d validation subjects instead",
-            workdir / "split.json",
-            len(split.val),
-        )
-        return sorted(split.val), list(split.train), "val"
-    raise ValueError(f"{workdir / 'split.json'} has neither test nor validation subjects: nothing to segment")
-
-
 def _settings_key(settings: Mapping[str, Any]) -> str:
     payload = json.dumps({"version": RECORD_VERSION, **settings}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
-
-
-# ------------------------------------------------------------------------------------------ one subject
-def _fused_outputs(fused: np.ndarray, prepared: Any, label_values: tuple[int, ...]) -> dict[str, np.ndarray]:
-    """Labels, uncertainty and probability of error on the image's grid, as segment() computes them."""
-    from svfnet.segmentation.fusion import argmax_labels, normalised_entropy
-    from svfnet.segmentation.multi_atlas import probabilities_to_original
-
-    probabilities = probabilities_to_original(fused, prepared.transform)
-    return {
-        "labels": argmax_labels(probabilities, label_values),
-        "uncertainty": normalised_entropy(probabilities),
-        "error_probability": np.clip(1.0 - probabilities.max(axis=0), 0.0, 1.0).astype(np.float32),
-    }
-
-
-def _views(
-    image: np.ndarray, truth: np.ndarray, fused: Mapping[str, Mapping[str, np.ndarray]], spacing
-) -> dict:
-    """The short-axis slice (k) and long-axis cut (j) through the true LV's centre, of every map."""
-    mask = np.isin(truth, (1, 2))
-    centre = (
-        [int(round(float(c.mean()))) for c in np.nonzero(mask)]
-        if mask.any()
-        else [n // 2 for n in truth.shape]
-    )
-    _, cj, ck = centre
-    arrays: dict[str, np.ndarray] = {
-        "spacing_mm": np.asarray(spacing, np.float64),
-        "centre": np.asarray(centre),
-        "image_sa": image[:, :, ck].astype(np.float32),
-        "image_la": image[:, cj, :].astype(np.float32),
-        "truth_sa": truth[:, :, ck].astype(np.uint8),
-        "truth_la": truth[:, cj, :].astype(np.uint8),
-    }
-    for method, maps in fused.items():
-        arrays[f"{method}_labels_sa"] = maps["labels"][:, :, ck].astype(np.uint8)
-        arrays[f"{method}_labels_la"] = maps["labels"][:, cj, :].astype(np.uint8)
-        arrays[f"{method}_uncertainty_sa"] = maps["uncertainty"][:, :, ck].astype(np.float32)
-        arrays[f"{method}_uncertainty_la"] = maps["uncertainty"][:, cj, :].astype(np.float32)
-    return arrays
-
-
-def _score_subject(
-    subject: _Subject,
-    net: Any,
-    atlases: Any,
-    refinement: dict[str, Any] | None,
-    progress: bool,
-) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Segments one subject with every method; its record (scores, calibration, timings) and views."""
-    from svfnet.segmentation import multi_atlas as seg
-
-    timings: dict[str, float] = {}
-    started = tick = time.perf_counter()
-    original = seg._read_image(subject.image)
-    timings["read"] = time.perf_counter() - tick
-    if original.image.shape != subject.truth.shape:
-        raise ValueError(
-            f"{subject.id}: its image {original.image.shape} and labels {subject.truth.shape} differ in shape"
-        )
-    # as segment() does with its defaults (tests/test_segmentation_evaluation.py compares the two)
-    tick = time.perf_counter()
-    prepared = seg.prepare_target(
-        original, atlases, references=seg.DEFAULT_REFERENCES, rigid_initial="geometry"
-    )
-    timings["align_prepare"] = time.perf_counter() - tick
-    tick = time.perf_counter()
-    similarities = seg.image_similarity(
-        prepared.image, np.stack([a.image for a in atlases.atlases]), prepared.inside
-    )
-    if float(similarities.max()) < seg.DEFAULT_MIN_CORRELATION:
-        raise ValueError(
-            f"{subject.id}: no heart found: after the rigid alignment the image correlates with no atlas "
-            "better "
-            f"than {float(similarities.max()):.2f} (at least {seg.DEFAULT_MIN_CORRELATION:g} expected)"
-        )
-    order = np.argsort(-similarities, kind="stable")
-    chosen = atlases.subset(order)
-    timings["select"] = time.perf_counter() - tick
-    registrations = {"": seg.register_atlases(net, prepared.image, chosen, symmetric=seg.DEFAULT_SYMMETRIC)}
-    timings["register_warp"] = registrations[""].seconds
-    if refinement is not None:
-        from svfnet.segmentation.refinement import refine_registrations
-
-        registrations["_refined"], timings["refinement"] = refine_registrations(
-            registrations[""], prepared.image, chosen, refinement, progress=progress
-        )
-    values = atlases.label_values
-    scores: dict[str, Any] = {}
-    calibration: dict[str, Any] = {}
-    uncertainty_split: dict[str, Any] = {}
-    fused_maps: dict[str, dict[str, np.ndarray]] = {}
-    seconds: dict[str, float] = {}
-    base = timings["read"] + timings["align_prepare"] + timings["select"] + timings["register_warp"]
-    for suffix, result in registrations.items():
-        extra = timings.get("refinement", 0.0) if suffix else 0.0
-        tick = time.perf_counter()
-        lcc = seg.local_correlations(
-            result.warped_images, prepared.image, atlases.grid.spacing_mm, seg.DEFAULT_LCC_SIGMA_MM
-        )
-        weights = seg.lcc_weights(lcc, seg.DEFAULT_SHARPNESS)
-        lcc_s = time.perf_counter() - tick
-        for fusion in ("majority", "weighted"):
-            tick = time.perf_counter()
-            fused = seg.fuse(result.probabilities, weights if fusion == "weighted" else None)
-            maps = _fused_outputs(fused, prepared, values)
-            method = fusion + suffix
-            seconds[method] = (
-                base + extra + (time.perf_counter() - tick) + (lcc_s if fusion == "weighted" else 0.0)
-            )
-            fused_maps[method] = maps
-            scores[method] = region_scores(maps["labels"], subject.truth, subject.spacing_mm)
-            wrong = maps["labels"] != subject.truth
-            calibration[method] = {
-                "entropy": calibration_counts(maps["uncertainty"], wrong),
-                "error_probability": calibration_counts(maps["error_probability"], wrong),
-            }
-            heart = (maps["labels"] > 0) | (subject.truth > 0)
-            uncertainty_split[method] = {
-                "wrong": float(maps["uncertainty"][wrong].mean()) if wrong.any() else None,
-                "right_heart": float(maps["uncertainty"][heart & ~wrong].mean())
-                if (heart & ~wrong).any()
-                else None,
-                "wrong_voxels": int(np.count_nonzero(wrong)),
-                "heart_voxels": int(np.count_nonzero(heart)),
-            }
-        # each atlas alone: its warped labels' most probable label, on the image's grid
-        tick = time.perf_counter()
-        singles = [
-            region_scores(
-                seg.argmax_labels(seg.probabilities_to_original(p, prepared.transform), values),
-                subject.truth,
-                subject.spacing_mm,
-            )
-            for p in result.probabilities
-        ]
-        scores["single" + suffix] = {
-            "per_atlas": {atlas.id: s for atlas, s in zip(chosen.atlases, singles, strict=True)},
-        }
-        seconds["single" + suffix] = base + extra
-        timings["single_atlas_scoring" + suffix] = time.perf_counter() - tick
-    timings["total"] = time.perf_counter() - started
-    record = {
-        "subject": subject.id,
-        "source": subject.source,
-        "atlases": [a.id for a in chosen.atlases],
-        "similarities": [float(s) for s in similarities[order]],
-        "reference_atlas": prepared.reference,
-        "grid_inside_fraction": float(prepared.inside.mean()),
-        "warnings": list(prepared.warnings),
-        "scores": scores,
-        "calibration": calibration,
-        "uncertainty": uncertainty_split,
-        "seconds": seconds,
-        "timings_s": timings,
-    }
-    return record, _views(original.image, subject.truth, fused_maps, subject.spacing_mm)
 
 
 # ------------------------------------------------------------------------------------------ tables
@@ -621,19 +390,13 @@ def evaluate_segmentation(
     import svfnet
     from svfnet.registration.arrays import refinement_params
     from svfnet.segmentation.atlases import read_atlases
-    from svfnet.segmentation.fusion import DEFAULT_SHARPNESS
-    from svfnet.segmentation.multi_atlas import (
-        DEFAULT_LCC_SIGMA_MM,
-        DEFAULT_REFERENCES,
-        check_atlas_grid,
-    )
+    from svfnet.segmentation.multi_atlas import check_atlas_grid
 
-    workdir = Path(workdir)
-    checkpoint = Path(checkpoint)
+    workdir, checkpoint = Path(workdir), Path(checkpoint)
     refinement = refinement_params(refine, "evaluate_segmentation()")
     if not checkpoint.is_file():
         raise FileNotFoundError(f"{checkpoint}: no such checkpoint")
-    subject_ids, atlas_ids, subject_set = _split_subjects(workdir)
+    subject_ids, atlas_ids, subject_set = split_subjects(workdir)
     atlases = read_atlases(workdir, atlas_ids)
     if model is None:
         from svfnet.training.model import load
@@ -642,9 +405,54 @@ def evaluate_segmentation(
     check_atlas_grid(model, atlases, str(checkpoint))
     entries = {e["id"]: e for e in json.loads(WorkDir(workdir).subjects_json.read_text())["subjects"]}
     methods = tuple(m for m in METHODS if refinement is not None or not m.endswith("_refined"))
-    settings = {
+    settings = _settings(checkpoint, atlases, refinement)
+    folder = WorkDir(workdir).evaluation / "segmentation"
+    records: dict[str, dict[str, Any]] = {}
+    computed = 0
+    for subject_id in tqdm(subject_ids, desc="segmenting subjects", unit="subject", disable=not progress):
+        records[subject_id], done_now = _subject_record(
+            workdir,
+            folder,
+            subject_id,
+            entries.get(subject_id, {}),
+            settings,
+            model,
+            atlases,
+            refinement,
+            progress,
+        )
+        computed += done_now
+    rows, summary, calibration, sources, files = _write_tables(folder, records, methods)
+    result = SegmentationEvaluation(
+        folder,
+        subject_set,
+        tuple(subject_ids),
+        tuple(a.id for a in atlases.atlases),
+        methods,
+        records,
+        rows,
+        summary,
+        calibration,
+        sources,
+        settings,
+        computed,
+        _headline(summary, methods, len(subject_ids), len(atlases), subject_set),
+        files,
+    )
+    write_json(files["json"], _json_safe(result.json_ready()))
+    return result
+
+
+def _settings(checkpoint: Path, atlases: Any, refinement: dict[str, Any] | None) -> dict[str, Any]:
+    """What a subject's record depends on besides the subject (its key): the checkpoint, the atlases, the
+    refinement and the fusion's defaults."""
+    from svfnet.segmentation.fusion import DEFAULT_SHARPNESS
+    from svfnet.segmentation.multi_atlas import DEFAULT_LCC_SIGMA_MM
+    from svfnet.segmentation.target import DEFAULT_REFERENCES
+
+    return {
         "checkpoint": str(checkpoint),
-        "checkpoint_sha256": _file_digest(checkpoint),
+        "checkpoint_sha256": file_digest(checkpoint),
         "atlases": {a.id: f"{_array_digest(a.image)}-{_array_digest(a.labels)}" for a in atlases.atlases},
         "refinement": None
         if refinement is None
@@ -655,47 +463,62 @@ def evaluate_segmentation(
             "references": DEFAULT_REFERENCES,
         },
     }
-    folder = WorkDir(workdir).evaluation / "segmentation"
-    records: dict[str, dict[str, Any]] = {}
-    computed = 0
-    for subject_id in tqdm(subject_ids, desc="segmenting subjects", unit="subject", disable=not progress):
-        record_path = folder / "records" / f"{subject_id}.json"
-        try:
-            subject = _read_subject(workdir, subject_id, entries.get(subject_id, {}))
-        except Exception as error:  # a broken subject fails its rows, not the run
-            records[subject_id] = {"subject": subject_id, "error": f"{type(error).__name__}: {error}"}
-            logger.warning("segmentation: cannot read %s: %s", subject_id, error)
-            continue
-        key = _settings_key({**settings, "subject": subject.digest})
-        old = _read_record(record_path)
-        if (
-            old is not None
-            and old.get("key") == key
-            and not old.get("error")
-            and (folder / "views" / f"{subject_id}.npz").is_file()
-        ):
-            records[subject_id] = old
-            continue
-        computed += 1
-        try:
-            record, views = _score_subject(subject, model, atlases, refinement, progress)
-        except Exception as error:
-            logger.warning("segmentation of %s failed: %s", subject_id, error)
-            record, views = (
-                {
-                    "subject": subject_id,
-                    "source": subject.source,
-                    "error": f"{type(error).__name__}: {error}",
-                },
-                None,
-            )
-        record["key"] = key
-        if views is not None:
-            with atomic_path(folder / "views" / f"{subject_id}.npz") as temporary:
-                np.savez_compressed(temporary, **views)
-        write_json(record_path, _json_safe(record))
-        records[subject_id] = json.loads(json.dumps(_json_safe(record)))  # as read back on a re-run
 
+
+def _subject_record(
+    workdir: Path,
+    folder: Path,
+    subject_id: str,
+    entry: Mapping[str, Any],
+    settings: Mapping[str, Any],
+    model: Any,
+    atlases: Any,
+    refinement: dict[str, Any] | None,
+    progress: bool,
+) -> tuple[dict[str, Any], bool]:
+    """One subject's record, and whether it was computed now: read back where its record has the same
+    settings (and its views exist), else segmented and scored, its record and views written; a subject
+    that cannot be read or segmented gets a record naming the error."""
+    record_path = folder / "records" / f"{subject_id}.json"
+    try:
+        subject = read_subject(workdir, subject_id, entry)
+    except Exception as error:  # a broken subject fails its rows, not the run
+        logger.warning("segmentation: cannot read %s: %s", subject_id, error)
+        return {"subject": subject_id, "error": f"{type(error).__name__}: {error}"}, False
+    key = _settings_key({**settings, "subject": subject.digest})
+    old = _read_record(record_path)
+    if (
+        old is not None
+        and old.get("key") == key
+        and not old.get("error")
+        and (folder / "views" / f"{subject_id}.npz").is_file()
+    ):
+        return old, False
+    try:
+        record, views = score_subject(subject, model, atlases, refinement, progress)
+    except Exception as error:
+        logger.warning("segmentation of %s failed: %s", subject_id, error)
+        record, views = (
+            {
+                "subject": subject_id,
+                "source": subject.source,
+                "error": f"{type(error).__name__}: {error}",
+            },
+            None,
+        )
+    record["key"] = key
+    if views is not None:
+        with atomic_path(folder / "views" / f"{subject_id}.npz") as temporary:
+            np.savez_compressed(temporary, **views)
+    write_json(record_path, _json_safe(record))
+    return json.loads(json.dumps(_json_safe(record))), True  # as read back on a re-run
+
+
+def _write_tables(
+    folder: Path, records: Mapping[str, Mapping[str, Any]], methods: Sequence[str]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]], dict[str, int], dict[str, Path]]:
+    """``subjects.csv``, ``summary.csv`` and ``calibration.csv`` from the records: their rows, how many
+    subjects were scored from each source, and the files (with ``segmentation.json``, written later)."""
     rows = _subject_rows(records, methods)
     summary = _summary_rows(rows, methods)
     done = [r for r in records.values() if not r.get("error")]
@@ -715,24 +538,7 @@ def evaluate_segmentation(
     write_csv(files["subjects"], SUBJECT_COLUMNS, rows, missing="")
     write_csv(files["summary"], SUMMARY_COLUMNS, summary, missing="")
     write_csv(files["calibration"], CALIBRATION_COLUMNS, calibration, missing="")
-    result = SegmentationEvaluation(
-        folder,
-        subject_set,
-        tuple(subject_ids),
-        tuple(a.id for a in atlases.atlases),
-        methods,
-        records,
-        rows,
-        summary,
-        calibration,
-        sources,
-        settings,
-        computed,
-        _headline(summary, methods, len(subject_ids), len(atlases), subject_set),
-        files,
-    )
-    write_json(files["json"], _json_safe(result.json_ready()))
-    return result
+    return rows, summary, calibration, sources, files
 
 
 def _array_digest(array: np.ndarray) -> str:

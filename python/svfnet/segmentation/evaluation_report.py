@@ -235,11 +235,28 @@ def _number(value: float | None, digits: int = 3) -> str:
 def report_section(evaluation: SegmentationEvaluation, figures: str | os.PathLike) -> str:
     """Draws the section's figures into ``figures`` and returns the section's HTML (for
     :func:`svfnet.evaluation.report.write_report`)."""
-    from svfnet.evaluation.report import figure_html, html_table, html_text
-
     figures = Path(figures)
     by_key = {(r["method"], r["name"], r["metric"]): r for r in evaluation.summary}
     methods = evaluation.methods
+    parts = _introduction(evaluation, methods)
+    parts += _score_tables(by_key, methods)
+    parts += _calibration(evaluation, figures, methods)
+    parts += _gallery(evaluation, figures, methods)
+    parts.append(
+        '<p>Files: <a href="segmentation/subjects.csv">segmentation/subjects.csv</a> (every subject, method '
+        "and "
+        'region), <a href="segmentation/summary.csv">segmentation/summary.csv</a>, '
+        '<a href="segmentation/calibration.csv">segmentation/calibration.csv</a>, '
+        '<a href="segmentation/segmentation.json">segmentation/segmentation.json</a>.</p>'
+    )
+    return "\n".join(parts)
+
+
+def _introduction(evaluation: SegmentationEvaluation, methods: Sequence[str]) -> list[str]:
+    """The section's heading and what was done, with notes on subjects segmented from their prepared
+    image or not segmented."""
+    from svfnet.evaluation.report import html_text
+
     parts = [
         "<h2>Segmentation of the test subjects (multi-atlas)</h2>",
         f"<p>Each of the {len(evaluation.subjects)} {html_text(evaluation.subject_set)} subjects was segmented "
@@ -274,6 +291,17 @@ def report_section(evaluation: SegmentationEvaluation, figures: str | os.PathLik
             + html_text("; ".join(f"{s}: {e}" for s, e in evaluation.failed().items()))
             + "</p>"
         )
+    return parts
+
+
+def _score_tables(
+    by_key: Mapping[tuple[str, str, str], Mapping[str, Any]], methods: Sequence[str]
+) -> list[str]:
+    """A table of each metric (mean ± standard deviation per method and region), the published ACDC
+    reference and the time per subject."""
+    from svfnet.evaluation.report import html_table, html_text
+
+    parts = []
     for metric, label in METRICS:
         header = ["method", *REGIONS.values()] + (["mean over regions"] if metric == "dice" else [])
         body = []
@@ -309,6 +337,15 @@ def report_section(evaluation: SegmentationEvaluation, figures: str | os.PathLik
             "to the image's grid; scoring not included.</p>"
         )
         parts.append(html_table(["method", "seconds"], timing))
+    return parts
+
+
+def _calibration(evaluation: SegmentationEvaluation, figures: Path, methods: Sequence[str]) -> list[str]:
+    """The reliability figure, the default method's error rate per bin of uncertainty and each fused
+    method's expected calibration error."""
+    from svfnet.evaluation.report import figure_html, html_table, html_text
+
+    parts = []
     # calibration
     parts.append("<h3>Is the uncertainty right? (calibration)</h3>")
     path = figures / "segmentation_reliability.png"
@@ -352,6 +389,14 @@ def report_section(evaluation: SegmentationEvaluation, figures: str | os.PathLik
             "small: the curves and the table above show the uncertain voxels.</p>"
         )
         parts.append(html_table(["method", "expected calibration error"], errors))
+    return parts
+
+
+def _gallery(evaluation: SegmentationEvaluation, figures: Path, methods: Sequence[str]) -> list[str]:
+    """The examples: each gallery subject's figure with its caption."""
+    from svfnet.evaluation.report import figure_html
+
+    parts = []
     # gallery
     parts.append("<h3>Examples</h3>")
     shown = [m for m in ("weighted", "weighted_refined") if m in methods]
@@ -385,11 +430,4 @@ def report_section(evaluation: SegmentationEvaluation, figures: str | os.PathLik
             )
         )
     parts.append("".join(example_html) or "<p>No subject was segmented.</p>")
-    parts.append(
-        '<p>Files: <a href="segmentation/subjects.csv">segmentation/subjects.csv</a> (every subject, method '
-        "and "
-        'region), <a href="segmentation/summary.csv">segmentation/summary.csv</a>, '
-        '<a href="segmentation/calibration.csv">segmentation/calibration.csv</a>, '
-        '<a href="segmentation/segmentation.json">segmentation/segmentation.json</a>.</p>'
-    )
-    return "\n".join(parts)
+    return parts

@@ -268,6 +268,22 @@ def rotate_in_plane(
         ValueError: an argument of the wrong shape or dtype, not finite, or the wrong length of
             ``angles_rad`` or ``spacing_mm``.
     """
+    moving, fixed, target, angles, spacing = _checked_rotation(
+        moving, fixed, target, moving_labels, fixed_labels, angles_rad, spacing_mm
+    )
+    return _rotated(moving, fixed, target, moving_labels, fixed_labels, angles, spacing)
+
+
+def _checked_rotation(
+    moving: np.ndarray,
+    fixed: np.ndarray,
+    target: np.ndarray,
+    moving_labels: np.ndarray,
+    fixed_labels: np.ndarray,
+    angles_rad: np.ndarray,
+    spacing_mm,  # noqa: ANN001
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[float]]:
+    """:func:`rotate_in_plane`'s arguments checked: the arrays, the angles as float64 and the spacing."""
     func = "rotate_in_plane"
     moving = _real_array(func, "moving", moving, 4)
     grid = tuple(int(s) for s in moving.shape[1:])
@@ -301,7 +317,20 @@ def rotate_in_plane(
         raise ValueError(spacing_message) from None
     if len(spacing) != 3 or not all(math.isfinite(s) and s > 0 for s in spacing):
         raise ValueError(spacing_message)
+    return moving, fixed, target, angles, spacing
 
+
+def _rotated(
+    moving: np.ndarray,
+    fixed: np.ndarray,
+    target: np.ndarray,
+    moving_labels: np.ndarray,
+    fixed_labels: np.ndarray,
+    angles: np.ndarray,
+    spacing: list[float],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`rotate_in_plane`'s work on checked arguments."""
+    grid = tuple(int(s) for s in moving.shape[1:])
     out_moving = moving.astype(np.float32, copy=True)
     out_fixed = fixed.astype(np.float32, copy=True)
     out_target = target.astype(np.float32, copy=True)

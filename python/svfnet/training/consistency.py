@@ -125,7 +125,7 @@ def batch_inverse_consistency(disp: torch.Tensor, weights: torch.Tensor | None =
     )
 
 
-def reversed_batch(batch, reverse_target: np.ndarray):  # noqa: ANN001, ANN201 - svfnet.training.train.Batch (no import cycle)
+def reversed_batch(batch, reverse_target: np.ndarray):  # noqa: ANN001, ANN201 - svfnet.training.pairs.Batch (no import cycle)
     """The batch's pairs reversed (moving and fixed swapped, labels alike) with ``reverse_target``."""
     return dataclasses.replace(
         batch,
