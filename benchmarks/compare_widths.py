@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from svfnet.training.model import SVFNet, SVFNetConfig
-from svfnet.training.train import train
+from svfnet.training.train import run_training
 from svfnet.training.train_config import TrainConfig
 
 
@@ -43,7 +43,7 @@ def main() -> None:
             model=SVFNetConfig(widths=widths),
         )
         started = time.perf_counter()
-        train(args.workdir, config, run=run, progress=False)
+        run_training(args.workdir, config, run=run, progress=False)
         seconds = time.perf_counter() - started
         with (args.workdir / "models" / run / "log.csv").open() as handle:
             last = [row for row in csv.DictReader(handle) if row["val_loss"]][-1]

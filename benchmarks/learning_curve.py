@@ -8,7 +8,7 @@ both (mean over regions), read from the folder's evaluation (``evaluation/pairs.
     python benchmarks/learning_curve.py WORKDIR [--steps 3000] [--at 250,500,1000,2000,3000]
 
 Writes ``WORKDIR/models/<run>/curve.csv`` and prints a Markdown table. A killed run continues
-(``train(resume=True)``) and keeps the rows already measured.
+(``run_training(resume=True)``) and keeps the rows already measured.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from svfnet.common.workdir import REGIONS, read_prepared
 from svfnet.evaluation.metrics import dice, hausdorff
 from svfnet.registration.arrays import register
 from svfnet.training.model import SVFNet, SVFNetConfig, read_checkpoint
-from svfnet.training.train import run_folder, train
+from svfnet.training.train import run_folder, run_training
 from svfnet.training.train_config import TrainConfig
 
 
@@ -114,7 +114,7 @@ def main() -> None:
         print(row, flush=True)
 
     started = time.perf_counter()
-    train(args.workdir, config, run=args.run, resume=True, progress=False, on_step=on_step)
+    run_training(args.workdir, config, run=args.run, resume=True, progress=False, on_step=on_step)
     names = [f"dice_{name}" for name in REGIONS.values()]
     print("| steps | " + " | ".join(REGIONS.values()) + " | pairs beating LCC Log-Demons |")
     print("|---|" + "---|" * (len(names) + 1))

@@ -36,7 +36,7 @@ from svfnet.common.workdir import REGIONS, read_prepared
 from svfnet.evaluation.metrics import evaluate_pair
 from svfnet.registration.arrays import register
 from svfnet.training.model import SVFNet, SVFNetConfig, read_checkpoint
-from svfnet.training.train import run_folder, train
+from svfnet.training.train import run_folder, run_training
 from svfnet.training.train_config import TrainConfig
 
 # name -> TrainConfig changes (on top of the defaults and --steps)
@@ -263,7 +263,7 @@ def main() -> None:
         print(json.dumps(row), flush=True)
 
     started = time.perf_counter()
-    train(args.workdir, config, run=run, resume=True, progress=False, on_step=on_step)
+    run_training(args.workdir, config, run=run, resume=True, progress=False, on_step=on_step)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import torch
 import torch.distributed as dist
 
 from svfnet.training.model import SVFNetConfig
-from svfnet.training.train import train
+from svfnet.training.train import run_training
 from svfnet.training.train_config import TrainConfig
 
 if __name__ == "__main__":
@@ -21,7 +21,7 @@ if __name__ == "__main__":
         validation_pairs=2,
         model=SVFNetConfig(widths=(4, 8, 8, 8), grid=(16, 16, 4), spacing_mm=(4.0, 4.0, 10.0)),
     )
-    result = train(workdir, config, run="ddp", progress=False)
+    result = run_training(workdir, config, run="ddp", progress=False)
     torch.save(result.model.state_dict(), f"{out}/rank{dist.get_rank()}.pt")  # each rank's own replica
     dist.destroy_process_group()
     # Leave without the interpreter's teardown: 1 full suite in 5 here saw a rank abort

@@ -13,7 +13,7 @@ from svfnet.ops import fields
 from svfnet.training.consistency import compose, inverse_consistency_loss, velocity_inverse_consistency
 from svfnet.training.model import SVFNetConfig
 from svfnet.training.pairs import Batch, augment, draw_batch
-from svfnet.training.train import train
+from svfnet.training.train import run_training
 from svfnet.training.train_config import TrainConfig
 from tests.conftest import smooth_field
 from tests.pipeline_fixtures import GRID, deformed_cohort, write_exact_references, write_split
@@ -173,7 +173,7 @@ def test_training_with_inverse_consistency_lowers_every_term(workdir):
         inverse_consistency_weight=1.0,
         model=SMALL,
     )
-    train(workdir, config, progress=False)
+    run_training(workdir, config, progress=False)
     with (workdir / "models" / "svfnet" / "log.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     for term in ("svf_loss", "overlap_loss"):

@@ -127,7 +127,7 @@ def test_pipeline_killed_during_training_resumes(tmp_path, monkeypatch):
     config["data"]["subjects"] = 6
     config["train"].update(steps=20, checkpoint_every=5, validate_every=10)
     config["model"]["widths"] = [4, 8, 8, 8]
-    real_train = pipeline_module.train
+    real_train = pipeline_module.run_training
 
     class Killed(Exception):
         pass
@@ -137,7 +137,7 @@ def test_pipeline_killed_during_training_resumes(tmp_path, monkeypatch):
             raise Killed
 
     monkeypatch.setattr(
-        pipeline_module, "train", lambda *a, **k: real_train(*a, **k, on_step=kill_at_step_12)
+        pipeline_module, "run_training", lambda *a, **k: real_train(*a, **k, on_step=kill_at_step_12)
     )
     with pytest.raises(Killed):
         run_pipeline(
@@ -146,7 +146,7 @@ def test_pipeline_killed_during_training_resumes(tmp_path, monkeypatch):
             stages=("data", "prepare", "split", "shapes", "references", "train"),
             progress=False,
         )
-    monkeypatch.setattr(pipeline_module, "train", real_train)
+    monkeypatch.setattr(pipeline_module, "run_training", real_train)
     outcomes = run_pipeline(
         tmp_path, config, stages=("data", "prepare", "split", "shapes", "references", "train"), progress=False
     )

@@ -156,7 +156,7 @@ def test_a_changed_training_is_written_beside_the_old_model_and_swapped_when_don
     class Killed(Exception):
         pass
 
-    real_train = pipeline_module.train
+    real_train = pipeline_module.run_training
 
     def killed_at_step_2(*args, **kwargs):
         def on_step(step):
@@ -166,10 +166,10 @@ def test_a_changed_training_is_written_beside_the_old_model_and_swapped_when_don
         return real_train(*args, **kwargs, on_step=on_step)
 
     longer = tiny_config(train={"steps": 3})
-    monkeypatch.setattr(pipeline_module, "train", killed_at_step_2)
+    monkeypatch.setattr(pipeline_module, "run_training", killed_at_step_2)
     with pytest.raises(Killed):
         run_pipeline(trained, longer, stages=("train",), progress=False)
-    monkeypatch.setattr(pipeline_module, "train", real_train)
+    monkeypatch.setattr(pipeline_module, "run_training", real_train)
     assert snapshot(live) == before  # the old model, untouched while its successor trains
     staged = trained / ".staging" / "train" / "models" / "svfnet" / "checkpoint.pt"
     assert staged.is_file()

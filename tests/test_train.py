@@ -19,7 +19,7 @@ import torch
 from svfnet.ops import fields
 from svfnet.training.model import SVFNetConfig, load
 from svfnet.training.pairs import Cohort, shift_in_plane
-from svfnet.training.train import dice_per_region, train
+from svfnet.training.train import dice_per_region, run_training
 from svfnet.training.train_config import TrainConfig
 from tests.pipeline_fixtures import GRID, deformed_cohort, write_exact_references, write_split
 
@@ -54,7 +54,7 @@ def test_training_fits_the_references_and_beats_identity(workdir):
         recipe="paper",
         model=SMALL,
     )
-    checkpoint = train(workdir, config, progress=False).checkpoint
+    checkpoint = run_training(workdir, config, progress=False).checkpoint
     rows = read_log(workdir / "models" / "svfnet" / "log.csv")
     first = np.mean([float(r["loss"]) for r in rows[:5]])
     last = np.mean([float(r["loss"]) for r in rows[-20:]])
@@ -69,7 +69,7 @@ def test_resume_after_a_kill_reaches_the_same_weights(workdir):
     config = TrainConfig(
         steps=12, batch_size=2, shift_vox=2, validate_every=6, checkpoint_every=5, model=SMALL
     )
-    train(workdir, config, run="whole", progress=False)
+    run_training(workdir, config, run="whole", progress=False)
 
     class Killed(Exception):
         pass
@@ -79,10 +79,10 @@ def test_resume_after_a_kill_reaches_the_same_weights(workdir):
             raise Killed
 
     with pytest.raises(Killed):
-        train(workdir, config, run="killed", progress=False, on_step=kill_at_step_8)
+        run_training(workdir, config, run="killed", progress=False, on_step=kill_at_step_8)
     with pytest.raises(FileExistsError, match="resume"):
-        train(workdir, config, run="killed", progress=False)
-    train(workdir, None, run="killed", resume=True, progress=False)
+        run_training(workdir, config, run="killed", progress=False)
+    run_training(workdir, None, run="killed", resume=True, progress=False)
     whole = torch.load(workdir / "models" / "whole" / "checkpoint.pt", weights_only=True)
     resumed = torch.load(workdir / "models" / "killed" / "checkpoint.pt", weights_only=True)
     assert resumed["step"] == whole["step"] == 12
@@ -139,11 +139,13 @@ def test_training_bad_inputs(workdir):
     with pytest.raises(ValueError, match="'steps'"):
         TrainConfig(steps=0)
     config = TrainConfig(steps=2, batch_size=1, checkpoint_every=1, model=SMALL)
-    train(workdir, config, run="a", progress=False)
+    run_training(workdir, config, run="a", progress=False)
     with pytest.raises(ValueError, match=r"differs from the run being resumed .* in \['checkpoint_every'\]"):
-        train(workdir, TrainConfig(steps=3, batch_size=1, model=SMALL), run="a", resume=True, progress=False)
+        run_training(
+            workdir, TrainConfig(steps=3, batch_size=1, model=SMALL), run="a", resume=True, progress=False
+        )
     with pytest.raises(ValueError, match="'steps' = 1 is below the 2 steps"):
-        train(workdir, dataclasses.replace(config, steps=1), run="a", resume=True, progress=False)
+        run_training(workdir, dataclasses.replace(config, steps=1), run="a", resume=True, progress=False)
 
 
 def test_training_records_the_prepared_grid_and_spacing_and_may_be_extended(workdir):
@@ -154,11 +156,11 @@ def test_training_records_the_prepared_grid_and_spacing_and_may_be_extended(work
     config = TrainConfig(
         steps=2, batch_size=1, checkpoint_every=1, model=SVFNetConfig(widths=(8, 16, 16, 16))
     )
-    first = train(workdir, config, run="b", progress=False)
+    first = run_training(workdir, config, run="b", progress=False)
     model_config = load(first.checkpoint).config
     assert tuple(model_config.grid) == GRID
     np.testing.assert_allclose(model_config.spacing_mm, SPACING_MM, rtol=1e-6)
-    longer = train(workdir, dataclasses.replace(config, steps=3), run="b", resume=True, progress=False)
+    longer = run_training(workdir, dataclasses.replace(config, steps=3), run="b", resume=True, progress=False)
     assert longer.step == 3
 
 
@@ -242,7 +244,9 @@ def test_the_checkpoint_records_how_the_long_axis_was_found(workdir):
     record["frame"] = {**record.get("frame", {}), "long_axis_from": "labels"}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record))
-    result = train(workdir, TrainConfig(steps=1, batch_size=1, model=SMALL), run="axis", progress=False)
+    result = run_training(
+        workdir, TrainConfig(steps=1, batch_size=1, model=SMALL), run="axis", progress=False
+    )
     assert load(result.checkpoint).config.long_axis == "labels"
 
 
@@ -300,7 +304,7 @@ def test_broken_reference_pairs_are_refused_named_once_and_training_goes_on(work
         loss_mask="heart",
         model=SMALL,
     )
-    result = train(workdir, config, progress=False)
+    result = run_training(workdir, config, progress=False)
     messages = refusals(caplog)
     assert len(messages) == 3, messages  # once a pair, though the pairs also serve validation here
     # (the store itself may refuse to return non-finite values: then its words are the reason)
@@ -343,7 +347,7 @@ def test_every_pair_refused_is_a_clear_error_before_training(workdir):
         match=r"all 6 reference pairs offered were refused \(\(s1, s0\): its reference SVF "
         r".*non-finite values",
     ):
-        train(workdir, TrainConfig(steps=2, batch_size=1, model=SMALL), progress=False)
+        run_training(workdir, TrainConfig(steps=2, batch_size=1, model=SMALL), progress=False)
     assert not (workdir / "models" / "svfnet" / "checkpoint.pt").exists()
     assert not (workdir / "models" / "svfnet" / "log.csv").exists()
 
@@ -409,7 +413,7 @@ def test_a_non_finite_step_stops_the_run_and_keeps_the_last_good_checkpoint(work
         match=rf"stopped at step {failing}: {why}.*the last good checkpoint, step 3, "
         "is kept",
     ):
-        train(workdir, config, progress=False)
+        run_training(workdir, config, progress=False)
     checkpoint = workdir / "models" / "svfnet" / "checkpoint.pt"
     saved = torch.load(checkpoint, weights_only=True)
     assert saved["step"] == 3
@@ -487,7 +491,7 @@ def test_validation_never_takes_exp_of_a_non_finite_prediction(workdir, monkeypa
         match=r"stopped at step 3: validate\(\): .* non-finite values .* the last "
         "good checkpoint, step 2, is kept",
     ):
-        train(workdir, config, progress=False)
+        run_training(workdir, config, progress=False)
     assert torch.load(workdir / "models" / "svfnet" / "checkpoint.pt", weights_only=True)["step"] == 2
     assert "non-finite" in read_log(workdir / "models" / "svfnet" / "log.csv")[-1]["error"]
 
@@ -524,13 +528,13 @@ def test_non_finite_or_negative_settings_are_refused_up_front(workdir, capsys):
 
 def test_a_checkpoint_with_non_finite_weights_is_not_resumed(workdir):
     config = TrainConfig(steps=1, batch_size=1, model=SMALL)
-    path = train(workdir, config, run="r", progress=False).checkpoint
+    path = run_training(workdir, config, run="r", progress=False).checkpoint
     saved = torch.load(path, weights_only=True)
     name = next(iter(saved["model"]))
     saved["model"][name].view(-1)[0] = float("nan")
     torch.save(saved, path)
     with pytest.raises(ValueError, match=rf"cannot be resumed: the model's '{name}' has 1 non-finite values"):
-        train(workdir, dataclasses.replace(config, steps=2), run="r", resume=True, progress=False)
+        run_training(workdir, dataclasses.replace(config, steps=2), run="r", resume=True, progress=False)
 
 
 # ------------------------------------------------------------------------------------- recipes
@@ -573,7 +577,7 @@ def test_the_overlap_recipe_fits_the_references_and_beats_identity(workdir, prec
         precision=precision,
         model=SMALL,
     )
-    checkpoint = train(workdir, config, progress=False).checkpoint
+    checkpoint = run_training(workdir, config, progress=False).checkpoint
     rows = read_log(workdir / "models" / "svfnet" / "log.csv")
     for term in ("svf_loss", "overlap_loss"):
         first = np.mean([float(r[term]) for r in rows[:5]])
@@ -606,8 +610,10 @@ def test_the_overlap_term_learns_what_the_references_do_not_say(tmp_path):
         validation_pairs=6,
         model=SMALL,
     )
-    paper = train(tmp_path, TrainConfig(recipe="paper", **common), run="paper", progress=False).checkpoint
-    overlap = train(
+    paper = run_training(
+        tmp_path, TrainConfig(recipe="paper", **common), run="paper", progress=False
+    ).checkpoint
+    overlap = run_training(
         tmp_path, TrainConfig(recipe="overlap", overlap_weight=10.0, **common), run="overlap", progress=False
     ).checkpoint
     identity, paper_dice = training_pair_dice(paper, tmp_path)

@@ -67,7 +67,7 @@ from svfnet.fingerprints import dataset_path, output_present, read_split, stage_
 from svfnet.references.stage import run_references
 from svfnet.references.store import STORE_FORMAT
 from svfnet.shapes.stage import run_shapes
-from svfnet.training.train import run_folder, train
+from svfnet.training.train import run_folder, run_training
 
 __all__ = ["run_pipeline"]
 
@@ -219,7 +219,7 @@ def _stage_train(ctx: StageContext, fresh: bool) -> dict[str, Any]:
     folder = run_folder(where, "svfnet")
     config = train_config(ctx.config)
     resume = (folder / "checkpoint.pt").is_file()
-    result = train(where, None if resume else config, resume=resume, progress=ctx.progress)
+    result = run_training(where, None if resume else config, resume=resume, progress=ctx.progress)
     if staged:
         replace_tree(folder, live)
         remove_staging(ctx.workdir, "train")

@@ -116,11 +116,11 @@ _TRAIN_FLAGS = {  # flag -> TrainConfig field
 def run(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from svfnet.training.train import saved_config, train
+    from svfnet.training.train import run_training, saved_config
     from svfnet.training.train_config import TrainConfig
 
     # a resumed run starts from its saved configuration; a new one from the defaults. The flags
-    # given change it (train() refuses a resumed run whose flags change anything but --steps).
+    # given change it (run_training() refuses a resumed run whose flags change anything but --steps).
     base = (saved_config(args.workdir, args.run) if args.resume else None) or TrainConfig()
     given = {
         field: getattr(args, flag) for flag, field in _TRAIN_FLAGS.items() if getattr(args, flag) is not None
@@ -134,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
         },
     )
     config = dataclasses.replace(base, **given, model=model)
-    result = train(
+    result = run_training(
         args.workdir,
         config,
         run=args.run,

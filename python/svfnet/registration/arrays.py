@@ -18,8 +18,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from svfnet.baselines import lcc_demons
+from svfnet.baselines.lcc_demons import LCCDemonsParams
 from svfnet.ops import fields
-from svfnet.training.model import SVFNet, as_model
+from svfnet.training.model import SVFNet, as_model, check_grid
 
 __all__ = [
     "REFINEMENT",
@@ -106,8 +108,6 @@ def refinement_params(refine: Any, func: str) -> dict[str, Any] | None:
         )
     import dataclasses
 
-    from svfnet.baselines.lcc_demons import LCCDemonsParams
-
     try:
         dataclasses.replace(LCCDemonsParams(), **overrides).checked()
     except TypeError as error:
@@ -173,8 +173,6 @@ def _refined(
     device: torch.device,
 ) -> tuple[torch.Tensor, float]:
     """SVF-Net's SVF refined by LCC Log-Demons started from it (on the CPU), and the seconds it took."""
-    from svfnet.baselines import lcc_demons
-
     refine_started = time.perf_counter()
     svf = torch.from_numpy(
         lcc_demons.register(moving, fixed, spacing=spacing, initial_svf=svf.cpu().numpy(), **overrides)
@@ -219,7 +217,6 @@ def register(
     model = as_model(model)
     moving, fixed = _checked_images(moving, fixed, moving_labels)
     overrides = refinement_params(refine, "register()")
-    from svfnet.training.model import check_grid
 
     check_grid(moving.shape, "register()")
     _warn_other_grid(model, moving.shape, spacing_mm)

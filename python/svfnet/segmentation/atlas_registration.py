@@ -12,6 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from svfnet.evaluation.metrics import gaussian_sigma_vox, local_moments, standardised
+from svfnet.ops import fields
+from svfnet.registration.arrays import predict_svf
 from svfnet.segmentation.atlases import AtlasSet
 
 # One registration direction per atlas: on the demo's folder averaging both directions gave no better
@@ -54,9 +57,6 @@ def register_atlases(
     :func:`warped_probabilities`)."""
     from tqdm.auto import tqdm
 
-    from svfnet.ops import fields
-    from svfnet.registration.arrays import predict_svf
-
     device = next(net.parameters()).device
     started = time.perf_counter()
     fixed = torch.from_numpy(np.ascontiguousarray(target, np.float32)).to(device)
@@ -92,8 +92,6 @@ def warped_probabilities(atlases: AtlasSet, displacements) -> tuple[np.ndarray, 
         ``(A, I, J, K)`` warped images and ``(A, L, I, J, K)`` float32 probabilities (of
         ``atlases.label_values``).
     """
-    from svfnet.ops import fields
-
     is_torch = isinstance(displacements, torch.Tensor)
     values = atlases.label_values
     images = np.stack([a.image for a in atlases.atlases])[:, None]
@@ -125,8 +123,6 @@ def local_correlations(
 ) -> np.ndarray:
     """``(A, I, J, K)`` local correlation (:func:`svfnet.evaluation.metrics.local_moments`, Gaussian window of
     ``sigma_mm``) of each warped atlas image with the target."""
-    from svfnet.evaluation.metrics import gaussian_sigma_vox, local_moments, standardised
-
     sigma_vox = gaussian_sigma_vox(sigma_mm, spacing_mm)
     fixed = standardised(target)
     return np.stack([local_moments(standardised(w), fixed, sigma_vox).lcc for w in warped_images])

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from svfnet.common.workdir import WorkDir
+from svfnet.data.nifti import read_nifti
 from svfnet.data.prepare import CanonicalFrame, CommonGrid
 from svfnet.data.transform import PreparedTransform
 
@@ -89,8 +90,6 @@ def read_atlases(workdir: str | os.PathLike, subjects: list[str] | tuple[str, ..
         ValueError: not a prepared work folder, an unknown subject id, no labelled subject left,
             subjects on different grids (each message names the folder).
     """
-    from svfnet.data.nifti import read_nifti
-
     folder = WorkDir(workdir)
     if not folder.root.is_dir():
         raise FileNotFoundError(f"{folder.root}: no such atlas folder")

@@ -53,14 +53,20 @@ from typing import Any
 import numpy as np
 
 from svfnet.common.atomic import atomic_path, write_json
-from svfnet.common.workdir import REGIONS, WorkDir
+from svfnet.common.workdir import REGIONS, WorkDir, array_digest
 from svfnet.evaluation.tables import SUMMARY_COLUMNS, describe, write_csv
+from svfnet.registration.arrays import refinement_params
+from svfnet.segmentation.atlases import read_atlases
 from svfnet.segmentation.evaluation_subjects import file_digest, read_subject, score_subject, split_subjects
+from svfnet.segmentation.fusion import DEFAULT_SHARPNESS
+from svfnet.segmentation.multi_atlas import DEFAULT_LCC_SIGMA_MM, check_atlas_grid
 from svfnet.segmentation.scores import (
     calibration_rows,
     expected_calibration_error,
     pooled,
 )
+from svfnet.segmentation.target import DEFAULT_REFERENCES
+from svfnet.training.model import load
 
 __all__ = [
     "CALIBRATION_MEASURES",
@@ -388,9 +394,6 @@ def evaluate_segmentation(
     from tqdm.auto import tqdm
 
     import svfnet
-    from svfnet.registration.arrays import refinement_params
-    from svfnet.segmentation.atlases import read_atlases
-    from svfnet.segmentation.multi_atlas import check_atlas_grid
 
     workdir, checkpoint = Path(workdir), Path(checkpoint)
     refinement = refinement_params(refine, "evaluate_segmentation()")
@@ -399,8 +402,6 @@ def evaluate_segmentation(
     subject_ids, atlas_ids, subject_set = split_subjects(workdir)
     atlases = read_atlases(workdir, atlas_ids)
     if model is None:
-        from svfnet.training.model import load
-
         model = load(checkpoint, svfnet.default_device())
     check_atlas_grid(model, atlases, str(checkpoint))
     entries = {e["id"]: e for e in json.loads(WorkDir(workdir).subjects_json.read_text())["subjects"]}
@@ -446,10 +447,6 @@ def evaluate_segmentation(
 def _settings(checkpoint: Path, atlases: Any, refinement: dict[str, Any] | None) -> dict[str, Any]:
     """What a subject's record depends on besides the subject (its key): the checkpoint, the atlases, the
     refinement and the fusion's defaults."""
-    from svfnet.segmentation.fusion import DEFAULT_SHARPNESS
-    from svfnet.segmentation.multi_atlas import DEFAULT_LCC_SIGMA_MM
-    from svfnet.segmentation.target import DEFAULT_REFERENCES
-
     return {
         "checkpoint": str(checkpoint),
         "checkpoint_sha256": file_digest(checkpoint),
@@ -542,8 +539,6 @@ def _write_tables(
 
 
 def _array_digest(array: np.ndarray) -> str:
-    from svfnet.common.workdir import array_digest
-
     return array_digest(array)
 
 

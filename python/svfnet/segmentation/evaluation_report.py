@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 
 from svfnet.common.workdir import REGIONS
+from svfnet.evaluation.report import figure_html, html_table, html_text
+from svfnet.evaluation.report_figures import new_figure, save_figure
 from svfnet.segmentation.evaluation import (
     ACDC_REFERENCE,
     CALIBRATION_MEASURES,
@@ -39,8 +41,6 @@ def reliability_figure(calibration: Sequence[Mapping[str, Any]], methods: Sequen
     """The reliability plot: error rate per bin against the bin's mean value, for each fused method;
     left the uncertainty map (normalised entropy), right the probability of error (with the diagonal
     of a calibrated vote). False when there is nothing to draw."""
-    from svfnet.evaluation.report_figures import new_figure, save_figure
-
     present = [m for m in methods if any(r["method"] == m for r in calibration)]
     if not present:
         return False
@@ -153,8 +153,6 @@ def example_figure(
 ) -> None:
     """One subject: its image with the true outlines, then each method's labels and uncertainty
     (short-axis slice on top, long-axis cut below), in millimetres."""
-    from svfnet.evaluation.report_figures import new_figure, save_figure
-
     spacing = np.asarray(views["spacing_mm"], np.float64)
     low, high = np.percentile(views["image_sa"], [0.5, 99.5])
     value_range = (float(low), float(high) if high > low else float(low) + 1.0)
@@ -255,8 +253,6 @@ def report_section(evaluation: SegmentationEvaluation, figures: str | os.PathLik
 def _introduction(evaluation: SegmentationEvaluation, methods: Sequence[str]) -> list[str]:
     """The section's heading and what was done, with notes on subjects segmented from their prepared
     image or not segmented."""
-    from svfnet.evaluation.report import html_text
-
     parts = [
         "<h2>Segmentation of the test subjects (multi-atlas)</h2>",
         f"<p>Each of the {len(evaluation.subjects)} {html_text(evaluation.subject_set)} subjects was segmented "
@@ -299,8 +295,6 @@ def _score_tables(
 ) -> list[str]:
     """A table of each metric (mean ± standard deviation per method and region), the published ACDC
     reference and the time per subject."""
-    from svfnet.evaluation.report import html_table, html_text
-
     parts = []
     for metric, label in METRICS:
         header = ["method", *REGIONS.values()] + (["mean over regions"] if metric == "dice" else [])
@@ -343,8 +337,6 @@ def _score_tables(
 def _calibration(evaluation: SegmentationEvaluation, figures: Path, methods: Sequence[str]) -> list[str]:
     """The reliability figure, the default method's error rate per bin of uncertainty and each fused
     method's expected calibration error."""
-    from svfnet.evaluation.report import figure_html, html_table, html_text
-
     parts = []
     # calibration
     parts.append("<h3>Is the uncertainty right? (calibration)</h3>")
@@ -394,8 +386,6 @@ def _calibration(evaluation: SegmentationEvaluation, figures: Path, methods: Seq
 
 def _gallery(evaluation: SegmentationEvaluation, figures: Path, methods: Sequence[str]) -> list[str]:
     """The examples: each gallery subject's figure with its caption."""
-    from svfnet.evaluation.report import figure_html
-
     parts = []
     # gallery
     parts.append("<h3>Examples</h3>")

@@ -15,11 +15,20 @@ from typing import Any
 
 import numpy as np
 
-from svfnet.common.workdir import WorkDir
+from svfnet.common.workdir import WorkDir, array_digest
+from svfnet.data.labels import IDENTITY_LABELS, parse_label_mapping
+from svfnet.data.nifti import read_nifti
+from svfnet.data.split import subject_split
+from svfnet.registration.prepare import read_original
+from svfnet.segmentation import multi_atlas as seg
+from svfnet.segmentation.fusion import argmax_labels, normalised_entropy
+from svfnet.segmentation.outputs import probabilities_to_original
+from svfnet.segmentation.refinement import refine_registrations
 from svfnet.segmentation.scores import (
     calibration_counts,
     region_scores,
 )
+from svfnet.segmentation.target import DEFAULT_REFERENCES, prepare_target, read_image
 
 __all__ = ["Subject", "file_digest", "read_subject", "score_subject", "split_subjects"]
 
@@ -50,17 +59,11 @@ def file_digest(path: Path) -> str:
 
 def read_subject(workdir: Path, subject_id: str, entry: Mapping[str, Any]) -> Subject:
     """The subject's source image and labels (mapped as the dataset was), else its prepared ones."""
-    from svfnet.data.labels import parse_label_mapping
-    from svfnet.data.nifti import read_nifti
-    from svfnet.registration.prepare import read_original
-
     source = entry.get("source") or {}
     image_path, labels_path = source.get("image"), source.get("labels")
     if image_path and labels_path and Path(image_path).is_file() and Path(labels_path).is_file():
         mapping = parse_label_mapping(source["label_mapping"]) if source.get("label_mapping") else None
         if mapping is None:
-            from svfnet.data.labels import IDENTITY_LABELS
-
             mapping = dict(IDENTITY_LABELS)
         original = read_original("image", image_path, labels_path, mapping)
         spacing = tuple(float(s) for s in np.linalg.norm(original.affine[:3, :3], axis=0))
@@ -73,7 +76,6 @@ def read_subject(workdir: Path, subject_id: str, entry: Mapping[str, Any]) -> Su
     image, affine = read_nifti(folder.image(subject_id), kind="image")
     labels = read_nifti(folder.labels(subject_id), kind="labels")[0].astype(np.uint8)
     spacing = tuple(float(s) for s in np.linalg.norm(affine[:3, :3], axis=0))
-    from svfnet.common.workdir import array_digest
 
     digest = f"prepared-{array_digest(image)}-{array_digest(labels)}"
     return Subject(subject_id, (image, affine), labels, spacing, "prepared", digest)
@@ -81,8 +83,6 @@ def read_subject(workdir: Path, subject_id: str, entry: Mapping[str, Any]) -> Su
 
 def split_subjects(workdir: Path) -> tuple[list[str], list[str], str]:
     """(subjects to segment, atlas subjects, "test" or "val")."""
-    from svfnet.data.split import subject_split
-
     split = subject_split(workdir)
     if not split.train:
         raise ValueError(f"{workdir / 'split.json'} has no training subjects: no atlases to segment from")
@@ -100,9 +100,6 @@ def split_subjects(workdir: Path) -> tuple[list[str], list[str], str]:
 
 def _fused_outputs(fused: np.ndarray, prepared: Any, label_values: tuple[int, ...]) -> dict[str, np.ndarray]:
     """Labels, uncertainty and probability of error on the image's grid, as segment() computes them."""
-    from svfnet.segmentation.fusion import argmax_labels, normalised_entropy
-    from svfnet.segmentation.outputs import probabilities_to_original
-
     probabilities = probabilities_to_original(fused, prepared.transform)
     return {
         "labels": argmax_labels(probabilities, label_values),
@@ -146,16 +143,12 @@ def score_subject(
     progress: bool,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Segments one subject with every method; its record (scores, calibration, timings) and views."""
-    from svfnet.segmentation import multi_atlas as seg
-
     timings: dict[str, float] = {}
     started = time.perf_counter()
     original, prepared, similarities, order, chosen = _prepared_and_ranked(subject, atlases, timings)
     registrations = {"": seg.register_atlases(net, prepared.image, chosen, symmetric=seg.DEFAULT_SYMMETRIC)}
     timings["register_warp"] = registrations[""].seconds
     if refinement is not None:
-        from svfnet.segmentation.refinement import refine_registrations
-
         registrations["_refined"], timings["refinement"] = refine_registrations(
             registrations[""], prepared.image, chosen, refinement, progress=progress
         )
@@ -211,9 +204,6 @@ def _prepared_and_ranked(subject: Subject, atlases: Any, timings: dict[str, floa
     """The subject's image read, put on the atlases' grid as segment() does with its defaults, and the
     atlases ranked by correlation with it: ``(original, prepared, similarities, order, chosen)``
     (``timings`` gains the seconds of each step)."""
-    from svfnet.segmentation import multi_atlas as seg
-    from svfnet.segmentation.target import DEFAULT_REFERENCES, prepare_target, read_image
-
     tick = time.perf_counter()
     original = read_image(subject.image)
     timings["read"] = time.perf_counter() - tick
@@ -266,9 +256,6 @@ def _single_atlas_scores(
     result: Any, prepared: Any, values: tuple[int, ...], subject: Subject, chosen: Any
 ) -> dict[str, Any]:
     """Each atlas alone scored: its warped labels' most probable label, on the image's grid."""
-    from svfnet.segmentation.fusion import argmax_labels
-    from svfnet.segmentation.outputs import probabilities_to_original
-
     singles = [
         region_scores(
             argmax_labels(probabilities_to_original(p, prepared.transform), values),

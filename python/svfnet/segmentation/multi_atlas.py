@@ -47,7 +47,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from svfnet.common.locks import prefix_lock
 from svfnet.common.workdir import REGIONS
+from svfnet.data.nifti import read_geometry
+from svfnet.registration.arrays import refinement_params
 from svfnet.segmentation.atlas_registration import (
     DEFAULT_SYMMETRIC,
     AtlasRegistrations,
@@ -70,6 +73,7 @@ from svfnet.segmentation.outputs import (
     region_volumes,
     write_outputs,
 )
+from svfnet.segmentation.refinement import refine_registrations
 from svfnet.segmentation.target import DEFAULT_REFERENCES, PreparedTarget, prepare_target, read_image
 from svfnet.training.model import as_model
 
@@ -231,9 +235,6 @@ def segment(
             ``min_correlation``). Nothing is written then.
         svfnet.common.locks.FolderLocked: another process writes this output prefix.
     """
-    from svfnet.common.locks import prefix_lock
-    from svfnet.registration.arrays import refinement_params
-
     started = time.perf_counter()
     _check_options(fusion, atlas_count, batch_size, sharpness, sigma_mm, min_correlation)
     refinement = refinement_params(refine, "segment()")
@@ -368,8 +369,6 @@ def _registered(
     )
     timings["register_warp"] = registrations.seconds
     if refinement is not None:
-        from svfnet.segmentation.refinement import refine_registrations
-
         registrations, timings["refinement"] = refine_registrations(
             registrations, prepared.image, chosen, refinement, progress=progress
         )
@@ -410,8 +409,6 @@ def _read_inputs(
     if isinstance(image, (str, os.PathLike)) and not Path(image).is_file():
         raise FileNotFoundError(f"{image}: no such image file")
     if isinstance(image, (str, os.PathLike)):
-        from svfnet.data.nifti import read_geometry
-
         read_geometry(image)  # a 2D/4D or unreadable file is refused here, from its header
     atlas_set = atlases if isinstance(atlases, AtlasSet) else read_atlases(atlases, atlas_subjects)
     if atlas_count is not None and atlas_count > len(atlas_set):

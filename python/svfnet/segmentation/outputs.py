@@ -14,8 +14,10 @@ from typing import Any
 import numpy as np
 from scipy.ndimage import map_coordinates
 
+from svfnet.common.atomic import atomic_path, write_json
 from svfnet.common.workdir import REGIONS
-from svfnet.data.transform import PreparedTransform
+from svfnet.data.nifti import nifti_image
+from svfnet.data.transform import PreparedTransform, original_grid_in_prepared
 
 __all__ = ["OUTPUTS", "output_paths", "probabilities_to_original", "region_volumes", "write_outputs"]
 
@@ -54,8 +56,6 @@ def output_paths(out_prefix: str | os.PathLike) -> dict[str, Path]:
 def probabilities_to_original(prepared_probabilities: np.ndarray, transform: PreparedTransform) -> np.ndarray:
     """The fused distribution on the image's original grid: foreground channels trilinear with 0
     outside the prepared grid, background 1 minus their sum (as :func:`svfnet.data.transform.to_original`)."""
-    from svfnet.data.transform import original_grid_in_prepared
-
     positions = original_grid_in_prepared(transform)
     foreground = (
         np.stack(
@@ -130,9 +130,6 @@ def write_outputs(
 ) -> None:
     """Writes every file beside its final name, renames them together, the JSON record last."""
     import nibabel as nib
-
-    from svfnet.common.atomic import atomic_path, write_json
-    from svfnet.data.nifti import nifti_image
 
     tick = time.perf_counter()
     volumes = {

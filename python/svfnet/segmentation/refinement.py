@@ -18,6 +18,10 @@ from typing import Any
 
 import numpy as np
 
+from svfnet.baselines import lcc_demons
+from svfnet.ops import fields
+from svfnet.segmentation.atlas_registration import AtlasRegistrations, warped_probabilities
+
 __all__ = ["refine_registrations"]
 
 
@@ -48,10 +52,6 @@ def refine_registrations(
         ValueError: ``registrations`` and ``atlases`` disagree in count or grid.
     """
     from tqdm.auto import tqdm
-
-    from svfnet.baselines import lcc_demons
-    from svfnet.ops import fields
-    from svfnet.segmentation.atlas_registration import AtlasRegistrations, warped_probabilities
 
     svfs = np.asarray(registrations.svfs, np.float32)
     target = np.ascontiguousarray(target, np.float32)

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from svfnet.common.workdir import REGIONS
+from svfnet.evaluation.metrics import dice, hausdorff
 
 # Ten equal bins on [0, 1]; the last one is closed (holds 1.0).
 CALIBRATION_EDGES = tuple(float(x) for x in np.linspace(0.0, 1.0, 11))
@@ -31,8 +32,6 @@ def region_scores(
         status ``"ok"``; ``"lost"`` when the truth has the region and the segmentation not (Dice 0,
         no distance); ``"absent"`` when the truth lacks it (not scored: Dice and distance None).
     """
-    from svfnet.evaluation.metrics import dice, hausdorff
-
     labels, truth = np.asarray(labels), np.asarray(truth)
     if labels.shape != truth.shape:
         raise ValueError(

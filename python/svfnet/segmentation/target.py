@@ -11,7 +11,17 @@ from typing import Any
 
 import numpy as np
 
+from svfnet.data.labels import IDENTITY_LABELS
 from svfnet.data.transform import PreparedTransform
+from svfnet.registration.prepare import (
+    LARGE_ROTATION_DEG,
+    MIN_GRID_COVERAGE,
+    OriginalImage,
+    moved_frame,
+    prepare_image,
+    read_original,
+)
+from svfnet.registration.rigid import rigid_prealignment
 from svfnet.segmentation.atlases import Atlas, AtlasSet, central_atlases, image_similarity
 
 __all__ = ["DEFAULT_REFERENCES", "PreparedTarget", "prepare_target", "read_image"]
@@ -65,9 +75,6 @@ class _Alignment:
 
 def _align_to(original, atlases: AtlasSet, index: int, rigid_initial: str) -> _Alignment:
     """The image aligned to atlas ``index`` and resampled; ``score``: its mean NCC with all atlases."""
-    from svfnet.registration.prepare import moved_frame, prepare_image
-    from svfnet.registration.rigid import rigid_prealignment
-
     atlas = atlases.atlases[index]
     # seed 1: SimpleITK reads a seed of 0 as "from the wall clock", and the alignment of one image
     # then differed from run to run; with a fixed seed (and one thread, as fast on this grid) runs
@@ -98,8 +105,6 @@ def _best_alignment(
 ) -> tuple[_Alignment, list[dict[str, Any]]]:
     """The alignment to one of the ``candidates`` atlases whose image correlates best with all the atlases,
     and a record of each one tried; ValueError (no heart found) where none succeeds."""
-    from svfnet.registration.prepare import MIN_GRID_COVERAGE
-
     grid = atlases.grid
     tried: list[dict[str, Any]] = []
     failures: list[str] = []
@@ -163,8 +168,6 @@ def prepare_target(
     Raises:
         ValueError: every rigid alignment fails, or leaves too little of the grid in the field of view.
     """
-    from svfnet.registration.prepare import LARGE_ROTATION_DEG
-
     if reference is not None:
         candidates = [int(reference)]
     else:
@@ -199,9 +202,6 @@ def prepare_target(
 def read_image(image) -> Any:
     """The image to segment as an :class:`svfnet.registration.prepare.OriginalImage`: a NIfTI path, or an
     ``(array, affine)`` pair checked (3D, finite, not constant; a finite invertible affine)."""
-    from svfnet.data.labels import IDENTITY_LABELS
-    from svfnet.registration.prepare import OriginalImage, read_original
-
     if isinstance(image, (str, os.PathLike)):
         path = Path(image)
         if not path.is_file():

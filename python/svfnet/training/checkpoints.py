@@ -37,11 +37,11 @@ def resumed_config(saved: TrainConfig, given: TrainConfig | None, step: int, pat
     ]
     if differing:
         raise ValueError(
-            f"train(): 'config' differs from the run being resumed ({path}) in {differing}; only 'steps' may change"
+            f"run_training(): 'config' differs from the run being resumed ({path}) in {differing}; only 'steps' may change"
         )
     if given.steps < step:
         raise ValueError(
-            f"train(): 'steps' = {given.steps} is below the {step} steps the run being resumed has done"
+            f"run_training(): 'steps' = {given.steps} is below the {step} steps the run being resumed has done"
         )
     return given
 

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from svfnet import default_device  # CUDA only where svfnet's launchers are built too
+from svfnet.common.atomic import atomic_path
 from svfnet.common.limits import check_grid  # torch-free: the command line checks grids without torch
 
 __all__ = ["SVFNet", "SVFNetConfig", "check_grid", "load", "save_checkpoint"]
@@ -205,8 +206,6 @@ def _run_level(block: nn.Module, x: torch.Tensor, level: int) -> torch.Tensor:
 
 def save_checkpoint(path: str | Path, model: SVFNet, **extra) -> None:
     """Writes the model's configuration and weights (plus ``extra`` entries) atomically."""
-    from svfnet.common.atomic import atomic_path
-
     module = model.module if hasattr(model, "module") else model
     payload = {
         "format": "svfnet-checkpoint-1",

@@ -15,6 +15,7 @@ from scipy.ndimage import binary_dilation, gaussian_filter
 
 from svfnet.common.workdir import read_prepared
 from svfnet.ops import fields
+from svfnet.references.store import ReferenceStore
 from svfnet.training.augment import augment_intensity, rotate_in_plane
 from svfnet.training.consistency import augmented_both_directions, reversed_batch
 from svfnet.training.train_config import TrainConfig
@@ -140,8 +141,6 @@ class ReferenceTargets:
         ``(moving, fixed, reason)`` and, with ``log_refused``, logged as warnings, one a pair.
         ValueError where the store offers no pair, or where every pair is refused.
         """
-        from svfnet.references.store import ReferenceStore
-
         self.cohort = cohort
         self.store = ReferenceStore(workdir)
         index = {subject_id: n for n, subject_id in enumerate(cohort.ids)}

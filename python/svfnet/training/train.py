@@ -41,6 +41,8 @@ import torch
 import torch.distributed as dist
 
 from svfnet.common.atomic import write_json
+from svfnet.common.limits import check_memory, check_run_name, check_train_config, train_memory_bytes
+from svfnet.common.locks import folder_lock
 from svfnet.common.workdir import REGIONS, WorkDir
 from svfnet.data.split import subject_split
 from svfnet.ops import differentiable, fields
@@ -53,7 +55,7 @@ from svfnet.training.model import SVFNet, check_grid, read_checkpoint
 from svfnet.training.pairs import Batch, Cohort, RandomTargets, ReferenceTargets, draw_batch, heart_mask
 from svfnet.training.train_config import TrainConfig, resolved_precision
 
-__all__ = ["TrainResult", "TrainingDiverged", "dice_per_region", "train"]
+__all__ = ["TrainResult", "TrainingDiverged", "dice_per_region", "run_training"]
 
 log = logging.getLogger(__name__)
 
@@ -216,8 +218,6 @@ def _state_problem(model: SVFNet) -> str | None:
 def _check_memory(config: TrainConfig, grid: tuple[int, int, int], subjects: int) -> None:
     """The memory a step and the cohort need (an estimate, :func:`svfnet.common.limits.train_memory_bytes`)
     against this machine's: refused before the first step rather than killed at it."""
-    from svfnet.common.limits import check_memory, train_memory_bytes
-
     model = config.model
     check_memory(
         train_memory_bytes(grid, model.widths, model.convs_per_level, config.batch_size, subjects),
@@ -247,7 +247,7 @@ def saved_config(workdir: str | Path, run: str = "svfnet") -> TrainConfig | None
     )
 
 
-def train(
+def run_training(
     workdir: str | Path,
     config: TrainConfig | None = None,
     *,
@@ -289,9 +289,6 @@ def train(
     Outputs in ``WORKDIR/models/<run>/``: ``checkpoint.pt`` (latest), ``config.json``, ``log.csv``,
     ``refused.csv`` (pairs left out, with the reason).
     """
-    from svfnet.common.limits import check_run_name, check_train_config
-    from svfnet.common.locks import folder_lock
-
     check_run_name(run)
     if config is not None:
         check_train_config(config)
@@ -318,7 +315,7 @@ def _train(
     tensorboard: bool,
     on_step: Callable[[int], None] | None,
 ) -> TrainResult:
-    """:func:`train`'s work, once its arguments are checked and the work folder locked."""
+    """:func:`run_training`'s work, once its arguments are checked and the work folder locked."""
     folder = run_folder(workdir, run)
     checkpoint_path, config_path, log_path = (
         folder / "checkpoint.pt",
@@ -330,7 +327,7 @@ def _train(
     where = distributed()
     split = subject_split(workdir)
     train_cohort = Cohort.load(workdir, split.train)
-    check_grid(train_cohort.grid, "train()")
+    check_grid(train_cohort.grid, "run_training()")
     config = _run_config(workdir, config, saved, checkpoint_path, train_cohort)
     _check_memory(config, train_cohort.grid, len(split.train) + len(split.val))
     source, validation_source = _target_sources(
