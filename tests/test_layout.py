@@ -107,3 +107,25 @@ def test_modules_stay_readable():
         if len(path.read_text().splitlines()) > MAX_LINES
     }
     assert set(long) <= set(LONG_MODULES), f"modules over {MAX_LINES} lines: {long}"
+
+
+STAGE_ENTRY_POINTS = {
+    "svfnet.data.prepare": "run_prepare",
+    "svfnet.data.split": "run_split",
+    "svfnet.shapes.stage": "run_shapes",
+    "svfnet.references.stage": "run_references",
+    "svfnet.training.train": "run_training",
+    "svfnet.evaluation.evaluate": "run_evaluation",
+}
+
+
+@pytest.mark.parametrize(("module", "name"), list(STAGE_ENTRY_POINTS.items()))
+def test_every_stage_has_one_entry_point_named_alike(module, name):
+    """run_<stage>(workdir, ...): the work folder first (docs/architecture.md), and the pipeline calls it."""
+    import importlib
+    import inspect
+
+    function = getattr(importlib.import_module(module), name)
+    first = next(iter(inspect.signature(function).parameters))
+    assert first == "workdir", f"{module}.{name} takes {first!r} first"
+    assert f"{name}(" in (PACKAGE / "pipeline.py").read_text()
