@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from svfnet.common.arrays import checked_real_array
 from svfnet.data.prepare import PERCENTILES
 from svfnet.ops import fields
 
@@ -45,23 +46,6 @@ def _parameter(func: str, name: str, value: Any) -> float:
     if not math.isfinite(number) or number < 0:
         raise ValueError(f"{func}(): '{name}' must be finite and >= 0, got {value!r}")
     return number
-
-
-def _real_array(func: str, name: str, value: Any, ndim: int | tuple[int, ...]) -> np.ndarray:
-    """A NumPy array of real numbers, finite, with one of the given numbers of dimensions."""
-    if not isinstance(value, np.ndarray):
-        raise ValueError(f"{func}(): '{name}' must be a NumPy array, got {type(value).__name__}")
-    ndims = (ndim,) if isinstance(ndim, int) else ndim
-    if value.ndim not in ndims:
-        expected = " or ".join(f"{n}-D" for n in ndims)
-        raise ValueError(f"{func}(): '{name}' must be {expected}, got shape {value.shape}")
-    if value.size == 0:
-        raise ValueError(f"{func}(): '{name}' must not be empty, got shape {value.shape}")
-    if value.dtype.kind not in "fiub":
-        raise ValueError(f"{func}(): '{name}' must hold real numbers, got dtype {value.dtype}")
-    if value.dtype.kind == "f" and not np.all(np.isfinite(value)):
-        raise ValueError(f"{func}(): '{name}' must be finite (it holds NaN or inf)")
-    return value
 
 
 # -------------------------------------------------------------------------------- intensities
@@ -132,7 +116,7 @@ def augment_intensity(
         TypeError: ``rng`` not a ``numpy.random.Generator``.
     """
     func = "augment_intensity"
-    images = _real_array(func, "images", images, (3, 4))
+    images = checked_real_array(func, "images", images, (3, 4))
     if not isinstance(rng, np.random.Generator):
         raise TypeError(f"{func}(): 'rng' must be a numpy.random.Generator, got {type(rng).__name__}")
     bias = _parameter(func, "bias", bias)
@@ -285,14 +269,14 @@ def _checked_rotation(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[float]]:
     """:func:`rotate_in_plane`'s arguments checked: the arrays, the angles as float64 and the spacing."""
     func = "rotate_in_plane"
-    moving = _real_array(func, "moving", moving, 4)
+    moving = checked_real_array(func, "moving", moving, 4)
     grid = tuple(int(s) for s in moving.shape[1:])
     batch = int(moving.shape[0])
-    fixed = _real_array(func, "fixed", fixed, 4)
-    target = _real_array(func, "target", target, 5)
+    fixed = checked_real_array(func, "fixed", fixed, 4)
+    target = checked_real_array(func, "target", target, 5)
     labels = {"moving_labels": moving_labels, "fixed_labels": fixed_labels}
     for name, value in labels.items():
-        _real_array(func, name, value, 4)
+        checked_real_array(func, name, value, 4)
         if value.dtype.kind not in "iu":
             raise ValueError(f"{func}(): '{name}' must hold integers, got dtype {value.dtype}")
     for name, value in (("fixed", fixed), *labels.items()):
