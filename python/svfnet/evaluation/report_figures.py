@@ -125,6 +125,21 @@ def _myocardium_dice(warped_labels: np.ndarray, fixed_labels: np.ndarray) -> flo
     return 2.0 * int((a & b).sum()) / total if total else math.nan
 
 
+def draw_slice(
+    axis: Any, image: np.ndarray, spacing: tuple[float, float], value_range: tuple[float, float]
+) -> tuple[float, float, float, float]:
+    """Shows a 2D slice ``image[x, y]`` in grey, in mm (x right, y up, voxel centres at ``n · spacing``);
+    returns the extent, for what is drawn over it (every figure of the report, the segmentation's too)."""
+    sx, sy = spacing
+    nx, ny = image.shape
+    extent = (-0.5 * sx, (nx - 0.5) * sx, -0.5 * sy, (ny - 0.5) * sy)
+    axis.imshow(
+        image.T, origin="lower", cmap="gray", vmin=value_range[0], vmax=value_range[1],
+        interpolation="nearest", extent=extent,
+    )  # fmt: skip
+    return extent
+
+
 def _draw_view(
     axis: Any,
     image: np.ndarray,
@@ -135,15 +150,7 @@ def _draw_view(
     """A 2D slice ``image[x, y]`` in mm (x right, y up) with mask outlines ``(mask[x, y], colour)``."""
     sx, sy = spacing
     nx, ny = image.shape
-    axis.imshow(
-        image.T,
-        origin="lower",
-        cmap="gray",
-        vmin=value_range[0],
-        vmax=value_range[1],
-        interpolation="nearest",
-        extent=(-0.5 * sx, (nx - 0.5) * sx, -0.5 * sy, (ny - 0.5) * sy),
-    )
+    draw_slice(axis, image, spacing, value_range)
     xs, ys = np.arange(nx) * sx, np.arange(ny) * sy
     for mask, colour in outlines:
         if mask.any() and not mask.all():  # a contour needs both sides of the level

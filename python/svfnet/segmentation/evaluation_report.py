@@ -15,7 +15,7 @@ import numpy as np
 
 from svfnet.common.workdir import REGIONS
 from svfnet.evaluation.report import figure_html, html_table, html_text
-from svfnet.evaluation.report_figures import new_figure, save_figure
+from svfnet.evaluation.report_figures import draw_slice, new_figure, save_figure
 from svfnet.segmentation.evaluation import (
     ACDC_REFERENCE,
     CALIBRATION_MEASURES,
@@ -95,16 +95,7 @@ def _overlay(
 
     sx, sy = spacing
     nx, ny = image.shape
-    extent = (-0.5 * sx, (nx - 0.5) * sx, -0.5 * sy, (ny - 0.5) * sy)
-    axis.imshow(
-        image.T,
-        origin="lower",
-        cmap="gray",
-        vmin=value_range[0],
-        vmax=value_range[1],
-        interpolation="nearest",
-        extent=extent,
-    )
+    extent = draw_slice(axis, image, spacing, value_range)
     shown = None
     if labels is not None:
         colours = ["#00000000"] + [LABEL_COLOURS.get(v, "#ff00ff") for v in range(1, 5)]
