@@ -357,15 +357,17 @@ def write_synthetic_dataset(
 
     written: list[Path] = []
     subjects_meta: dict[str, Any] = {}
-    for index in tqdm(range(n_subjects), desc="synth", unit="subject", disable=not progress):
-        subject = generate_subject(
-            seed,
-            index,
-            outlier_fraction=outlier_fraction,
-            realism=realism,
-            header_style=header_style,
-            max_voxels=max_voxels,
-        )
+    cohort = generate_cohort(
+        n_subjects,
+        seed,
+        outlier_fraction=outlier_fraction,
+        realism=realism,
+        header_style=header_style,
+        max_voxels=max_voxels,
+    )
+    for index, subject in enumerate(
+        tqdm(cohort, total=n_subjects, desc="synth", unit="subject", disable=not progress)
+    ):
         name = subject_name(index)
         if subject.header is None:
             write_nifti(out / f"{name}.nii.gz", subject.image, subject.affine)

@@ -12,7 +12,8 @@ from typing import Any
 from svfnet.baselines.lcc_demons import LCCDemonsParams
 from svfnet.baselines.peers import SITK_DEFAULTS, ants_settings, require_ants
 from svfnet.baselines.tuning import read_tuned_params, record_path
-from svfnet.evaluation.records import file_digest, settings_key
+from svfnet.common.staging import file_digest
+from svfnet.evaluation.records import settings_key
 from svfnet.evaluation.tables import METHODS
 from svfnet.registration.arrays import REFINEMENT, refinement_params
 from svfnet.training.model import as_model

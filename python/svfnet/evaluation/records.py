@@ -22,14 +22,6 @@ logger = logging.getLogger(__name__)
 RECORD_VERSION = 1
 
 
-def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
-
-
 def subject_digest(subject: Any) -> str:
     """A short fingerprint of a prepared subject as the methods see it (image, labels, spacing)."""
     digest = hashlib.sha256()

@@ -53,11 +53,12 @@ from typing import Any
 import numpy as np
 
 from svfnet.common.atomic import atomic_path, write_json
+from svfnet.common.staging import file_digest
 from svfnet.common.workdir import REGIONS, WorkDir, array_digest
 from svfnet.evaluation.tables import SUMMARY_COLUMNS, describe, write_csv
 from svfnet.registration.arrays import refinement_params
 from svfnet.segmentation.atlases import read_atlases
-from svfnet.segmentation.evaluation_subjects import file_digest, read_subject, score_subject, split_subjects
+from svfnet.segmentation.evaluation_subjects import read_subject, score_subject, split_subjects
 from svfnet.segmentation.fusion import DEFAULT_SHARPNESS
 from svfnet.segmentation.multi_atlas import DEFAULT_LCC_SIGMA_MM, check_atlas_grid
 from svfnet.segmentation.scores import (

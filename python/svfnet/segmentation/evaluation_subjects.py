@@ -5,7 +5,6 @@ segment (:func:`split_subjects`), each read from its source files, else its prep
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections.abc import Mapping
@@ -15,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from svfnet.common.staging import file_digest
 from svfnet.common.workdir import WorkDir, array_digest
 from svfnet.data.labels import IDENTITY_LABELS, parse_label_mapping
 from svfnet.data.nifti import read_nifti
@@ -46,15 +46,6 @@ class Subject:
     spacing_mm: tuple[float, float, float]
     source: str  # "original" or "prepared"
     digest: str
-
-
-def file_digest(path: Path) -> str:
-    """The first 16 hex digits of the file's SHA-256."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
 
 
 def read_subject(workdir: Path, subject_id: str, entry: Mapping[str, Any]) -> Subject:
